@@ -1,0 +1,142 @@
+"""How a method runs: device, batching, progress, cancellation and time budget.
+
+Methods say *what* to compute as a function of a batch of samples; :meth:`Context.map_batches`
+decides *how*: in batches sized to the device, halving the batch when memory runs out, reporting
+progress after each batch and checking the cancel token and the time budget between batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import BudgetExceededError, CancelledError, OutOfMemoryError
+
+if TYPE_CHECKING:
+    import torch
+
+ProgressCallback = Callable[[float, str], None]
+
+
+class CancelToken:
+    """A thread-safe flag: set it from anywhere, the running method stops at its next batch."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def free_cached_memory(device: torch.device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class Context:
+    """Everything a method needs to know about *how* it runs.
+
+    Attributes:
+        device: where tensors live.
+        max_batch: the largest number of samples per forward/backward pass (None: chosen from
+            the device: 8 on CPU, 32 on CUDA; halved automatically on out-of-memory).
+        progress: called with (fraction in [0, 1], message) after each batch.
+        cancel: checked between batches.
+        budget_s: seconds this method may run (None: no limit).
+        seed: seed of the method's random draws (noise, baselines).
+    """
+
+    device: Any = "cpu"
+    max_batch: int | None = None
+    progress: ProgressCallback | None = None
+    cancel: CancelToken | None = None
+    budget_s: float | None = None
+    seed: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        self.device = torch.device(self.device)
+
+    def batch_limit(self) -> int:
+        if self.max_batch is not None:
+            return max(1, int(self.max_batch))
+        return 32 if self.device.type == "cuda" else 8
+
+    def report(self, fraction: float, message: str = "") -> None:
+        if self.progress is not None:
+            self.progress(min(max(fraction, 0.0), 1.0), message)
+
+    def check(self) -> None:
+        """Raise if the run was cancelled or ran past its budget."""
+        if self.cancel is not None and self.cancel.cancelled:
+            raise CancelledError("cancelled")
+        if self.budget_s is not None and time.perf_counter() - self.started > self.budget_s:
+            raise BudgetExceededError(f"time budget of {self.budget_s:g} s exceeded")
+
+    def quiet(self) -> Context:
+        """The same context without progress reports (for a method run inside another)."""
+        return dataclasses.replace(self, progress=None)
+
+    def generator(self) -> torch.Generator:
+        import torch
+
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(self.seed)
+        return generator
+
+    def map_batches(
+        self,
+        total: int,
+        compute: Callable[[int, int], None],
+        message: str = "",
+    ) -> None:
+        """Call ``compute(start, stop)`` over ``range(total)`` in batches.
+
+        The batch starts at :meth:`batch_limit` and is halved whenever a batch runs out of
+        memory; a failure at batch size 1 is raised as :class:`OutOfMemoryError`.
+        ``compute`` must only accumulate its results once it has succeeded.
+        """
+        batch = min(self.batch_limit(), max(total, 1))
+        start = 0
+        while start < total:
+            self.check()
+            stop = min(start + batch, total)
+            try:
+                compute(start, stop)
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                free_cached_memory(self.device)
+                if batch == 1:
+                    raise OutOfMemoryError(
+                        f"out of memory on {self.device} even with one sample per pass; run on a "
+                        "device with more memory, use --device cpu, or crop the image / use a "
+                        "sliding-window model with a smaller roi_size"
+                    ) from error
+                batch = max(1, batch // 2)
+                self.notes.append(f"out of memory: batch size reduced to {batch}")
+                continue
+            start = stop
+            self.report(start / total, f"{message} {start}/{total}".strip())

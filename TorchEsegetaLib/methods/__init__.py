@@ -1,0 +1,18 @@
+"""Attribution methods by name: ``create_method("integrated_gradients", {"n_steps": 64})``."""
+
+from .base import REGISTRY, Method, Param, ScoreModel, create_method, get_method, input_gradients, register
+from .layer import default_layer, list_layers
+from . import gradient, layer, perturbation  # noqa: F401  (registers the methods)
+
+__all__ = [
+    "REGISTRY",
+    "Method",
+    "Param",
+    "ScoreModel",
+    "create_method",
+    "default_layer",
+    "get_method",
+    "input_gradients",
+    "list_layers",
+    "register",
+]

@@ -1,0 +1,284 @@
+"""Gradient methods: saliency, input x gradient, integrated gradients, guided backpropagation,
+and SmoothGrad (noise tunnel) over any of them.
+
+They are written on one primitive, :func:`~.base.input_gradients`, batched by the engine, so they
+get progress, cancellation and out-of-memory recovery for free; tests prove each equals captum's
+implementation on the same model, input and target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from .base import Method, Param, ScoreModel, input_gradients, register
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..engine import Context
+    from ..targets import BoundTarget
+
+BASELINES = ("zero", "min", "mean", "blur")
+
+
+def make_baseline(kind: str, inputs: torch.Tensor, blur_sigma: float = 4.0) -> torch.Tensor:
+    """A reference input of ``inputs.shape``: zeros, or each channel's minimum or mean, or a blur."""
+    import torch
+
+    spatial = tuple(range(2, inputs.dim()))
+    if kind == "zero":
+        return torch.zeros_like(inputs)
+    if kind == "min":
+        return inputs.amin(dim=spatial, keepdim=True).expand_as(inputs).clone()
+    if kind == "mean":
+        return inputs.mean(dim=spatial, keepdim=True).expand_as(inputs).clone()
+    return gaussian_blur(inputs, blur_sigma)
+
+
+def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur over the spatial axes, reflecting at the borders."""
+    import torch
+
+    radius = max(1, int(3 * sigma + 0.5))
+    offsets = torch.arange(-radius, radius + 1, dtype=inputs.dtype, device=inputs.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = inputs
+    channels = inputs.shape[1]
+    for axis in range(inputs.dim() - 2):
+        shape = [1] * (inputs.dim() - 2)
+        shape[axis] = kernel.numel()
+        weight = kernel.reshape(1, 1, *shape).repeat(channels, 1, *[1] * len(shape))
+        pad = [0, 0] * (inputs.dim() - 2)
+        pad[2 * (inputs.dim() - 3 - axis)] = pad[2 * (inputs.dim() - 3 - axis) + 1] = min(radius, inputs.shape[2 + axis] - 1)
+        padded = torch.nn.functional.pad(out, pad, mode="reflect") if max(pad) > 0 else out
+        conv = torch.nn.functional.conv3d if inputs.dim() == 5 else torch.nn.functional.conv2d
+        out = conv(padded, weight, groups=channels)
+        if out.shape[2 + axis] != inputs.shape[2 + axis]:
+            # The kernel is longer than the axis: crop the centre back to the input size.
+            excess = out.shape[2 + axis] - inputs.shape[2 + axis]
+            out = out.narrow(2 + axis, excess // 2, inputs.shape[2 + axis])
+    return out
+
+
+@contextlib.contextmanager
+def guided_relus(module: torch.nn.Module) -> Iterator[int]:
+    """Within the block, every ``nn.ReLU`` of ``module`` passes back only positive gradients.
+
+    In-place ReLUs are switched to out-of-place for the duration (backward hooks cannot see an
+    in-place output); the hooks and the flags are restored on exit, whatever happens.
+    """
+    import torch
+
+    relus = [m for m in module.modules() if isinstance(m, torch.nn.ReLU)]
+    inplace = [relu.inplace for relu in relus]
+    handles = []
+    try:
+        for relu in relus:
+            relu.inplace = False
+            handles.append(relu.register_full_backward_hook(lambda _m, grad_in, _g: (torch.relu(grad_in[0]),)))
+        yield len(relus)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for relu, flag in zip(relus, inplace):
+            relu.inplace = flag
+
+
+class _PerSampleGradient(Method):
+    """A method computed from the input gradient of each example on its own."""
+
+    family = "gradient"
+
+    def combine(self, inputs: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def gradients(self, score: ScoreModel, inputs: torch.Tensor, context: Context) -> torch.Tensor:
+        return input_gradients(score, inputs)[1]
+
+    def attribute(self, forward, inputs, target, context):
+        import torch
+
+        score = ScoreModel(forward, target)
+        out = torch.empty_like(inputs)
+
+        def compute(start: int, stop: int) -> None:
+            batch = inputs[start:stop]
+            out[start:stop] = self.combine(batch, self.gradients(score, batch, context))
+
+        context.map_batches(inputs.shape[0], compute, self.name)
+        return out
+
+
+@register
+class Saliency(_PerSampleGradient):
+    name = "saliency"
+    title = "Saliency"
+    summary = "Gradient of the target score with respect to each input voxel (absolute value by default)."
+    signed = False
+    cost = "1 forward + 1 backward"
+    reference = "Simonyan et al. 2014, arXiv:1312.6034"
+    params = (Param("abs", "bool", True, "Take the absolute value of the gradient (false keeps its sign)."),)
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self.signed = not self.config["abs"]
+
+    def combine(self, inputs, grads):
+        return grads.abs() if self.config["abs"] else grads
+
+
+@register
+class InputXGradient(_PerSampleGradient):
+    name = "input_x_gradient"
+    title = "Input x Gradient"
+    summary = "Input intensity times the gradient of the target score (first-order contribution)."
+    signed = True
+    cost = "1 forward + 1 backward"
+    reference = "Shrikumar et al. 2016, arXiv:1605.01713"
+
+    def combine(self, inputs, grads):
+        return inputs * grads
+
+
+@register
+class GuidedBackprop(_PerSampleGradient):
+    name = "guided_backprop"
+    title = "Guided Backpropagation"
+    summary = "Gradient where every ReLU passes back only positive gradients (needs ReLU activations)."
+    signed = True
+    cost = "1 forward + 1 backward"
+    reference = "Springenberg et al. 2015, arXiv:1412.6806"
+
+    def gradients(self, score, inputs, context):
+        with guided_relus(score.forward) as count:
+            note = "the model has no nn.ReLU: guided backpropagation equals the plain gradient"
+            if count == 0 and note not in context.notes:
+                context.notes.append(note)
+            return super().gradients(score, inputs, context)
+
+    def combine(self, inputs, grads):
+        return grads
+
+
+@register
+class IntegratedGradients(Method):
+    name = "integrated_gradients"
+    title = "Integrated Gradients"
+    summary = "Path integral of gradients from a baseline to the input; attributions sum to the score difference."
+    family = "gradient"
+    signed = True
+    cost = "n_steps forward + n_steps backward"
+    reference = "Sundararajan et al. 2017, arXiv:1703.01365"
+    params = (
+        Param("n_steps", "int", 32, "Number of points on the path from the baseline to the input.", minimum=1, maximum=4096),
+        Param(
+            "method",
+            "choice",
+            "gausslegendre",
+            "Quadrature rule for the path integral (as captum).",
+            choices=("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"),
+        ),
+        Param("baseline", "choice", "zero", "Reference input: zeros, each channel's minimum or mean, or a Gaussian blur of the input.", choices=BASELINES),
+        Param("blur_sigma", "float", 4.0, "Sigma in voxels of the blurred baseline.", minimum=0.1, maximum=100.0),
+    )
+
+    def attribute(self, forward, inputs, target, context):
+        import torch
+        from captum.attr._utils.approximation_methods import approximation_parameters
+
+        step_sizes_fn, alphas_fn = approximation_parameters(self.config["method"])
+        steps = self.config["n_steps"]
+        alphas = torch.tensor(alphas_fn(steps), dtype=inputs.dtype, device=inputs.device)
+        step_sizes = torch.tensor(step_sizes_fn(steps), dtype=inputs.dtype, device=inputs.device)
+        baselines = make_baseline(self.config["baseline"], inputs, self.config["blur_sigma"])
+        score = ScoreModel(forward, target)
+        out = torch.empty_like(inputs)
+        examples = inputs.shape[0]
+        for index in range(examples):
+            x, base = inputs[index : index + 1], baselines[index : index + 1]
+            total = torch.zeros_like(x)
+            shape = (-1,) + (1,) * (x.dim() - 1)
+
+            def compute(start: int, stop: int, x=x, base=base, total=total) -> None:
+                a = alphas[start:stop].reshape(shape)
+                path = base + a * (x - base)
+                _, grads = input_gradients(score, path)
+                total.add_((grads * step_sizes[start:stop].reshape(shape)).sum(dim=0, keepdim=True))
+
+            context.map_batches(steps, compute, f"{self.name} example {index + 1}/{examples} step")
+            out[index : index + 1] = total * (x - base)
+        return out
+
+
+@register
+class SmoothGrad(Method):
+    name = "smoothgrad"
+    title = "SmoothGrad (noise tunnel)"
+    summary = "Averages another gradient method over noisy copies of the input (SmoothGrad, SmoothGrad-squared or VarGrad)."
+    family = "gradient"
+    signed = False
+    cost = "samples x the base method"
+    reference = "Smilkov et al. 2017, arXiv:1706.03825; Adebayo et al. 2018 (VarGrad)"
+    params = (
+        Param("base", "choice", "saliency", "The gradient method to smooth.", choices=("saliency", "input_x_gradient", "integrated_gradients", "guided_backprop")),
+        Param("samples", "int", 16, "Number of noisy copies.", minimum=1, maximum=10000),
+        Param("noise_level", "float", 0.1, "Noise standard deviation as a fraction of each channel's intensity range (max - min).", minimum=0.0, maximum=10.0),
+        Param("nt_type", "choice", "smoothgrad", "smoothgrad (mean), smoothgrad_sq (mean of squares) or vargrad (variance).", choices=("smoothgrad", "smoothgrad_sq", "vargrad")),
+    )
+    base_prefix = "base_"
+
+    def __init__(self, **values):
+        from . import create_method
+
+        # Parameters of the base method are given with a "base_" prefix (base_n_steps=16).
+        own = {p.name for p in self.params}
+        base_params = {
+            key[len(self.base_prefix) :]: value
+            for key, value in values.items()
+            if key.startswith(self.base_prefix) and key not in own
+        }
+        super().__init__(**{k: v for k, v in values.items() if k in own or not k.startswith(self.base_prefix)})
+        if self.config["base"] == "saliency":
+            base_params.setdefault("abs", False)
+        self.base = create_method(self.config["base"], base_params)
+        self.config.update({self.base_prefix + k: v for k, v in self.base.config.items()})
+        self.signed = self.config["nt_type"] == "smoothgrad" and self.base.signed
+
+    def noise_std(self, inputs: torch.Tensor) -> torch.Tensor:
+        spatial = tuple(range(2, inputs.dim()))
+        spread = inputs.amax(dim=spatial, keepdim=True) - inputs.amin(dim=spatial, keepdim=True)
+        return self.config["noise_level"] * spread
+
+    def attribute(self, forward, inputs, target, context):
+        import torch
+
+        samples = self.config["samples"]
+        generator = context.generator()
+        quiet = context.quiet()
+        out = torch.empty_like(inputs)
+        for example in range(inputs.shape[0]):
+            x = inputs[example : example + 1]
+            std = self.noise_std(x).expand_as(x).cpu()
+            total, total_sq = torch.zeros_like(x), torch.zeros_like(x)
+            done = 0
+            while done < samples:
+                chunk = min(context.batch_limit(), samples - done)
+                # One draw per sample, in order, so the result does not depend on the chunk size.
+                noise = torch.cat([torch.normal(0.0, std, generator=generator) for _ in range(chunk)])
+                attribution = self.base.attribute(forward, x + noise.to(x.device), target, quiet)
+                total += attribution.sum(dim=0, keepdim=True)
+                total_sq += (attribution * attribution).sum(dim=0, keepdim=True)
+                done += chunk
+                context.report(done / samples, f"{self.name} sample {done}/{samples}")
+            out[example : example + 1] = self.smooth(total / samples, total_sq / samples)
+        return out
+
+    def smooth(self, mean: torch.Tensor, mean_sq: torch.Tensor) -> torch.Tensor:
+        if self.config["nt_type"] == "smoothgrad":
+            return mean
+        if self.config["nt_type"] == "smoothgrad_sq":
+            return mean_sq
+        return mean_sq - mean * mean

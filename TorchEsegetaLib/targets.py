@@ -1,0 +1,282 @@
+"""What to explain: a segmentation output reduced to one differentiable score per example.
+
+A :class:`TargetSpec` is what the user asks for (JSON-serialisable, part of a Job). Binding it to
+the model's unperturbed output gives a :class:`BoundTarget`: the class, the fixed region of the
+model's output grid, and how to score it. The region is fixed once, from the unperturbed
+prediction, so perturbed or interpolated inputs are all scored on the same voxels; the score is
+a masked mean (or sum) of logits or probabilities, which is smooth in the input. (Thresholding
+inside the forward pass, as the original TorchEsegeta wrapper did, makes every input gradient
+identically zero.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import UserInputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .card import ModelCard
+    from .volume import Geometry
+
+TARGET_KINDS = ("class", "mask", "roi", "voxel")
+SCORE_OUTPUTS = ("logits", "probabilities")
+REDUCTIONS = ("mean", "sum")
+COORDINATES = ("voxel", "lps", "ras")
+
+
+@dataclass
+class TargetSpec:
+    """The user's choice of what to explain.
+
+    Attributes:
+        kind: "class" (the predicted mask of ``class_``), "mask" (a user label volume, optionally
+            one ``label`` value of it), "roi" (a box from ``start`` to ``end``, both inclusive) or
+            "voxel" (the single voxel ``voxel``).
+        class_: the class to explain, by name or output-channel index; None picks the first
+            foreground class (channel 1 for softmax models, 0 for sigmoid models).
+        output: score "logits" (default; does not saturate) or "probabilities".
+        mask: path of a label volume on the input grid (kind "mask"); ``mask_array`` may hold it.
+        label: keep only this value of the mask (None: every non-zero voxel).
+        start, end: box corners (kind "roi"), in ``coordinates``.
+        voxel: the voxel (kind "voxel"), in ``coordinates``.
+        coordinates: "voxel" indices (i, j, k) of the input grid, or physical "lps" / "ras" mm.
+        reduction: "mean" or "sum" of the scores over the region.
+    """
+
+    kind: str = "class"
+    class_: str | int | None = None
+    output: str = "logits"
+    mask: str | None = None
+    label: int | None = None
+    start: tuple[float, float, float] | None = None
+    end: tuple[float, float, float] | None = None
+    voxel: tuple[float, float, float] | None = None
+    coordinates: str = "voxel"
+    reduction: str = "mean"
+    mask_array: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("target kind", self.kind, TARGET_KINDS)
+        _check_choice("target output", self.output, SCORE_OUTPUTS)
+        _check_choice("target reduction", self.reduction, REDUCTIONS)
+        _check_choice("target coordinates", self.coordinates, COORDINATES)
+        if self.kind == "mask" and self.mask is None and self.mask_array is None:
+            raise UserInputError("a mask target needs a label volume: give its path (--target mask:FILE)")
+        if self.kind == "roi":
+            if self.start is None or self.end is None:
+                raise UserInputError("an ROI target needs two corners: --target roi:i0,j0,k0:i1,j1,k1")
+            self.start, self.end = _triple(self.start, "ROI start"), _triple(self.end, "ROI end")
+        if self.kind == "voxel":
+            if self.voxel is None:
+                raise UserInputError("a voxel target needs a position: --target voxel:i,j,k")
+            self.voxel = _triple(self.voxel, "voxel")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "mask_array"}
+        data["class"] = data.pop("class_")
+        if self.mask_array is not None:
+            data["mask"] = data["mask"] or "<array>"
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TargetSpec:
+        data = dict(data)
+        if "class" in data:
+            data["class_"] = data.pop("class")
+        known = set(cls.__dataclass_fields__) - {"mask_array"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserInputError(
+                f"unknown target field(s) {unknown}; known fields are {sorted(known | {'class'} - {'class_'})}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def parse(cls, text: str, **extra: Any) -> TargetSpec:
+        """Parse the CLI form: ``class``, ``mask:FILE[:LABEL]``, ``roi:A,B,C:D,E,F``, ``voxel:A,B,C``."""
+        kind, _, rest = text.partition(":")
+        kind = kind.strip().lower()
+        _check_choice("target kind", kind, TARGET_KINDS)
+        if kind == "class":
+            if rest:
+                extra.setdefault("class_", rest)
+            return cls(kind="class", **extra)
+        if kind == "mask":
+            path, sep, label = rest.rpartition(":")
+            if not (sep and label.isdigit()):
+                path, label = rest, ""
+            return cls(kind="mask", mask=path, label=int(label) if label else None, **extra)
+        parts = rest.split(":")
+        try:
+            corners = [tuple(float(v) for v in p.split(",")) for p in parts]
+        except ValueError as e:
+            raise UserInputError(f"could not read the numbers in target {text!r}; write e.g. roi:10,10,10:20,20,20") from e
+        if kind == "roi":
+            if len(corners) != 2:
+                raise UserInputError(f"target {text!r} needs two corners: roi:i0,j0,k0:i1,j1,k1")
+            return cls(kind="roi", start=corners[0], end=corners[1], **extra)
+        if len(corners) != 1:
+            raise UserInputError(f"target {text!r} needs one position: voxel:i,j,k")
+        return cls(kind="voxel", voxel=corners[0], **extra)
+
+
+def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserInputError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _triple(value: Any, what: str) -> tuple[float, float, float]:
+    values = tuple(float(v) for v in value)
+    if len(values) != 3 or not all(np.isfinite(values)):
+        raise UserInputError(f"the {what} needs three finite coordinates, got {value!r}")
+    return values
+
+
+class BoundTarget:
+    """A target fixed on the unperturbed prediction: ``target(logits) -> (B,)`` scores."""
+
+    def __init__(self, class_index: int, region: torch.Tensor, output: str, activation: str, reduction: str):
+        self.class_index = class_index
+        self.region = region
+        self.output = output
+        self.activation = activation
+        self.reduction = reduction
+        self._weights: torch.Tensor | None = None
+
+    @property
+    def voxel_count(self) -> int:
+        return int(self.region.sum())
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if self.output == "logits":
+            values = logits[:, self.class_index]
+        elif self.activation == "softmax":
+            values = torch.softmax(logits, dim=1)[:, self.class_index]
+        else:
+            values = torch.sigmoid(logits[:, self.class_index])
+        weights = self.region_weights(values.device, values.dtype)
+        return (values * weights).flatten(1).sum(dim=1)
+
+    def region_weights(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        if self._weights is None or self._weights.device != device or self._weights.dtype != dtype:
+            weights = self.region.to(device=device, dtype=dtype)
+            if self.reduction == "mean":
+                weights = weights / weights.sum()
+            self._weights = weights
+        return self._weights
+
+    def describe(self, card: ModelCard) -> dict[str, Any]:
+        return {
+            "class": card.class_names[self.class_index],
+            "class_index": self.class_index,
+            "output": self.output,
+            "reduction": self.reduction,
+            "region_voxels": self.voxel_count,
+        }
+
+
+def default_class(card: ModelCard) -> int:
+    return 1 if card.activation == "softmax" and card.out_channels > 1 else 0
+
+
+def predicted_mask(logits: torch.Tensor, class_index: int, activation: str) -> torch.Tensor:
+    """The unperturbed prediction of one class, (*S) bool, from (1, K, *S) logits."""
+    if activation == "softmax":
+        return logits[0].argmax(dim=0) == class_index
+    return logits[0, class_index] > 0
+
+
+def region_in_input_grid(spec: TargetSpec, geometry: Geometry) -> np.ndarray:
+    """The region of a mask/roi/voxel target as a bool (I, J, K) array on the input grid."""
+    shape = geometry.size
+    if spec.kind == "mask":
+        if spec.mask_array is not None:
+            labels = np.asarray(spec.mask_array)
+            if labels.shape != tuple(shape):
+                raise UserInputError(
+                    f"the target mask has shape {labels.shape} but the image has {tuple(shape)}; "
+                    "resample the mask onto the image grid"
+                )
+        else:
+            from .io import read_label
+
+            labels = read_label(spec.mask, like=geometry)
+        region = labels == spec.label if spec.label is not None else labels != 0
+        where = f"label {spec.label} of the mask" if spec.label is not None else "the mask"
+        if not region.any():
+            raise UserInputError(f"{where} is empty: the target has no voxel; pick a label present in the mask")
+        return region
+    if spec.kind == "roi":
+        a, b = _to_index(spec.start, spec.coordinates, geometry), _to_index(spec.end, spec.coordinates, geometry)
+        low = np.clip(np.floor(np.minimum(a, b) + 0.5), 0, None).astype(int)
+        high = np.minimum(np.floor(np.maximum(a, b) + 0.5).astype(int), np.asarray(shape) - 1)
+        if np.any(high < low):
+            raise UserInputError(
+                f"the ROI {spec.start}..{spec.end} ({spec.coordinates}) lies outside the image "
+                f"(size {tuple(shape)} voxels); give corners inside the image"
+            )
+        region = np.zeros(shape, dtype=bool)
+        region[low[0] : high[0] + 1, low[1] : high[1] + 1, low[2] : high[2] + 1] = True
+        return region
+    index = np.floor(_to_index(spec.voxel, spec.coordinates, geometry) + 0.5).astype(int)
+    if np.any(index < 0) or np.any(index >= np.asarray(shape)):
+        raise UserInputError(
+            f"the voxel {spec.voxel} ({spec.coordinates}) lies outside the image (size {tuple(shape)}); "
+            "give a position inside the image"
+        )
+    region = np.zeros(shape, dtype=bool)
+    region[tuple(index)] = True
+    return region
+
+
+def _to_index(point: tuple[float, float, float], coordinates: str, geometry: Geometry) -> np.ndarray:
+    point_array = np.asarray(point, dtype=np.float64)
+    if coordinates == "voxel":
+        return point_array
+    if coordinates == "ras":
+        point_array = point_array * np.array([-1.0, -1.0, 1.0])
+    return geometry.physical_to_index(point_array)
+
+
+def bind_target(
+    spec: TargetSpec,
+    card: ModelCard,
+    logits: torch.Tensor,
+    input_region: np.ndarray | None = None,
+) -> BoundTarget:
+    """Fix the target on the unperturbed ``logits`` (1, K, *S) of the model grid.
+
+    Args:
+        spec: the user's target.
+        card: the model card (class names, activation).
+        logits: the model's unperturbed output on the model grid.
+        input_region: for mask/roi/voxel targets, the region already mapped onto the model grid
+            as a bool array of shape ``logits.shape[2:]``.
+    """
+    import torch
+
+    class_index = default_class(card) if spec.class_ is None else card.class_index(spec.class_)
+    if spec.kind == "class":
+        region = predicted_mask(logits, class_index, card.activation)
+        if not bool(region.any()):
+            raise UserInputError(
+                f"the model predicts no voxel of class {card.class_names[class_index]!r} in this image, so "
+                "there is nothing to explain; choose another class or target a mask, ROI or voxel"
+            )
+    else:
+        if input_region is None:
+            raise ValueError("mask, roi and voxel targets need their region on the model grid")
+        region = torch.as_tensor(np.asarray(input_region, dtype=bool))
+        if tuple(region.shape) != tuple(logits.shape[2:]):
+            raise ValueError(f"region shape {tuple(region.shape)} does not match the output {tuple(logits.shape[2:])}")
+        if not bool(region.any()):
+            raise UserInputError("the target region is empty; give a non-empty mask, ROI or voxel")
+    return BoundTarget(class_index, region.to(logits.device), spec.output, card.activation, spec.reduction)
