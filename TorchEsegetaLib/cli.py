@@ -1,0 +1,316 @@
+"""The ``torchesegeta`` command: explain | run | demo | methods | layers | schema.
+
+Exit status: 0 success, 2 bad input (one line naming the problem and the fix), 1 internal error,
+130 interrupted. Tracebacks only with --verbose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import CancelledError, UserInputError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_DEMO_METHODS = "saliency,input_x_gradient,integrated_gradients,guided_backprop,smoothgrad,gradcam,occlusion"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors are input errors too
+        self.print_usage(sys.stderr)
+        print(f"torchesegeta: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
+
+
+def _common_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=None, help="seed of every random draw (default 0)")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="torchesegeta",
+        description="Explain 3D medical image segmentation models with attribution maps.",
+    )
+    parser.add_argument("--version", action="version", version=f"torchesegeta {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    explain = sub.add_parser("explain", help="explain a model on one case and write a run folder")
+    explain.add_argument("--image", action="append", required=True, help="input image file or DICOM folder; repeat once per model input channel")
+    explain.add_argument("--model", default="demo", help="'demo', a TorchScript file, a MONAI bundle folder, or a checkpoint with --network")
+    explain.add_argument("--network", help="MONAI network class for a state-dict checkpoint, e.g. UNet")
+    explain.add_argument("--network-kwargs", default=None, help="JSON keyword arguments of --network")
+    explain.add_argument("--card", default=None, help="model card fields as JSON or a JSON file (class_names, intensity, spacing, roi_size, ...)")
+    explain.add_argument("--target", default="class", help="class[:NAME] | mask:FILE[:LABEL] | roi:i0,j0,k0:i1,j1,k1 | voxel:i,j,k")
+    explain.add_argument("--class", dest="target_class", default=None, help="class to explain, by name or index (default: first foreground class)")
+    explain.add_argument("--score", choices=("logits", "probabilities"), default="logits", help="score logits (default) or probabilities")
+    explain.add_argument("--coordinates", choices=("voxel", "lps", "ras"), default="voxel", help="coordinates of roi/voxel targets")
+    explain.add_argument("--reduction", choices=("mean", "sum"), default="mean", help="reduce the target region by mean (default) or sum")
+    explain.add_argument("--method", action="append", default=None, help="comma-separated method names (see `torchesegeta methods`)")
+    explain.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE", help="a method parameter, e.g. integrated_gradients.n_steps=64")
+    explain.add_argument("--out", required=True, help="run folder to create")
+    explain.add_argument("--format", choices=("nii.gz", "nrrd", "mha"), default="nii.gz", help="file format of the maps")
+    explain.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    explain.add_argument("--max-batch", type=int, default=None, help="largest batch per forward/backward pass (default: by device)")
+    explain.add_argument("--method-budget", type=float, default=None, help="seconds each method may run before it is stopped")
+    explain.add_argument("--save-job", default=None, help="also write the job as a JSON file (re-run with `torchesegeta run`)")
+    _common_run_options(explain)
+
+    run = sub.add_parser("run", help="run a job file (JSON or YAML) into its run folder")
+    run.add_argument("job", help="job file")
+    run.add_argument("--out", default=None, help="override the job's output folder")
+    _common_run_options(run)
+
+    demo = sub.add_parser("demo", help="explain the built-in vessel model on the built-in MRA-like volume")
+    demo.add_argument("--out", default="torchesegeta-demo", help="run folder to create (default ./torchesegeta-demo)")
+    demo.add_argument("--method", default=DEFAULT_DEMO_METHODS, help=f"comma-separated methods (default {DEFAULT_DEMO_METHODS})")
+    _common_run_options(demo)
+
+    methods = sub.add_parser("methods", help="list every attribution method with its parameters")
+    methods.add_argument("--json", action="store_true", help="machine-readable output")
+
+    layers = sub.add_parser("layers", help="list the layers a layer method (Grad-CAM) can use")
+    layers.add_argument("--model", default="demo")
+    layers.add_argument("--network", default=None)
+    layers.add_argument("--network-kwargs", default=None)
+
+    sub.add_parser("schema", help="print the JSON schema of job files")
+    return parser
+
+
+def _json_option(text: str | None, what: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    source = Path(text)
+    try:
+        if not text.lstrip().startswith("{") and source.is_file():
+            text = source.read_text(encoding="utf-8")
+        value = json.loads(text)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserInputError(f"{what} is neither a JSON object nor a readable JSON file: {e}") from e
+    if not isinstance(value, dict):
+        raise UserInputError(f"{what} must be a JSON object, e.g. '{{\"key\": 1}}'")
+    return value
+
+
+def _methods_from_args(names: list[str] | None, params: list[str]) -> list[dict[str, Any]]:
+    chosen = [n.strip() for group in (names or ["saliency"]) for n in group.split(",") if n.strip()]
+    entries = {name: {"name": name, "params": {}} for name in chosen}
+    for item in params:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise UserInputError(f"--param {item!r} must look like METHOD.NAME=VALUE, e.g. occlusion.window=8")
+        if method not in entries:
+            raise UserInputError(f"--param {item!r} is for method {method!r}, which is not among --method {','.join(entries)}")
+        entries[method]["params"][name] = value
+    return list(entries.values())
+
+
+def _job_from_explain(args: argparse.Namespace) -> Any:
+    from .job import Job
+    from .models import model_ref_from_string
+    from .targets import TargetSpec
+
+    target = TargetSpec.parse(
+        args.target,
+        output=args.score,
+        coordinates=args.coordinates,
+        reduction=args.reduction,
+        **({"class_": args.target_class} if args.target_class is not None else {}),
+    )
+    model = model_ref_from_string(args.model, args.network, _json_option(args.network_kwargs, "--network-kwargs"))
+    return Job(
+        images=args.image,
+        model=model,
+        card=_json_option(args.card, "--card"),
+        target=target,
+        methods=_methods_from_args(args.method, args.param),
+        output=args.out,
+        device=args.device or "auto",
+        seed=0 if args.seed is None else args.seed,
+        format=args.format,
+        figures=not args.no_figures,
+        overwrite=bool(args.overwrite),
+        max_batch=args.max_batch,
+        method_budget_s=args.method_budget,
+    )
+
+
+class ProgressBar:
+    """A tqdm bar over the whole run: one unit per method, advanced by each method's fraction."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if event.get("stage") != "method":
+            if self.bar is None:
+                print(f"torchesegeta: {event.get('message', '')}", file=sys.stderr)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=float(event["total"]), unit="method", file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n:.2f}/{total:.0f} methods [{elapsed}<{remaining}]")
+        self.bar.n = event["index"] + event["fraction"]
+        self.bar.set_description(event.get("message", "")[:48], refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run(job: Any, quiet: bool) -> Path:
+    from .runner import run_job
+
+    bar = ProgressBar(enabled=not quiet)
+    try:
+        out = run_job(job, progress=bar)
+    finally:
+        bar.close()
+    _summarise(out)
+    return out
+
+
+def _summarise(out: Path) -> None:
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    print(f"run folder: {out} ({record['status']})")
+    for method in record["methods"]:
+        where = method.get("file", method.get("message", ""))
+        print(f"  {method['label']:<22} {method['status']:<9} {method['seconds']:8.2f} s  {where}")
+    for warning in record.get("warnings", []):
+        print(f"  warning: {warning}")
+
+
+def _apply_overrides(job: Any, args: argparse.Namespace) -> Any:
+    for field_name, value in (("device", args.device), ("seed", args.seed), ("overwrite", args.overwrite), ("output", getattr(args, "out", None))):
+        if value is not None:
+            setattr(job, field_name, value)
+    return job
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo_volume
+    from .io import write_volume
+    from .job import Job
+
+    out = Path(args.out).absolute()
+    data = out.with_name(out.name + "-input")
+    volume, truth = demo_volume()
+    image = write_volume(volume.array[0], volume.geometry, data / "mra.nii.gz")
+    write_volume(truth, volume.geometry, data / "vessels_truth.nii.gz", dtype="uint8")
+    methods = _methods_from_args([args.method], [])
+    for entry in methods:
+        entry["params"].update(DEMO_PARAMS.get(entry["name"], {}))
+    job = Job(images=[str(image)], model={"kind": "demo"}, target="class:vessel", methods=methods, output=str(out), overwrite=True)
+    _apply_overrides(job, args)
+    job.output = str(out)
+    _run(job, args.quiet)
+    print(f"demo input: {image}")
+    return EXIT_OK
+
+
+#: Demo settings that keep `torchesegeta demo` well under a minute on two CPU cores.
+DEMO_PARAMS: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"n_steps": 16, "baseline": "zero"},
+    "smoothgrad": {"samples": 8, "noise_level": 0.1},
+    "occlusion": {"window": 16, "stride": 16},
+}
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods import REGISTRY
+
+    described = [cls.describe() for cls in REGISTRY.values()]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return EXIT_OK
+    for info in described:
+        print(f"{info['name']}  ({info['title']}; {info['family']}; {'signed' if info['signed'] else 'unsigned'}; cost: {info['cost']})")
+        print(textwrap.indent(textwrap.fill(info["summary"], 92), "    "))
+        print(f"    reference: {info['reference']}")
+        for p in info["params"]:
+            extra = f" choices: {', '.join(p['choices'])}" if "choices" in p else ""
+            if "minimum" in p or "maximum" in p:
+                extra += f" range: [{p.get('minimum', '')}, {p.get('maximum', '')}]"
+            print(f"    --param {info['name']}.{p['name']}=<{p['type']}> (default {p['default']!r}){extra}")
+            print(textwrap.indent(textwrap.fill(p["help"], 88), "        "))
+        print()
+    return EXIT_OK
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .methods import default_layer, list_layers
+    from .models import load_model, model_ref_from_string
+
+    model = load_model(model_ref_from_string(args.model, args.network, _json_option(args.network_kwargs, "--network-kwargs")))
+    layers = list_layers(model.network)
+    if not layers:
+        raise UserInputError("this model exposes no layers (TorchScript); load it by network name and checkpoint to use layer methods")
+    default = default_layer(model.network, model.card.out_channels)
+    for layer in layers:
+        mark = "  (default)" if layer["name"] == default else ""
+        print(f"{layer['name']:<48} {layer['type']:<16} {layer['out_channels']:>5} channels{mark}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .job import schema_path
+
+    print(schema_path().read_text(encoding="utf-8"))
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    job = _job_from_explain(args)
+    if args.save_job:
+        Path(args.save_job).write_text(json.dumps(job.to_dict(), indent=2), encoding="utf-8")
+    _run(job, args.quiet)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .job import Job
+
+    job = _apply_overrides(Job.load(args.job), args)
+    _run(job, args.quiet)
+    return EXIT_OK
+
+
+COMMANDS = {"explain": cmd_explain, "run": cmd_run, "demo": cmd_demo, "methods": cmd_methods, "layers": cmd_layers, "schema": cmd_schema}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserInputError as e:
+        if args.verbose:
+            raise
+        print(f"torchesegeta: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except (KeyboardInterrupt, CancelledError):
+        print("torchesegeta: interrupted; no run folder was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # an internal error: say so, keep the traceback for --verbose
+        if args.verbose:
+            raise
+        print(f"torchesegeta: internal error: {type(e).__name__}: {e} (rerun with --verbose for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
