@@ -88,10 +88,10 @@ def test_run_reads_a_job_file_and_saved_jobs_reproduce_the_maps(case, tmp_path):
         np.testing.assert_array_equal(a, b)
     yaml_job = tmp_path / "job.yaml"
     yaml_job.write_text(
-        "images: [%s]\nmodel: {kind: monai, network: UNet, checkpoint: %s, kwargs: %s}\n"
+        f"images: [{case / 'image.nii.gz'}]\n"
+        f"model: {{kind: monai, network: UNet, checkpoint: {case / 'unet.pt'}, kwargs: {json.dumps(NETWORK_KWARGS)}}}\n"
         "target: voxel:8,8,8\nmethods: [{name: saliency, params: {abs: false}, label: signed_gradient}]\n"
         "output: yaml_run\nformat: nrrd\nfigures: false\n"
-        % (case / "image.nii.gz", case / "unet.pt", json.dumps(NETWORK_KWARGS))
     )
     assert main(["run", str(yaml_job), "--quiet"]) == 0
     assert (tmp_path / "yaml_run" / "signed_gradient.nrrd").is_file()

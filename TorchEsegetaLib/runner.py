@@ -22,7 +22,6 @@ from .job import Job, MethodSpec
 from .targets import TargetSpec
 
 if TYPE_CHECKING:
-    import torch
 
     from .engine import CancelToken
     from .models import LoadedModel
@@ -135,7 +134,6 @@ def explain_volume(
     cancel: CancelToken | None = None,
 ) -> ExplainResult:
     """Segment ``volume``, fix the target, and run each method; all results on the input grid."""
-    import torch
 
     from .engine import Context
     from .inference import (
@@ -227,7 +225,6 @@ def explain_volume(
 
 def library_versions() -> dict[str, str]:
     import platform
-
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python": platform.python_version()}
@@ -255,6 +252,7 @@ def write_run_folder(result: ExplainResult, out: Path, record: dict[str, Any], f
         entry: dict[str, Any] = {
             "label": m.spec.label,
             "name": m.spec.name,
+            "title": m.spec.create().title,
             "params": m.spec.create().config,
             "status": m.status,
             "seconds": round(m.seconds, 4),

@@ -1,8 +1,17 @@
 """Attribution methods by name: ``create_method("integrated_gradients", {"n_steps": 64})``."""
 
-from .base import REGISTRY, Method, Param, ScoreModel, create_method, get_method, input_gradients, register
-from .layer import default_layer, list_layers
 from . import gradient, layer, perturbation  # noqa: F401  (registers the methods)
+from .base import (
+    REGISTRY,
+    Method,
+    Param,
+    ScoreModel,
+    create_method,
+    get_method,
+    input_gradients,
+    register,
+)
+from .layer import default_layer, list_layers
 
 __all__ = [
     "REGISTRY",

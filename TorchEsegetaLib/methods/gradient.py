@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     import torch
 
     from ..engine import Context
-    from ..targets import BoundTarget
 
 BASELINES = ("zero", "min", "mean", "blur")
 
@@ -197,10 +196,10 @@ class IntegratedGradients(Method):
         score = ScoreModel(forward, target)
         out = torch.empty_like(inputs)
         examples = inputs.shape[0]
+        shape = (-1,) + (1,) * (inputs.dim() - 1)
         for index in range(examples):
             x, base = inputs[index : index + 1], baselines[index : index + 1]
             total = torch.zeros_like(x)
-            shape = (-1,) + (1,) * (x.dim() - 1)
 
             def compute(start: int, stop: int, x=x, base=base, total=total) -> None:
                 a = alphas[start:stop].reshape(shape)
