@@ -188,7 +188,7 @@ def explain_volume(
             )
             seed_everything(seed + index)
             t0 = time.perf_counter()
-            result = MethodResult(spec, "ok", 0.0, bool(method.signed), bool(getattr(method, "shared_channels", False)))
+            result = MethodResult(spec, "ok", 0.0, bool(method.signed), method.shared_channels)
             try:
                 attribution = method.attribute(forward, x, bound, context)
                 restored = restore_input_grid(attribution.detach().float(), info)[0].cpu().numpy()

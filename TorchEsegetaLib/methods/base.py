@@ -100,6 +100,10 @@ class Method:
     reference: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = ()
     needs_layer: ClassVar[bool] = False
+    needs_baseline: ClassVar[bool] = False
+    #: True when the map is the same for every input channel (layer methods, occlusion of all
+    #: channels at once): the run folder then writes it once instead of summing channels.
+    shared_channels: ClassVar[bool] = False
 
     def __init__(self, **values: Any) -> None:
         declared = {p.name: p for p in self.params}
@@ -133,6 +137,8 @@ class Method:
             "family": cls.family,
             "signed": cls.signed,
             "needs_layer": cls.needs_layer,
+            "needs_baseline": cls.needs_baseline,
+            "shared_channels": cls.shared_channels,
             "cost": cls.cost,
             "reference": cls.reference,
             "params": [p.to_dict() for p in cls.params],

@@ -171,6 +171,7 @@ class IntegratedGradients(Method):
     signed = True
     cost = "n_steps forward + n_steps backward"
     reference = "Sundararajan et al. 2017, arXiv:1703.01365"
+    needs_baseline = True
     params = (
         Param("n_steps", "int", 32, "Number of points on the path from the baseline to the input.", minimum=1, maximum=4096),
         Param(

@@ -26,6 +26,7 @@ class Occlusion(Method):
     signed = True
     cost = "1 forward per window position, batched"
     reference = "Zeiler & Fergus 2014, arXiv:1311.2901"
+    needs_baseline = True
     shared_channels = True
     params = (
         Param("window", "int", 16, "Edge length of the cubic occluding box, in voxels.", minimum=1, maximum=1024),
