@@ -18,7 +18,7 @@ from helpers import centre_box_target, tiny_input, tiny_unet
 
 from TorchEsegetaLib.engine import CancelToken, Context
 from TorchEsegetaLib.errors import CancelledError, UserInputError
-from TorchEsegetaLib.methods import REGISTRY, ScoreModel, create_method, get_method, list_layers
+from TorchEsegetaLib.methods import REGISTRY, ScoreModel, create_method, default_layer, get_method, list_layers, trace_layers
 
 
 @pytest.fixture(params=[1, 2], ids=["1ch", "2ch"])
@@ -115,10 +115,20 @@ def test_gradcam_matches_captum(setup):
         assert close(got[:, channel : channel + 1], ref)
 
 
-def test_gradcam_default_layer_is_a_wide_convolution(setup):
+def test_gradcam_default_layer_is_the_last_wide_feature_map_after_normalisation(setup):
     net, x, target, _ = setup
-    got = ours("gradcam", net, x, target)
-    assert got.shape == x.shape and torch.isfinite(got).all() and (got >= 0).all()
+    traced = trace_layers(net, x)
+    default = default_layer(net, x, out_channels=2)
+    assert default == [t["name"] for t in traced if t["channels"] > 2][-1]
+    got = ours("gradcam", net, x, target, relu=False)
+    assert got.shape == x.shape and torch.isfinite(got).all()
+    # A convolution feeding an instance normalisation has gradients with zero spatial mean,
+    # so its Grad-CAM vanishes: the default must not be such a layer.
+    pre_norm = next(
+        a["name"] for a, b in zip(traced, traced[1:]) if a["type"] == "Conv3d" and b["type"] == "InstanceNorm3d" and a["channels"] > 2
+    )
+    vanishing = ours("gradcam", net, x, target, relu=False, layer=pre_norm)
+    assert vanishing.abs().max() < 1e-4 * got.abs().max()
 
 
 def test_unknown_layer_is_a_clear_error(setup):

@@ -225,9 +225,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 #: Demo settings that keep `torchesegeta demo` well under a minute on two CPU cores.
 DEMO_PARAMS: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {"n_steps": 16, "baseline": "zero"},
-    "smoothgrad": {"samples": 8, "noise_level": 0.1},
-    "occlusion": {"window": 16, "stride": 16},
+    "integrated_gradients": {"n_steps": 32},
+    "smoothgrad": {"samples": 16, "noise_level": 0.1},
+    "occlusion": {"window": 8, "stride": 8},
 }
 
 
@@ -253,17 +253,28 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from .methods import default_layer, list_layers
+    import torch
+
+    from .inference import SegmentationForward
+    from .methods.layer import default_layer, trace_layers
     from .models import load_model, model_ref_from_string
 
     model = load_model(model_ref_from_string(args.model, args.network, _json_option(args.network_kwargs, "--network-kwargs")))
-    layers = list_layers(model.network)
+    card = model.card
+    # A dry run on a small blank input finds the layers in the order they run, with their shapes.
+    side = max(32, 2 * card.size_divisible)
+    size = card.roi_size or (side, side, side)
+    forward = SegmentationForward(model.network, card)
+    dummy = torch.zeros((1, card.in_channels, *size))
+    layers = trace_layers(forward, dummy)
     if not layers:
         raise UserInputError("this model exposes no layers (TorchScript); load it by network name and checkpoint to use layer methods")
-    default = default_layer(model.network, model.card.out_channels)
+    default = default_layer(forward, dummy, card.out_channels)
+    print(f"layers of {card.name} in execution order (output shape for a {'x'.join(map(str, size))} input):")
     for layer in layers:
         mark = "  (default)" if layer["name"] == default else ""
-        print(f"{layer['name']:<48} {layer['type']:<16} {layer['out_channels']:>5} channels{mark}")
+        shape = "x".join(map(str, layer["shape"]))
+        print(f"  {layer['name']:<44} {layer['type']:<18} {layer['channels']:>4} x {shape}{mark}")
     return EXIT_OK
 
 

@@ -11,7 +11,7 @@ from .base import (
     input_gradients,
     register,
 )
-from .layer import default_layer, list_layers
+from .layer import default_layer, list_layers, trace_layers
 
 __all__ = [
     "REGISTRY",
@@ -23,5 +23,6 @@ __all__ = [
     "get_method",
     "input_gradients",
     "list_layers",
+    "trace_layers",
     "register",
 ]
