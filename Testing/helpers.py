@@ -9,7 +9,11 @@ from TorchEsegetaLib.targets import BoundTarget
 
 
 def tiny_unet(
-    in_channels: int = 1, out_channels: int = 2, seed: int = 0, act: str = "RELU", norm: str = "INSTANCE"
+    in_channels: int = 1,
+    out_channels: int = 2,
+    seed: int = 0,
+    act: str = "RELU",
+    norm: str = "INSTANCE",
 ) -> torch.nn.Module:
     from monai.networks.nets import UNet
 
@@ -46,7 +50,9 @@ class LinearVoxelModel(torch.nn.Module):
         super().__init__()
         self.conv = torch.nn.Conv3d(1, len(weights), kernel_size=1)
         with torch.no_grad():
-            self.conv.weight.copy_(torch.tensor(weights, dtype=torch.float32).reshape(-1, 1, 1, 1, 1))
+            self.conv.weight.copy_(
+                torch.tensor(weights, dtype=torch.float32).reshape(-1, 1, 1, 1, 1)
+            )
             self.conv.bias.copy_(torch.tensor(biases, dtype=torch.float32))
 
     def forward(self, x):

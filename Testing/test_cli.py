@@ -20,8 +20,14 @@ from TorchEsegetaLib.io import read_volume, write_volume
 from TorchEsegetaLib.volume import Geometry
 
 NETWORK_KWARGS = {
-    "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2],
-    "num_res_units": 1, "act": "RELU", "norm": "INSTANCE",
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8],
+    "strides": [2],
+    "num_res_units": 1,
+    "act": "RELU",
+    "norm": "INSTANCE",
 }
 OBLIQUE = (0.6, 0.0, 0.8, 0.0, 1.0, 0.0, -0.8, 0.0, 0.6)
 
@@ -37,27 +43,63 @@ def case(tmp_path_factory):
 
 
 def model_args(case):
-    return ["--model", str(case / "unet.pt"), "--network", "UNet", "--network-kwargs", json.dumps(NETWORK_KWARGS)]
+    return [
+        "--model",
+        str(case / "unet.pt"),
+        "--network",
+        "UNet",
+        "--network-kwargs",
+        json.dumps(NETWORK_KWARGS),
+    ]
 
 
 def explain(case, out, *extra):
-    return main(["explain", "--image", str(case / "image.nii.gz"), *model_args(case), "--out", str(out), "--quiet", *extra])
+    return main(
+        [
+            "explain",
+            "--image",
+            str(case / "image.nii.gz"),
+            *model_args(case),
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def snapshot(folder):
-    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_explain_writes_a_complete_run_folder_in_the_input_geometry(case, tmp_path):
     before = snapshot(case)
     out = tmp_path / "run"
     methods = "saliency,input_x_gradient,integrated_gradients,guided_backprop,smoothgrad,gradcam,occlusion"
-    params = ["--param", "integrated_gradients.n_steps=8", "--param", "smoothgrad.samples=2", "--param", "occlusion.window=8"]
-    assert explain(case, out, "--method", methods, "--target", "roi:5,5,5:10,10,10", "--seed", "3", *params) == 0
+    params = [
+        "--param",
+        "integrated_gradients.n_steps=8",
+        "--param",
+        "smoothgrad.samples=2",
+        "--param",
+        "occlusion.window=8",
+    ]
+    assert (
+        explain(
+            case, out, "--method", methods, "--target", "roi:5,5,5:10,10,10", "--seed", "3", *params
+        )
+        == 0
+    )
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "complete" and record["seed"] == 3
     assert [m["label"] for m in record["methods"]] == methods.split(",")
-    assert record["model"]["sha256"] and record["versions"]["torch"] and record["job"]["methods"][2]["params"]["n_steps"] == "8"
+    assert (
+        record["model"]["sha256"]
+        and record["versions"]["torch"]
+        and record["job"]["methods"][2]["params"]["n_steps"] == "8"
+    )
     assert record["target"]["region_voxels"] == 6**3
     reference = sitk.ReadImage(str(case / "image.nii.gz"))
     affine = nib.load(case / "image.nii.gz").affine
@@ -80,7 +122,12 @@ def test_explain_writes_a_complete_run_folder_in_the_input_geometry(case, tmp_pa
 def test_run_reads_a_job_file_and_saved_jobs_reproduce_the_maps(case, tmp_path):
     first = tmp_path / "first"
     job_file = tmp_path / "job.json"
-    assert explain(case, first, "--method", "saliency,gradcam", "--save-job", str(job_file), "--no-figures") == 0
+    assert (
+        explain(
+            case, first, "--method", "saliency,gradcam", "--save-job", str(job_file), "--no-figures"
+        )
+        == 0
+    )
     assert main(["run", str(job_file), "--out", str(tmp_path / "second"), "--quiet"]) == 0
     for name in ("saliency.nii.gz", "gradcam.nii.gz"):
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(first / name)))
@@ -102,20 +149,47 @@ def test_two_channel_inputs_write_per_channel_maps(tmp_path):
     geometry = Geometry((16, 16, 16), (1.0, 1.0, 2.0))
     rng = np.random.default_rng(1)
     for name in ("t1", "t2"):
-        write_volume(rng.random(geometry.size).astype(np.float32), geometry, tmp_path / f"{name}.nii.gz")
+        write_volume(
+            rng.random(geometry.size).astype(np.float32), geometry, tmp_path / f"{name}.nii.gz"
+        )
     kwargs = {**NETWORK_KWARGS, "in_channels": 2}
-    code = main([
-        "explain", "--image", str(tmp_path / "t1.nii.gz"), "--image", str(tmp_path / "t2.nii.gz"),
-        "--model", str(tmp_path / "unet2.pt"), "--network", "UNet", "--network-kwargs", json.dumps(kwargs),
-        "--method", "input_x_gradient,occlusion", "--param", "occlusion.window=8", "--target", "voxel:8,8,8",
-        "--out", str(tmp_path / "run"), "--quiet", "--no-figures",
-    ])
+    code = main(
+        [
+            "explain",
+            "--image",
+            str(tmp_path / "t1.nii.gz"),
+            "--image",
+            str(tmp_path / "t2.nii.gz"),
+            "--model",
+            str(tmp_path / "unet2.pt"),
+            "--network",
+            "UNet",
+            "--network-kwargs",
+            json.dumps(kwargs),
+            "--method",
+            "input_x_gradient,occlusion",
+            "--param",
+            "occlusion.window=8",
+            "--target",
+            "voxel:8,8,8",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+            "--no-figures",
+        ]
+    )
     assert code == 0
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     ixg = record["methods"][0]
-    assert ixg["channel_files"] == ["input_x_gradient.channel0.nii.gz", "input_x_gradient.channel1.nii.gz"]
+    assert ixg["channel_files"] == [
+        "input_x_gradient.channel0.nii.gz",
+        "input_x_gradient.channel1.nii.gz",
+    ]
     total = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "run" / ixg["file"])))
-    parts = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "run" / f))) for f in ixg["channel_files"]]
+    parts = [
+        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "run" / f)))
+        for f in ixg["channel_files"]
+    ]
     np.testing.assert_allclose(total, parts[0] + parts[1], rtol=1e-5, atol=1e-7)
     assert "channel_files" not in record["methods"][1]
 
@@ -129,8 +203,15 @@ def bad_input_cases(case, tmp_path):
     sitk.WriteImage(flat, str(tmp_path / "flat.nii.gz"))
     (tmp_path / "corrupt.nii.gz").write_bytes(os.urandom(300))
     case_geometry = read_volume(case / "image.nii.gz").geometry
-    write_volume(np.zeros(case_geometry.size, np.uint8), case_geometry, tmp_path / "empty_mask.nii.gz", dtype=np.uint8)
-    write_volume(np.ones(geometry.size, np.uint8), geometry, tmp_path / "other_grid.nii.gz", dtype=np.uint8)
+    write_volume(
+        np.zeros(case_geometry.size, np.uint8),
+        case_geometry,
+        tmp_path / "empty_mask.nii.gz",
+        dtype=np.uint8,
+    )
+    write_volume(
+        np.ones(geometry.size, np.uint8), geometry, tmp_path / "other_grid.nii.gz", dtype=np.uint8
+    )
     image = ["--image", str(case / "image.nii.gz")]
     model = model_args(case)
     return {
@@ -141,12 +222,42 @@ def bad_input_cases(case, tmp_path):
         "NaN": (["--image", str(tmp_path / "nan.mha"), *model], "NaN"),
         "unknown method": ([*image, *model, "--method", "saliencyy"], "did you mean saliency"),
         "unknown parameter": ([*image, *model, "--param", "saliency.steps=3"], "unknown parameter"),
-        "bad parameter value": ([*image, *model, "--method", "integrated_gradients", "--param", "integrated_gradients.n_steps=0"], "at least 1"),
-        "empty mask target": ([*image, *model, "--target", f"mask:{tmp_path / 'empty_mask.nii.gz'}"], "the mask is empty"),
-        "mask on another grid": ([*image, *model, "--target", f"mask:{tmp_path / 'other_grid.nii.gz'}"], "grid"),
+        "bad parameter value": (
+            [
+                *image,
+                *model,
+                "--method",
+                "integrated_gradients",
+                "--param",
+                "integrated_gradients.n_steps=0",
+            ],
+            "at least 1",
+        ),
+        "empty mask target": (
+            [*image, *model, "--target", f"mask:{tmp_path / 'empty_mask.nii.gz'}"],
+            "the mask is empty",
+        ),
+        "mask on another grid": (
+            [*image, *model, "--target", f"mask:{tmp_path / 'other_grid.nii.gz'}"],
+            "grid",
+        ),
         "missing model": ([*image, "--model", str(tmp_path / "nope.pt")], "does not exist"),
-        "unknown network": ([*image, "--model", str(case / "unet.pt"), "--network", "UNett", "--network-kwargs", "{}"], "UNet"),
-        "roi outside": ([*image, *model, "--target", "roi:100,100,100:120,120,120"], "outside the image"),
+        "unknown network": (
+            [
+                *image,
+                "--model",
+                str(case / "unet.pt"),
+                "--network",
+                "UNett",
+                "--network-kwargs",
+                "{}",
+            ],
+            "UNet",
+        ),
+        "roi outside": (
+            [*image, *model, "--target", "roi:100,100,100:120,120,120"],
+            "outside the image",
+        ),
         "device": ([*image, *model, "--device", "cuda:7"], "cuda"),
     }
 
@@ -169,7 +280,9 @@ def test_out_of_memory_is_reported_and_leaves_nothing(case, tmp_path, capsys, mo
     from TorchEsegetaLib import engine
 
     def no_memory(self, total, compute, message=""):
-        raise engine.OutOfMemoryError("out of memory on cpu even with one sample per pass; run on a device with more memory")
+        raise engine.OutOfMemoryError(
+            "out of memory on cpu even with one sample per pass; run on a device with more memory"
+        )
 
     monkeypatch.setattr(engine.Context, "map_batches", no_memory)
     out = tmp_path / "oom"
@@ -203,8 +316,23 @@ def test_methods_listing_documents_every_method(capsys):
 
 def test_console_script_errors_have_no_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "TorchEsegetaLib.cli", "explain", "--image", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "TorchEsegetaLib.cli",
+            "explain",
+            "--image",
+            str(tmp_path / "missing.nii.gz"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2
+        and "does not exist" in result.stderr
+        and "Traceback" not in result.stderr
+    )
     assert not (tmp_path / "o").exists()

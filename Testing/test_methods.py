@@ -18,7 +18,15 @@ from helpers import centre_box_target, tiny_input, tiny_unet
 
 from TorchEsegetaLib.engine import CancelToken, Context
 from TorchEsegetaLib.errors import CancelledError, UserInputError
-from TorchEsegetaLib.methods import REGISTRY, ScoreModel, create_method, default_layer, get_method, list_layers, trace_layers
+from TorchEsegetaLib.methods import (
+    REGISTRY,
+    ScoreModel,
+    create_method,
+    default_layer,
+    get_method,
+    list_layers,
+    trace_layers,
+)
 
 
 @pytest.fixture(params=[1, 2], ids=["1ch", "2ch"])
@@ -42,7 +50,9 @@ def close(a, b, rtol=1e-4, atol=1e-6):
 def test_saliency_matches_captum(setup):
     net, x, target, score = setup
     assert close(ours("saliency", net, x, target), Saliency(score).attribute(x, abs=True))
-    assert close(ours("saliency", net, x, target, abs=False), Saliency(score).attribute(x, abs=False))
+    assert close(
+        ours("saliency", net, x, target, abs=False), Saliency(score).attribute(x, abs=False)
+    )
 
 
 def test_input_x_gradient_matches_captum(setup):
@@ -54,7 +64,9 @@ def test_input_x_gradient_matches_captum(setup):
 def test_integrated_gradients_matches_captum(setup, rule):
     net, x, target, score = setup
     got = ours("integrated_gradients", net, x, target, n_steps=12, method=rule)
-    ref = IntegratedGradients(score).attribute(x, baselines=torch.zeros_like(x), n_steps=12, method=rule)
+    ref = IntegratedGradients(score).attribute(
+        x, baselines=torch.zeros_like(x), n_steps=12, method=rule
+    )
     assert close(got, ref)
 
 
@@ -83,6 +95,7 @@ def test_integrated_gradients_completeness(setup):
 def test_guided_backprop_matches_captum_and_restores_model(setup):
     net, x, target, score = setup
     got = ours("guided_backprop", net, x, target)
+
     class Wrapped(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -94,13 +107,17 @@ def test_guided_backprop_matches_captum_and_restores_model(setup):
     ref = GuidedBackprop(Wrapped()).attribute(x)
     assert close(got, ref)
     # Hooks removed: a plain gradient afterwards is the ordinary one.
-    assert close(ours("saliency", net, x, target, abs=False), Saliency(score).attribute(x, abs=False))
+    assert close(
+        ours("saliency", net, x, target, abs=False), Saliency(score).attribute(x, abs=False)
+    )
     assert not any(m._backward_hooks for m in net.modules())
 
 
 def test_guided_backprop_differs_from_gradient(setup):
     net, x, target, _ = setup
-    assert not close(ours("guided_backprop", net, x, target), ours("saliency", net, x, target, abs=False))
+    assert not close(
+        ours("guided_backprop", net, x, target), ours("saliency", net, x, target, abs=False)
+    )
 
 
 def test_gradcam_matches_captum(setup):
@@ -125,7 +142,9 @@ def test_gradcam_default_layer_is_the_last_wide_feature_map_after_normalisation(
     # A convolution feeding an instance normalisation has gradients with zero spatial mean,
     # so its Grad-CAM vanishes: the default must not be such a layer.
     pre_norm = next(
-        a["name"] for a, b in zip(traced, traced[1:]) if a["type"] == "Conv3d" and b["type"] == "InstanceNorm3d" and a["channels"] > 2
+        a["name"]
+        for a, b in zip(traced, traced[1:])
+        if a["type"] == "Conv3d" and b["type"] == "InstanceNorm3d" and a["channels"] > 2
     )
     vanishing = ours("gradcam", net, x, target, relu=False, layer=pre_norm)
     assert vanishing.abs().max() < 1e-4 * got.abs().max()
@@ -142,7 +161,11 @@ def test_occlusion_matches_captum(setup):
     channels = x.shape[1]
     got = ours("occlusion", net, x, target, window=8, stride=4, max_batch=5)
     ref = Occlusion(score).attribute(
-        x, sliding_window_shapes=(channels, 8, 8, 8), strides=(channels, 4, 4, 4), baselines=0.0, perturbations_per_eval=7
+        x,
+        sliding_window_shapes=(channels, 8, 8, 8),
+        strides=(channels, 4, 4, 4),
+        baselines=0.0,
+        perturbations_per_eval=7,
     )
     assert close(got, ref)
 
@@ -159,9 +182,9 @@ def test_smoothgrad_matches_captum_noise_tunnel(setup):
         pytest.skip("captum's noise tunnel takes one standard deviation per input tensor")
     level = 0.05
     std = level * float(x.max() - x.min())
-    got = create_method("smoothgrad", {"samples": 5, "noise_level": level, "base_abs": True}).attribute(
-        net, x, target, Context(max_batch=2, seed=7)
-    )
+    got = create_method(
+        "smoothgrad", {"samples": 5, "noise_level": level, "base_abs": True}
+    ).attribute(net, x, target, Context(max_batch=2, seed=7))
     torch.manual_seed(7)
     ref = NoiseTunnel(Saliency(score)).attribute(
         x, nt_type="smoothgrad", nt_samples=5, nt_samples_batch_size=1, stdevs=std, abs=True
@@ -169,29 +192,45 @@ def test_smoothgrad_matches_captum_noise_tunnel(setup):
     assert close(got, ref)
 
 
-@pytest.mark.parametrize("base", ["saliency", "input_x_gradient", "guided_backprop", "integrated_gradients"])
+@pytest.mark.parametrize(
+    "base", ["saliency", "input_x_gradient", "guided_backprop", "integrated_gradients"]
+)
 def test_smoothgrad_without_noise_equals_its_base(setup, base):
     net, x, target, _ = setup
-    params = {"abs": False} if base == "saliency" else {"n_steps": 4} if base == "integrated_gradients" else {}
+    params = (
+        {"abs": False}
+        if base == "saliency"
+        else {"n_steps": 4}
+        if base == "integrated_gradients"
+        else {}
+    )
     plain = ours(base, net, x, target, **params)
     prefixed = {f"base_{k}": v for k, v in params.items()}
-    smoothed = create_method("smoothgrad", {"base": base, "samples": 1, "noise_level": 0.0, **prefixed}).attribute(
-        net, x, target, Context()
-    )
+    smoothed = create_method(
+        "smoothgrad", {"base": base, "samples": 1, "noise_level": 0.0, **prefixed}
+    ).attribute(net, x, target, Context())
     assert close(smoothed, plain)
 
 
 def test_vargrad_is_non_negative_and_smoothgrad_sq_dominates(setup):
     net, x, target, _ = setup
     common = {"samples": 4, "noise_level": 0.1}
-    var = create_method("smoothgrad", {**common, "nt_type": "vargrad"}).attribute(net, x, target, Context(seed=1))
-    sq = create_method("smoothgrad", {**common, "nt_type": "smoothgrad_sq"}).attribute(net, x, target, Context(seed=1))
+    var = create_method("smoothgrad", {**common, "nt_type": "vargrad"}).attribute(
+        net, x, target, Context(seed=1)
+    )
+    sq = create_method("smoothgrad", {**common, "nt_type": "smoothgrad_sq"}).attribute(
+        net, x, target, Context(seed=1)
+    )
     assert (var >= -1e-6 * sq.max()).all() and (sq + 1e-9 >= var).all()
 
 
 def test_every_method_returns_a_finite_map_of_the_input_shape(setup):
     net, x, target, _ = setup
-    fast = {"integrated_gradients": {"n_steps": 4}, "smoothgrad": {"samples": 2}, "occlusion": {"window": 8, "stride": 8}}
+    fast = {
+        "integrated_gradients": {"n_steps": 4},
+        "smoothgrad": {"samples": 2},
+        "occlusion": {"window": 8, "stride": 8},
+    }
     for name in REGISTRY:
         attribution = ours(name, net, x, target, **fast.get(name, {}))
         assert attribution.shape == x.shape, name

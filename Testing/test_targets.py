@@ -61,10 +61,20 @@ def test_sigmoid_models_and_sum_reduction(linear):
     model, x = linear
     card = ModelCard(in_channels=1, out_channels=2, activation="sigmoid")
     region = box_region()
-    spec = TargetSpec(kind="mask", class_=1, output="probabilities", reduction="sum", mask_array=region.astype(np.uint8))
-    target = bind_target(spec, card, model(x).detach(), region_in_input_grid(spec, Geometry((8, 8, 8))))
+    spec = TargetSpec(
+        kind="mask",
+        class_=1,
+        output="probabilities",
+        reduction="sum",
+        mask_array=region.astype(np.uint8),
+    )
+    target = bind_target(
+        spec, card, model(x).detach(), region_in_input_grid(spec, Geometry((8, 8, 8)))
+    )
     s = 1 / (1 + np.exp(-(W1 * x[0, 0] + B1).numpy()))
-    np.testing.assert_allclose(grad_of(model, x, target), np.where(region, s * (1 - s) * W1, 0.0), rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(
+        grad_of(model, x, target), np.where(region, s * (1 - s) * W1, 0.0), rtol=1e-4, atol=1e-8
+    )
 
 
 def test_predicted_class_mask_is_fixed_from_the_unperturbed_prediction(linear):
@@ -79,7 +89,9 @@ def test_predicted_class_mask_is_fixed_from_the_unperturbed_prediction(linear):
     np.testing.assert_allclose(grad_of(model, perturbed, target), expected, rtol=1e-5, atol=1e-8)
     score = ScoreModel(model, target)(perturbed)
     np.testing.assert_allclose(
-        score.item(), float((W1 * perturbed[0, 0] + B1)[torch.from_numpy(expected_region)].mean()), rtol=1e-5
+        score.item(),
+        float((W1 * perturbed[0, 0] + B1)[torch.from_numpy(expected_region)].mean()),
+        rtol=1e-5,
     )
 
 
@@ -87,7 +99,12 @@ def test_gradients_flow_through_a_real_network_for_every_target_kind(tmp_path):
     net, x = tiny_unet(), tiny_input()
     logits = net(x).detach()
     geometry = Geometry((16, 16, 16))
-    mask_file = write_volume(box_region((16, 16, 16)).astype(np.uint8) * 3, geometry, tmp_path / "mask.nii.gz", dtype=np.uint8)
+    mask_file = write_volume(
+        box_region((16, 16, 16)).astype(np.uint8) * 3,
+        geometry,
+        tmp_path / "mask.nii.gz",
+        dtype=np.uint8,
+    )
     specs = [
         TargetSpec(kind="class", class_=int(logits[0].argmax(0).flatten().mode().values)),
         TargetSpec(kind="mask", mask=str(mask_file), label=3),
@@ -104,13 +121,19 @@ def test_gradients_flow_through_a_real_network_for_every_target_kind(tmp_path):
 def test_empty_targets_are_clear_errors(linear):
     model, x = linear
     with pytest.raises(UserInputError, match="predicts no voxel of class 'vessel'"):
-        bind_target(TargetSpec(kind="class", class_="vessel"), CARD, model(torch.ones_like(x) * 5).detach())
+        bind_target(
+            TargetSpec(kind="class", class_="vessel"), CARD, model(torch.ones_like(x) * 5).detach()
+        )
     with pytest.raises(UserInputError, match="label 7 of the mask is empty"):
-        region_in_input_grid(TargetSpec(kind="mask", mask_array=np.ones((8, 8, 8)), label=7), Geometry((8, 8, 8)))
+        region_in_input_grid(
+            TargetSpec(kind="mask", mask_array=np.ones((8, 8, 8)), label=7), Geometry((8, 8, 8))
+        )
     with pytest.raises(UserInputError, match="outside the image"):
         region_in_input_grid(TargetSpec(kind="voxel", voxel=(9, 0, 0)), Geometry((8, 8, 8)))
     with pytest.raises(UserInputError, match="outside the image"):
-        region_in_input_grid(TargetSpec(kind="roi", start=(20, 20, 20), end=(30, 30, 30)), Geometry((8, 8, 8)))
+        region_in_input_grid(
+            TargetSpec(kind="roi", start=(20, 20, 20), end=(30, 30, 30)), Geometry((8, 8, 8))
+        )
     with pytest.raises(UserInputError, match="unknown class 'liver'"):
         bind_target(TargetSpec(class_="liver"), CARD, model(x).detach())
 
@@ -121,8 +144,12 @@ def test_physical_coordinates_select_the_same_voxels():
     lps = [geometry.index_to_physical(p) for p in (voxel_spec.start, voxel_spec.end)]
     ras = [p * np.array([-1, -1, 1]) for p in lps]
     by_voxel = region_in_input_grid(voxel_spec, geometry)
-    by_lps = region_in_input_grid(TargetSpec(kind="roi", start=lps[0], end=lps[1], coordinates="lps"), geometry)
-    by_ras = region_in_input_grid(TargetSpec(kind="roi", start=ras[0], end=ras[1], coordinates="ras"), geometry)
+    by_lps = region_in_input_grid(
+        TargetSpec(kind="roi", start=lps[0], end=lps[1], coordinates="lps"), geometry
+    )
+    by_ras = region_in_input_grid(
+        TargetSpec(kind="roi", start=ras[0], end=ras[1], coordinates="ras"), geometry
+    )
     assert np.array_equal(by_voxel, by_lps) and np.array_equal(by_voxel, by_ras)
     assert by_voxel.sum() == 4 * 5 * 4
 

@@ -14,13 +14,26 @@ from helpers import tiny_unet
 from TorchEsegetaLib.io import write_volume
 from TorchEsegetaLib.volume import Geometry
 
-KWARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2], "num_res_units": 1, "act": "RELU", "norm": "INSTANCE"}
+KWARGS = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8],
+    "strides": [2],
+    "num_res_units": 1,
+    "act": "RELU",
+    "norm": "INSTANCE",
+}
 
 
 def make_job(tmp_path, methods, **extra):
     torch.save(tiny_unet().state_dict(), tmp_path / "unet.pt")
     geometry = Geometry((16, 16, 16), (1.0, 1.0, 1.5))
-    write_volume(np.random.default_rng(0).random(geometry.size).astype(np.float32), geometry, tmp_path / "image.nii.gz")
+    write_volume(
+        np.random.default_rng(0).random(geometry.size).astype(np.float32),
+        geometry,
+        tmp_path / "image.nii.gz",
+    )
     job = {
         "images": ["image.nii.gz"],
         "model": {"kind": "monai", "network": "UNet", "kwargs": KWARGS, "checkpoint": "unet.pt"},
@@ -37,12 +50,18 @@ def make_job(tmp_path, methods, **extra):
 def start(job_file):
     return subprocess.Popen(
         [sys.executable, "-m", "TorchEsegetaLib.worker", str(job_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 def test_worker_emits_progress_lines_and_a_complete_run_folder(tmp_path):
-    job_file = make_job(tmp_path, ["saliency", {"name": "integrated_gradients", "params": {"n_steps": 4}}], max_batch=2)
+    job_file = make_job(
+        tmp_path,
+        ["saliency", {"name": "integrated_gradients", "params": {"n_steps": 4}}],
+        max_batch=2,
+    )
     process = start(job_file)
     out, err = process.communicate(timeout=180)
     events = [json.loads(line) for line in out.splitlines()]
@@ -53,7 +72,9 @@ def test_worker_emits_progress_lines_and_a_complete_run_folder(tmp_path):
     ig = [e["fraction"] for e in progress if e.get("method") == "integrated_gradients"]
     assert ig == sorted(ig) and ig[-1] == 1.0 and len(ig) >= 3
     assert all(0.0 <= e["fraction"] <= 1.0 for e in progress)
-    assert (tmp_path / "run" / "run.json").is_file() and (tmp_path / "run" / "integrated_gradients.nii.gz").is_file()
+    assert (tmp_path / "run" / "run.json").is_file() and (
+        tmp_path / "run" / "integrated_gradients.nii.gz"
+    ).is_file()
 
 
 def test_worker_reports_input_errors(tmp_path):
@@ -61,7 +82,11 @@ def test_worker_reports_input_errors(tmp_path):
     process = start(job_file)
     out, _ = process.communicate(timeout=120)
     event = json.loads(out.splitlines()[-1])
-    assert process.returncode == 2 and event["kind"] == "input" and "no_such_method" in event["message"]
+    assert (
+        process.returncode == 2
+        and event["kind"] == "input"
+        and "no_such_method" in event["message"]
+    )
 
 
 def test_terminating_the_worker_mid_run_leaves_no_run_folder(tmp_path):

@@ -65,8 +65,15 @@ def explain(
     if out is not None:
         check_output_folder(Path(out), overwrite)
     result = explain_volume(
-        volume, loaded, target, specs, device=device, seed=seed, max_batch=max_batch,
-        method_budget_s=method_budget_s, progress=progress,
+        volume,
+        loaded,
+        target,
+        specs,
+        device=device,
+        seed=seed,
+        max_batch=max_batch,
+        method_budget_s=method_budget_s,
+        progress=progress,
     )
     if out is not None:
         import shutil
@@ -74,10 +81,32 @@ def explain(
 
         destination = Path(out).absolute()
         temporary = destination.with_name(f".{destination.name}.partial-{uuid.uuid4().hex[:8]}")
-        images_field = [str(p) for p in images] if isinstance(images, (list, tuple)) else [str(images)]
-        job = Job(images=images_field, model=loaded.source, card=card, target=target, methods=specs, output=str(destination), device=device, seed=seed)
+        images_field = (
+            [str(p) for p in images] if isinstance(images, (list, tuple)) else [str(images)]
+        )
+        job = Job(
+            images=images_field,
+            model=loaded.source,
+            card=card,
+            target=target,
+            methods=specs,
+            output=str(destination),
+            device=device,
+            seed=seed,
+        )
         try:
-            write_run_folder(result, temporary, {"job": job.to_dict(), "model": {"source": loaded.source, "sha256": loaded.sha256, "card": loaded.card.to_dict()}})
+            write_run_folder(
+                result,
+                temporary,
+                {
+                    "job": job.to_dict(),
+                    "model": {
+                        "source": loaded.source,
+                        "sha256": loaded.sha256,
+                        "card": loaded.card.to_dict(),
+                    },
+                },
+            )
             publish(temporary, destination)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)

@@ -100,8 +100,16 @@ class ModelCard:
 
     def summary(self) -> str:
         """One line for the Slicer panel and the CLI."""
-        spacing = "input grid" if self.spacing is None else "x".join(f"{s:g}" for s in self.spacing) + " mm"
-        window = "whole volume" if self.roi_size is None else "windows " + "x".join(map(str, self.roi_size))
+        spacing = (
+            "input grid"
+            if self.spacing is None
+            else "x".join(f"{s:g}" for s in self.spacing) + " mm"
+        )
+        window = (
+            "whole volume"
+            if self.roi_size is None
+            else "windows " + "x".join(map(str, self.roi_size))
+        )
         return (
             f"{self.name}: {self.in_channels} input channel(s), classes "
             f"{', '.join(self.class_names)} ({self.activation}), spacing {spacing}, {window}"

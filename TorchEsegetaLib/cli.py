@@ -17,7 +17,9 @@ from . import __version__
 from .errors import CancelledError, UserInputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
-DEFAULT_DEMO_METHODS = "saliency,input_x_gradient,integrated_gradients,guided_backprop,smoothgrad,gradcam,occlusion"
+DEFAULT_DEMO_METHODS = (
+    "saliency,input_x_gradient,integrated_gradients,guided_backprop,smoothgrad,gradcam,occlusion"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,9 +30,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=None, help="seed of every random draw (default 0)")
-    parser.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output folder")
+    parser.add_argument(
+        "--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of every random draw (default 0)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", default=None, help="replace an existing output folder"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -44,24 +52,95 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     explain = sub.add_parser("explain", help="explain a model on one case and write a run folder")
-    explain.add_argument("--image", action="append", required=True, help="input image file or DICOM folder; repeat once per model input channel")
-    explain.add_argument("--model", default="demo", help="'demo', a TorchScript file, a MONAI bundle folder, or a checkpoint with --network")
-    explain.add_argument("--network", help="MONAI network class for a state-dict checkpoint, e.g. UNet")
-    explain.add_argument("--network-kwargs", default=None, help="JSON keyword arguments of --network")
-    explain.add_argument("--card", default=None, help="model card fields as JSON or a JSON file (class_names, intensity, spacing, roi_size, ...)")
-    explain.add_argument("--target", default="class", help="class[:NAME] | mask:FILE[:LABEL] | roi:i0,j0,k0:i1,j1,k1 | voxel:i,j,k")
-    explain.add_argument("--class", dest="target_class", default=None, help="class to explain, by name or index (default: first foreground class)")
-    explain.add_argument("--score", choices=("logits", "probabilities"), default="logits", help="score logits (default) or probabilities")
-    explain.add_argument("--coordinates", choices=("voxel", "lps", "ras"), default="voxel", help="coordinates of roi/voxel targets")
-    explain.add_argument("--reduction", choices=("mean", "sum"), default="mean", help="reduce the target region by mean (default) or sum")
-    explain.add_argument("--method", action="append", default=None, help="comma-separated method names (see `torchesegeta methods`)")
-    explain.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE", help="a method parameter, e.g. integrated_gradients.n_steps=64")
+    explain.add_argument(
+        "--image",
+        action="append",
+        required=True,
+        help="input image file or DICOM folder; repeat once per model input channel",
+    )
+    explain.add_argument(
+        "--model",
+        default="demo",
+        help="'demo', a TorchScript file, a MONAI bundle folder, or a checkpoint with --network",
+    )
+    explain.add_argument(
+        "--network", help="MONAI network class for a state-dict checkpoint, e.g. UNet"
+    )
+    explain.add_argument(
+        "--network-kwargs", default=None, help="JSON keyword arguments of --network"
+    )
+    explain.add_argument(
+        "--card",
+        default=None,
+        help="model card fields as JSON or a JSON file (class_names, intensity, spacing, roi_size, ...)",
+    )
+    explain.add_argument(
+        "--target",
+        default="class",
+        help="class[:NAME] | mask:FILE[:LABEL] | roi:i0,j0,k0:i1,j1,k1 | voxel:i,j,k",
+    )
+    explain.add_argument(
+        "--class",
+        dest="target_class",
+        default=None,
+        help="class to explain, by name or index (default: first foreground class)",
+    )
+    explain.add_argument(
+        "--score",
+        choices=("logits", "probabilities"),
+        default="logits",
+        help="score logits (default) or probabilities",
+    )
+    explain.add_argument(
+        "--coordinates",
+        choices=("voxel", "lps", "ras"),
+        default="voxel",
+        help="coordinates of roi/voxel targets",
+    )
+    explain.add_argument(
+        "--reduction",
+        choices=("mean", "sum"),
+        default="mean",
+        help="reduce the target region by mean (default) or sum",
+    )
+    explain.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        help="comma-separated method names (see `torchesegeta methods`)",
+    )
+    explain.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help="a method parameter, e.g. integrated_gradients.n_steps=64",
+    )
     explain.add_argument("--out", required=True, help="run folder to create")
-    explain.add_argument("--format", choices=("nii.gz", "nrrd", "mha"), default="nii.gz", help="file format of the maps")
+    explain.add_argument(
+        "--format",
+        choices=("nii.gz", "nrrd", "mha"),
+        default="nii.gz",
+        help="file format of the maps",
+    )
     explain.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    explain.add_argument("--max-batch", type=int, default=None, help="largest batch per forward/backward pass (default: by device)")
-    explain.add_argument("--method-budget", type=float, default=None, help="seconds each method may run before it is stopped")
-    explain.add_argument("--save-job", default=None, help="also write the job as a JSON file (re-run with `torchesegeta run`)")
+    explain.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="largest batch per forward/backward pass (default: by device)",
+    )
+    explain.add_argument(
+        "--method-budget",
+        type=float,
+        default=None,
+        help="seconds each method may run before it is stopped",
+    )
+    explain.add_argument(
+        "--save-job",
+        default=None,
+        help="also write the job as a JSON file (re-run with `torchesegeta run`)",
+    )
     _common_run_options(explain)
 
     run = sub.add_parser("run", help="run a job file (JSON or YAML) into its run folder")
@@ -69,9 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="override the job's output folder")
     _common_run_options(run)
 
-    demo = sub.add_parser("demo", help="explain the built-in vessel model on the built-in MRA-like volume")
-    demo.add_argument("--out", default="torchesegeta-demo", help="run folder to create (default ./torchesegeta-demo)")
-    demo.add_argument("--method", default=DEFAULT_DEMO_METHODS, help=f"comma-separated methods (default {DEFAULT_DEMO_METHODS})")
+    demo = sub.add_parser(
+        "demo", help="explain the built-in vessel model on the built-in MRA-like volume"
+    )
+    demo.add_argument(
+        "--out",
+        default="torchesegeta-demo",
+        help="run folder to create (default ./torchesegeta-demo)",
+    )
+    demo.add_argument(
+        "--method",
+        default=DEFAULT_DEMO_METHODS,
+        help=f"comma-separated methods (default {DEFAULT_DEMO_METHODS})",
+    )
     _common_run_options(demo)
 
     methods = sub.add_parser("methods", help="list every attribution method with its parameters")
@@ -95,7 +184,9 @@ def _json_option(text: str | None, what: str) -> dict[str, Any] | None:
             text = source.read_text(encoding="utf-8")
         value = json.loads(text)
     except (OSError, json.JSONDecodeError) as e:
-        raise UserInputError(f"{what} is neither a JSON object nor a readable JSON file: {e}") from e
+        raise UserInputError(
+            f"{what} is neither a JSON object nor a readable JSON file: {e}"
+        ) from e
     if not isinstance(value, dict):
         raise UserInputError(f"{what} must be a JSON object, e.g. '{{\"key\": 1}}'")
     return value
@@ -108,9 +199,13 @@ def _methods_from_args(names: list[str] | None, params: list[str]) -> list[dict[
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
         if not sep or not dot or not name:
-            raise UserInputError(f"--param {item!r} must look like METHOD.NAME=VALUE, e.g. occlusion.window=8")
+            raise UserInputError(
+                f"--param {item!r} must look like METHOD.NAME=VALUE, e.g. occlusion.window=8"
+            )
         if method not in entries:
-            raise UserInputError(f"--param {item!r} is for method {method!r}, which is not among --method {','.join(entries)}")
+            raise UserInputError(
+                f"--param {item!r} is for method {method!r}, which is not among --method {','.join(entries)}"
+            )
         entries[method]["params"][name] = value
     return list(entries.values())
 
@@ -127,7 +222,9 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         reduction=args.reduction,
         **({"class_": args.target_class} if args.target_class is not None else {}),
     )
-    model = model_ref_from_string(args.model, args.network, _json_option(args.network_kwargs, "--network-kwargs"))
+    model = model_ref_from_string(
+        args.model, args.network, _json_option(args.network_kwargs, "--network-kwargs")
+    )
     return Job(
         images=args.image,
         model=model,
@@ -162,8 +259,13 @@ class ProgressBar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=float(event["total"]), unit="method", file=sys.stderr, dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n:.2f}/{total:.0f} methods [{elapsed}<{remaining}]")
+            self.bar = tqdm(
+                total=float(event["total"]),
+                unit="method",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.2f}/{total:.0f} methods [{elapsed}<{remaining}]",
+            )
         self.bar.n = event["index"] + event["fraction"]
         self.bar.set_description(event.get("message", "")[:48], refresh=False)
         self.bar.refresh()
@@ -196,7 +298,12 @@ def _summarise(out: Path) -> None:
 
 
 def _apply_overrides(job: Any, args: argparse.Namespace) -> Any:
-    for field_name, value in (("device", args.device), ("seed", args.seed), ("overwrite", args.overwrite), ("output", getattr(args, "out", None))):
+    for field_name, value in (
+        ("device", args.device),
+        ("seed", args.seed),
+        ("overwrite", args.overwrite),
+        ("output", getattr(args, "out", None)),
+    ):
         if value is not None:
             setattr(job, field_name, value)
     return job
@@ -215,7 +322,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     methods = _methods_from_args([args.method], [])
     for entry in methods:
         entry["params"].update(DEMO_PARAMS.get(entry["name"], {}))
-    job = Job(images=[str(image)], model={"kind": "demo"}, target="class:vessel", methods=methods, output=str(out), overwrite=True)
+    job = Job(
+        images=[str(image)],
+        model={"kind": "demo"},
+        target="class:vessel",
+        methods=methods,
+        output=str(out),
+        overwrite=True,
+    )
     _apply_overrides(job, args)
     job.output = str(out)
     _run(job, args.quiet)
@@ -239,14 +353,18 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(json.dumps(described, indent=2))
         return EXIT_OK
     for info in described:
-        print(f"{info['name']}  ({info['title']}; {info['family']}; {'signed' if info['signed'] else 'unsigned'}; cost: {info['cost']})")
+        print(
+            f"{info['name']}  ({info['title']}; {info['family']}; {'signed' if info['signed'] else 'unsigned'}; cost: {info['cost']})"
+        )
         print(textwrap.indent(textwrap.fill(info["summary"], 92), "    "))
         print(f"    reference: {info['reference']}")
         for p in info["params"]:
             extra = f" choices: {', '.join(p['choices'])}" if "choices" in p else ""
             if "minimum" in p or "maximum" in p:
                 extra += f" range: [{p.get('minimum', '')}, {p.get('maximum', '')}]"
-            print(f"    --param {info['name']}.{p['name']}=<{p['type']}> (default {p['default']!r}){extra}")
+            print(
+                f"    --param {info['name']}.{p['name']}=<{p['type']}> (default {p['default']!r}){extra}"
+            )
             print(textwrap.indent(textwrap.fill(p["help"], 88), "        "))
         print()
     return EXIT_OK
@@ -259,7 +377,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from .methods.layer import default_layer, trace_layers
     from .models import load_model, model_ref_from_string
 
-    model = load_model(model_ref_from_string(args.model, args.network, _json_option(args.network_kwargs, "--network-kwargs")))
+    model = load_model(
+        model_ref_from_string(
+            args.model, args.network, _json_option(args.network_kwargs, "--network-kwargs")
+        )
+    )
     card = model.card
     # A dry run on a small blank input finds the layers in the order they run, with their shapes.
     side = max(32, 2 * card.size_divisible)
@@ -268,9 +390,13 @@ def cmd_layers(args: argparse.Namespace) -> int:
     dummy = torch.zeros((1, card.in_channels, *size))
     layers = trace_layers(forward, dummy)
     if not layers:
-        raise UserInputError("this model exposes no layers (TorchScript); load it by network name and checkpoint to use layer methods")
+        raise UserInputError(
+            "this model exposes no layers (TorchScript); load it by network name and checkpoint to use layer methods"
+        )
     default = default_layer(forward, dummy, card.out_channels)
-    print(f"layers of {card.name} in execution order (output shape for a {'x'.join(map(str, size))} input):")
+    print(
+        f"layers of {card.name} in execution order (output shape for a {'x'.join(map(str, size))} input):"
+    )
     for layer in layers:
         mark = "  (default)" if layer["name"] == default else ""
         shape = "x".join(map(str, layer["shape"]))
@@ -301,7 +427,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"explain": cmd_explain, "run": cmd_run, "demo": cmd_demo, "methods": cmd_methods, "layers": cmd_layers, "schema": cmd_schema}
+COMMANDS = {
+    "explain": cmd_explain,
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "methods": cmd_methods,
+    "layers": cmd_layers,
+    "schema": cmd_schema,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,7 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an internal error: say so, keep the traceback for --verbose
         if args.verbose:
             raise
-        print(f"torchesegeta: internal error: {type(e).__name__}: {e} (rerun with --verbose for the traceback)", file=sys.stderr)
+        print(
+            f"torchesegeta: internal error: {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 

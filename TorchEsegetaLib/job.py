@@ -66,10 +66,14 @@ class MethodSpec:
         if isinstance(value, str):
             return cls(value)
         if not isinstance(value, dict) or "name" not in value:
-            raise UserInputError(f"a method entry needs a name, e.g. {{\"name\": \"saliency\"}}; got {value!r}")
+            raise UserInputError(
+                f'a method entry needs a name, e.g. {{"name": "saliency"}}; got {value!r}'
+            )
         unknown = sorted(set(value) - {"name", "params", "label"})
         if unknown:
-            raise UserInputError(f"unknown method entry field(s) {unknown}; use name, params and label")
+            raise UserInputError(
+                f"unknown method entry field(s) {unknown}; use name, params and label"
+            )
         return cls(value["name"], dict(value.get("params") or {}), value.get("label"))
 
 
@@ -108,18 +112,22 @@ class Job:
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
             raise UserInputError(
-                f"method(s) {duplicates} appear twice; give each a distinct label (\"label\": \"...\" in the job)"
+                f'method(s) {duplicates} appear twice; give each a distinct label ("label": "..." in the job)'
             )
         for method in self.methods:
             method.create()  # validates the parameters now, before any work
         if self.format not in MAP_FORMATS:
-            raise UserInputError(f"unknown map format {self.format!r}; use one of {', '.join(MAP_FORMATS)}")
+            raise UserInputError(
+                f"unknown map format {self.format!r}; use one of {', '.join(MAP_FORMATS)}"
+            )
         if self.max_batch is not None and int(self.max_batch) < 1:
             raise UserInputError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.method_budget_s is not None and float(self.method_budget_s) <= 0:
             raise UserInputError(f"method_budget_s must be positive, got {self.method_budget_s}")
         if not isinstance(self.model, dict) or "kind" not in self.model:
-            raise UserInputError('the job\'s model must be an object with a "kind" (demo, monai, torchscript or bundle)')
+            raise UserInputError(
+                'the job\'s model must be an object with a "kind" (demo, monai, torchscript or bundle)'
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,10 +150,14 @@ class Job:
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> Job:
         """Build a Job from its dictionary form; relative paths resolve against ``base``."""
         if not isinstance(data, dict):
-            raise UserInputError("a job file must hold one object (a mapping of field names to values)")
+            raise UserInputError(
+                "a job file must hold one object (a mapping of field names to values)"
+            )
         unknown = sorted(set(data) - set(JOB_FIELDS))
         if unknown:
-            raise UserInputError(f"unknown job field(s) {unknown}; known fields are {', '.join(JOB_FIELDS)}")
+            raise UserInputError(
+                f"unknown job field(s) {unknown}; known fields are {', '.join(JOB_FIELDS)}"
+            )
         if "images" not in data:
             raise UserInputError('the job has no "images" field: list the input image files')
         data = dict(data)
@@ -178,7 +190,9 @@ class Job:
             else:
                 data = json.loads(text)
         except Exception as e:
-            raise UserInputError(f"job file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {e}") from e
+            raise UserInputError(
+                f"job file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {e}"
+            ) from e
         return cls.from_dict(data, base=path.parent)
 
 

@@ -22,7 +22,6 @@ from .job import Job, MethodSpec
 from .targets import TargetSpec
 
 if TYPE_CHECKING:
-
     from .engine import CancelToken
     from .models import LoadedModel
     from .volume import Geometry, Volume
@@ -108,7 +107,9 @@ def region_on_model_grid(region: np.ndarray, info: Any) -> np.ndarray:
     import torch.nn.functional as F
 
     mask = torch.from_numpy(region.astype(np.float32))[None, None]
-    resized = F.interpolate(mask, size=info.model_shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+    resized = F.interpolate(mask, size=info.model_shape, mode="trilinear", align_corners=True)[
+        0, 0
+    ].numpy()
     for threshold in (0.5, 1e-6):
         mapped = resized >= threshold
         if mapped.any():
@@ -117,7 +118,9 @@ def region_on_model_grid(region: np.ndarray, info: Any) -> np.ndarray:
     centre = np.argwhere(region).mean(axis=0)
     scale = (np.asarray(info.model_shape) - 1) / np.maximum(np.asarray(info.input_shape) - 1, 1)
     mapped = np.zeros(info.model_shape, dtype=bool)
-    mapped[tuple(np.clip(np.round(centre * scale).astype(int), 0, np.asarray(info.model_shape) - 1))] = True
+    mapped[
+        tuple(np.clip(np.round(centre * scale).astype(int), 0, np.asarray(info.model_shape) - 1))
+    ] = True
     return mapped
 
 
@@ -148,7 +151,9 @@ def explain_volume(
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    warnings = [f"preprocessing step not applied: {step}" for step in model.card.ignored_preprocessing]
+    warnings = [
+        f"preprocessing step not applied: {step}" for step in model.card.ignored_preprocessing
+    ]
     torch_device = resolve_device(device)
     check_input(volume, model.card)
     instances = [spec.create() for spec in methods]
@@ -165,7 +170,9 @@ def explain_volume(
         model_region = region_on_model_grid(region_in_input_grid(target, volume.geometry), info)
     bound = bind_target(target, model.card, segmentation.logits, model_region)
     if target.kind == "class":
-        input_region = np.asarray(restore_input_grid(bound.region[None, None].float(), info)[0, 0] >= 0.5)
+        input_region = np.asarray(
+            restore_input_grid(bound.region[None, None].float(), info)[0, 0] >= 0.5
+        )
     else:
         input_region = region_in_input_grid(target, volume.geometry)
     target_info = {**target.to_dict(), **bound.describe(model.card)}
@@ -177,14 +184,34 @@ def explain_volume(
     results: list[MethodResult] = []
     try:
         for index, (spec, method) in enumerate(zip(methods, instances)):
-            _emit(progress, stage="method", method=spec.label, index=index, total=len(methods), fraction=0.0, message=f"{spec.label}: starting")
+            _emit(
+                progress,
+                stage="method",
+                method=spec.label,
+                index=index,
+                total=len(methods),
+                fraction=0.0,
+                message=f"{spec.label}: starting",
+            )
 
             def report(fraction: float, message: str, spec=spec, index=index) -> None:
-                _emit(progress, stage="method", method=spec.label, index=index, total=len(methods), fraction=fraction, message=message)
+                _emit(
+                    progress,
+                    stage="method",
+                    method=spec.label,
+                    index=index,
+                    total=len(methods),
+                    fraction=fraction,
+                    message=message,
+                )
 
             context = Context(
-                device=torch_device, max_batch=max_batch, progress=report, cancel=cancel,
-                budget_s=method_budget_s, seed=seed + index,
+                device=torch_device,
+                max_batch=max_batch,
+                progress=report,
+                cancel=cancel,
+                budget_s=method_budget_s,
+                seed=seed + index,
             )
             seed_everything(seed + index)
             t0 = time.perf_counter()
@@ -204,7 +231,15 @@ def explain_volume(
             result.notes = list(context.notes)
             results.append(result)
             timings[spec.label] = result.seconds
-            _emit(progress, stage="method", method=spec.label, index=index, total=len(methods), fraction=1.0, message=f"{spec.label}: {result.status} in {result.seconds:.1f} s")
+            _emit(
+                progress,
+                stage="method",
+                method=spec.label,
+                index=index,
+                total=len(methods),
+                fraction=1.0,
+                message=f"{spec.label}: {result.status} in {result.seconds:.1f} s",
+            )
     finally:
         model.network.to("cpu")
     timings["total"] = time.perf_counter() - started
@@ -240,7 +275,13 @@ def _suffix(fmt: str) -> str:
     return "." + fmt
 
 
-def write_run_folder(result: ExplainResult, out: Path, record: dict[str, Any], fmt: str = "nii.gz", figures: bool = True) -> dict[str, Any]:
+def write_run_folder(
+    result: ExplainResult,
+    out: Path,
+    record: dict[str, Any],
+    fmt: str = "nii.gz",
+    figures: bool = True,
+) -> dict[str, Any]:
     """Write maps, segmentation, figures and run.json into the (empty, temporary) folder ``out``."""
     from .io import write_volume
 
@@ -277,8 +318,14 @@ def write_run_folder(result: ExplainResult, out: Path, record: dict[str, Any], f
 
         signed = {m.spec.label: m.signed for m in result.methods}
         paths = write_overview_figures(
-            result.image, result.maps, result.geometry.spacing, result.centre(), out,
-            signed=signed, segmentation=result.labelmap, title=record.get("title", ""),
+            result.image,
+            result.maps,
+            result.geometry.spacing,
+            result.centre(),
+            out,
+            signed=signed,
+            segmentation=result.labelmap,
+            title=record.get("title", ""),
         )
         figure_files = [str(Path(p).relative_to(out)) for p in paths]
     statuses = {m.status for m in result.methods}
@@ -291,7 +338,9 @@ def write_run_folder(result: ExplainResult, out: Path, record: dict[str, Any], f
         "target": result.target,
         "segmentation": {
             "file": f"segmentation{suffix}",
-            "voxels_per_label": {str(int(v)): int(c) for v, c in zip(*np.unique(result.labelmap, return_counts=True))},
+            "voxels_per_label": {
+                str(int(v)): int(c) for v, c in zip(*np.unique(result.labelmap, return_counts=True))
+            },
         },
         "methods": method_records,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
@@ -305,7 +354,9 @@ def write_run_folder(result: ExplainResult, out: Path, record: dict[str, Any], f
             "direction_lps": list(result.geometry.direction),
         },
     }
-    (out / "run.json").write_text(json.dumps(document, indent=2, default=_json_default), encoding="utf-8")
+    (out / "run.json").write_text(
+        json.dumps(document, indent=2, default=_json_default), encoding="utf-8"
+    )
     return document
 
 
@@ -321,7 +372,9 @@ def _json_default(value: Any) -> Any:
 
 def check_output_folder(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
-        raise UserInputError(f"output folder {out} already exists; choose another --out or pass --overwrite")
+        raise UserInputError(
+            f"output folder {out} already exists; choose another --out or pass --overwrite"
+        )
     if out.exists() and not out.is_dir():
         raise UserInputError(f"output path {out} is a file; choose a folder path for --out")
 
@@ -337,7 +390,9 @@ def publish(temporary: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def run_job(job: Job, progress: ProgressHandler | None = None, cancel: CancelToken | None = None) -> Path:
+def run_job(
+    job: Job, progress: ProgressHandler | None = None, cancel: CancelToken | None = None
+) -> Path:
     """Execute ``job`` and return its run folder. Nothing is left behind when it fails."""
     from .io import read_channels
     from .models import load_model
@@ -352,8 +407,16 @@ def run_job(job: Job, progress: ProgressHandler | None = None, cancel: CancelTok
     model = load_model(job.model, job.card)
     load_seconds = time.perf_counter() - started
     result = explain_volume(
-        volume, model, job.target, job.methods, device=job.device, seed=job.seed, max_batch=job.max_batch,
-        method_budget_s=job.method_budget_s, progress=progress, cancel=cancel,
+        volume,
+        model,
+        job.target,
+        job.methods,
+        device=job.device,
+        seed=job.seed,
+        max_batch=job.max_batch,
+        method_budget_s=job.method_budget_s,
+        progress=progress,
+        cancel=cancel,
     )
     result.timings["load"] = load_seconds
     out.parent.mkdir(parents=True, exist_ok=True)

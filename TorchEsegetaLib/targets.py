@@ -67,10 +67,14 @@ class TargetSpec:
         _check_choice("target reduction", self.reduction, REDUCTIONS)
         _check_choice("target coordinates", self.coordinates, COORDINATES)
         if self.kind == "mask" and self.mask is None and self.mask_array is None:
-            raise UserInputError("a mask target needs a label volume: give its path (--target mask:FILE)")
+            raise UserInputError(
+                "a mask target needs a label volume: give its path (--target mask:FILE)"
+            )
         if self.kind == "roi":
             if self.start is None or self.end is None:
-                raise UserInputError("an ROI target needs two corners: --target roi:i0,j0,k0:i1,j1,k1")
+                raise UserInputError(
+                    "an ROI target needs two corners: --target roi:i0,j0,k0:i1,j1,k1"
+                )
             self.start, self.end = _triple(self.start, "ROI start"), _triple(self.end, "ROI end")
         if self.kind == "voxel":
             if self.voxel is None:
@@ -116,7 +120,9 @@ class TargetSpec:
         try:
             corners = [tuple(float(v) for v in p.split(",")) for p in parts]
         except ValueError as e:
-            raise UserInputError(f"could not read the numbers in target {text!r}; write e.g. roi:10,10,10:20,20,20") from e
+            raise UserInputError(
+                f"could not read the numbers in target {text!r}; write e.g. roi:10,10,10:20,20,20"
+            ) from e
         if kind == "roi":
             if len(corners) != 2:
                 raise UserInputError(f"target {text!r} needs two corners: roi:i0,j0,k0:i1,j1,k1")
@@ -141,7 +147,9 @@ def _triple(value: Any, what: str) -> tuple[float, float, float]:
 class BoundTarget:
     """A target fixed on the unperturbed prediction: ``target(logits) -> (B,)`` scores."""
 
-    def __init__(self, class_index: int, region: torch.Tensor, output: str, activation: str, reduction: str):
+    def __init__(
+        self, class_index: int, region: torch.Tensor, output: str, activation: str, reduction: str
+    ):
         self.class_index = class_index
         self.region = region
         self.output = output
@@ -212,10 +220,15 @@ def region_in_input_grid(spec: TargetSpec, geometry: Geometry) -> np.ndarray:
         region = labels == spec.label if spec.label is not None else labels != 0
         where = f"label {spec.label} of the mask" if spec.label is not None else "the mask"
         if not region.any():
-            raise UserInputError(f"{where} is empty: the target has no voxel; pick a label present in the mask")
+            raise UserInputError(
+                f"{where} is empty: the target has no voxel; pick a label present in the mask"
+            )
         return region
     if spec.kind == "roi":
-        a, b = _to_index(spec.start, spec.coordinates, geometry), _to_index(spec.end, spec.coordinates, geometry)
+        a, b = (
+            _to_index(spec.start, spec.coordinates, geometry),
+            _to_index(spec.end, spec.coordinates, geometry),
+        )
         low = np.clip(np.floor(np.minimum(a, b) + 0.5), 0, None).astype(int)
         high = np.minimum(np.floor(np.maximum(a, b) + 0.5).astype(int), np.asarray(shape) - 1)
         if np.any(high < low):
@@ -237,7 +250,9 @@ def region_in_input_grid(spec: TargetSpec, geometry: Geometry) -> np.ndarray:
     return region
 
 
-def _to_index(point: tuple[float, float, float], coordinates: str, geometry: Geometry) -> np.ndarray:
+def _to_index(
+    point: tuple[float, float, float], coordinates: str, geometry: Geometry
+) -> np.ndarray:
     point_array = np.asarray(point, dtype=np.float64)
     if coordinates == "voxel":
         return point_array
@@ -276,7 +291,11 @@ def bind_target(
             raise ValueError("mask, roi and voxel targets need their region on the model grid")
         region = torch.as_tensor(np.asarray(input_region, dtype=bool))
         if tuple(region.shape) != tuple(logits.shape[2:]):
-            raise ValueError(f"region shape {tuple(region.shape)} does not match the output {tuple(logits.shape[2:])}")
+            raise ValueError(
+                f"region shape {tuple(region.shape)} does not match the output {tuple(logits.shape[2:])}"
+            )
         if not bool(region.any()):
             raise UserInputError("the target region is empty; give a non-empty mask, ROI or voxel")
-    return BoundTarget(class_index, region.to(logits.device), spec.output, card.activation, spec.reduction)
+    return BoundTarget(
+        class_index, region.to(logits.device), spec.output, card.activation, spec.reduction
+    )

@@ -44,8 +44,15 @@ class Geometry:
         object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         object.__setattr__(self, "origin", tuple(float(s) for s in self.origin))
         object.__setattr__(self, "direction", tuple(float(s) for s in np.ravel(self.direction)))
-        if len(self.size) != 3 or len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
-            raise UserInputError("a geometry needs 3 sizes, 3 spacings, 3 origin coordinates and a 3x3 direction")
+        if (
+            len(self.size) != 3
+            or len(self.spacing) != 3
+            or len(self.origin) != 3
+            or len(self.direction) != 9
+        ):
+            raise UserInputError(
+                "a geometry needs 3 sizes, 3 spacings, 3 origin coordinates and a 3x3 direction"
+            )
         if min(self.spacing) <= 0:
             raise UserInputError(f"voxel spacing {self.spacing} must be positive")
 

@@ -32,7 +32,13 @@ def emit(event: dict[str, Any], stream=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        emit({"event": "error", "kind": "input", "message": "usage: python -m TorchEsegetaLib.worker JOB.json"})
+        emit(
+            {
+                "event": "error",
+                "kind": "input",
+                "message": "usage: python -m TorchEsegetaLib.worker JOB.json",
+            }
+        )
         return 2
     from .engine import CancelToken
 
@@ -53,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         emit({"event": "error", "kind": "input", "message": str(e)})
         return 2
     except (CancelledError, KeyboardInterrupt):
-        emit({"event": "error", "kind": "cancelled", "message": "cancelled; no run folder was written"})
+        emit(
+            {
+                "event": "error",
+                "kind": "cancelled",
+                "message": "cancelled; no run folder was written",
+            }
+        )
         return 130
     except Exception as e:
         traceback.print_exc(file=sys.stderr)

@@ -69,7 +69,9 @@ class Param:
         except (TypeError, ValueError) as e:
             raise UserInputError(f"{where} must be {_kind_phrase(self.kind)}, got {value!r}") from e
         if self.kind == "choice" and value not in (self.choices or ()):
-            raise UserInputError(f"{where} must be one of {', '.join(self.choices or ())}; got {value!r}")
+            raise UserInputError(
+                f"{where} must be one of {', '.join(self.choices or ())}; got {value!r}"
+            )
         if self.minimum is not None and value < self.minimum:
             raise UserInputError(f"{where} must be at least {self.minimum:g}; got {value!r}")
         if self.maximum is not None and value > self.maximum:

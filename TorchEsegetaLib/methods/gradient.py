@@ -51,7 +51,9 @@ def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
         shape[axis] = kernel.numel()
         weight = kernel.reshape(1, 1, *shape).repeat(channels, 1, *[1] * len(shape))
         pad = [0, 0] * (inputs.dim() - 2)
-        pad[2 * (inputs.dim() - 3 - axis)] = pad[2 * (inputs.dim() - 3 - axis) + 1] = min(radius, inputs.shape[2 + axis] - 1)
+        pad[2 * (inputs.dim() - 3 - axis)] = pad[2 * (inputs.dim() - 3 - axis) + 1] = min(
+            radius, inputs.shape[2 + axis] - 1
+        )
         padded = torch.nn.functional.pad(out, pad, mode="reflect") if max(pad) > 0 else out
         conv = torch.nn.functional.conv3d if inputs.dim() == 5 else torch.nn.functional.conv2d
         out = conv(padded, weight, groups=channels)
@@ -77,7 +79,9 @@ def guided_relus(module: torch.nn.Module) -> Iterator[int]:
     try:
         for relu in relus:
             relu.inplace = False
-            handles.append(relu.register_full_backward_hook(lambda _m, grad_in, _g: (torch.relu(grad_in[0]),)))
+            handles.append(
+                relu.register_full_backward_hook(lambda _m, grad_in, _g: (torch.relu(grad_in[0]),))
+            )
         yield len(relus)
     finally:
         for handle in handles:
@@ -115,11 +119,17 @@ class _PerSampleGradient(Method):
 class Saliency(_PerSampleGradient):
     name = "saliency"
     title = "Saliency"
-    summary = "Gradient of the target score with respect to each input voxel (absolute value by default)."
+    summary = (
+        "Gradient of the target score with respect to each input voxel (absolute value by default)."
+    )
     signed = False
     cost = "1 forward + 1 backward"
     reference = "Simonyan et al. 2014, arXiv:1312.6034"
-    params = (Param("abs", "bool", True, "Take the absolute value of the gradient (false keeps its sign)."),)
+    params = (
+        Param(
+            "abs", "bool", True, "Take the absolute value of the gradient (false keeps its sign)."
+        ),
+    )
 
     def __init__(self, **values):
         super().__init__(**values)
@@ -146,7 +156,9 @@ class InputXGradient(_PerSampleGradient):
 class GuidedBackprop(_PerSampleGradient):
     name = "guided_backprop"
     title = "Guided Backpropagation"
-    summary = "Gradient where every ReLU passes back only positive gradients (needs ReLU activations)."
+    summary = (
+        "Gradient where every ReLU passes back only positive gradients (needs ReLU activations)."
+    )
     signed = True
     cost = "1 forward + 1 backward"
     reference = "Springenberg et al. 2015, arXiv:1412.6806"
@@ -173,16 +185,42 @@ class IntegratedGradients(Method):
     reference = "Sundararajan et al. 2017, arXiv:1703.01365"
     needs_baseline = True
     params = (
-        Param("n_steps", "int", 32, "Number of points on the path from the baseline to the input.", minimum=1, maximum=4096),
+        Param(
+            "n_steps",
+            "int",
+            32,
+            "Number of points on the path from the baseline to the input.",
+            minimum=1,
+            maximum=4096,
+        ),
         Param(
             "method",
             "choice",
             "gausslegendre",
             "Quadrature rule for the path integral (as captum).",
-            choices=("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"),
+            choices=(
+                "gausslegendre",
+                "riemann_trapezoid",
+                "riemann_left",
+                "riemann_right",
+                "riemann_middle",
+            ),
         ),
-        Param("baseline", "choice", "zero", "Reference input: zeros, each channel's minimum or mean, or a Gaussian blur of the input.", choices=BASELINES),
-        Param("blur_sigma", "float", 4.0, "Sigma in voxels of the blurred baseline.", minimum=0.1, maximum=100.0),
+        Param(
+            "baseline",
+            "choice",
+            "zero",
+            "Reference input: zeros, each channel's minimum or mean, or a Gaussian blur of the input.",
+            choices=BASELINES,
+        ),
+        Param(
+            "blur_sigma",
+            "float",
+            4.0,
+            "Sigma in voxels of the blurred baseline.",
+            minimum=0.1,
+            maximum=100.0,
+        ),
     )
 
     def attribute(self, forward, inputs, target, context):
@@ -223,10 +261,29 @@ class SmoothGrad(Method):
     cost = "samples x the base method"
     reference = "Smilkov et al. 2017, arXiv:1706.03825; Adebayo et al. 2018 (VarGrad)"
     params = (
-        Param("base", "choice", "saliency", "The gradient method to smooth.", choices=("saliency", "input_x_gradient", "integrated_gradients", "guided_backprop")),
+        Param(
+            "base",
+            "choice",
+            "saliency",
+            "The gradient method to smooth.",
+            choices=("saliency", "input_x_gradient", "integrated_gradients", "guided_backprop"),
+        ),
         Param("samples", "int", 16, "Number of noisy copies.", minimum=1, maximum=10000),
-        Param("noise_level", "float", 0.1, "Noise standard deviation as a fraction of each channel's intensity range (max - min).", minimum=0.0, maximum=10.0),
-        Param("nt_type", "choice", "smoothgrad", "smoothgrad (mean), smoothgrad_sq (mean of squares) or vargrad (variance).", choices=("smoothgrad", "smoothgrad_sq", "vargrad")),
+        Param(
+            "noise_level",
+            "float",
+            0.1,
+            "Noise standard deviation as a fraction of each channel's intensity range (max - min).",
+            minimum=0.0,
+            maximum=10.0,
+        ),
+        Param(
+            "nt_type",
+            "choice",
+            "smoothgrad",
+            "smoothgrad (mean), smoothgrad_sq (mean of squares) or vargrad (variance).",
+            choices=("smoothgrad", "smoothgrad_sq", "vargrad"),
+        ),
     )
     base_prefix = "base_"
 
@@ -240,7 +297,9 @@ class SmoothGrad(Method):
             for key, value in values.items()
             if key.startswith(self.base_prefix) and key not in own
         }
-        super().__init__(**{k: v for k, v in values.items() if k in own or not k.startswith(self.base_prefix)})
+        super().__init__(
+            **{k: v for k, v in values.items() if k in own or not k.startswith(self.base_prefix)}
+        )
         if self.config["base"] == "saliency":
             base_params.setdefault("abs", False)
         self.base = create_method(self.config["base"], base_params)
@@ -267,7 +326,9 @@ class SmoothGrad(Method):
             while done < samples:
                 chunk = min(context.batch_limit(), samples - done)
                 # One draw per sample, in order, so the result does not depend on the chunk size.
-                noise = torch.cat([torch.normal(0.0, std, generator=generator) for _ in range(chunk)])
+                noise = torch.cat(
+                    [torch.normal(0.0, std, generator=generator) for _ in range(chunk)]
+                )
                 attribution = self.base.attribute(forward, x + noise.to(x.device), target, quiet)
                 total += attribution.sum(dim=0, keepdim=True)
                 total_sq += (attribution * attribution).sum(dim=0, keepdim=True)

@@ -36,7 +36,14 @@ def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[st
 
     def record(name: str, module: torch.nn.Module, output: Any) -> None:
         if isinstance(output, torch.Tensor) and output.dim() == inputs.dim():
-            seen.append({"name": name, "type": type(module).__name__, "channels": int(output.shape[1]), "shape": list(output.shape[2:])})
+            seen.append(
+                {
+                    "name": name,
+                    "type": type(module).__name__,
+                    "channels": int(output.shape[1]),
+                    "shape": list(output.shape[2:]),
+                }
+            )
 
     handles = [
         module.register_forward_hook(lambda m, _i, o, name=name: record(name, m, o))
@@ -94,8 +101,15 @@ class GradCAM(Method):
     needs_layer = True
     shared_channels = True
     params = (
-        Param("layer", "str", "", "Layer name (empty: the last convolution with more channels than classes)."),
-        Param("relu", "bool", True, "Keep only positive evidence (the ReLU of the original Grad-CAM)."),
+        Param(
+            "layer",
+            "str",
+            "",
+            "Layer name (empty: the last convolution with more channels than classes).",
+        ),
+        Param(
+            "relu", "bool", True, "Keep only positive evidence (the ReLU of the original Grad-CAM)."
+        ),
     )
 
     def layer_name(self, forward: torch.nn.Module, inputs: torch.Tensor) -> str:
@@ -116,7 +130,9 @@ class GradCAM(Method):
         network = getattr(forward, "network", forward)
         layer = resolve_layer(network, self.layer_name(forward, inputs))
         score = ScoreModel(forward, target)
-        out = torch.empty((inputs.shape[0], 1, *inputs.shape[2:]), dtype=inputs.dtype, device=inputs.device)
+        out = torch.empty(
+            (inputs.shape[0], 1, *inputs.shape[2:]), dtype=inputs.dtype, device=inputs.device
+        )
 
         def compute(start: int, stop: int) -> None:
             captured: list[torch.Tensor] = []
@@ -134,7 +150,9 @@ class GradCAM(Method):
             if self.config["relu"]:
                 cam = torch.relu(cam)
             mode = "trilinear" if cam.dim() == 5 else "bilinear"
-            out[start:stop] = F.interpolate(cam, size=inputs.shape[2:], mode=mode, align_corners=False)
+            out[start:stop] = F.interpolate(
+                cam, size=inputs.shape[2:], mode=mode, align_corners=False
+            )
 
         context.map_batches(inputs.shape[0], compute, self.name)
         return out.expand(inputs.shape).contiguous()

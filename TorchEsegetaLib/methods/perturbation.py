@@ -29,10 +29,30 @@ class Occlusion(Method):
     needs_baseline = True
     shared_channels = True
     params = (
-        Param("window", "int", 16, "Edge length of the cubic occluding box, in voxels.", minimum=1, maximum=1024),
-        Param("stride", "int", 8, "Step between box positions, in voxels.", minimum=1, maximum=1024),
-        Param("baseline", "choice", "zero", "Value put in the box: zero, or each channel's minimum or mean.", choices=("zero", "min", "mean")),
-        Param("cover_edges", "bool", True, "Add a last box flush with each border so every voxel is occluded at least once."),
+        Param(
+            "window",
+            "int",
+            16,
+            "Edge length of the cubic occluding box, in voxels.",
+            minimum=1,
+            maximum=1024,
+        ),
+        Param(
+            "stride", "int", 8, "Step between box positions, in voxels.", minimum=1, maximum=1024
+        ),
+        Param(
+            "baseline",
+            "choice",
+            "zero",
+            "Value put in the box: zero, or each channel's minimum or mean.",
+            choices=("zero", "min", "mean"),
+        ),
+        Param(
+            "cover_edges",
+            "bool",
+            True,
+            "Add a last box flush with each border so every voxel is occluded at least once.",
+        ),
     )
 
     def attribute(self, forward, inputs, target, context):
@@ -55,7 +75,9 @@ class Occlusion(Method):
             total = torch.zeros(spatial, dtype=x.dtype, device=x.device)
             count = torch.zeros(spatial, dtype=x.dtype, device=x.device)
 
-            def compute(start: int, stop: int, x=x, fill=fill, reference=reference, total=total, count=count) -> None:
+            def compute(
+                start: int, stop: int, x=x, fill=fill, reference=reference, total=total, count=count
+            ) -> None:
                 batch = x.repeat(stop - start, *[1] * (x.dim() - 1))
                 for row, box in enumerate(boxes[start:stop]):
                     batch[(row, slice(None), *box)] = fill[(0, slice(None), *box)]
