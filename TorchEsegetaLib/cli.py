@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="list every attribution method with its parameters")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
+    methods.add_argument("--markdown", action="store_true", help="the README's method table")
 
     layers = sub.add_parser("layers", help="list the layers a layer method (Grad-CAM) can use")
     layers.add_argument("--model", default="demo")
@@ -352,6 +353,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(described, indent=2))
         return EXIT_OK
+    if args.markdown:
+        print(methods_markdown(), end="")
+        return EXIT_OK
     for info in described:
         print(
             f"{info['name']}  ({info['title']}; {info['family']}; {'signed' if info['signed'] else 'unsigned'}; cost: {info['cost']})"
@@ -368,6 +372,25 @@ def cmd_methods(args: argparse.Namespace) -> int:
             print(textwrap.indent(textwrap.fill(p["help"], 88), "        "))
         print()
     return EXIT_OK
+
+
+def methods_markdown() -> str:
+    """The README's table of methods, generated from the registry so the two never drift."""
+    from .methods import REGISTRY
+
+    families = {"gradient": 0, "layer": 1, "perturbation": 2}
+    ordered = sorted(REGISTRY.values(), key=lambda cls: (families.get(cls.family, 9), cls.name))
+    lines = [
+        "| method | family | output | cost | parameters (default) | reference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cls in ordered:
+        params = ", ".join(f"`{p.name}`={p.default!r}" for p in cls.params) or "none"
+        output = "signed" if cls.signed else "unsigned"
+        lines.append(
+            f"| `{cls.name}`: {cls.summary} | {cls.family} | {output} | {cls.cost} | {params} | {cls.reference} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
