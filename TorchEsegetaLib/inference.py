@@ -12,7 +12,7 @@ The pipeline, split so that explanations can attribute to the raw image intensit
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .card import ModelCard
 from .errors import OutOfMemoryError, UserInputError
 from .volume import Volume
+from .windows import WindowPlan
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -61,22 +62,113 @@ class SegmentationForward(torch.nn.Module):
                     f"scale_range intensity preprocessing lacks {sorted(missing)}; add them to the model card"
                 )
         self.frozen_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.inferer = None
-        if card.roi_size is not None:
-            from monai.inferers import SlidingWindowInferer
+        self.region: np.ndarray | None = None
+        self._plan: WindowPlan | None = None
 
-            self.inferer = SlidingWindowInferer(
-                roi_size=card.roi_size,
-                sw_batch_size=card.sw_batch_size,
-                overlap=card.overlap,
-                mode=card.sw_mode,
-            )
+    @property
+    def sliding(self) -> bool:
+        return self.card.roi_size is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(x)
         x, crop = _pad_to_multiple(x, self.card.size_divisible)
-        logits = self.inferer(x, self._network) if self.inferer is not None else self._network(x)
+        if self.sliding:
+            logits = self.plan(x).infer(x, self._network, self.card.sw_batch_size)
+        else:
+            logits = self._network(x)
         return logits[crop]
+
+    def restrict_to(self, region: np.ndarray | None) -> None:
+        """Run only the sliding windows that touch ``region`` (bool, model grid); None: all.
+
+        Exact for every score computed on ``region``: its voxels are covered by no other
+        window. No effect on whole-volume models, whose every output voxel may depend on every
+        input voxel.
+        """
+        self.region = None if region is None else np.asarray(region, dtype=bool)
+        self._plan = None
+
+    def plan(self, padded: torch.Tensor) -> WindowPlan:
+        """The window plan for this (preprocessed, padded-to-divisible) input shape."""
+        shape = tuple(padded.shape[2:])
+        plan = self._plan
+        if plan is None or (plan.input_shape, plan.count.device, plan.count.dtype) != (
+            shape,
+            padded.device,
+            padded.dtype,
+        ):
+            card = self.card
+            self._plan = WindowPlan(
+                shape,
+                card.roi_size,
+                card.overlap,
+                card.sw_mode,
+                device=padded.device,
+                dtype=padded.dtype,
+            )
+            if self.region is not None:
+                region = np.zeros(shape, dtype=bool)
+                region[_divisible_crop(self.region.shape, card.size_divisible)] = self.region
+                self._plan.restrict(self._plan.windows_touching(region))
+        return self._plan
+
+    def input_support(self, spatial_shape: Sequence[int]) -> np.ndarray | None:
+        """Bool mask of the input voxels the restricted forward reads; None: all of them."""
+        if not self.sliding or self.region is None:
+            return None
+        padded, crop = _pad_to_multiple(
+            torch.zeros((1, 1, *spatial_shape)), self.card.size_divisible
+        )
+        return self.plan(padded).support()[crop[2:]]
+
+    def window_usage(self, spatial_shape: Sequence[int]) -> dict[str, int] | None:
+        """How many sliding windows run, of how many; None for whole-volume models."""
+        if not self.sliding:
+            return None
+        padded, _ = _pad_to_multiple(torch.zeros((1, 1, *spatial_shape)), self.card.size_divisible)
+        plan = self.plan(padded)
+        return {"used": len(plan.indices), "total": len(plan.slices)}
+
+    def score_gradients(
+        self, x: torch.Tensor, target: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(scores, d scores / d x) window by window for sliding-window models; None otherwise.
+
+        Equal to differentiating through the whole sliding-window inference, with peak memory
+        set by the window batch instead of the volume (see :mod:`TorchEsegetaLib.windows`).
+        """
+        if not self.sliding:
+            return None
+        with torch.enable_grad():
+            raw = x.detach().requires_grad_(True)
+            prepared, crop = _pad_to_multiple(self.preprocess(raw), self.card.size_divisible)
+            plan = self.plan(prepared)
+            linear = getattr(target, "output_gradient", None)
+            output_gradient = (
+                linear(self.card.out_channels, x.device, prepared.dtype) if linear else None
+            )
+            if output_gradient is None:
+                with torch.no_grad():
+                    logits = plan.infer(prepared, self._network, self.card.sw_batch_size)[
+                        crop
+                    ].detach()
+                logits.requires_grad_(True)
+                (output_gradient,) = torch.autograd.grad(target(logits).sum(), logits)
+            else:
+                output_gradient = output_gradient.expand(x.shape[0], -1, *output_gradient.shape[2:])
+            full = torch.zeros(
+                (x.shape[0], output_gradient.shape[1], *prepared.shape[2:]),
+                dtype=prepared.dtype,
+                device=x.device,
+            )
+            full[crop] = output_gradient.to(full.dtype)
+            grad_prepared, blended = plan.input_gradients(
+                prepared, self._network, full, self.card.sw_batch_size
+            )
+            (grad,) = torch.autograd.grad(prepared, raw, grad_outputs=grad_prepared)
+        with torch.no_grad():
+            scores = target(blended[crop])
+        return scores, grad
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """The card's intensity preprocessing (MONAI's semantics, on a batch)."""
@@ -328,6 +420,12 @@ def _scale_range(
     if clip and (b_min is not None or b_max is not None):
         x = torch.clamp(x, min=b_min, max=b_max)
     return x
+
+
+def _divisible_crop(spatial: Sequence[int], multiple: int) -> tuple[slice, ...]:
+    """Where an array of ``spatial`` shape sits inside its padded-to-``multiple`` version."""
+    before = [((-n) % multiple) // 2 if multiple > 1 else 0 for n in spatial]
+    return tuple(slice(b, b + n) for b, n in zip(before, spatial))
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, ...]]:

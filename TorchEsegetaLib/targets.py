@@ -173,6 +173,20 @@ class BoundTarget:
         weights = self.region_weights(values.device, values.dtype)
         return (values * weights).flatten(1).sum(dim=1)
 
+    def output_gradient(
+        self, channels: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """d score / d logits as a (1, channels, *S) tensor when the score is linear in the
+        logits (a logit target), else None (it then depends on the logits themselves)."""
+        import torch
+
+        if self.output != "logits":
+            return None
+        weights = self.region_weights(device, dtype)
+        gradient = torch.zeros((1, channels, *weights.shape), device=device, dtype=dtype)
+        gradient[0, self.class_index] = weights
+        return gradient
+
     def region_weights(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         if self._weights is None or self._weights.device != device or self._weights.dtype != dtype:
             weights = self.region.to(device=device, dtype=dtype)

@@ -189,6 +189,12 @@ def input_gradients(score: ScoreModel, inputs: torch.Tensor) -> tuple[torch.Tens
     """Scores (B,) and their gradient with respect to ``inputs`` (each example independently)."""
     import torch
 
+    windowed = getattr(score.forward, "score_gradients", None)
+    if windowed is not None:
+        # Sliding-window models: window by window, memory bounded by the window batch.
+        result = windowed(inputs, score.target)
+        if result is not None:
+            return result
     with torch.enable_grad():
         x = inputs.detach().requires_grad_(True)
         scores = score(x)

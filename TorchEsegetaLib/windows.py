@@ -1,0 +1,191 @@
+"""Sliding-window inference that can run a chosen subset of its windows, exactly.
+
+A target's output voxels depend only on the windows that cover them: MONAI's sliding-window
+inferer blends window predictions with fixed importance weights normalised by the weight of
+*all* windows at each voxel (a constant). So, for a local target (an ROI box, a voxel, a small
+mask) the windows that do not touch it can be skipped without changing the target's score or
+any of its derivatives, and the input voxels outside the touched windows provably have zero
+attribution. The window grid, importance map and padding are MONAI's own
+(``dense_patch_slices``, ``compute_importance_map``), so a full plan reproduces
+``sliding_window_inference`` (tested).
+
+The same plan gives memory-bounded gradients (:meth:`WindowPlan.input_gradients`): the score's
+gradient with respect to the blended output is known first, then each window's share is pulled
+back through the network one window batch at a time and added into the input gradient. Peak
+memory follows the window batch, not the volume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+
+class WindowPlan:
+    """MONAI's sliding-window grid over one spatial shape, with its blending weights.
+
+    Args:
+        spatial_shape: the (already preprocessed and padded-to-divisible) input's spatial shape.
+        roi_size: window size.
+        overlap: window overlap fraction.
+        mode: "constant" or "gaussian" blending.
+        sigma_scale: Gaussian sigma as a fraction of the window size (MONAI's default).
+    """
+
+    def __init__(
+        self,
+        spatial_shape: Sequence[int],
+        roi_size: Sequence[int],
+        overlap: float,
+        mode: str = "constant",
+        sigma_scale: float = 0.125,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        import torch
+        from monai.data.utils import (
+            compute_importance_map,
+            dense_patch_slices,
+            get_valid_patch_size,
+        )
+        from monai.inferers.utils import _get_scan_interval
+
+        dtype = dtype or torch.float32
+        self.input_shape = tuple(int(s) for s in spatial_shape)
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.image_size = tuple(max(s, r) for s, r in zip(self.input_shape, self.roi_size))
+        # MONAI pads an image smaller than the window symmetrically (extra voxel after).
+        self.pad_before = tuple((i - s) // 2 for i, s in zip(self.image_size, self.input_shape))
+        dims = len(self.input_shape)
+        interval = _get_scan_interval(self.image_size, self.roi_size, dims, (overlap,) * dims)
+        self.slices: list[tuple[slice, ...]] = list(
+            dense_patch_slices(self.image_size, self.roi_size, interval)
+        )
+        valid = get_valid_patch_size(self.image_size, self.roi_size)
+        self.importance = compute_importance_map(
+            valid, mode=mode, sigma_scale=sigma_scale, device=device, dtype=dtype
+        )
+        self.count = torch.zeros(self.image_size, dtype=dtype, device=device)
+        for window in self.slices:
+            self.count[window] += self.importance
+        self.indices: list[int] = list(range(len(self.slices)))
+
+    # -- which windows matter -------------------------------------------------------------
+    def windows_touching(self, region: np.ndarray) -> list[int]:
+        """Indices of the windows that cover at least one voxel of ``region`` (input shape)."""
+        padded = np.zeros(self.image_size, dtype=bool)
+        padded[self._inner()] = np.asarray(region, dtype=bool)
+        return [i for i, window in enumerate(self.slices) if padded[window].any()]
+
+    def restrict(self, indices: Sequence[int]) -> None:
+        """Run only these windows from now on (exact on the voxels they alone cover)."""
+        self.indices = sorted(set(int(i) for i in indices))
+
+    def support(self) -> np.ndarray:
+        """Bool mask of the input voxels read by the windows in use."""
+        covered = np.zeros(self.image_size, dtype=bool)
+        for i in self.indices:
+            covered[self.slices[i]] = True
+        return covered[self._inner()]
+
+    @property
+    def fraction(self) -> float:
+        """Share of the windows in use."""
+        return len(self.indices) / len(self.slices)
+
+    # -- inference ----------------------------------------------------------------------
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        if self.image_size == self.input_shape:
+            return x
+        pads: list[int] = []
+        for before, size, full in reversed(
+            list(zip(self.pad_before, self.input_shape, self.image_size))
+        ):
+            pads.extend([before, full - size - before])
+        return F.pad(x, pads)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        return x[(slice(None), slice(None), *self._inner())]
+
+    def _inner(self) -> tuple[slice, ...]:
+        return tuple(slice(b, b + s) for b, s in zip(self.pad_before, self.input_shape))
+
+    def batches(self, batch_size: int) -> list[list[int]]:
+        return [self.indices[i : i + batch_size] for i in range(0, len(self.indices), batch_size)]
+
+    def infer(
+        self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+    ) -> torch.Tensor:
+        """Blended prediction (B, K, *input shape); exact wherever only windows in use reach."""
+        import torch
+
+        padded = self.pad(x)
+        out: torch.Tensor | None = None
+        for example in range(x.shape[0]):
+            for group in self.batches(batch_size):
+                data = torch.cat(
+                    [
+                        padded[(slice(example, example + 1), slice(None), *self.slices[i])]
+                        for i in group
+                    ]
+                )
+                prediction = network(data)
+                if out is None:
+                    out = torch.zeros(
+                        (x.shape[0], prediction.shape[1], *self.image_size),
+                        dtype=prediction.dtype,
+                        device=prediction.device,
+                    )
+                for row, i in enumerate(group):
+                    out[(slice(example, example + 1), slice(None), *self.slices[i])] += (
+                        prediction[row : row + 1] * self.importance
+                    )
+        assert out is not None
+        return self.crop(out / self.count.to(out.device))
+
+    def input_gradients(
+        self,
+        x: torch.Tensor,
+        network: Callable[[torch.Tensor], torch.Tensor],
+        output_gradient: torch.Tensor,
+        batch_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient of ``sum(output_gradient * infer(x))`` w.r.t. ``x``, one window batch at a time.
+
+        ``x`` is the network's input (already preprocessed); ``output_gradient`` has the shape
+        of the blended output (B, K, *input shape). Returns (gradient, blended output); the
+        output comes for free from the same window passes.
+        """
+        import torch
+
+        padded = self.pad(x.detach())
+        count = self.count.to(x.device)
+        upstream = self.pad(output_gradient) / count
+        grad = torch.zeros_like(padded)
+        out: torch.Tensor | None = None
+        for example in range(x.shape[0]):
+            for group in self.batches(batch_size):
+                rows = [(slice(example, example + 1), slice(None), *self.slices[i]) for i in group]
+                with torch.enable_grad():
+                    data = torch.cat([padded[r] for r in rows]).requires_grad_(True)
+                    prediction = network(data)
+                    weights = torch.cat([upstream[r] for r in rows]) * self.importance
+                    (window_grad,) = torch.autograd.grad(prediction, data, grad_outputs=weights)
+                if out is None:
+                    out = torch.zeros(
+                        (x.shape[0], prediction.shape[1], *self.image_size),
+                        dtype=prediction.dtype,
+                        device=x.device,
+                    )
+                for row, r in enumerate(rows):
+                    grad[r] += window_grad[row : row + 1]
+                    out[r] += prediction[row : row + 1].detach() * self.importance
+        assert out is not None
+        return self.crop(grad), self.crop(out / count)
