@@ -51,14 +51,78 @@ def free_cached_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def free_memory_bytes(device: torch.device) -> float:
+    """Memory available to new tensors on ``device`` (CUDA: free device memory; CPU: MemAvailable)."""
+    import torch
+
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(
+            free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        )
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(4 * 2**30)  # no /proc (macOS, Windows): assume a modest 4 GiB
+
+
+def measure_sample_bytes(
+    score: Callable[[torch.Tensor], torch.Tensor], sample: torch.Tensor
+) -> float:
+    """Memory of one forward + backward pass of ``score`` on one sample.
+
+    On CUDA the allocator's peak is measured. On the CPU, where PyTorch keeps no such count,
+    it is estimated from the tensors the forward pass keeps for backward (every module output)
+    plus their gradients: an upper bound that errs on the safe side.
+    """
+    import torch
+
+    sample = sample[:1].detach()
+    if sample.device.type == "cuda":
+        torch.cuda.synchronize(sample.device)
+        base = torch.cuda.memory_allocated(sample.device)
+        torch.cuda.reset_peak_memory_stats(sample.device)
+        with torch.enable_grad():
+            x = sample.clone().requires_grad_(True)
+            score(x).sum().backward()
+        del x
+        return float(torch.cuda.max_memory_allocated(sample.device) - base)
+    total = 0
+
+    def count(_module, _inputs, output) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    network = getattr(getattr(score, "forward", None), "network", None)
+    modules = (
+        [m for m in network.modules() if not list(m.children())] if network is not None else []
+    )
+    handles = [m.register_forward_hook(count) for m in modules]
+    try:
+        with torch.no_grad():
+            score(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return float(2 * total + 4 * sample.numel() * sample.element_size())
+
+
 @dataclass
 class Context:
     """Everything a method needs to know about *how* it runs.
 
     Attributes:
         device: where tensors live.
-        max_batch: the largest number of samples per forward/backward pass (None: chosen from
-            the device: 8 on CPU, 32 on CUDA; halved automatically on out-of-memory).
+        max_batch: the largest number of samples per forward/backward pass. None: sized from
+            the free memory of the device and ``sample_bytes`` (at most 8 on CPU, where larger
+            batches buy little speed, and 64 on CUDA); halved automatically on out-of-memory.
+        sample_bytes: measured memory of one sample's forward + backward pass
+            (:func:`measure_sample_bytes`), None when unknown.
         progress: called with (fraction in [0, 1], message) after each batch.
         cancel: checked between batches.
         budget_s: seconds this method may run (None: no limit).
@@ -71,6 +135,7 @@ class Context:
     cancel: CancelToken | None = None
     budget_s: float | None = None
     seed: int = 0
+    sample_bytes: float | None = None
     started: float = field(default_factory=time.perf_counter)
     notes: list[str] = field(default_factory=list)
 
@@ -82,7 +147,11 @@ class Context:
     def batch_limit(self) -> int:
         if self.max_batch is not None:
             return max(1, int(self.max_batch))
-        return 32 if self.device.type == "cuda" else 8
+        cap = 64 if self.device.type == "cuda" else 8
+        if not self.sample_bytes:
+            return cap
+        # Half of the free memory, the rest left for the volume-sized buffers and the allocator.
+        return int(min(cap, max(1, 0.5 * free_memory_bytes(self.device) // self.sample_bytes)))
 
     def report(self, fraction: float, message: str = "") -> None:
         if self.progress is not None:

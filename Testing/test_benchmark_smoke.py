@@ -1,0 +1,29 @@
+"""The benchmark's smoke configuration: every comparison runs and ours equals the reference.
+No time is asserted (timings belong to benchmarks/bench.py's printed table)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+def test_benchmark_smoke_configuration_compares_equal_maps(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert (
+        bench.main(["--config", "smoke", "--repeat", "1", "--device", "cpu", "--json", str(out)])
+        == 0
+    )
+    rows = json.loads(out.read_text())["rows"]
+    cases = {row["case"].split(",")[0].strip() for row in rows}
+    assert {"integrated gradients", "SmoothGrad", "occlusion", "gradient"} <= cases
+    compared = [row for row in rows if row["max_rel_diff"] is not None]
+    assert len(compared) >= 6
+    for row in compared:
+        assert row["max_rel_diff"] < 1e-4, row
+        assert row["ours_s"] > 0 and row["reference_s"] > 0

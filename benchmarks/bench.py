@@ -1,0 +1,489 @@
+"""Speed and memory of TorchEsegeta against the references, in one process.
+
+    python benchmarks/bench.py --config cpu          # a few minutes on 2 cores
+    python benchmarks/bench.py --config cuda         # the issue's sizes (128^3, 512x512x256)
+    python benchmarks/bench.py --config smoke        # seconds: correctness of the comparison only
+
+Each case runs ours and the reference (captum, MONAI, plain autograd through MONAI's
+sliding-window inferer) on the same model, input and target, and prints: our time, the
+reference time, their ratio, our time over the floor (samples x the best per-sample forward
+(+backward) time measured in this run), peak memory, and the maximum difference of the maps
+relative to the reference's largest value. Timings are the best of ``--repeat`` runs. No time
+is asserted anywhere; the smoke configuration runs in CI to keep the comparison itself correct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from TorchEsegetaLib.card import ModelCard  # noqa: E402
+from TorchEsegetaLib.engine import Context, measure_sample_bytes  # noqa: E402
+from TorchEsegetaLib.inference import SegmentationForward  # noqa: E402
+from TorchEsegetaLib.methods import ScoreModel, create_method  # noqa: E402
+from TorchEsegetaLib.targets import BoundTarget  # noqa: E402
+
+
+@dataclass
+class Config:
+    channels: tuple[int, ...]
+    res_units: int
+    size: tuple[int, int, int]  # whole-volume cases
+    steps: int  # integrated gradients
+    samples: int  # SmoothGrad
+    occlusion: tuple[int, int]  # window, stride
+    batches: tuple[int, ...]  # batch sizes tried for the floor and the references
+    sliding_volume: tuple[int, int, int]
+    roi: int
+    local_box: int  # edge of the centred ROI target
+    sliding_occlusion: tuple[int, int]
+    occlusion_reference: bool = True  # captum occlusion through the full inferer (slow)
+    notes: list[str] = field(default_factory=list)
+
+
+CONFIGS = {
+    "smoke": Config((4, 8), 1, (16, 16, 16), 4, 3, (8, 8), (1, 2), (32, 32, 32), 16, 6, (16, 16)),
+    "cpu": Config(
+        (8, 16, 32), 1, (48, 48, 48), 32, 16, (16, 8), (1, 4, 8), (128, 128, 64), 32, 16, (16, 16)
+    ),
+    "cuda": Config(
+        (16, 32, 64, 128, 256),
+        2,
+        (128, 128, 128),
+        32,
+        16,
+        (16, 8),
+        (1, 8, 32),
+        (512, 512, 256),
+        128,
+        32,
+        (16, 16),
+    ),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:  # Linux: reset the process's peak resident set size
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeat: int) -> tuple[float, Any, float]:
+    """Best wall time of ``repeat`` runs, the last result, and the peak memory (MB)."""
+    best, result = float("inf"), None
+    if repeat > 1:
+        fn()  # warm-up: allocator, cudnn autotuning, lazy imports
+    reset_peak(device)
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best, result, peak_mb(device)
+
+
+def max_rel_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((ours - reference).abs().max() / reference.abs().max().clamp(min=1e-30))
+
+
+def make_network(config: Config, device: torch.device) -> torch.nn.Module:
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    strides = (2,) * (len(config.channels) - 1)
+    net = UNet(
+        3,
+        1,
+        2,
+        channels=config.channels,
+        strides=strides,
+        num_res_units=config.res_units,
+        act="RELU",
+        norm="INSTANCE",
+    )
+    return net.eval().to(device)
+
+
+def centred_box(shape: tuple[int, ...], edge: int, device: torch.device) -> BoundTarget:
+    region = torch.zeros(shape, dtype=torch.bool, device=device)
+    box = tuple(slice(n // 2 - edge // 2, n // 2 - edge // 2 + edge) for n in shape)
+    region[box] = True
+    return BoundTarget(1, region, "logits", "softmax", "mean")
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(
+        self,
+        case: str,
+        ours: float,
+        reference: float,
+        reference_name: str,
+        floor: float | None,
+        memory: float,
+        diff: float | None,
+    ) -> None:
+        row = {
+            "case": case,
+            "ours_s": ours,
+            "reference": reference_name,
+            "reference_s": reference,
+            "ratio": ours / reference if reference else float("nan"),
+            "over_floor": ours / floor if floor else None,
+            "peak_mb": memory,
+            "max_rel_diff": diff,
+        }
+        self.rows.append(row)
+        print(self.format(row), flush=True)
+
+    @staticmethod
+    def header() -> str:
+        return f"| {'case':<44} | {'ours s':>8} | {'reference':<34} | {'ref s':>8} | {'ours/ref':>8} | {'ours/floor':>10} | {'peak MB':>8} | {'max diff':>9} |\n|{'-' * 46}|{'-' * 10}|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 12}|{'-' * 10}|{'-' * 11}|"
+
+    @staticmethod
+    def format(row: dict[str, Any]) -> str:
+        floor = f"{row['over_floor']:.2f}" if row["over_floor"] else "-"
+        diff = f"{row['max_rel_diff']:.1e}" if row["max_rel_diff"] is not None else "-"
+        return f"| {row['case']:<44} | {row['ours_s']:8.3f} | {row['reference']:<34} | {row['reference_s']:8.3f} | {row['ratio']:8.2f} | {floor:>10} | {row['peak_mb']:8.0f} | {diff:>9} |"
+
+
+def floors(
+    score: ScoreModel, x: torch.Tensor, batches: tuple[int, ...], device: torch.device, repeat: int
+) -> tuple[float, float]:
+    """Best per-sample forward+backward and forward-only times over the batch sizes."""
+    best_fb, best_f = float("inf"), float("inf")
+    for batch in batches:
+        xb = x.expand(batch, *x.shape[1:]).contiguous()
+
+        def forward_backward(xb=xb):
+            xr = xb.detach().requires_grad_(True)
+            torch.autograd.grad(score(xr).sum(), xr)
+
+        def forward_only(xb=xb):
+            with torch.no_grad():
+                score(xb)
+
+        best_fb = min(best_fb, timed(forward_backward, device, repeat)[0] / batch)
+        best_f = min(best_f, timed(forward_only, device, repeat)[0] / batch)
+    return best_fb, best_f
+
+
+def whole_volume_cases(config: Config, device: torch.device, repeat: int, table: Table) -> None:
+    from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+    from monai.visualize import OcclusionSensitivity
+
+    network = make_network(config, device)
+    card = ModelCard(in_channels=1, out_channels=2, size_divisible=2 ** (len(config.channels) - 1))
+    forward = SegmentationForward(network, card)
+    x = torch.rand((1, 1, *config.size), generator=torch.Generator().manual_seed(0)).to(device)
+    target = centred_box(config.size, config.size[0] // 2, device)
+    score = ScoreModel(forward, target)
+    fb, f = floors(score, x, config.batches, device, repeat)
+    context = dict(device=device, sample_bytes=measure_sample_bytes(score, x))
+    print(
+        f"floor: forward+backward {fb * 1e3:.1f} ms/sample, forward {f * 1e3:.1f} ms/sample",
+        flush=True,
+    )
+
+    ig = create_method(
+        "integrated_gradients", {"n_steps": config.steps, "method": "riemann_trapezoid"}
+    )
+    t_ours, ours, mem = timed(
+        lambda: ig.attribute(forward, x, target, Context(**context)), device, repeat
+    )
+    best_ref, ref = float("inf"), None
+    for batch in config.batches:
+        t, r, _ = timed(
+            lambda b=batch: IntegratedGradients(score).attribute(
+                x, n_steps=config.steps, method="riemann_trapezoid", internal_batch_size=b
+            ),
+            device,
+            repeat,
+        )
+        if t < best_ref:
+            best_ref, ref, ref_batch = t, r, batch
+    table.add(
+        f"integrated gradients, {config.steps} steps",
+        t_ours,
+        best_ref,
+        f"captum, best internal batch {ref_batch}",
+        config.steps * fb,
+        mem,
+        max_rel_diff(ours, ref),
+    )
+
+    level = 0.1
+    stdev = level * float(x.max() - x.min())
+    sg = create_method("smoothgrad", {"samples": config.samples, "noise_level": level})
+    t_ours, ours, mem = timed(
+        lambda: sg.attribute(forward, x, target, Context(**context, seed=3)), device, repeat
+    )
+    best_ref = float("inf")
+    for batch in config.batches:
+        t, _, _ = timed(
+            lambda b=batch: NoiseTunnel(Saliency(score)).attribute(
+                x, nt_samples=config.samples, nt_samples_batch_size=b, stdevs=stdev, abs=False
+            ),
+            device,
+            repeat,
+        )
+        if t < best_ref:
+            best_ref, ref_batch = t, batch
+    # Same noise draws for the map comparison: one sample per batch, seeded like ours.
+    torch.manual_seed(3)
+    ref = NoiseTunnel(Saliency(score)).attribute(
+        x.cpu() if device.type == "cpu" else x,
+        nt_samples=config.samples,
+        nt_samples_batch_size=1,
+        stdevs=stdev,
+        abs=False,
+    )
+    diff = max_rel_diff(ours, ref) if device.type == "cpu" else None
+    table.add(
+        f"SmoothGrad, {config.samples} samples",
+        t_ours,
+        best_ref,
+        f"captum NoiseTunnel, best batch {ref_batch}",
+        config.samples * fb,
+        mem,
+        diff,
+    )
+
+    window, stride = config.occlusion
+    occ = create_method("occlusion", {"window": window, "stride": stride, "cover_edges": False})
+    t_ours, ours, mem = timed(
+        lambda: occ.attribute(forward, x, target, Context(device=device)), device, 1
+    )
+    windows = 1
+    for n in config.size:
+        windows *= (n - window) // stride + 1
+    best_ref = float("inf")
+    for batch in config.batches:
+        t, r, _ = timed(
+            lambda b=batch: Occlusion(score).attribute(
+                x,
+                sliding_window_shapes=(1, window, window, window),
+                strides=(1, stride, stride, stride),
+                baselines=0.0,
+                perturbations_per_eval=b,
+            ),
+            device,
+            1,
+        )
+        if t < best_ref:
+            best_ref, ref, ref_batch = t, r, batch
+    table.add(
+        f"occlusion, window {window} stride {stride} ({windows} windows)",
+        t_ours,
+        best_ref,
+        f"captum Occlusion, best batch {ref_batch}",
+        windows * f,
+        mem,
+        max_rel_diff(ours, ref),
+    )
+
+    class Scores(torch.nn.Module):
+        def forward(self, inputs):
+            return score(inputs)[:, None]
+
+    monai_occlusion = OcclusionSensitivity(
+        Scores(),
+        mask_size=window,
+        n_batch=max(config.batches),
+        mode=0.0,
+        overlap=1 - stride / window,
+        activate=False,
+        verbose=False,
+    )
+    t_ref, _, _ = timed(lambda: monai_occlusion(x), device, 1)
+    table.add("  same windows", t_ours, t_ref, "MONAI OcclusionSensitivity", windows * f, mem, None)
+
+
+def sliding_window_cases(config: Config, device: torch.device, repeat: int, table: Table) -> None:
+    from captum.attr import Occlusion
+    from monai.inferers import sliding_window_inference
+
+    network = make_network(config, device)
+    roi = (config.roi,) * 3
+    card = ModelCard(
+        in_channels=1,
+        out_channels=2,
+        roi_size=roi,
+        overlap=0.25,
+        sw_batch_size=max(config.batches),
+        size_divisible=2 ** (len(config.channels) - 1),
+    )
+    x = torch.rand((1, 1, *config.sliding_volume), generator=torch.Generator().manual_seed(1)).to(
+        device
+    )
+    target = centred_box(config.sliding_volume, config.local_box, device)
+
+    def full_inferer(v):
+        return sliding_window_inference(v, roi, card.sw_batch_size, network, overlap=0.25)
+
+    reference_score = ScoreModel(full_inferer, target)
+
+    def reference_gradient():
+        xr = x.detach().requires_grad_(True)
+        return torch.autograd.grad(reference_score(xr).sum(), xr)[0]
+
+    t_ref, ref, mem_ref = timed(reference_gradient, device, repeat)
+    whole = SegmentationForward(network, card)
+    saliency = create_method("saliency", {"abs": False})
+    t_win, ours_all, mem_win = timed(
+        lambda: saliency.attribute(whole, x, target, Context(device=device)), device, repeat
+    )
+    shape = "x".join(map(str, config.sliding_volume))
+    table.add(
+        f"gradient, {shape}, window by window",
+        t_win,
+        t_ref,
+        "autograd through MONAI inferer",
+        None,
+        mem_win,
+        max_rel_diff(ours_all, ref),
+    )
+    table.add(
+        "  reference memory", t_ref, t_ref, "autograd through MONAI inferer", None, mem_ref, None
+    )
+
+    local = SegmentationForward(network, card)
+    local.restrict_to(target.region.cpu().numpy())
+    t_local, ours_local, mem_local = timed(
+        lambda: saliency.attribute(local, x, target, Context(device=device)), device, repeat
+    )
+    usage = local.window_usage(config.sliding_volume)
+    table.add(
+        f"gradient, centred {config.local_box}^3 ROI ({usage['used']}/{usage['total']} windows)",
+        t_local,
+        t_ref,
+        "autograd through MONAI inferer",
+        None,
+        mem_local,
+        max_rel_diff(ours_local, ref),
+    )
+
+    window, stride = config.sliding_occlusion
+    occ = create_method("occlusion", {"window": window, "stride": stride, "cover_edges": False})
+    t_occ, ours_occ, mem_occ = timed(
+        lambda: occ.attribute(local, x, target, Context(device=device)), device, 1
+    )
+    if config.occlusion_reference:
+        t_ref_occ, ref_occ, _ = timed(
+            lambda: Occlusion(reference_score).attribute(
+                x,
+                sliding_window_shapes=(1, window, window, window),
+                strides=(1, stride, stride, stride),
+                baselines=0.0,
+                perturbations_per_eval=1,
+            ),
+            device,
+            1,
+        )
+        table.add(
+            f"occlusion, centred ROI, window {window} stride {stride}",
+            t_occ,
+            t_ref_occ,
+            "captum Occlusion through inferer",
+            None,
+            mem_occ,
+            max_rel_diff(ours_occ, ref_occ),
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="timed runs per case after one warm-up (1: no warm-up)",
+    )
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--skip-occlusion-reference",
+        action="store_true",
+        help="skip captum occlusion through the full inferer (the slowest reference)",
+    )
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    config = CONFIGS[args.config]
+    if args.skip_occlusion_reference:
+        config.occlusion_reference = False
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    print(
+        f"TorchEsegeta benchmark, config {args.config}, device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}",
+        flush=True,
+    )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    table = Table()
+    print(Table.header(), flush=True)
+    whole_volume_cases(config, device, args.repeat, table)
+    sliding_window_cases(config, device, args.repeat, table)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "config": args.config,
+                    "device": str(device),
+                    "device_name": name,
+                    "rows": table.rows,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
