@@ -190,3 +190,24 @@ def test_resolve_device():
     else:
         with pytest.raises(UserInputError, match="does not exist"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_reduced_precision_autocast_stays_close_to_fp32():
+    import pytest
+    import torch
+    from helpers import tiny_unet
+
+    from TorchEsegetaLib.card import ModelCard
+    from TorchEsegetaLib.errors import UserInputError
+    from TorchEsegetaLib.inference import SegmentationForward
+
+    net, card = tiny_unet(), ModelCard(size_divisible=2)
+    x = torch.rand((1, 1, 16, 16, 16))
+    with torch.no_grad():
+        full = SegmentationForward(net, card)(x)
+        half = SegmentationForward(net, card, precision="bf16")(x)
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max() < 0.05 * full.abs().max()
+    assert not torch.equal(half, full)
+    with pytest.raises(UserInputError, match="precision"):
+        SegmentationForward(net, card, precision="fp8")

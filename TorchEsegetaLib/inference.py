@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from .models import LoadedModel
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class SegmentationForward(torch.nn.Module):
     """Raw intensities (B, C, *S) -> logits (B, K, *S), exactly as the model is meant to be run.
 
@@ -50,10 +53,17 @@ class SegmentationForward(torch.nn.Module):
     zero baseline flat).
     """
 
-    def __init__(self, network: torch.nn.Module, card: ModelCard) -> None:
+    def __init__(self, network: torch.nn.Module, card: ModelCard, precision: str = "fp32") -> None:
         super().__init__()
+        if precision not in PRECISIONS:
+            raise UserInputError(
+                f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}"
+            )
         self.network = network
         self.card = card
+        #: "fp32", or "bf16" / "fp16" autocast of the network (the runner falls back to fp32
+        #: when a map comes out non-finite).
+        self.precision = precision
         self.intensity = dict(card.intensity)
         if self.intensity.get("kind") == "scale_range":
             missing = {"a_min", "a_max"} - {k for k, v in self.intensity.items() if v is not None}
@@ -192,9 +202,14 @@ class SegmentationForward(torch.nn.Module):
             )
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.network(x)
+        if self.precision == "fp32":
+            out = self.network(x)
+        else:
+            with torch.autocast(device_type=x.device.type, dtype=PRECISIONS[self.precision]):
+                out = self.network(x)
         # deep-supervision networks may return several heads; the first is the prediction
-        return out[0] if isinstance(out, (list, tuple)) else out
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        return out.float()
 
 
 @dataclass(frozen=True)
