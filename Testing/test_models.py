@@ -217,7 +217,7 @@ def test_bundle_fills_the_card_and_segments(tmp_path, suffix, weights):
     net = make_net()
     root = write_bundle(tmp_path / "bundle", suffix=suffix, weights=weights, net=net)
 
-    loaded = load_model({"kind": "bundle", "path": str(root)})
+    loaded = load_model({"kind": "bundle", "path": str(root), "trust": True})
 
     card = loaded.card
     assert card.spacing == (2.0, 2.0, 2.0)
@@ -255,7 +255,9 @@ def test_bundle_records_what_it_cannot_apply_and_user_card_wins(tmp_path):
     config["inferer"] = {"_target_": "SimpleInferer"}
     root = write_bundle(tmp_path / "bundle", config=config)
 
-    loaded = load_model({"kind": "bundle", "path": str(root)}, card={"spacing": None})
+    loaded = load_model(
+        {"kind": "bundle", "path": str(root), "trust": True}, card={"spacing": None}
+    )
 
     ignored = loaded.card.ignored_preprocessing
     assert len(ignored) == 3
@@ -263,6 +265,26 @@ def test_bundle_records_what_it_cannot_apply_and_user_card_wins(tmp_path):
     assert ignored[1] == "CropForegroundd"
     assert "only one intensity step" in ignored[2]
     assert loaded.card.spacing is None and loaded.card.roi_size is None
+
+
+def test_bundle_code_runs_only_when_trusted(tmp_path):
+    root = write_bundle(tmp_path / "bundle")
+    with pytest.raises(UserInputError, match="--trust-bundle"):
+        load_model({"kind": "bundle", "path": str(root)})
+    # A config without expressions holds no code: it loads without being trusted.
+    plain = {
+        key: value
+        for key, value in BUNDLE_CONFIG.items()
+        if key not in ("imports", "network", "preprocessing")
+    }
+    plain["network_def"] = {
+        k: v for k, v in plain["network_def"].items() if not str(v).startswith("$")
+    }
+    plain_root = write_bundle(tmp_path / "plain", config=plain)
+    from TorchEsegetaLib.bundles import config_expressions
+
+    assert config_expressions(plain_root / "configs" / "inference.json") == []
+    assert load_model({"kind": "bundle", "path": str(plain_root)}).card.roi_size == (8, 8, 8)
 
 
 def test_not_a_bundle(tmp_path):
