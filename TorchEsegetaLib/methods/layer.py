@@ -1,7 +1,19 @@
-"""Layer methods: attributions computed on an inner layer, brought back to the input grid."""
+"""Layer methods: attributions computed on an inner layer, brought back to the input grid.
+
+Every layer method is the same four steps, written once in :class:`LayerMethod`: run the score
+model while a :class:`LayerProbe` captures one layer's output (and, for most methods, the score's
+gradient with respect to it); compute a map per channel on the layer's grid; reduce the channels
+to one map; upsample it trilinearly to the network's input grid and crop off the padding the
+forward pass added. This module holds that mechanism, the layer discovery and the two simplest
+methods; Grad-CAM and its relatives are in :mod:`.cam`, the methods relative to a baseline input
+in :mod:`.layer_reference`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserInputError
@@ -9,6 +21,25 @@ from .base import Method, Param, ScoreModel, register
 
 if TYPE_CHECKING:
     import torch
+
+    from ..engine import Context
+    from ..targets import BoundTarget
+
+REDUCTIONS = ("sum", "mean", "max")
+LAYER = Param(
+    "layer",
+    "str",
+    "",
+    "Layer name (empty: the last feature map with more channels than classes; "
+    "`torchesegeta layers` lists them).",
+)
+REDUCE = Param(
+    "reduce",
+    "choice",
+    "sum",
+    "How the layer's channels become one map: their sum, mean or maximum.",
+    choices=REDUCTIONS,
+)
 
 
 def list_layers(network: torch.nn.Module) -> list[dict[str, Any]]:
@@ -26,7 +57,11 @@ def list_layers(network: torch.nn.Module) -> list[dict[str, Any]]:
 
 
 def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[str, Any]]:
-    """Every named module of the network with its output shape, in the order they run."""
+    """Every named module of the network with its output shape, in the order they run.
+
+    A module that runs several times in one pass (reused, or once per sliding window) is listed
+    once per run.
+    """
     import torch
 
     network = getattr(forward, "network", forward)
@@ -42,6 +77,7 @@ def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[st
                     "type": type(module).__name__,
                     "channels": int(output.shape[1]),
                     "shape": list(output.shape[2:]),
+                    "nonnegative": bool(output.min() >= 0),
                 }
             )
 
@@ -59,22 +95,36 @@ def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[st
     return seen
 
 
-def default_layer(forward: torch.nn.Module, inputs: torch.Tensor, out_channels: int) -> str:
+def default_layer(
+    forward: torch.nn.Module, inputs: torch.Tensor, out_channels: int, nonnegative: bool = False
+) -> str:
     """The last feature map computed with more channels than the model has classes.
 
     Execution order matters: in a U-Net that is the decoder's last wide feature map, just
     before the output block. Taking a module's *output* after its normalisation matters too: a
     convolution feeding an instance normalisation has gradients with zero spatial mean, which
-    would make Grad-CAM's channel weights vanish.
+    would make Grad-CAM's channel weights vanish. Modules that run more than once per pass
+    (reused activations) are skipped: a layer map needs one feature map per input. With
+    ``nonnegative``, the last such map without negative values (an activation's output) is
+    preferred, for methods that assume one.
     """
     traced = trace_layers(forward, inputs)
-    wide = [layer for layer in traced if layer["channels"] > out_channels]
-    if not (wide or traced):
+    runs = Counter(layer["name"] for layer in traced)
+    once = [layer for layer in traced if runs[layer["name"]] == 1]
+    wide = [layer for layer in once if layer["channels"] > out_channels]
+    if not traced:
         raise UserInputError(
             "this model exposes no layer for a layer method (TorchScript models hide their "
             "layers); load the network by name with its checkpoint, or choose a gradient method"
         )
-    return (wide or traced)[-1]["name"]
+    if not once:
+        raise UserInputError(
+            "every layer of this model runs several times per pass (sliding-window inference "
+            "over windows smaller than the image); set the model card's roi_size to cover the "
+            "image, or choose a gradient method"
+        )
+    positive = [layer for layer in wide if layer["nonnegative"]] if nonnegative else []
+    return (positive or wide or once)[-1]["name"]
 
 
 def resolve_layer(network: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -89,28 +139,126 @@ def resolve_layer(network: torch.nn.Module, name: str) -> torch.nn.Module:
     return modules[name]
 
 
-@register
-class GradCAM(Method):
-    name = "gradcam"
-    title = "Grad-CAM"
-    summary = "Channel activations of a layer weighted by their mean gradient, trilinearly upsampled to the input grid."
+class LayerProbe:
+    """The score model with one layer's output captured: the core every layer method shares.
+
+    Attributes:
+        score: the function explained, ``inputs -> (B,)`` scores.
+        network: the network (the module whose input grid maps are upsampled to).
+        layer, name: the captured module and its name.
+        grid: spatial shape of the network's input in the last pass (the padded input grid).
+    """
+
+    def __init__(
+        self, score: ScoreModel, network: torch.nn.Module, layer: torch.nn.Module, name: str
+    ) -> None:
+        self.score = score
+        self.network = network
+        self.layer = layer
+        self.name = name
+        self.grid: tuple[int, ...] | None = None
+
+    @contextlib.contextmanager
+    def capture(self, layer: bool = True) -> Iterator[list[Any]]:
+        """Within the block, the layer's outputs are appended to the yielded list (when
+        ``layer``) and :attr:`grid` is recorded; the hooks are removed on exit, whatever happens."""
+
+        def keep(_module: Any, _inputs: Any, output: Any) -> Any:
+            outputs.append(output)
+            # The network goes on with a copy, so that a later in-place operation (a
+            # ReLU(inplace=True)) cannot overwrite the captured map.
+            return output.clone() if hasattr(output, "clone") else None
+
+        def record_grid(_module: Any, args: tuple) -> None:
+            if args and hasattr(args[0], "shape"):
+                self.grid = tuple(args[0].shape[2:])
+
+        outputs: list[Any] = []
+        handles = [self.network.register_forward_pre_hook(record_grid)]
+        try:
+            if layer:
+                handles.append(self.layer.register_forward_hook(keep))
+            yield outputs
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def run(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores (B,) and the layer's output (B, K, *s), attached to the graph when grad is on."""
+        with self.capture() as outputs:
+            scores = self.score(inputs)
+        return scores, self._single_output(outputs, inputs)
+
+    def _single_output(self, outputs: list[Any], inputs: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if len(outputs) != 1:
+            raise UserInputError(
+                f"layer {self.name!r} ran {len(outputs)} times in one forward pass; a layer map "
+                "needs exactly one feature map per input (a module reused by the network, or "
+                "sliding-window inference over windows smaller than the image): choose another "
+                "layer, or set the model card's roi_size to cover the image"
+            )
+        output = outputs[0]
+        if not isinstance(output, torch.Tensor) or output.dim() != inputs.dim():
+            shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output)
+            raise UserInputError(
+                f"layer {self.name!r} outputs {shape}, not a feature map (batch, channels, "
+                "*spatial); choose a convolution, normalisation or activation layer"
+            )
+        return output
+
+    def activations(self, inputs: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with torch.no_grad():
+            return self.run(inputs)[1]
+
+    def gradients(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores (B,), the layer's output and the gradient of each score with respect to it."""
+        import torch
+
+        with torch.enable_grad():
+            scores, activation = self.run(inputs.detach().requires_grad_(True))
+            (grads,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
+        if grads is None:
+            raise UserInputError(
+                f"the target score does not depend on layer {self.name!r}; choose a layer on "
+                "the path from the input to the segmentation output"
+            )
+        return scores.detach(), activation.detach(), grads
+
+    def to_input_grid(self, layer_map: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """(B, 1, *s) on the layer's grid -> (B, 1, *input spatial shape).
+
+        Upsampled as captum's ``LayerAttribution.interpolate`` (align_corners=False) onto the
+        grid the network saw, then the margin the forward pass padded symmetrically (MONAI's
+        DivisiblePad, sliding-window padding) is cropped off, so map and input stay aligned.
+        """
+        import torch.nn.functional as F
+
+        spatial = tuple(shape[2:])
+        grid = (
+            self.grid
+            if self.grid and min(g - n for g, n in zip(self.grid, spatial)) >= 0
+            else spatial
+        )
+        mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[layer_map.dim()]
+        up = F.interpolate(layer_map, size=grid, mode=mode, align_corners=False)
+        crop = tuple(slice((g - n) // 2, (g - n) // 2 + n) for g, n in zip(grid, spatial))
+        return up[(slice(None), slice(None), *crop)]
+
+
+class LayerMethod(Method):
+    """Base class: subclasses compute a per-channel map on the layer's grid (:meth:`layer_map`)."""
+
     family = "layer"
-    signed = False
-    cost = "1 forward + 1 backward"
-    reference = "Selvaraju et al. 2017, arXiv:1610.02391"
     needs_layer = True
     shared_channels = True
-    params = (
-        Param(
-            "layer",
-            "str",
-            "",
-            "Layer name (empty: the last convolution with more channels than classes).",
-        ),
-        Param(
-            "relu", "bool", True, "Keep only positive evidence (the ReLU of the original Grad-CAM)."
-        ),
-    )
+    params = (LAYER, REDUCE)
+
+    #: the default layer must be non-negative (an activation's output), see :func:`default_layer`
+    nonnegative_layer = False
 
     def layer_name(self, forward: torch.nn.Module, inputs: torch.Tensor) -> str:
         import torch
@@ -121,38 +269,80 @@ class GradCAM(Method):
         if out_channels is None:
             with torch.no_grad():
                 out_channels = int(forward(inputs[:1]).shape[1])
-        return default_layer(forward, inputs, out_channels)
+        return default_layer(forward, inputs, out_channels, self.nonnegative_layer)
+
+    def probe(
+        self, forward: torch.nn.Module, inputs: torch.Tensor, target: BoundTarget
+    ) -> LayerProbe:
+        network = getattr(forward, "network", forward)
+        name = self.layer_name(forward, inputs)
+        return LayerProbe(ScoreModel(forward, target), network, resolve_layer(network, name), name)
 
     def attribute(self, forward, inputs, target, context):
         import torch
-        import torch.nn.functional as F
 
-        network = getattr(forward, "network", forward)
-        layer = resolve_layer(network, self.layer_name(forward, inputs))
-        score = ScoreModel(forward, target)
+        probe = self.probe(forward, inputs, target)
         out = torch.empty(
             (inputs.shape[0], 1, *inputs.shape[2:]), dtype=inputs.dtype, device=inputs.device
         )
 
-        def compute(start: int, stop: int) -> None:
-            captured: list[torch.Tensor] = []
-            handle = layer.register_forward_hook(lambda _m, _i, output: captured.append(output))
-            try:
-                with torch.enable_grad():
-                    scores = score(inputs[start:stop].detach().requires_grad_(True))
-                    activation = captured[-1]
-                    (grads,) = torch.autograd.grad(scores.sum(), activation)
-            finally:
-                handle.remove()
-            spatial = tuple(range(2, activation.dim()))
-            weights = grads.mean(dim=spatial, keepdim=True)
-            cam = (weights * activation.detach()).sum(dim=1, keepdim=True)
-            if self.config["relu"]:
-                cam = torch.relu(cam)
-            mode = "trilinear" if cam.dim() == 5 else "bilinear"
-            out[start:stop] = F.interpolate(
-                cam, size=inputs.shape[2:], mode=mode, align_corners=False
-            )
+        def emit(start: int, stop: int, layer_map: torch.Tensor) -> None:
+            cam = self.combine_channels(layer_map.to(inputs.dtype))
+            out[start:stop] = probe.to_input_grid(cam, inputs.shape)
 
-        context.map_batches(inputs.shape[0], compute, self.name)
+        self.compute(probe, inputs, context, emit)
         return out.expand(inputs.shape).contiguous()
+
+    def compute(
+        self,
+        probe: LayerProbe,
+        inputs: torch.Tensor,
+        context: Context,
+        emit: Callable[[int, int, torch.Tensor], None],
+    ) -> None:
+        """Hand ``emit(start, stop, layer map)`` the map of every example; by default one pass
+        per batch of examples (path methods override this to batch their steps instead)."""
+
+        def run(start: int, stop: int) -> None:
+            emit(start, stop, self.layer_map(probe, inputs[start:stop], context))
+
+        context.map_batches(inputs.shape[0], run, self.name)
+
+    def layer_map(self, probe: LayerProbe, inputs: torch.Tensor, context: Context) -> torch.Tensor:
+        """(b, K, *s): the attribution of each channel of the layer, for a batch of inputs."""
+        raise NotImplementedError
+
+    def combine_channels(self, layer_map: torch.Tensor) -> torch.Tensor:
+        how = self.config["reduce"]
+        if how == "max":
+            return layer_map.amax(dim=1, keepdim=True)
+        return getattr(layer_map, how)(dim=1, keepdim=True)
+
+
+@register
+class LayerActivation(LayerMethod):
+    name = "layer_activation"
+    title = "Layer Activation"
+    summary = (
+        "The layer's output itself, channels reduced and upsampled (independent of the target)."
+    )
+    signed = True
+    cost = "1 forward"
+    reference = "captum LayerActivation; Erhan et al. 2009 (activation maps)"
+
+    def layer_map(self, probe, inputs, context):
+        return probe.activations(inputs)
+
+
+@register
+class LayerGradientXActivation(LayerMethod):
+    name = "layer_gradient_x_activation"
+    title = "Layer Gradient x Activation"
+    summary = "The layer's output times the gradient of the target score with respect to it, voxel by voxel."
+    signed = True
+    cost = "1 forward + 1 backward"
+    reference = "Shrikumar et al. 2016, arXiv:1605.01713 (applied to a layer, as captum)"
+
+    def layer_map(self, probe, inputs, context):
+        _, activation, grads = probe.gradients(inputs)
+        return grads * activation

@@ -1,0 +1,365 @@
+"""Layer methods relative to a baseline input: conductance, internal influence, GradientSHAP and
+DeepLift on a layer.
+
+They attribute the change of the target score between a baseline input and the actual one to
+the units of a layer, on the mechanism of :class:`~.layer.LayerMethod`. The path methods batch
+their steps through the engine, one example at a time, so their result does not depend on the
+batch size; GradientSHAP draws its randomness from the run's seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from ..errors import UserInputError
+from .base import Param, register
+from .gradient import BASELINES, make_baseline
+from .layer import LAYER, REDUCE, LayerMethod, trace_layers
+
+if TYPE_CHECKING:
+    import torch
+
+RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+
+
+def _steps(default: int) -> Param:
+    return Param(
+        "n_steps",
+        "int",
+        default,
+        "Number of points on the path from the baseline to the input.",
+        minimum=1,
+        maximum=4096,
+    )
+
+
+def _rule(default: str) -> Param:
+    return Param(
+        "method",
+        "choice",
+        default,
+        "Quadrature rule for the path integral (as captum).",
+        choices=RULES,
+    )
+
+
+BASELINE = Param(
+    "baseline",
+    "choice",
+    "zero",
+    "Reference input: zeros, each channel's minimum or mean, or a Gaussian blur of the input.",
+    choices=BASELINES,
+)
+BLUR_SIGMA = Param(
+    "blur_sigma", "float", 4.0, "Sigma in voxels of the blurred baseline.", 0.1, 100.0
+)
+
+
+class _PathMethod(LayerMethod):
+    """A sum over points on the straight path from the baseline to each example."""
+
+    signed = True
+    needs_baseline = True
+    #: conductance needs the activation at one point beyond each gradient: n_steps + 1 points
+    extra_point = 0
+
+    def path_sum(
+        self, probe, x: torch.Tensor, base: torch.Tensor, alphas, step_sizes, start: int, stop: int
+    ) -> torch.Tensor:
+        """The contribution of path steps ``start:stop`` to the layer map (1, K, *s)."""
+        raise NotImplementedError
+
+    def compute(self, probe, inputs, context, emit):
+        import torch
+        from captum.attr._utils.approximation_methods import approximation_parameters
+
+        steps = self.config["n_steps"]
+        step_sizes_fn, alphas_fn = approximation_parameters(self.config["method"])
+        alphas = torch.tensor(
+            alphas_fn(steps + self.extra_point), dtype=inputs.dtype, device=inputs.device
+        )
+        step_sizes = torch.tensor(step_sizes_fn(steps), dtype=inputs.dtype, device=inputs.device)
+        baselines = make_baseline(self.config["baseline"], inputs, self.config["blur_sigma"])
+        examples = inputs.shape[0]
+        for index in range(examples):
+            x, base = inputs[index : index + 1], baselines[index : index + 1]
+            total: list[torch.Tensor] = []
+
+            def run(start: int, stop: int, x=x, base=base, total=total) -> None:
+                _accumulate(total, self.path_sum(probe, x, base, alphas, step_sizes, start, stop))
+
+            context.map_batches(steps, run, f"{self.name} example {index + 1}/{examples} step")
+            emit(index, index + 1, total[0])
+
+
+def _accumulate(total: list[torch.Tensor], part: torch.Tensor) -> None:
+    """Add ``part`` to the running sum held in ``total`` (empty at first)."""
+    if total:
+        total[0] += part
+    else:
+        total.append(part)
+
+
+def _path(x: torch.Tensor, base: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    return base + alphas.reshape((-1,) + (1,) * (x.dim() - 1)) * (x - base)
+
+
+@register
+class LayerConductance(_PathMethod):
+    name = "layer_conductance"
+    title = "Layer Conductance"
+    summary = "Flow of the score change from baseline to input through each unit of a layer; over the layer it sums to that change."
+    cost = "n_steps + 1 forward + n_steps + 1 backward"
+    reference = "Dhamdhere et al. 2018, arXiv:1805.12233"
+    extra_point = 1
+    params = (
+        LAYER,
+        REDUCE,
+        _steps(32),
+        # Only a rule whose points include both ends of the path telescopes to the full score change.
+        _rule("riemann_trapezoid"),
+        BASELINE,
+        BLUR_SIGMA,
+    )
+
+    def path_sum(self, probe, x, base, alphas, step_sizes, start, stop):
+        _, activation, grads = probe.gradients(_path(x, base, alphas[start : stop + 1]))
+        return ((activation[1:] - activation[:-1]) * grads[:-1]).sum(dim=0, keepdim=True)
+
+
+@register
+class InternalInfluence(_PathMethod):
+    name = "internal_influence"
+    title = "Internal Influence"
+    summary = "Gradient of the score with respect to a layer, integrated along the path from the baseline to the input."
+    cost = "n_steps forward + n_steps backward"
+    reference = "Leino et al. 2018, arXiv:1802.03788"
+    params = (LAYER, REDUCE, _steps(32), _rule("gausslegendre"), BASELINE, BLUR_SIGMA)
+
+    def path_sum(self, probe, x, base, alphas, step_sizes, start, stop):
+        _, _, grads = probe.gradients(_path(x, base, alphas[start:stop]))
+        weights = step_sizes[start:stop].reshape((-1,) + (1,) * (grads.dim() - 1))
+        return (grads * weights).sum(dim=0, keepdim=True)
+
+
+@register
+class LayerGradientShap(LayerMethod):
+    name = "layer_gradient_shap"
+    title = "Layer GradientSHAP"
+    summary = "Expected layer gradient x (activation - baseline activation) at random points between random baselines and noisy inputs."
+    signed = True
+    needs_baseline = True
+    cost = "n_samples x (2 forward + 1 backward)"
+    reference = "Lundberg & Lee 2017, arXiv:1705.07874 (GradientSHAP, as captum)"
+    params = (
+        LAYER,
+        REDUCE,
+        Param("n_samples", "int", 8, "Number of random samples.", minimum=1, maximum=10000),
+        Param(
+            "stdevs",
+            "float",
+            0.0,
+            "Noise standard deviation added to each sample, as a fraction of each channel's "
+            "intensity range (max - min).",
+            minimum=0.0,
+            maximum=10.0,
+        ),
+        Param(
+            "baselines",
+            "str",
+            "zero,blur",
+            f"Comma-separated reference inputs the baselines are drawn from ({', '.join(BASELINES)}).",
+        ),
+        BLUR_SIGMA,
+    )
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        kinds = tuple(k.strip() for k in self.config["baselines"].split(",") if k.strip())
+        unknown = [k for k in kinds if k not in BASELINES]
+        if unknown or not kinds:
+            raise UserInputError(
+                f"parameter 'baselines' of {self.name} must list some of {', '.join(BASELINES)} "
+                f"separated by commas; got {self.config['baselines']!r}"
+            )
+        self.kinds = kinds
+
+    def draws(
+        self, count: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per sample: which baseline, the point on the path (uniform in [0, 1)) and a noise seed.
+
+        Drawn up front, so the result depends on the seed only, not on batching or retries.
+        """
+        import torch
+
+        choice = torch.randint(len(self.kinds), (count,), generator=generator)
+        alphas = torch.rand(count, generator=generator, dtype=torch.float64)
+        seeds = torch.randint(2**62, (count,), generator=generator)
+        return choice, alphas, seeds
+
+    def compute(self, probe, inputs, context, emit):
+        import torch
+
+        count = self.config["n_samples"]
+        generator = context.generator()
+        spatial = tuple(range(2, inputs.dim()))
+        examples = inputs.shape[0]
+        for index in range(examples):
+            x = inputs[index : index + 1]
+            references = torch.cat(
+                [make_baseline(kind, x, self.config["blur_sigma"]) for kind in self.kinds]
+            )
+            std = self.config["stdevs"] * (
+                x.amax(dim=spatial, keepdim=True) - x.amin(dim=spatial, keepdim=True)
+            )
+            draws = self.draws(count, generator)
+            sample = functools.partial(self.sample_sum, probe, x, references, std, *draws)
+            total: list[torch.Tensor] = []
+
+            def run(start: int, stop: int, sample=sample, total=total) -> None:
+                _accumulate(total, sample(start, stop))
+
+            context.map_batches(count, run, f"{self.name} example {index + 1}/{examples} sample")
+            emit(index, index + 1, total[0] / count)
+
+    def sample_sum(self, probe, x, references, std, choice, alphas, seeds, start, stop):
+        """The sum over samples ``start:stop`` of (activation - baseline activation) x gradient."""
+        import torch
+
+        noisy = x.expand(stop - start, *x.shape[1:])
+        if self.config["stdevs"] > 0:
+            noise = [
+                torch.randn(x.shape, generator=torch.Generator().manual_seed(int(seed)))
+                for seed in seeds[start:stop]
+            ]
+            noisy = noisy + torch.cat(noise).to(x) * std
+        base = references[choice[start:stop].to(x.device)]
+        _, _, grads = probe.gradients(_path(noisy, base, alphas[start:stop].to(x)))
+        ends = probe.activations(torch.cat([noisy, base]))
+        delta = ends[: stop - start] - ends[stop - start :]
+        return (delta * grads).sum(dim=0, keepdim=True)
+
+
+@register
+class LayerDeepLift(LayerMethod):
+    """captum's LayerDeepLift (rescale rule), made to run on MONAI networks.
+
+    captum's DeepLift stores each nonlinearity's input and output on the module during the
+    forward pass, so it fails on in-place activations and on an activation module the network
+    calls twice (SegResNet's residual blocks). Within the call, in-place modules run out of
+    place, and a nonlinearity called k times per pass is replaced by k copies taken in turn;
+    everything is restored afterwards.
+    """
+
+    name = "layer_deeplift"
+    title = "Layer DeepLIFT"
+    summary = "DeepLIFT (rescale rule) multipliers from the score to a layer times the layer's change from the baseline."
+    signed = True
+    needs_baseline = True
+    cost = "1 forward + 1 backward of input and baseline together, + 3 forward"
+    reference = "Shrikumar et al. 2017, arXiv:1704.02685"
+    params = (LAYER, REDUCE, BASELINE, BLUR_SIGMA)
+
+    def compute(self, probe, inputs, context, emit):
+        from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+
+        runs = Counter(layer["name"] for layer in trace_layers(probe.score.forward, inputs))
+        if runs[probe.name] != 1:
+            probe.activations(inputs[:1])  # raises the error that says what is wrong
+        modules = dict(probe.network.named_modules())
+        reused = {
+            name: count
+            for name, count in runs.items()
+            if count > 1 and type(modules[name]) in SUPPORTED_NON_LINEAR
+        }
+        with _deeplift_ready(probe.network, {modules[n]: c for n, c in reused.items()}):
+            super().compute(probe, inputs, context, emit)
+
+    def layer_map(self, probe, inputs, context):
+        import torch
+        from captum.attr import LayerDeepLift as CaptumLayerDeepLift
+
+        class ScoreModule(torch.nn.Module):
+            """The score as a module: captum's DeepLift hooks the model it is given."""
+
+            def __init__(self):
+                super().__init__()
+                self.wrapped = probe.score.forward
+
+            def forward(self, x):
+                return probe.score(x)
+
+        baselines = make_baseline(self.config["baseline"], inputs, self.config["blur_sigma"])
+        with probe.capture(layer=False):
+            attributions, delta = CaptumLayerDeepLift(ScoreModule(), probe.layer).attribute(
+                inputs, baselines=baselines, return_convergence_delta=True
+            )
+        # captum's delta is sum(attributions) - (score(inputs) - score(baselines)).
+        change = attributions.detach().flatten(1).sum(dim=1) - delta
+        if bool((delta.abs() > 0.01 * change.abs() + 1e-6).any()):
+            note = (
+                f"{self.name}: the layer attributions do not sum to the score change (off by "
+                f"{float(delta.abs().max()):.3g} of {float(change.abs().max()):.3g}): the network "
+                "has operations after the layer that DeepLIFT's rescale rule treats as linear "
+                "(instance or group normalisation, PReLU, functional activations); the map is an "
+                "approximation"
+            )
+            if not any(n.startswith(note[:60]) for n in context.notes):
+                context.notes.append(note)
+        return attributions.detach()
+
+
+@contextlib.contextmanager
+def _deeplift_ready(network: torch.nn.Module, reused: dict) -> Iterator[None]:
+    """Within the block, in-place modules run out of place and each module of ``reused`` (module
+    -> calls per pass) is swapped for that many copies taken in turn; restored on exit, with the
+    tensors captum leaves on the modules it hooked."""
+    import torch
+
+    class TakeTurns(torch.nn.Module):
+        def __init__(self, module: torch.nn.Module, calls: int):
+            super().__init__()
+            self.copies = torch.nn.ModuleList(copy.deepcopy(module) for _ in range(calls))
+            self.turn = 0
+
+        def forward(self, *args, **kwargs):
+            module = self.copies[self.turn % len(self.copies)]
+            self.turn += 1
+            return module(*args, **kwargs)
+
+    inplace = [m for m in network.modules() if getattr(m, "inplace", False) is True]
+    swaps = [
+        (parent, key, child, TakeTurns(child, reused[child]))
+        for parent in network.modules()
+        for key, child in list(parent._modules.items())
+        if child in reused
+    ]
+    turns = [turn for *_, turn in swaps]
+
+    def restart(_module, _args) -> None:
+        for turn in turns:
+            turn.turn = 0
+
+    handle = network.register_forward_pre_hook(restart)
+    try:
+        for module in inplace:
+            module.inplace = False
+        for parent, key, _child, turn in swaps:
+            parent._modules[key] = turn
+        yield
+    finally:
+        handle.remove()
+        for parent, key, child, _turn in swaps:
+            parent._modules[key] = child
+        for module in inplace:
+            module.inplace = True
+        for module in network.modules():
+            for stale in ("input", "output", "input_ref"):
+                if isinstance(module.__dict__.get(stale), (torch.Tensor, tuple)):
+                    del module.__dict__[stale]
