@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 from .base import Method, Param, ScoreModel, register
-from .gradient import make_baseline
+from .gradient import BASELINES, make_baseline
+
+BASELINE_PARAMS = (
+    Param(
+        "baseline",
+        "choice",
+        "zero",
+        "Value of a removed part of the input: zeros, each channel's minimum or mean, or a "
+        "Gaussian blur of the input.",
+        choices=BASELINES,
+    ),
+    Param(
+        "blur_sigma",
+        "float",
+        4.0,
+        "Sigma in voxels of the blurred baseline.",
+        minimum=0.1,
+        maximum=100.0,
+    ),
+)
 
 
 def window_starts(length: int, window: int, stride: int, cover_edges: bool) -> list[int]:
@@ -91,3 +111,98 @@ class Occlusion(Method):
             averaged = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
             out[example] = averaged.expand(inputs.shape[1:])
         return out
+
+
+@register
+class Rise(Method):
+    name = "rise"
+    title = "RISE"
+    summary = "Average of random smooth 3D masks weighted by the target score of the input seen through each mask."
+    family = "perturbation"
+    signed = True
+    cost = "n_masks forwards, batched"
+    reference = "Petsiuk et al. 2018, arXiv:1806.07421"
+    needs_baseline = True
+    shared_channels = True
+    params = (
+        Param("n_masks", "int", 500, "Number of random masks.", minimum=1, maximum=100000),
+        Param(
+            "cell_size",
+            "int",
+            16,
+            "Edge length in voxels of the cells of the coarse random grid that is upsampled "
+            "into each mask.",
+            minimum=1,
+            maximum=1024,
+        ),
+        Param(
+            "keep_probability",
+            "float",
+            0.5,
+            "Probability that a cell of the coarse grid keeps the input.",
+            minimum=0.01,
+            maximum=0.99,
+        ),
+        Param(
+            "subtract_mean",
+            "bool",
+            True,
+            "Weight the masks by the score minus the mean score: removes the uniform offset "
+            "(the mean score) and much of the sampling noise of the paper's estimator.",
+        ),
+        *BASELINE_PARAMS,
+    )
+
+    def attribute(self, forward, inputs, target, context):
+        import torch
+
+        score = ScoreModel(forward, target)
+        fills = make_baseline(self.config["baseline"], inputs, self.config["blur_sigma"])
+        n, cell = self.config["n_masks"], self.config["cell_size"]
+        p = self.config["keep_probability"]
+        spatial = tuple(inputs.shape[2:])
+        generator = context.generator()
+        grids = (
+            torch.rand((n, *(math.ceil(s / cell) + 1 for s in spatial)), generator=generator) < p
+        )
+        shifts = torch.randint(0, cell, (n, len(spatial)), generator=generator)
+        out = torch.empty_like(inputs)
+        for index in range(inputs.shape[0]):
+            x, fill = inputs[index : index + 1], fills[index : index + 1]
+            # float64 sums: the centred map is a small difference of large ones
+            weighted = torch.zeros(spatial, dtype=torch.float64, device=x.device)
+            coverage, total = torch.zeros_like(weighted), weighted.new_zeros(())
+
+            def compute(
+                start: int, stop: int, x=x, fill=fill, sums=(weighted, coverage, total)
+            ) -> None:
+                masks = smooth_masks(grids[start:stop], shifts[start:stop], cell, spatial, x)
+                with torch.no_grad():
+                    scores = score(fill + masks.unsqueeze(1) * (x - fill)).double()
+                masks = masks.double()
+                parts = (torch.tensordot(scores, masks, dims=1), masks.sum(dim=0), scores.sum())
+                for accumulated, part in zip(sums, parts):
+                    accumulated.add_(part)
+
+            context.map_batches(n, compute, f"{self.name} example {index + 1} mask")
+            if self.config["subtract_mean"]:
+                weighted -= total / n * coverage
+            out[index] = (weighted / (n * p)).to(x.dtype).expand(inputs.shape[1:])
+        return out
+
+
+def smooth_masks(grids, shifts, cell, spatial, like):
+    """Upsample binary coarse grids (B, *G) trilinearly by ``cell`` and crop each at its shift:
+    (B, *spatial) masks in [0, 1] with the dtype and device of ``like``."""
+    import torch
+    import torch.nn.functional as F
+
+    coarse = grids.unsqueeze(1).to(device=like.device, dtype=like.dtype)
+    size = [g * cell for g in grids.shape[1:]]
+    upsampled = F.interpolate(coarse, size=size, mode="trilinear", align_corners=False)[:, 0]
+    return torch.stack(
+        [
+            upsampled[(row, *(slice(o, o + s) for o, s in zip(shift.tolist(), spatial)))]
+            for row, shift in enumerate(shifts)
+        ]
+    )
