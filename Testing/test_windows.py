@@ -155,3 +155,25 @@ def test_explaining_a_local_target_of_a_sliding_window_model_runs_only_its_windo
 
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["target"]["windows"] == windows
+
+
+def test_occlusion_of_a_local_target_skips_boxes_outside_its_windows_with_an_identical_map():
+    from TorchEsegetaLib.engine import Context
+    from TorchEsegetaLib.methods import create_method
+
+    net, x = tiny_unet(), volume((64, 48, 32))
+    box = (slice(40, 46), slice(20, 26), slice(10, 16))
+    target = local_target(x.shape[2:], box)
+    occlusion = create_method("occlusion", {"window": 8, "stride": 8})
+    whole = SegmentationForward(net, card())
+    reference = occlusion.attribute(whole, x, target, Context())
+    region = np.zeros(x.shape[2:], dtype=bool)
+    region[box] = True
+    local = SegmentationForward(net, card())
+    local.restrict_to(region)
+    context = Context()
+    ours = occlusion.attribute(local, x, target, context)
+    assert ((ours - reference).abs().max() / reference.abs().max()) < 1e-5
+    assert "were not evaluated" in context.notes[0]
+    skipped, total = (int(v) for v in context.notes[0].split()[:3:2])
+    assert skipped > total / 2

@@ -86,6 +86,18 @@ class Occlusion(Method):
             tuple(slice(s, s + min(window, n)) for s, n in zip(corner, spatial))
             for corner in itertools.product(*axes)
         ]
+        # A box that misses every voxel the restricted forward reads (sliding-window models with
+        # a local target) cannot change the score: its drop is exactly zero, so it is counted
+        # but never evaluated.
+        support = forward.input_support(spatial) if hasattr(forward, "input_support") else None
+        skipped: list[tuple[slice, ...]] = []
+        if support is not None:
+            seen = torch.from_numpy(support)
+            skipped = [box for box in boxes if not bool(seen[box].any())]
+            boxes = [box for box in boxes if bool(seen[box].any())]
+            context.notes.append(
+                f"{len(skipped)} of {len(skipped) + len(boxes)} boxes lie outside the target's windows and were not evaluated (their drop is exactly 0)"
+            )
         out = torch.empty_like(inputs)
         for example in range(inputs.shape[0]):
             x = inputs[example : example + 1]
@@ -94,6 +106,8 @@ class Occlusion(Method):
                 reference = score(x)
             total = torch.zeros(spatial, dtype=x.dtype, device=x.device)
             count = torch.zeros(spatial, dtype=x.dtype, device=x.device)
+            for box in skipped:
+                count[box] += 1
 
             def compute(
                 start: int, stop: int, x=x, fill=fill, reference=reference, total=total, count=count
