@@ -224,20 +224,6 @@ def test_vargrad_is_non_negative_and_smoothgrad_sq_dominates(setup):
     assert (var >= -1e-6 * sq.max()).all() and (sq + 1e-9 >= var).all()
 
 
-def test_every_method_returns_a_finite_map_of_the_input_shape(setup):
-    net, x, target, _ = setup
-    fast = {
-        "integrated_gradients": {"n_steps": 4},
-        "smoothgrad": {"samples": 2},
-        "occlusion": {"window": 8, "stride": 8},
-    }
-    for name in REGISTRY:
-        attribution = ours(name, net, x, target, **fast.get(name, {}))
-        assert attribution.shape == x.shape, name
-        assert torch.isfinite(attribution).all(), name
-        assert attribution.abs().sum() > 0, name
-
-
 def test_parameters_are_validated_with_clear_messages():
     with pytest.raises(UserInputError, match="n_steps.*at least 1"):
         create_method("integrated_gradients", {"n_steps": 0})
