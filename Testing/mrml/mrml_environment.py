@@ -15,13 +15,6 @@ _TESTING_FOLDER = Path(__file__).resolve().parents[1]
 # Inside Slicer the module folder is on sys.path; make the glue importable the same way.
 sys.path.insert(0, str(_TESTING_FOLDER.parent / "TorchEsegeta"))
 
-_MODULE_LOGICS = {
-    "Colors": "vtkSlicerColorLogic",
-    "Volumes": "vtkSlicerVolumesLogic",
-    "Segmentations": "vtkSlicerSegmentationsModuleLogic",
-    "SubjectHierarchy": "vtkSlicerSubjectHierarchyModuleLogic",
-}
-
 
 def _importSlicerCore():
     """Import slicer-core's ``slicer`` package, or skip the importing test module."""
@@ -41,23 +34,6 @@ def makeScene(cacheFolder):
 
     ``cacheFolder`` plays the application's cache: reading a .mrb unpacks it there.
     """
-    scene = slicer.vtkMRMLScene()
-    cacheManager = slicer.vtkCacheManager()
-    cacheManager.SetRemoteCacheDirectory(str(cacheFolder))
-    dataIOManager = slicer.vtkDataIOManager()
-    dataIOManager.SetCacheManager(cacheManager)
-    scene.SetCacheManager(cacheManager)
-    scene.SetDataIOManager(dataIOManager)
-    appLogic = slicer.vtkSlicerApplicationLogic()
-    appLogic.SetMRMLScene(scene)
-    logics = {"Application": appLogic}
-    for moduleName, className in _MODULE_LOGICS.items():
-        logic = getattr(slicer, className)()
-        logic.SetMRMLApplicationLogic(appLogic)
-        logic.SetMRMLScene(scene)
-        appLogic.SetModuleLogic(moduleName, logic)
-        logics[moduleName] = logic
-    logics["Colors"].AddDefaultColorNodes()
-    logics["DataIO"] = dataIOManager
-    slicer.mrmlScene = scene
-    return scene, logics
+    from TorchEsegetaSlicer.sceneSetup import newScene
+
+    return newScene(cacheFolder)

@@ -20,6 +20,8 @@ DISTINCT_COLORS = (
 )
 
 SEQUENTIAL_COLOR_NAME = "TorchEsegetaSequential"
+# Node attribute marking attribution maps (its value: the method label).
+MAP_ATTRIBUTE = "TorchEsegeta.method"
 DIVERGING_COLOR_NAME = "TorchEsegetaDiverging"
 
 # Samples of matplotlib's "inferno" and "RdBu_r" at 0, 1/8, ..., 1: perceptually uniform, so
@@ -135,6 +137,22 @@ def showAsForeground(scene, volumeNode, opacity: float = 0.5, compositeNodes=Non
     return list(compositeNodes)
 
 
+def setMapOpacity(scene, opacity: float) -> int:
+    """Set the foreground opacity of every slice view that shows an attribution map.
+
+    Returns:
+        How many views changed (views showing another foreground are left alone).
+    """
+    changed = 0
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        compositeNode = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
+        foreground = scene.GetNodeByID(compositeNode.GetForegroundVolumeID() or "")
+        if foreground is not None and foreground.GetAttribute(MAP_ATTRIBUTE) is not None:
+            compositeNode.SetForegroundOpacity(float(np.clip(opacity, 0.0, 1.0)))
+            changed += 1
+    return changed
+
+
 def _proceduralColorNode(scene, name: str, colors):
     existing = scene.GetFirstNode(name, "vtkMRMLProceduralColorNode")
     if existing is not None:
@@ -153,3 +171,21 @@ def _positive(width: float, reference: float = 0.0) -> float:
     if width > 0:
         return width
     return abs(reference) or 1.0
+
+
+def showColorLegend(colorLogic, volumeNode, visible: bool = True):
+    """Show (creating once) the colour legend of a map in the views.
+
+    Args:
+        colorLogic: the Colors module logic (``slicer.modules.colors.logic()`` in the app).
+        volumeNode: the styled map.
+        visible: show or hide the legend.
+
+    Returns:
+        The map's colour legend display node.
+    """
+    legend = colorLogic.GetColorLegendDisplayNode(volumeNode)
+    if legend is None:
+        legend = colorLogic.AddDefaultColorLegendDisplayNode(volumeNode)
+    legend.SetVisibility(visible)
+    return legend

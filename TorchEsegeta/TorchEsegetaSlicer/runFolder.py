@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import numbers
 from pathlib import Path
-
-import numpy as np
-import slicer
 
 from TorchEsegetaLib.io import read_volume
 
-from .display import styleAttributionNode
-from .segmentations import segmentationNodeFromLabelmap
-from .tables import tableNodeFromMetrics
-from .volumeNodes import geometryFromVolumeNode, volumeNodeFromArray
+from .resultNodes import MapResult, addResultNodes
+from .volumeNodes import geometryFromVolumeNode
 
 GEOMETRY_TOLERANCE = 1e-4
 SEGMENTATION_FILE = "segmentation.nii.gz"
+# "partial": some method ran out of its time budget; the others are complete and worth showing.
+LOADABLE_STATUSES = ("complete", "partial")
 
 
 def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
@@ -34,12 +30,13 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
             go into a folder beside it in the subject hierarchy.
 
     Returns:
-        ``{"maps": {method name: volume node}, "segmentation": segmentation node or None,
+        ``{"maps": {method label: volume node}, "segmentation": segmentation node or None,
         "folderItemId": subject hierarchy folder item, "table": metrics table node or None,
-        "skipped": {method name: status}}`` (methods that did not finish have no map).
+        "charts": {metric title: plot chart node}, "skipped": {method label: status},
+        "run": the run.json contents}`` (methods that did not finish have no map).
 
     Raises:
-        ValueError: not a complete run folder, a missing file, or a file off the reference grid.
+        ValueError: not a finished run folder, a missing file, or a file off the reference grid.
         UserInputError: a file that SimpleITK cannot read.
     """
     runFolder = Path(runFolder)
@@ -51,44 +48,44 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
 
     maps, skipped = {}, {}
     for entry in run.get("methods", []):
+        # Labels tell apart two runs of one method with different parameters.
+        label = entry.get("label", entry["name"])
         if entry.get("status", "ok") != "ok":
-            skipped[entry["name"]] = entry.get("status")
+            skipped[label] = entry.get("status")
             continue
-        fileName = entry.get("file", f"{entry['name']}.nii.gz")
-        maps[entry["name"]] = (entry, _readOnGrid(runFolder / fileName, expected))
+        fileName = entry.get("file", f"{label}.nii.gz")
+        maps[label] = (entry, _readOnGrid(runFolder / fileName, expected))
     segmentationPath = runFolder / SEGMENTATION_FILE
     segmentation = _readOnGrid(segmentationPath, expected) if segmentationPath.exists() else None
 
-    nodes = {}
-    for name, (entry, volume) in maps.items():
-        node = volumeNodeFromArray(
-            scene, volume.array[0], volume.geometry, f"{inputName} {entry.get('title', name)}"
-        )
-        styleAttributionNode(scene, node, signed=bool(entry.get("signed", False)))
-        nodes[name] = node
-    segmentationNode = None
-    if segmentation is not None:
-        classNames = run.get("card", {}).get("class_names", [])
-        labels = np.rint(segmentation.array[0]).astype(np.int16)
-        segmentationNode = segmentationNodeFromLabelmap(
-            scene, labels, segmentation.geometry, classNames, f"{inputName} segmentation"
-        )
-    rows = _metricRows(run.get("metrics"))
-    tableNode = tableNodeFromMetrics(scene, rows, f"{inputName} metrics") if rows else None
+    added = addResultNodes(
+        scene,
+        expected if expected is not None else _firstGeometry(maps, segmentation),
+        {
+            label: MapResult(volume.array[0], entry.get("title", label), bool(entry.get("signed")))
+            for label, (entry, volume) in maps.items()
+        },
+        labelmap=segmentation.array[0] if segmentation is not None else None,
+        classNames=runCard(run).get("class_names", []),
+        evaluation=run.get("metrics"),
+        folderName=runFolder.name,
+        referenceVolumeNode=referenceVolumeNode,
+        inputName=inputName,
+    )
+    return {**added, "skipped": skipped, "run": run}
 
-    spatialNodes = [node for node in [*nodes.values(), segmentationNode] if node is not None]
-    if referenceVolumeNode is not None:
-        for node in spatialNodes:
-            node.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
-    folderNodes = spatialNodes + ([tableNode] if tableNode is not None else [])
-    folderItemId = _putInFolder(scene, runFolder.name, folderNodes, besideNode=referenceVolumeNode)
-    return {
-        "maps": nodes,
-        "segmentation": segmentationNode,
-        "folderItemId": folderItemId,
-        "table": tableNode,
-        "skipped": skipped,
-    }
+
+def runCard(run: dict) -> dict:
+    """The model card of a run: run.json keeps it under "model" (older files at the top)."""
+    return run.get("card") or (run.get("model") or {}).get("card") or {}
+
+
+def _firstGeometry(maps: dict, segmentation):
+    for _, volume in maps.values():
+        return volume.geometry
+    if segmentation is not None:
+        return segmentation.geometry
+    raise ValueError("the run folder holds no map and no segmentation; nothing to load")
 
 
 def _readRunJson(runFolder: Path) -> dict:
@@ -99,7 +96,7 @@ def _readRunJson(runFolder: Path) -> dict:
         run = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} could not be read ({e}); the run folder may be damaged") from e
-    if run.get("status") != "complete":
+    if run.get("status") not in LOADABLE_STATUSES:
         raise ValueError(
             f"run {runFolder} has status {run.get('status')!r}, not 'complete'; load a finished run"
         )
@@ -120,40 +117,3 @@ def _readOnGrid(path: Path, expected):
                 "load the run with the volume it was computed on"
             )
     return volume
-
-
-def _metricRows(metrics) -> list[dict]:
-    """run.json metrics, ``{method: {metric: value}}`` or a list of rows, as table rows."""
-    if not metrics:
-        return []
-    if isinstance(metrics, dict):
-        metrics = [
-            {"method": method, **(values if isinstance(values, dict) else {"value": values})}
-            for method, values in metrics.items()
-        ]
-    # Curves and nested results do not fit in a cell; they belong in plots.
-    return [
-        {
-            key: value
-            for key, value in row.items()
-            if isinstance(value, (str, numbers.Real)) or value is None
-        }
-        for row in metrics
-        if isinstance(row, dict)
-    ]
-
-
-def _putInFolder(scene, folderName: str, nodes, besideNode=None) -> int:
-    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    parentItemId = shNode.GetSceneItemID()
-    if besideNode is not None and shNode.GetItemByDataNode(besideNode) != shNode.GetInvalidItemID():
-        parentItemId = shNode.GetItemParent(shNode.GetItemByDataNode(besideNode))
-    folderItemId = shNode.CreateFolderItem(parentItemId, folderName)
-    for node in nodes:
-        itemId = shNode.GetItemByDataNode(node)
-        # Inside the app a plugin adds an item for each new node; without it, add it here.
-        if itemId == shNode.GetInvalidItemID():
-            shNode.CreateItem(folderItemId, node)
-        else:
-            shNode.SetItemParent(itemId, folderItemId)
-    return folderItemId
