@@ -90,7 +90,11 @@ def test_worker_reports_input_errors(tmp_path):
 
 
 def test_terminating_the_worker_mid_run_leaves_no_run_folder(tmp_path):
-    slow = {"name": "integrated_gradients", "params": {"n_steps": 4000}}
+    # Riemann steps: Gauss-Legendre nodes for thousands of steps take minutes to set up.
+    slow = {
+        "name": "integrated_gradients",
+        "params": {"n_steps": 4000, "method": "riemann_trapezoid"},
+    }
     job_file = make_job(tmp_path, [slow], max_batch=1)
     process = start(job_file)
     for line in process.stdout:

@@ -81,9 +81,12 @@ def explain(
 
         destination = Path(out).absolute()
         temporary = destination.with_name(f".{destination.name}.partial-{uuid.uuid4().hex[:8]}")
-        images_field = (
-            [str(p) for p in images] if isinstance(images, (list, tuple)) else [str(images)]
-        )
+        if isinstance(images, (Volume, np.ndarray)):
+            images_field = ["<array in memory>"]
+        elif isinstance(images, (list, tuple)):
+            images_field = [str(p) for p in images]
+        else:
+            images_field = [str(images)]
         job = Job(
             images=images_field,
             model=loaded.source,
