@@ -13,6 +13,16 @@ FAST_PARAMS: dict[str, dict] = {
     "integrated_gradients": {"n_steps": 4},
     "smoothgrad": {"samples": 2},
     "occlusion": {"window": 8, "stride": 8},
+    "feature_ablation": {"feature_size": 8},
+    "shapley_value_sampling": {"feature_size": 8, "n_samples": 1},
+    "lime": {"feature_size": 8, "n_samples": 16},
+    "kernel_shap": {"feature_size": 8, "n_samples": 16},
+    "rise": {"n_masks": 8, "cell_size": 8},
+    "deeplift_shap": {"n_baselines": 2},
+    "gradient_shap": {"n_samples": 2},
+    "layer_conductance": {"n_steps": 4},
+    "internal_influence": {"n_steps": 4},
+    "layer_gradient_shap": {"n_samples": 2},
 }
 
 

@@ -162,6 +162,10 @@ class BoundTarget:
         return int(self.region.sum())
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.voxel_scores(logits).flatten(1).sum(dim=1)
+
+    def voxel_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each voxel's share of the score, (B, *S): the scored value times the region weight."""
         import torch
 
         if self.output == "logits":
@@ -170,8 +174,7 @@ class BoundTarget:
             values = torch.softmax(logits, dim=1)[:, self.class_index]
         else:
             values = torch.sigmoid(logits[:, self.class_index])
-        weights = self.region_weights(values.device, values.dtype)
-        return (values * weights).flatten(1).sum(dim=1)
+        return values * self.region_weights(values.device, values.dtype)
 
     def output_gradient(
         self, channels: int, device: torch.device, dtype: torch.dtype

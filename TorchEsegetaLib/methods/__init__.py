@@ -1,6 +1,6 @@
 """Attribution methods by name: ``create_method("integrated_gradients", {"n_steps": 64})``."""
 
-from . import gradient, layer, perturbation  # noqa: F401  (registers the methods)
+from . import cam, coalitions, gradient, layer, layer_reference, perturbation, reference, relevance  # noqa: F401  (registers the methods)
 from .base import (
     REGISTRY,
     Method,

@@ -1,5 +1,5 @@
 """Gradient methods: saliency, input x gradient, integrated gradients, guided backpropagation,
-and SmoothGrad (noise tunnel) over any of them.
+deconvolution, and SmoothGrad (noise tunnel) over any of them.
 
 They are written on one primitive, :func:`~.base.input_gradients`, batched by the engine, so they
 get progress, cancellation and out-of-memory recovery for free; tests prove each equals captum's
@@ -36,6 +36,12 @@ def make_baseline(kind: str, inputs: torch.Tensor, blur_sigma: float = 4.0) -> t
     return gaussian_blur(inputs, blur_sigma)
 
 
+def intensity_range(inputs: torch.Tensor) -> torch.Tensor:
+    """Each example's and channel's max - min, shaped to broadcast over ``inputs``."""
+    spatial = tuple(range(2, inputs.dim()))
+    return inputs.amax(dim=spatial, keepdim=True) - inputs.amin(dim=spatial, keepdim=True)
+
+
 def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur over the spatial axes, reflecting at the borders."""
     import torch
@@ -50,29 +56,39 @@ def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
         shape = [1] * (inputs.dim() - 2)
         shape[axis] = kernel.numel()
         weight = kernel.reshape(1, 1, *shape).repeat(channels, 1, *[1] * len(shape))
-        pad = [0, 0] * (inputs.dim() - 2)
-        pad[2 * (inputs.dim() - 3 - axis)] = pad[2 * (inputs.dim() - 3 - axis) + 1] = min(
-            radius, inputs.shape[2 + axis] - 1
-        )
-        padded = torch.nn.functional.pad(out, pad, mode="reflect") if max(pad) > 0 else out
+        # reflect as far as the axis allows, then repeat the edge (a kernel longer than the axis)
+        reflect = min(radius, inputs.shape[2 + axis] - 1)
+        side = 2 * (inputs.dim() - 3 - axis)
+        padded = out
+        for mode, width in (("reflect", reflect), ("replicate", radius - reflect)):
+            if width > 0:
+                pad = [0, 0] * (inputs.dim() - 2)
+                pad[side] = pad[side + 1] = width
+                padded = torch.nn.functional.pad(padded, pad, mode=mode)
         conv = torch.nn.functional.conv3d if inputs.dim() == 5 else torch.nn.functional.conv2d
         out = conv(padded, weight, groups=channels)
-        if out.shape[2 + axis] != inputs.shape[2 + axis]:
-            # The kernel is longer than the axis: crop the centre back to the input size.
-            excess = out.shape[2 + axis] - inputs.shape[2 + axis]
-            out = out.narrow(2 + axis, excess // 2, inputs.shape[2 + axis])
     return out
 
 
+#: How a ReLU passes the gradient back: guided backpropagation keeps the positive part of its
+#: ordinary gradient (zero where the forward input was negative); deconvolution keeps the positive
+#: part of the incoming gradient, whatever the forward input was.
+RELU_RULES = ("guided", "deconvolution")
+
+
 @contextlib.contextmanager
-def guided_relus(module: torch.nn.Module) -> Iterator[int]:
-    """Within the block, every ``nn.ReLU`` of ``module`` passes back only positive gradients.
+def relu_rule(module: torch.nn.Module, rule: str) -> Iterator[int]:
+    """Within the block, every ``nn.ReLU`` of ``module`` passes back gradients by ``rule``
+    (one of :data:`RELU_RULES`); yields the number of ReLUs changed.
 
     In-place ReLUs are switched to out-of-place for the duration (backward hooks cannot see an
     in-place output); the hooks and the flags are restored on exit, whatever happens.
     """
     import torch
 
+    if rule not in RELU_RULES:
+        raise ValueError(f"unknown ReLU rule {rule!r}")
+    keep = 0 if rule == "guided" else 1  # guided: ReLU of grad_input; deconvolution: of grad_output
     relus = [m for m in module.modules() if isinstance(m, torch.nn.ReLU)]
     inplace = [relu.inplace for relu in relus]
     handles = []
@@ -80,7 +96,9 @@ def guided_relus(module: torch.nn.Module) -> Iterator[int]:
         for relu in relus:
             relu.inplace = False
             handles.append(
-                relu.register_full_backward_hook(lambda _m, grad_in, _g: (torch.relu(grad_in[0]),))
+                relu.register_full_backward_hook(
+                    lambda _m, grad_in, grad_out: (torch.relu((grad_in, grad_out)[keep][0]),)
+                )
             )
         yield len(relus)
     finally:
@@ -152,8 +170,24 @@ class InputXGradient(_PerSampleGradient):
         return inputs * grads
 
 
+class _ReluRuleGradient(_PerSampleGradient):
+    """The input gradient with every ``nn.ReLU`` passing gradients back by ``relu_rule``."""
+
+    relu_rule: str
+
+    def gradients(self, score, inputs, context):
+        with relu_rule(score.forward, self.relu_rule) as count:
+            note = f"the model has no nn.ReLU: {self.title} equals the plain gradient"
+            if count == 0 and note not in context.notes:
+                context.notes.append(note)
+            return super().gradients(score, inputs, context)
+
+    def combine(self, inputs, grads):
+        return grads
+
+
 @register
-class GuidedBackprop(_PerSampleGradient):
+class GuidedBackprop(_ReluRuleGradient):
     name = "guided_backprop"
     title = "Guided Backpropagation"
     summary = (
@@ -162,16 +196,21 @@ class GuidedBackprop(_PerSampleGradient):
     signed = True
     cost = "1 forward + 1 backward"
     reference = "Springenberg et al. 2015, arXiv:1412.6806"
+    relu_rule = "guided"
 
-    def gradients(self, score, inputs, context):
-        with guided_relus(score.forward) as count:
-            note = "the model has no nn.ReLU: guided backpropagation equals the plain gradient"
-            if count == 0 and note not in context.notes:
-                context.notes.append(note)
-            return super().gradients(score, inputs, context)
 
-    def combine(self, inputs, grads):
-        return grads
+@register
+class Deconvolution(_ReluRuleGradient):
+    name = "deconvolution"
+    title = "Deconvolution"
+    summary = (
+        "Backward pass where every ReLU passes back the positive part of the incoming gradient, "
+        "whatever its forward input (needs ReLU activations)."
+    )
+    signed = True
+    cost = "1 forward + 1 backward"
+    reference = "Zeiler & Fergus 2014, arXiv:1311.2901"
+    relu_rule = "deconvolution"
 
 
 @register
@@ -266,7 +305,15 @@ class SmoothGrad(Method):
             "choice",
             "saliency",
             "The gradient method to smooth.",
-            choices=("saliency", "input_x_gradient", "integrated_gradients", "guided_backprop"),
+            choices=(
+                "saliency",
+                "input_x_gradient",
+                "integrated_gradients",
+                "guided_backprop",
+                "deconvolution",
+                "deeplift",
+                "lrp",
+            ),
         ),
         Param("samples", "int", 16, "Number of noisy copies.", minimum=1, maximum=10000),
         Param(
@@ -307,9 +354,7 @@ class SmoothGrad(Method):
         self.signed = self.config["nt_type"] == "smoothgrad" and self.base.signed
 
     def noise_std(self, inputs: torch.Tensor) -> torch.Tensor:
-        spatial = tuple(range(2, inputs.dim()))
-        spread = inputs.amax(dim=spatial, keepdim=True) - inputs.amin(dim=spatial, keepdim=True)
-        return self.config["noise_level"] * spread
+        return self.config["noise_level"] * intensity_range(inputs)
 
     def attribute(self, forward, inputs, target, context):
         import torch
