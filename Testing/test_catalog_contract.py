@@ -44,10 +44,18 @@ def inputs(channels, seed=0):
     return torch.rand((1, channels, SIZE, SIZE, SIZE), generator=generator) * 2 + 0.5
 
 
-def check(attribution, x, label):
+def check_case(method_name, network_kind, channels, target_kind):
+    forward = forward_for(make_network(network_kind, channels), channels)
+    x = inputs(channels)
+    label = f"{method_name}/{network_kind}/{channels}ch/{target_kind}"
+    attribution = run(method_name, forward, x, TARGETS[target_kind])
     assert attribution.shape == x.shape, label
     assert torch.isfinite(attribution).all(), label
-    assert attribution.abs().sum() > 0, f"{label}: all zero"
+    # "Not all zero" holds where the target depends on the input at all: a voxel whose logit
+    # sits on a flat (switched-off ReLU) stretch has a zero gradient, correctly.
+    gradient = run("saliency", forward, x, TARGETS[target_kind])
+    if gradient.abs().sum() > 0:
+        assert attribution.abs().sum() > 0, f"{label}: all zero"
 
 
 CASES = [(net, 1, "class") for net in NETWORKS] + [(net, 2, "roi") for net in NETWORKS]
@@ -58,27 +66,15 @@ CASES += [("unet", 1, kind) for kind in ("mask", "roi", "voxel")] + [
 
 @pytest.mark.parametrize("method_name", sorted(REGISTRY))
 def test_contract(method_name):
-    for network_kind, channels, target_kind in CASES:
-        forward = forward_for(make_network(network_kind, channels), channels)
-        x = inputs(channels)
-        check(
-            run(method_name, forward, x, TARGETS[target_kind]),
-            x,
-            f"{method_name}/{network_kind}/{channels}ch/{target_kind}",
-        )
+    for case in CASES:
+        check_case(method_name, *case)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method_name", sorted(REGISTRY))
 def test_contract_full_product(method_name):
-    for network_kind, channels, target_kind in itertools.product(NETWORKS, (1, 2), TARGETS):
-        forward = forward_for(make_network(network_kind, channels), channels)
-        x = inputs(channels)
-        check(
-            run(method_name, forward, x, TARGETS[target_kind]),
-            x,
-            f"{method_name}/{network_kind}/{channels}ch/{target_kind}",
-        )
+    for case in itertools.product(NETWORKS, (1, 2), TARGETS):
+        check_case(method_name, *case)
 
 
 #: Share of the absolute attribution mass inside the region the model sees, as measured (see
