@@ -29,6 +29,9 @@ _LAZY = {
     "load_model": "models",
     "CancelToken": "engine",
     "UserInputError": "errors",
+    "evaluate_result": "evaluation",
+    "evaluate_run": "evaluation",
+    "write_report": "report",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,4 +1,5 @@
-"""The ``torchesegeta`` command: explain | run | demo | methods | layers | schema.
+"""The ``torchesegeta`` command: explain | run | demo | evaluate | report | methods | metrics |
+layers | schema.
 
 Exit status: 0 success, 2 bad input (one line naming the problem and the fix), 1 internal error,
 130 interrupted. Tracebacks only with --verbose.
@@ -40,6 +41,12 @@ def _common_run_options(parser: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", default=None, help="replace an existing output folder"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--evaluate",
+        default=None,
+        metavar="METRICS",
+        help="also evaluate the maps: comma-separated metrics, 'default' or 'all' (see `torchesegeta metrics`)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +179,35 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--network", default=None)
     layers.add_argument("--network-kwargs", default=None)
 
+    evaluate = sub.add_parser(
+        "evaluate", help="score the maps of a run folder (metrics.csv, run.json, figures)"
+    )
+    evaluate.add_argument("run_folder", help="run folder written by explain, run or demo")
+    evaluate.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        help="comma-separated metrics, 'default' (the default) or 'all' (see `torchesegeta metrics`)",
+    )
+    evaluate.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METRIC.NAME=VALUE",
+        help="a metric parameter, e.g. deletion.steps=10",
+    )
+    evaluate.add_argument(
+        "--method", default=None, help="comma-separated method labels to evaluate (default: all)"
+    )
+    evaluate.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    report = sub.add_parser("report", help="write a self-contained report.html into a run folder")
+    report.add_argument("run_folder", help="run folder written by explain, run or demo")
+
+    metrics = sub.add_parser("metrics", help="list every evaluation metric with its parameters")
+    metrics.add_argument("--json", action="store_true", help="machine-readable output")
+
     sub.add_parser("schema", help="print the JSON schema of job files")
     return parser
 
@@ -193,22 +229,46 @@ def _json_option(text: str | None, what: str) -> dict[str, Any] | None:
     return value
 
 
-def _methods_from_args(names: list[str] | None, params: list[str]) -> list[dict[str, Any]]:
-    chosen = [n.strip() for group in (names or ["saliency"]) for n in group.split(",") if n.strip()]
+def _methods_from_args(
+    names: list[str] | None, params: list[str], what: str = "method", default: str = "saliency"
+) -> list[dict[str, Any]]:
+    chosen = [n.strip() for group in (names or [default]) for n in group.split(",") if n.strip()]
     entries = {name: {"name": name, "params": {}} for name in chosen}
     for item in params:
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
         if not sep or not dot or not name:
             raise UserInputError(
-                f"--param {item!r} must look like METHOD.NAME=VALUE, e.g. occlusion.window=8"
+                f"--param {item!r} must look like {what.upper()}.NAME=VALUE, e.g. "
+                + ("deletion.steps=10" if what == "metric" else "occlusion.window=8")
             )
         if method not in entries:
             raise UserInputError(
-                f"--param {item!r} is for method {method!r}, which is not among --method {','.join(entries)}"
+                f"--param {item!r} is for {what} {method!r}, which is not among --{what} {','.join(entries)}"
             )
         entries[method]["params"][name] = value
     return list(entries.values())
+
+
+def _metrics_from_args(names: list[str] | None, params: list[str]) -> list[Any]:
+    """Metric specs from --metric/--evaluate names ('default', 'all' expanded) and parameters."""
+    from .metrics import metric_specs
+
+    chosen = [n.strip() for group in (names or ["default"]) for n in group.split(",") if n.strip()]
+    expanded = ",".join(spec.name for spec in metric_specs(chosen))
+    return metric_specs(_methods_from_args([expanded], params, "metric"))
+
+
+def _split_params(params: list[str], evaluate: str | None) -> tuple[list[str], list[str]]:
+    """(method parameters, metric parameters): a --param belongs to the metric it names."""
+    from .metrics import REGISTRY
+
+    metric_params = [p for p in params if p.partition(".")[0] in REGISTRY]
+    if metric_params and not evaluate:
+        raise UserInputError(
+            f"--param {metric_params[0]!r} is for a metric; add --evaluate METRICS to evaluate the maps"
+        )
+    return [p for p in params if p not in metric_params], metric_params
 
 
 def _job_from_explain(args: argparse.Namespace) -> Any:
@@ -226,12 +286,14 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
     model = model_ref_from_string(
         args.model, args.network, _json_option(args.network_kwargs, "--network-kwargs")
     )
+    method_params, metric_params = _split_params(args.param, args.evaluate)
     return Job(
         images=args.image,
         model=model,
         card=_json_option(args.card, "--card"),
         target=target,
-        methods=_methods_from_args(args.method, args.param),
+        methods=_methods_from_args(args.method, method_params),
+        metrics=_metrics_from_args([args.evaluate], metric_params) if args.evaluate else [],
         output=args.out,
         device=args.device or "auto",
         seed=0 if args.seed is None else args.seed,
@@ -249,11 +311,15 @@ class ProgressBar:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.bar = None
+        self.stage = "method"
 
     def __call__(self, event: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        if event.get("stage") != "method":
+        if event.get("stage") == "evaluate" and self.stage != "evaluate":
+            self.close()  # a second bar, one unit per (metric, method)
+            self.bar, self.stage = None, "evaluate"
+        if event.get("stage") != self.stage:
             if self.bar is None:
                 print(f"torchesegeta: {event.get('message', '')}", file=sys.stderr)
             return
@@ -265,7 +331,9 @@ class ProgressBar:
                 unit="method",
                 file=sys.stderr,
                 dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {n:.2f}/{total:.0f} methods [{elapsed}<{remaining}]",
+                bar_format="{l_bar}{bar}| {n:.2f}/{total:.0f} "
+                + ("methods" if self.stage == "method" else "evaluations")
+                + " [{elapsed}<{remaining}]",
             )
         self.bar.n = event["index"] + event["fraction"]
         self.bar.set_description(event.get("message", "")[:48], refresh=False)
@@ -296,6 +364,22 @@ def _summarise(out: Path) -> None:
         print(f"  {method['label']:<22} {method['status']:<9} {method['seconds']:8.2f} s  {where}")
     for warning in record.get("warnings", []):
         print(f"  warning: {warning}")
+    if record.get("metrics"):
+        from .evaluation import Evaluation
+
+        _print_evaluation(Evaluation.from_json(record["metrics"]))
+
+
+def _print_evaluation(evaluation: Any) -> None:
+    from .metric_figures import format_value
+
+    rows = evaluation.rows()
+    print("metrics (methods best mean rank first; (+) higher is better, (-) lower is better):")
+    print(f"  {'':<26}" + "".join(f"{row['method'][:13]:>14}" for row in rows))
+    for name, info in evaluation.metrics.items():
+        sign = "(+)" if info["direction"] == "higher" else "(-)"
+        values = "".join(f"{format_value(row[name]):>14}" for row in rows)
+        print(f"  {name[:22] + ' ' + sign:<26}{values}   {evaluation.seconds.get(name, 0):.2f} s")
 
 
 def _apply_overrides(job: Any, args: argparse.Namespace) -> Any:
@@ -330,6 +414,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         methods=methods,
         output=str(out),
         overwrite=True,
+        metrics=_metrics_from_args([args.evaluate], []) if args.evaluate else [],
     )
     _apply_overrides(job, args)
     job.output = str(out)
@@ -360,18 +445,22 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(
             f"{info['name']}  ({info['title']}; {info['family']}; {'signed' if info['signed'] else 'unsigned'}; cost: {info['cost']})"
         )
-        print(textwrap.indent(textwrap.fill(info["summary"], 92), "    "))
-        print(f"    reference: {info['reference']}")
-        for p in info["params"]:
-            extra = f" choices: {', '.join(p['choices'])}" if "choices" in p else ""
-            if "minimum" in p or "maximum" in p:
-                extra += f" range: [{p.get('minimum', '')}, {p.get('maximum', '')}]"
-            print(
-                f"    --param {info['name']}.{p['name']}=<{p['type']}> (default {p['default']!r}){extra}"
-            )
-            print(textwrap.indent(textwrap.fill(p["help"], 88), "        "))
-        print()
+        _print_summary_and_params(info, "method")
     return EXIT_OK
+
+
+def _print_summary_and_params(info: dict[str, Any], what: str) -> None:
+    print(textwrap.indent(textwrap.fill(info["summary"], 92), "    "))
+    print(f"    reference: {info['reference']}")
+    for p in info["params"]:
+        extra = f" choices: {', '.join(p['choices'])}" if "choices" in p else ""
+        if "minimum" in p or "maximum" in p:
+            extra += f" range: [{p.get('minimum', '')}, {p.get('maximum', '')}]"
+        print(
+            f"    --param {info['name']}.{p['name']}=<{p['type']}> (default {p['default']!r}){extra}"
+        )
+        print(textwrap.indent(textwrap.fill(p["help"], 88), "        "))
+    print()
 
 
 def methods_markdown() -> str:
@@ -446,7 +535,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .job import Job
 
     job = _apply_overrides(Job.load(args.job), args)
+    if args.evaluate:
+        job.metrics = _metrics_from_args([args.evaluate], [])
     _run(job, args.quiet)
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_run
+
+    metrics = _metrics_from_args(args.metric, args.param)
+    labels = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
+    bar = ProgressBar(enabled=not args.quiet)
+    bar.stage = "evaluate"
+    try:
+        evaluation = evaluate_run(
+            args.run_folder, metrics, progress=bar, methods=labels, device=args.device
+        )
+    finally:
+        bar.close()
+    print(f"run folder: {Path(args.run_folder).absolute()} (metrics.csv, run.json, figures/)")
+    _print_evaluation(evaluation)
+    for label, notes in evaluation.notes.items():
+        for name, note in notes.items():
+            print(f"  note: {label} / {name}: {note}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"report: {write_report(args.run_folder)}")
+    return EXIT_OK
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from .metrics import ordered
+
+    described = [cls.describe() for cls in ordered()]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return EXIT_OK
+    for info in described:
+        better = f"{info['direction']} is better"
+        run = "default" if info["default"] else "opt-in"
+        print(
+            f"{info['name']}  ({info['title']}; {info['family']}; {better}; {run}; cost: {info['cost']})"
+        )
+        _print_summary_and_params(info, "metric")
     return EXIT_OK
 
 
@@ -454,7 +590,10 @@ COMMANDS = {
     "explain": cmd_explain,
     "run": cmd_run,
     "demo": cmd_demo,
+    "evaluate": cmd_evaluate,
+    "report": cmd_report,
     "methods": cmd_methods,
+    "metrics": cmd_metrics,
     "layers": cmd_layers,
     "schema": cmd_schema,
 }

@@ -30,6 +30,7 @@ JOB_FIELDS = (
     "overwrite",
     "max_batch",
     "method_budget_s",
+    "metrics",
 )
 
 
@@ -94,6 +95,8 @@ class Job:
     overwrite: bool = False
     max_batch: int | None = None
     method_budget_s: float | None = None
+    #: evaluation metrics run after the methods (names or {name, params}; see `torchesegeta metrics`)
+    metrics: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.images, (str, Path)):
@@ -116,6 +119,10 @@ class Job:
             )
         for method in self.methods:
             method.create()  # validates the parameters now, before any work
+        if self.metrics:
+            from .metrics import metric_specs
+
+            self.metrics = metric_specs(list(self.metrics))
         if self.format not in MAP_FORMATS:
             raise UserInputError(
                 f"unknown map format {self.format!r}; use one of {', '.join(MAP_FORMATS)}"
@@ -144,6 +151,7 @@ class Job:
             "overwrite": self.overwrite,
             "max_batch": self.max_batch,
             "method_budget_s": self.method_budget_s,
+            "metrics": [m.to_dict() for m in self.metrics],
         }
 
     @classmethod

@@ -43,6 +43,8 @@ class MethodResult:
     attribution: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     message: str = ""
+    #: {"peak_memory_mb", "memory_kind"} of the method's run (see :mod:`.memory`).
+    memory: dict[str, Any] = field(default_factory=dict)
 
     @property
     def map(self) -> np.ndarray | None:
@@ -67,6 +69,11 @@ class ExplainResult:
     seed: int
     timings: dict[str, float]
     warnings: list[str]
+    #: What the run was computed from, kept so it can be evaluated (:func:`.evaluation.evaluate_result`).
+    volume: Volume | None = None
+    model: LoadedModel | None = None
+    target_spec: TargetSpec | None = None
+    max_batch: int | None = None
 
     @property
     def maps(self) -> dict[str, np.ndarray]:
@@ -124,6 +131,57 @@ def region_on_model_grid(region: np.ndarray, info: Any) -> np.ndarray:
     return mapped
 
 
+@dataclass
+class PreparedCase:
+    """One case ready to be explained or evaluated: the model-grid input, the frozen forward
+    and the bound target, exactly as every method sees them."""
+
+    segmentation: Any
+    x: Any
+    info: Any
+    bound: Any
+    forward: Any
+    input_region: np.ndarray
+    target_info: dict[str, Any]
+
+
+def prepare_case(
+    volume: Volume, model: LoadedModel, target: TargetSpec, torch_device: Any
+) -> PreparedCase:
+    """Segment ``volume``, fix the target on the unperturbed prediction, freeze the statistics."""
+    from .inference import (
+        SegmentationForward,
+        resample_to_model_grid,
+        restore_input_grid,
+        segment,
+    )
+    from .targets import bind_target, region_in_input_grid
+
+    segmentation = segment(model, volume, torch_device)
+    x, info = resample_to_model_grid(volume, model.card)
+    if target.kind == "class":
+        model_region = None
+    else:
+        model_region = region_on_model_grid(region_in_input_grid(target, volume.geometry), info)
+    bound = bind_target(target, model.card, segmentation.logits, model_region)
+    if target.kind == "class":
+        input_region = np.asarray(
+            restore_input_grid(bound.region[None, None].float(), info)[0, 0] >= 0.5
+        )
+    else:
+        input_region = region_in_input_grid(target, volume.geometry)
+    target_info = {**target.to_dict(), **bound.describe(model.card)}
+    forward = SegmentationForward(model.network, model.card).to(torch_device)
+    x = x.to(torch_device)
+    forward.freeze_statistics(x)
+    # Sliding-window models: only the windows that touch the target run (exact; see windows.py).
+    forward.restrict_to(bound.region.cpu().numpy())
+    if forward.sliding:
+        target_info["windows"] = forward.window_usage(x.shape[2:])
+    bound.region = bound.region.to(torch_device)
+    return PreparedCase(segmentation, x, info, bound, forward, input_region, target_info)
+
+
 def explain_volume(
     volume: Volume,
     model: LoadedModel,
@@ -139,15 +197,8 @@ def explain_volume(
     """Segment ``volume``, fix the target, and run each method; all results on the input grid."""
 
     from .engine import Context
-    from .inference import (
-        SegmentationForward,
-        check_input,
-        resample_to_model_grid,
-        resolve_device,
-        restore_input_grid,
-        segment,
-    )
-    from .targets import bind_target, region_in_input_grid
+    from .inference import check_input, resolve_device, restore_input_grid
+    from .memory import PeakMemory
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -160,27 +211,15 @@ def explain_volume(
     seed_everything(seed)
 
     _emit(progress, stage="segment", fraction=0.0, message="segmenting")
-    segmentation = segment(model, volume, torch_device)
+    case = prepare_case(volume, model, target, torch_device)
     timings["segment"] = time.perf_counter() - started
-
-    x, info = resample_to_model_grid(volume, model.card)
-    if target.kind == "class":
-        model_region = None
-    else:
-        model_region = region_on_model_grid(region_in_input_grid(target, volume.geometry), info)
-    bound = bind_target(target, model.card, segmentation.logits, model_region)
-    if target.kind == "class":
-        input_region = np.asarray(
-            restore_input_grid(bound.region[None, None].float(), info)[0, 0] >= 0.5
-        )
-    else:
-        input_region = region_in_input_grid(target, volume.geometry)
-    target_info = {**target.to_dict(), **bound.describe(model.card)}
-
-    forward = SegmentationForward(model.network, model.card).to(torch_device)
-    x = x.to(torch_device)
-    forward.freeze_statistics(x)
-    bound.region = bound.region.to(torch_device)
+    segmentation, x, info, bound, forward = (
+        case.segmentation,
+        case.x,
+        case.info,
+        case.bound,
+        case.forward,
+    )
     results: list[MethodResult] = []
     try:
         for index, (spec, method) in enumerate(zip(methods, instances)):
@@ -217,7 +256,9 @@ def explain_volume(
             t0 = time.perf_counter()
             result = MethodResult(spec, "ok", 0.0, bool(method.signed), method.shared_channels)
             try:
-                attribution = method.attribute(forward, x, bound, context)
+                with PeakMemory(torch_device) as peak:
+                    attribution = method.attribute(forward, x, bound, context)
+                result.memory = peak.record()
                 restored = restore_input_grid(attribution.detach().float(), info)[0].cpu().numpy()
                 if not np.isfinite(restored).all():
                     raise UserInputError(
@@ -248,13 +289,17 @@ def explain_volume(
         image=volume.array[0],
         probabilities=segmentation.probabilities,
         labelmap=segmentation.labelmap,
-        target=target_info,
-        region=input_region,
+        target=case.target_info,
+        region=case.input_region,
         methods=results,
         device=str(torch_device),
         seed=seed,
         timings=timings,
         warnings=warnings + [f"{m.spec.label}: {note}" for m in results for note in m.notes],
+        volume=volume,
+        model=model,
+        target_spec=target,
+        max_batch=max_batch,
     )
 
 
@@ -297,6 +342,7 @@ def write_run_folder(
             "params": m.spec.create().config,
             "status": m.status,
             "seconds": round(m.seconds, 4),
+            **m.memory,
             "signed": m.signed,
             "notes": m.notes,
         }
@@ -429,7 +475,12 @@ def run_job(
             "model": {"source": model.source, "sha256": model.sha256, "card": model.card.to_dict()},
             "inputs": [str(Path(p).absolute()) for p in job.images],
         }
-        write_run_folder(result, temporary, record, job.format, job.figures)
+        document = write_run_folder(result, temporary, record, job.format, job.figures)
+        if job.metrics:
+            from .evaluation import evaluate_result, write_evaluation
+
+            evaluation = evaluate_result(result, job.metrics, progress=progress, cancel=cancel)
+            write_evaluation(temporary, evaluation, document)
         publish(temporary, out)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)

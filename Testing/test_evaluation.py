@@ -1,0 +1,218 @@
+"""Evaluation end to end: a run folder written by the CLI gains metrics.csv, scores in run.json
+and figures; the report is one self-contained HTML file; bad metric input exits with status 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_unet
+
+from TorchEsegetaLib.card import ModelCard
+from TorchEsegetaLib.cli import main
+from TorchEsegetaLib.engine import CancelToken
+from TorchEsegetaLib.errors import CancelledError, UserInputError
+from TorchEsegetaLib.evaluation import evaluate_result, rows_and_curves
+from TorchEsegetaLib.io import write_volume
+from TorchEsegetaLib.job import Job, MethodSpec
+from TorchEsegetaLib.models import LoadedModel
+from TorchEsegetaLib.runner import explain_volume
+from TorchEsegetaLib.targets import TargetSpec
+from TorchEsegetaLib.volume import Geometry, Volume
+
+NETWORK_KWARGS = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8],
+    "strides": [2],
+    "num_res_units": 1,
+    "act": "RELU",
+    "norm": "INSTANCE",
+}
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluation")
+    torch.save(tiny_unet().state_dict(), root / "unet.pt")
+    image = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32) * 100
+    write_volume(image, Geometry((16, 16, 16), (1.0, 1.0, 1.2)), root / "image.nii.gz")
+    out = root / "run"
+    status = main(
+        [
+            "explain",
+            "--image",
+            str(root / "image.nii.gz"),
+            "--model",
+            str(root / "unet.pt"),
+            "--network",
+            "UNet",
+            "--network-kwargs",
+            json.dumps(NETWORK_KWARGS),
+            "--target",
+            "roi:4,4,4:11,11,11",
+            "--method",
+            "saliency,gradcam",
+            "--evaluate",
+            "deletion,mass_in_target",
+            "--param",
+            "deletion.steps=5",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    return out
+
+
+def test_explain_with_evaluate_records_scores_and_peak_memory(run_folder):
+    record = json.loads((run_folder / "run.json").read_text())
+    assert set(record["metrics"]["scores"]["saliency"]) == {"deletion", "mass_in_target"}
+    assert record["job"]["metrics"][0] == {"name": "deletion", "params": {"steps": "5"}}
+    assert len(record["metrics"]["curves"]["deletion"]["gradcam"]["x"]) == 6
+    for method in record["methods"]:
+        assert "peak_memory_mb" in method and "memory_kind" in method
+    assert (run_folder / "figures" / "deletion_insertion.png").stat().st_size > 1000
+
+
+def test_evaluate_command_adds_metrics_csv_scores_and_figures(run_folder, capsys):
+    status = main(
+        [
+            "evaluate",
+            str(run_folder),
+            "--metric",
+            "infidelity,model_randomisation,sparseness",
+            "--param",
+            "model_randomisation.steps=2",
+            "--param",
+            "infidelity.samples=3",
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    assert "model_randomisation" in capsys.readouterr().out
+    with open(run_folder / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["method"] for row in rows) == ["gradcam", "saliency"]
+    for name in ("deletion", "mass_in_target", "infidelity", "model_randomisation", "sparseness"):
+        assert all(row[name] != "" for row in rows), name  # earlier metrics are kept
+    record = json.loads((run_folder / "run.json").read_text())
+    metrics = record["metrics"]
+    assert metrics["metrics"]["deletion"]["direction"] == "lower"
+    assert len(metrics["curves"]["model_randomisation"]["saliency"]["y"]) == 3
+    assert "passed" in metrics["details"]["model_randomisation"]["saliency"]
+    assert set(metrics["ranking"]) == {"gradcam", "saliency"}
+    for name in ("deletion_insertion.png", "randomisation.png", "ranking.png"):
+        assert f"figures/{name}" in record["figures"]
+        assert (run_folder / "figures" / name).stat().st_size > 1000
+    assert not [p for p in run_folder.rglob(".*")], "no temporary file left behind"
+
+
+def test_evaluating_some_methods_again_keeps_the_other_scores(run_folder):
+    command = [
+        "evaluate",
+        str(run_folder),
+        "--metric",
+        "sparseness,entropy",
+        "--method",
+        "saliency",
+    ]
+    assert main([*command, "--quiet"]) == 0
+    with open(run_folder / "metrics.csv", newline="") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert rows["saliency"]["entropy"] != "" and rows["gradcam"]["entropy"] == ""
+    assert rows["gradcam"]["sparseness"] != "" and rows["gradcam"]["deletion"] != ""
+    record = json.loads((run_folder / "run.json").read_text())
+    assert set(record["metrics"]["curves"]["deletion"]) == {"saliency", "gradcam"}
+
+
+def test_report_is_one_self_contained_html_file(run_folder):
+    assert main(["report", str(run_folder)]) == 0
+    text = (run_folder / "report.html").read_text()
+    assert text.startswith("<!DOCTYPE html>") and "</html>" in text
+    sources = re.findall(r"""\bsrc\s*=\s*['"]([^'"]*)""", text)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"\bhref\s*=|<link\b|@import|url\(", text)
+    for expected in ("Model card", "saliency", "gradcam", "mean rank", "torch", "peak memory"):
+        assert expected in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--metric", "deletoin"], "did you mean deletion"),
+        (["--metric", "deletion", "--param", "deletion.steps=0"], "at least 1"),
+        (["--metric", "deletion", "--param", "entropy.bins=3"], "not among --metric"),
+        (["--metric", "entropy", "--param", "entropy.bins=3"], "unknown parameter"),
+        (["--method", "occlusion"], "have no map"),
+    ],
+)
+def test_bad_metric_input_exits_2_with_one_clear_line(run_folder, capsys, args, message):
+    before = (run_folder / "run.json").read_bytes()
+    assert main(["evaluate", str(run_folder), "--quiet", *args]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert (run_folder / "run.json").read_bytes() == before
+
+
+def test_evaluate_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_metrics_command_lists_the_registry(capsys):
+    assert main(["metrics", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert listed["insertion"]["direction"] == "higher"
+    assert listed["model_randomisation"]["default"] is False
+    assert main(["metrics"]) == 0
+    assert "--param deletion.steps=<int>" in capsys.readouterr().out
+
+
+def test_job_validates_its_metrics():
+    with pytest.raises(UserInputError, match="unknown metric"):
+        Job(images=["x.nii.gz"], metrics=["nope"])
+    job = Job(images=["x.nii.gz"], metrics=[{"name": "entropy"}])
+    assert job.to_dict()["metrics"] == [{"name": "entropy", "params": {}}]
+
+
+@pytest.fixture(scope="module")
+def explained():
+    card = ModelCard(in_channels=1, out_channels=2, class_names=["bg", "fg"], size_divisible=2)
+    model = LoadedModel(tiny_unet(), card, {"kind": "test"}, None)
+    image = np.random.default_rng(1).random((1, 16, 16, 16)).astype(np.float32) * 100
+    volume = Volume(image, Geometry((16, 16, 16)))
+    target = TargetSpec(kind="roi", start=(4, 4, 4), end=(11, 11, 11))
+    methods = [MethodSpec("saliency"), MethodSpec("input_x_gradient")]
+    return explain_volume(volume, model, target, methods, device="cpu")
+
+
+def test_in_memory_evaluation_gives_rows_and_curves_for_tables_and_plots(explained):
+    region = np.zeros((16, 16, 16), bool)
+    region[4:12, 4:12, 4:12] = True
+    evaluation = evaluate_result(
+        explained,
+        ["insertion", {"name": "relevance_rank_accuracy"}],
+        reference_mask=region,
+    )
+    rows, curves = rows_and_curves(evaluation)
+    assert [set(row) >= {"method", "mean_rank", "seconds", "insertion"} for row in rows] == [
+        True,
+        True,
+    ]
+    assert all(0 <= row["relevance_rank_accuracy"] <= 1 for row in rows)
+    x, y = curves["insertion/saliency"]
+    assert len(x) == len(y) == 21
+
+
+def test_evaluation_can_be_cancelled(explained):
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(CancelledError):
+        evaluate_result(explained, ["deletion"], cancel=token)
