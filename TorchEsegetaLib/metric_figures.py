@@ -56,6 +56,12 @@ def write_metric_figures(evaluation: Evaluation, figures_dir: Path) -> list[Path
     return paths
 
 
+def metric_registry() -> dict[str, Any]:
+    from .metrics import REGISTRY
+
+    return REGISTRY
+
+
 def _curves(evaluation: Evaluation, colours: dict[str, Any], path: Path) -> Path:
     names = [n for n in ("deletion", "insertion") if evaluation.curves.get(n)]
     fig = _figure(5.0 * len(names), 4.0)
@@ -67,8 +73,9 @@ def _curves(evaluation: Evaluation, colours: dict[str, Any], path: Path) -> Path
             ax.plot(x, y, color=colours.get(label), label=text, linewidth=1.5)
         better = evaluation.metrics[name]["direction"]
         ax.set_title(f"{name} ({better} AUC is better)", fontsize=10)
-        ax.set_xlabel(f"fraction of voxels {'inserted' if name == 'insertion' else 'removed'}")
-        ax.set_ylabel("target score")
+        x_title, y_title = metric_registry()[name].curve_axes
+        ax.set_xlabel(x_title)
+        ax.set_ylabel(y_title)
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -92,8 +99,9 @@ def _randomisation(evaluation: Evaluation, colours: dict[str, Any], path: Path) 
         if threshold is not None:
             ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label="threshold")
         ax.set_title(f"model randomisation: {title}", fontsize=10)
-        ax.set_xlabel("fraction of layers randomised (output first)")
-        ax.set_ylabel("similarity to the original map")
+        x_title, y_title = metric_registry()["model_randomisation"].curve_axes
+        ax.set_xlabel(x_title)
+        ax.set_ylabel(y_title)
         ax.set_ylim(min(-0.1, *[min(y) for _, y in curves.values()]), 1.05)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -223,6 +223,8 @@ class Metric:
     reruns_method: ClassVar[bool] = False
     #: part of the default evaluation (re-running metrics are opt-in).
     default: ClassVar[bool] = True
+    #: (x title, y title) of the metric's curve, for metrics that record one (figures, plots).
+    curve_axes: ClassVar[tuple[str, str] | None] = None
 
     def __init__(self, **values: Any) -> None:
         declared = {p.name: p for p in self.params}

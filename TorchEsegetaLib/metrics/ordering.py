@@ -155,6 +155,7 @@ class Deletion(_Ordering):
         "first: a faithful map makes the score fall fast."
     )
     direction = "lower"
+    curve_axes = ("fraction of voxels removed", "target score")
     params = _ordering_params("min")
 
 
@@ -167,6 +168,7 @@ class Insertion(_Ordering):
         "baseline, most important first: a faithful map makes the score rise fast."
     )
     direction = "higher"
+    curve_axes = ("fraction of voxels inserted", "target score")
     insert = True
     params = _ordering_params("blur")
 

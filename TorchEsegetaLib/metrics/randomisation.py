@@ -158,6 +158,7 @@ class ModelRandomisation(Metric):
     )
     family = "randomisation"
     direction = "lower"
+    curve_axes = ("fraction of layers randomised (output first)", "similarity to the original map")
     cost = "steps runs of the method"
     reference = "Adebayo et al. 2018, arXiv:1810.03292"
     reruns_method = True
