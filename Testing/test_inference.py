@@ -205,9 +205,37 @@ def test_reduced_precision_autocast_stays_close_to_fp32():
     x = torch.rand((1, 1, 16, 16, 16))
     with torch.no_grad():
         full = SegmentationForward(net, card)(x)
-        half = SegmentationForward(net, card, precision="bf16")(x)
+        half = SegmentationForward(net, card, precision="bfloat16")(x)
     assert half.dtype == torch.float32
     assert (half - full).abs().max() < 0.05 * full.abs().max()
     assert not torch.equal(half, full)
     with pytest.raises(UserInputError, match="precision"):
-        SegmentationForward(net, card, precision="fp8")
+        SegmentationForward(net, card, precision="float8")
+
+
+def test_a_non_finite_map_in_reduced_precision_is_recomputed_in_float32():
+    import numpy as np
+    import torch
+
+    import TorchEsegetaLib as te
+    from TorchEsegetaLib.card import ModelCard
+    from TorchEsegetaLib.models import LoadedModel
+
+    class Overflowing(torch.nn.Module):
+        """Logits and gradients beyond float16's range (65504) once the convolution runs in float16."""
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x) * 1e9
+
+    model = LoadedModel(Overflowing().eval(), ModelCard(), {"kind": "test"}, None)
+    image = np.random.default_rng(0).random((12, 12, 12)).astype(np.float32) + 1
+    common = dict(model=model, target="roi:3,3,3:8,8,8", methods=["saliency"], device="cpu")
+    reference = te.explain(image, **common)
+    reduced = te.explain(image, precision="float16", **common)
+    assert any("recomputed in float32" in note for note in reduced.methods[0].notes)
+    np.testing.assert_allclose(reduced.maps["saliency"], reference.maps["saliency"], rtol=1e-6)

@@ -29,6 +29,7 @@ def explain(
     out: str | Path | None = None,
     overwrite: bool = False,
     progress: ProgressHandler | None = None,
+    precision: str = "float32",
 ) -> ExplainResult:
     """Explain a segmentation model on one case.
 
@@ -41,6 +42,7 @@ def explain(
             a dict of :class:`TargetSpec` fields, or a TargetSpec.
         methods: method names, ``{"name", "params", "label"}`` dicts or MethodSpecs.
         out: when given, also write a run folder there (as ``torchesegeta run`` does).
+        precision: "float32", or "bfloat16" / "float16" autocast of the network.
 
     Returns:
         An :class:`~TorchEsegetaLib.runner.ExplainResult`: ``result.maps`` (label -> (I, J, K)
@@ -49,7 +51,7 @@ def explain(
     """
     from .io import read_channels
     from .models import LoadedModel, load_model, model_ref_from_string
-    from .runner import check_output_folder, explain_volume, publish, write_run_folder
+    from .runner import check_output_folder, explain_volume, save_run, write_run_folder
 
     volume = _as_volume(images, geometry, read_channels)
     if isinstance(model, LoadedModel):
@@ -74,19 +76,16 @@ def explain(
         max_batch=max_batch,
         method_budget_s=method_budget_s,
         progress=progress,
+        precision=precision,
     )
     if out is not None:
-        import shutil
-        import uuid
-
-        destination = Path(out).absolute()
-        temporary = destination.with_name(f".{destination.name}.partial-{uuid.uuid4().hex[:8]}")
         if isinstance(images, (Volume, np.ndarray)):
             images_field = ["<array in memory>"]
         elif isinstance(images, (list, tuple)):
             images_field = [str(p) for p in images]
         else:
             images_field = [str(images)]
+        destination = Path(out).absolute()
         job = Job(
             images=images_field,
             model=loaded.source,
@@ -96,24 +95,17 @@ def explain(
             output=str(destination),
             device=device,
             seed=seed,
+            precision=precision,
         )
-        try:
-            write_run_folder(
-                result,
-                temporary,
-                {
-                    "job": job.to_dict(),
-                    "model": {
-                        "source": loaded.source,
-                        "sha256": loaded.sha256,
-                        "card": loaded.card.to_dict(),
-                    },
-                },
-            )
-            publish(temporary, destination)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
+        record = {
+            "job": job.to_dict(),
+            "model": {
+                "source": loaded.source,
+                "sha256": loaded.sha256,
+                "card": loaded.card.to_dict(),
+            },
+        }
+        save_run(destination, lambda folder: write_run_folder(result, folder, record))
     return result
 
 

@@ -42,6 +42,12 @@ def _common_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="autocast precision of the network (default float32; a non-finite map is recomputed in float32)",
+    )
+    parser.add_argument(
         "--evaluate",
         default=None,
         metavar="METRICS",
@@ -75,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "--network-kwargs", default=None, help="JSON keyword arguments of --network"
+    )
+    explain.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="allow a MONAI bundle whose config holds Python expressions (they run on loading)",
     )
     explain.add_argument(
         "--card",
@@ -286,6 +297,8 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
     model = model_ref_from_string(
         args.model, args.network, _json_option(args.network_kwargs, "--network-kwargs")
     )
+    if args.trust_bundle and model["kind"] == "bundle":
+        model["trust"] = True
     method_params, metric_params = _split_params(args.param, args.evaluate)
     return Job(
         images=args.image,
@@ -302,6 +315,7 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         overwrite=bool(args.overwrite),
         max_batch=args.max_batch,
         method_budget_s=args.method_budget,
+        precision=args.precision or "float32",
     )
 
 
@@ -387,6 +401,7 @@ def _apply_overrides(job: Any, args: argparse.Namespace) -> Any:
         ("device", args.device),
         ("seed", args.seed),
         ("overwrite", args.overwrite),
+        ("precision", args.precision),
         ("output", getattr(args, "out", None)),
     ):
         if value is not None:

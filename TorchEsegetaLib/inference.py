@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .models import LoadedModel
 
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class SegmentationForward(torch.nn.Module):
@@ -53,7 +53,9 @@ class SegmentationForward(torch.nn.Module):
     zero baseline flat).
     """
 
-    def __init__(self, network: torch.nn.Module, card: ModelCard, precision: str = "fp32") -> None:
+    def __init__(
+        self, network: torch.nn.Module, card: ModelCard, precision: str = "float32"
+    ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise UserInputError(
@@ -61,8 +63,8 @@ class SegmentationForward(torch.nn.Module):
             )
         self.network = network
         self.card = card
-        #: "fp32", or "bf16" / "fp16" autocast of the network (the runner falls back to fp32
-        #: when a map comes out non-finite).
+        #: "float32", or "bfloat16" / "float16" autocast of the network (the runner falls back
+        #: to float32 when a map comes out non-finite).
         self.precision = precision
         self.intensity = dict(card.intensity)
         if self.intensity.get("kind") == "scale_range":
@@ -202,7 +204,7 @@ class SegmentationForward(torch.nn.Module):
             )
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
-        if self.precision == "fp32":
+        if self.precision == "float32":
             out = self.network(x)
         else:
             with torch.autocast(device_type=x.device.type, dtype=PRECISIONS[self.precision]):

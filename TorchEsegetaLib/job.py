@@ -31,7 +31,9 @@ JOB_FIELDS = (
     "max_batch",
     "method_budget_s",
     "metrics",
+    "precision",
 )
+PRECISION_CHOICES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -97,6 +99,8 @@ class Job:
     method_budget_s: float | None = None
     #: evaluation metrics run after the methods (names or {name, params}; see `torchesegeta metrics`)
     metrics: list[Any] = field(default_factory=list)
+    #: "float32", or autocast "bfloat16" / "float16" (a non-finite map is recomputed in float32)
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if isinstance(self.images, (str, Path)):
@@ -127,6 +131,10 @@ class Job:
             raise UserInputError(
                 f"unknown map format {self.format!r}; use one of {', '.join(MAP_FORMATS)}"
             )
+        if self.precision not in PRECISION_CHOICES:
+            raise UserInputError(
+                f"unknown precision {self.precision!r}; use one of {', '.join(PRECISION_CHOICES)}"
+            )
         if self.max_batch is not None and int(self.max_batch) < 1:
             raise UserInputError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.method_budget_s is not None and float(self.method_budget_s) <= 0:
@@ -152,6 +160,7 @@ class Job:
             "max_batch": self.max_batch,
             "method_budget_s": self.method_budget_s,
             "metrics": [m.to_dict() for m in self.metrics],
+            "precision": self.precision,
         }
 
     @classmethod

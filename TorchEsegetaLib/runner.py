@@ -193,12 +193,15 @@ def explain_volume(
     method_budget_s: float | None = None,
     progress: ProgressHandler | None = None,
     cancel: CancelToken | None = None,
+    precision: str = "float32",
 ) -> ExplainResult:
     """Segment ``volume``, fix the target, and run each method; all results on the input grid."""
+    import torch
 
-    from .engine import Context
+    from .engine import Context, measure_sample_bytes
     from .inference import check_input, resolve_device, restore_input_grid
     from .memory import PeakMemory
+    from .methods import ScoreModel
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -206,6 +209,8 @@ def explain_volume(
         f"preprocessing step not applied: {step}" for step in model.card.ignored_preprocessing
     ]
     torch_device = resolve_device(device)
+    if torch_device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotuned kernels pay off
     check_input(volume, model.card)
     instances = [spec.create() for spec in methods]
     seed_everything(seed)
@@ -220,6 +225,14 @@ def explain_volume(
         case.bound,
         case.forward,
     )
+    forward.precision = precision
+    # One sample's memory, measured once, sizes every method's batches to the free memory.
+    sample_bytes = None if max_batch else measure_sample_bytes(ScoreModel(forward, bound), x)
+
+    def on_input_grid(method: Any, context: Any) -> np.ndarray:
+        attribution = method.attribute(forward, x, bound, context)
+        return restore_input_grid(attribution.detach().float(), info)[0].cpu().numpy()
+
     results: list[MethodResult] = []
     try:
         for index, (spec, method) in enumerate(zip(methods, instances)):
@@ -251,15 +264,24 @@ def explain_volume(
                 cancel=cancel,
                 budget_s=method_budget_s,
                 seed=seed + index,
+                sample_bytes=sample_bytes,
             )
             seed_everything(seed + index)
             t0 = time.perf_counter()
             result = MethodResult(spec, "ok", 0.0, bool(method.signed), method.shared_channels)
             try:
                 with PeakMemory(torch_device) as peak:
-                    attribution = method.attribute(forward, x, bound, context)
+                    restored = on_input_grid(method, context)
+                    if precision != "float32" and not np.isfinite(restored).all():
+                        context.notes.append(
+                            f"non-finite values in {precision}: recomputed in float32"
+                        )
+                        forward.precision = "float32"
+                        try:
+                            restored = on_input_grid(method, context)
+                        finally:
+                            forward.precision = precision
                 result.memory = peak.record()
-                restored = restore_input_grid(attribution.detach().float(), info)[0].cpu().numpy()
                 if not np.isfinite(restored).all():
                     raise UserInputError(
                         f"method {spec.label} produced NaN or Inf values; check the model and input, "
@@ -436,6 +458,22 @@ def publish(temporary: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def save_run(out: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(folder)`` on a hidden temporary sibling of ``out``, then publish it.
+
+    Whatever goes wrong (an error, a cancel, Ctrl-C), the temporary folder is removed and
+    ``out`` is left as it was.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        write(temporary)
+        publish(temporary, out)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
 def run_job(
     job: Job, progress: ProgressHandler | None = None, cancel: CancelToken | None = None
 ) -> Path:
@@ -463,27 +501,25 @@ def run_job(
         method_budget_s=job.method_budget_s,
         progress=progress,
         cancel=cancel,
+        precision=job.precision,
     )
     result.timings["load"] = load_seconds
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     _emit(progress, stage="write", fraction=0.0, message=f"writing {out}")
-    try:
-        record = {
-            "title": f"{model.card.name}: {result.target.get('class')} ({job.target.kind})",
-            "job": job.to_dict(),
-            "model": {"source": model.source, "sha256": model.sha256, "card": model.card.to_dict()},
-            "inputs": [str(Path(p).absolute()) for p in job.images],
-        }
-        document = write_run_folder(result, temporary, record, job.format, job.figures)
+    record = {
+        "title": f"{model.card.name}: {result.target.get('class')} ({job.target.kind})",
+        "job": job.to_dict(),
+        "model": {"source": model.source, "sha256": model.sha256, "card": model.card.to_dict()},
+        "inputs": [str(Path(p).absolute()) for p in job.images],
+    }
+
+    def write(folder: Path) -> None:
+        document = write_run_folder(result, folder, record, job.format, job.figures)
         if job.metrics:
             from .evaluation import evaluate_result, write_evaluation
 
             evaluation = evaluate_result(result, job.metrics, progress=progress, cancel=cancel)
-            write_evaluation(temporary, evaluation, document)
-        publish(temporary, out)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+            write_evaluation(folder, evaluation, document)
+
+    save_run(out, write)
     _emit(progress, stage="done", fraction=1.0, message=str(out))
     return out

@@ -174,7 +174,9 @@ def test_panel_run_streams_progress_and_loads_on_the_input_grid(scene, panelInpu
     assert table.GetNumberOfRows() == 2
     assert table.GetTable().GetColumnByName("mass_in_target") is not None
     (chart,) = nodes["charts"].values()
-    assert chart.GetNumberOfPlotSeriesNodes() == 2 and chart.GetXAxisTitle().startswith("fraction of voxels")
+    assert chart.GetNumberOfPlotSeriesNodes() == 2 and chart.GetXAxisTitle().startswith(
+        "fraction of voxels"
+    )
 
 
 def test_cancelling_mid_run_leaves_scene_inputs_and_output_untouched(scene, panelInputs, tmp_path):
