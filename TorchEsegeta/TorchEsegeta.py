@@ -128,8 +128,6 @@ class TorchEsegetaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "currentSegmentChanged(QString)", self.onTargetSegmentChanged
         )
         self.ui.evaluationCollapsibleButton.setVisible(methodForms.evaluationAvailable())
-        # The engine may compute in float32 only; the choice opens when its Job takes one.
-        self.ui.precisionComboBox.enabled = "precision" in jobBuilder.jobFields()
         self.initializeParameterNode()
 
     def cleanup(self):

@@ -59,9 +59,8 @@ def test_metrics_come_from_the_metric_registry_or_are_hidden(monkeypatch):
 
     monkeypatch.setattr(TorchEsegetaLib, "metrics", fake, raising=False)
     assert [d["name"] for d in methodForms.metricDescriptions()] == ["infidelity"]
-    monkeypatch.setattr("TorchEsegetaSlicer.jobBuilder.jobFields", lambda: ("metrics",))
     assert methodForms.evaluationAvailable()
-    monkeypatch.setattr("TorchEsegetaSlicer.jobBuilder.jobFields", lambda: ("methods",))
+    fake.REGISTRY = {}
     assert not methodForms.evaluationAvailable()
 
 

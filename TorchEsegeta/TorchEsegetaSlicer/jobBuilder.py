@@ -158,13 +158,6 @@ def _entries(selected, parameters, declaredParams) -> list[dict[str, Any]]:
     return entries
 
 
-def jobFields() -> tuple[str, ...]:
-    """The fields the installed engine's Job accepts (it grows: metrics, precision...)."""
-    from TorchEsegetaLib.job import JOB_FIELDS
-
-    return tuple(JOB_FIELDS)
-
-
 def buildJob(
     images: Sequence[str | Path],
     model: dict[str, Any],
@@ -191,7 +184,6 @@ def buildJob(
         raise PanelInputError("choose the input volume(s) in the Inputs section")
     if not methods:
         raise PanelInputError("check at least one method in the Methods section")
-    fields = jobFields()
     data: dict[str, Any] = {
         "images": [str(p) for p in images],
         "model": model,
@@ -207,19 +199,10 @@ def buildJob(
     if maxBatch is not None:
         data["max_batch"] = int(maxBatch)
     if metrics:
-        if "metrics" not in fields:
-            raise PanelInputError(
-                "this version of the engine cannot evaluate maps yet; uncheck the metrics"
-            )
         data["metrics"] = list(metrics)
     if precision not in PRECISIONS:
         raise PanelInputError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-    if precision != "float32":
-        if "precision" not in fields:
-            raise PanelInputError(
-                f"this version of the engine computes in float32 only; {precision} is not available"
-            )
-        data["precision"] = precision
+    data["precision"] = precision
     return Job.from_dict(data).to_dict()
 
 
