@@ -51,6 +51,14 @@ def free_cached_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings on CUDA are otherwise meaningless)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def free_memory_bytes(device: torch.device) -> float:
     """Memory available to new tensors on ``device`` (CUDA: free device memory; CPU: MemAvailable)."""
     import torch
@@ -184,14 +192,21 @@ class Context:
         """Call ``compute(start, stop)`` over ``range(total)`` in batches.
 
         The batch starts at :meth:`batch_limit` and is halved whenever a batch runs out of
-        memory; a failure at batch size 1 is raised as :class:`OutOfMemoryError`.
+        memory; a failure at batch size 1 is raised as :class:`OutOfMemoryError`. Unless the
+        user fixed ``max_batch``, the first batches also tune the size for speed: a batch half
+        as large is tried for as long as it processes samples faster (on CPUs a mid-sized batch
+        often beats the largest that fits); the work done while tuning is kept, never repeated.
         ``compute`` must only accumulate its results once it has succeeded.
         """
         batch = min(self.batch_limit(), max(total, 1))
+        tuning = self.max_batch is None and batch > 1
+        best_rate = float("inf")
+        best_batch = batch
         start = 0
         while start < total:
             self.check()
             stop = min(start + batch, total)
+            began = time.perf_counter()
             try:
                 compute(start, stop)
             except Exception as error:
@@ -205,7 +220,17 @@ class Context:
                         "sliding-window model with a smaller roi_size"
                     ) from error
                 batch = max(1, batch // 2)
+                best_batch = min(best_batch, batch)
                 self.notes.append(f"out of memory: batch size reduced to {batch}")
                 continue
+            if tuning and stop - start == batch:
+                synchronize(self.device)
+                rate = (time.perf_counter() - began) / batch
+                if rate < best_rate:
+                    best_rate, best_batch = rate, batch
+                    batch = max(1, batch // 2)
+                    tuning = batch < best_batch
+                else:
+                    batch, tuning = best_batch, False
             start = stop
             self.report(start / total, f"{message} {start}/{total}".strip())
