@@ -1,22 +1,29 @@
-"""The README's method table is generated from the registry (run this file to regenerate it)."""
+"""The README's method and metric tables are generated from the registries (run this file to
+regenerate them), and the README opens with the two set-up commands CI runs."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from TorchEsegetaLib.cli import methods_markdown
+from TorchEsegetaLib.cli import methods_markdown, metrics_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCK = re.compile(r"(<!-- methods:start -->\n)(.*?)(<!-- methods:end -->)", re.S)
+TABLES = {"methods": methods_markdown, "metrics": metrics_markdown}
 
 
-def test_readme_method_table_matches_the_registry():
-    match = BLOCK.search(README.read_text(encoding="utf-8"))
-    assert match, "README.md lacks the <!-- methods:start/end --> markers"
-    assert match.group(2) == methods_markdown(), (
-        "stale method table: run `python Testing/test_readme.py`"
-    )
+def block(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- {name}:start -->\n)(.*?)(<!-- {name}:end -->)", re.S)
+
+
+def test_readme_tables_match_the_registries():
+    text = README.read_text(encoding="utf-8")
+    for name, generate in TABLES.items():
+        match = block(name).search(text)
+        assert match, f"README.md lacks the <!-- {name}:start/end --> markers"
+        assert match.group(2) == generate(), (
+            f"stale {name} table: run `python Testing/test_readme.py`"
+        )
 
 
 def test_readme_opens_with_the_two_setup_commands():
@@ -31,6 +38,8 @@ def test_readme_opens_with_the_two_setup_commands():
 
 if __name__ == "__main__":
     text = README.read_text(encoding="utf-8")
-    README.write_text(
-        BLOCK.sub(lambda m: m.group(1) + methods_markdown() + m.group(3), text), encoding="utf-8"
-    )
+    for name, generate in TABLES.items():
+        text = block(name).sub(
+            lambda m, generate=generate: m.group(1) + generate() + m.group(3), text
+        )
+    README.write_text(text, encoding="utf-8")

@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     metrics = sub.add_parser("metrics", help="list every evaluation metric with its parameters")
     metrics.add_argument("--json", action="store_true", help="machine-readable output")
+    metrics.add_argument("--markdown", action="store_true", help="the README's metric table")
 
     sub.add_parser("schema", help="print the JSON schema of job files")
     return parser
@@ -497,6 +498,19 @@ def methods_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def metrics_markdown() -> str:
+    """The README's table of metrics, generated from the registry."""
+    from .metrics import ordered
+
+    lines = ["| metric | family | better | run | cost | reference |", "|---|---|---|---|---|---|"]
+    for cls in ordered():
+        run = "by default" if cls.default else "on request"
+        lines.append(
+            f"| `{cls.name}`: {cls.summary} | {cls.family} | {cls.direction} | {run} | {cls.cost} | {cls.reference} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
     import torch
 
@@ -590,6 +604,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     described = [cls.describe() for cls in ordered()]
     if args.json:
         print(json.dumps(described, indent=2))
+        return EXIT_OK
+    if args.markdown:
+        print(metrics_markdown(), end="")
         return EXIT_OK
     for info in described:
         better = f"{info['direction']} is better"

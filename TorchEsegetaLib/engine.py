@@ -127,8 +127,9 @@ class Context:
     Attributes:
         device: where tensors live.
         max_batch: the largest number of samples per forward/backward pass. None: sized from
-            the free memory of the device and ``sample_bytes`` (at most 8 on CPU, where larger
-            batches buy little speed, and 64 on CUDA); halved automatically on out-of-memory.
+            the free memory of the device and ``sample_bytes`` (at most 4 on CPU, where larger
+            batches buy no speed, and 64 on CUDA), then tuned for speed by the first batches;
+            halved automatically on out-of-memory.
         sample_bytes: measured memory of one sample's forward + backward pass
             (:func:`measure_sample_bytes`), None when unknown.
         progress: called with (fraction in [0, 1], message) after each batch.
@@ -145,6 +146,8 @@ class Context:
     seed: int = 0
     sample_bytes: float | None = None
     started: float = field(default_factory=time.perf_counter)
+    #: the batch size found fastest, shared with the quiet copies of this context
+    tuned: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -155,7 +158,9 @@ class Context:
     def batch_limit(self) -> int:
         if self.max_batch is not None:
             return max(1, int(self.max_batch))
-        cap = 64 if self.device.type == "cuda" else 8
+        if "batch" in self.tuned:
+            return self.tuned["batch"]
+        cap = 64 if self.device.type == "cuda" else 4
         if not self.sample_bytes:
             return cap
         # Half of the free memory, the rest left for the volume-sized buffers and the allocator.
@@ -175,6 +180,10 @@ class Context:
     def quiet(self) -> Context:
         """The same context without progress reports (for a method run inside another)."""
         return dataclasses.replace(self, progress=None)
+
+    def fixed(self, batch: int) -> Context:
+        """A quiet copy that runs batches of ``batch`` (halved only if memory runs out)."""
+        return dataclasses.replace(self, progress=None, max_batch=batch)
 
     def generator(self) -> torch.Generator:
         import torch
@@ -199,7 +208,7 @@ class Context:
         ``compute`` must only accumulate its results once it has succeeded.
         """
         batch = min(self.batch_limit(), max(total, 1))
-        tuning = self.max_batch is None and batch > 1
+        tuning = self.max_batch is None and "batch" not in self.tuned and batch > 1
         best_rate = float("inf")
         best_batch = batch
         start = 0
@@ -221,6 +230,8 @@ class Context:
                     ) from error
                 batch = max(1, batch // 2)
                 best_batch = min(best_batch, batch)
+                if "batch" in self.tuned:
+                    self.tuned["batch"] = min(self.tuned["batch"], batch)
                 self.notes.append(f"out of memory: batch size reduced to {batch}")
                 continue
             if tuning and stop - start == batch:
@@ -232,5 +243,7 @@ class Context:
                     tuning = batch < best_batch
                 else:
                     batch, tuning = best_batch, False
+                if not tuning:
+                    self.tuned["batch"] = best_batch
             start = stop
             self.report(start / total, f"{message} {start}/{total}".strip())

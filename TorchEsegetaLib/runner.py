@@ -228,6 +228,7 @@ def explain_volume(
     forward.precision = precision
     # One sample's memory, measured once, sizes every method's batches to the free memory.
     sample_bytes = None if max_batch else measure_sample_bytes(ScoreModel(forward, bound), x)
+    tuned: dict[str, int] = {}  # the fastest batch size, found by the first method, kept for all
 
     def on_input_grid(method: Any, context: Any) -> np.ndarray:
         attribution = method.attribute(forward, x, bound, context)
@@ -265,6 +266,7 @@ def explain_volume(
                 budget_s=method_budget_s,
                 seed=seed + index,
                 sample_bytes=sample_bytes,
+                tuned=tuned,
             )
             seed_everything(seed + index)
             t0 = time.perf_counter()

@@ -361,24 +361,28 @@ class SmoothGrad(Method):
 
         samples = self.config["samples"]
         generator = context.generator()
-        quiet = context.quiet()
         out = torch.empty_like(inputs)
         for example in range(inputs.shape[0]):
             x = inputs[example : example + 1]
             std = self.noise_std(x).expand_as(x).cpu()
             total, total_sq = torch.zeros_like(x), torch.zeros_like(x)
-            done = 0
-            while done < samples:
-                chunk = min(context.batch_limit(), samples - done)
-                # One draw per sample, in order, so the result does not depend on the chunk size.
+
+            def compute(
+                start: int, stop: int, x=x, std=std, total=total, total_sq=total_sq
+            ) -> None:
+                # One draw per sample, in order (chunks arrive in order and are never retried:
+                # the base method recovers from out-of-memory inside its fixed-size chunk), so
+                # the result does not depend on the chunk size.
                 noise = torch.cat(
-                    [torch.normal(0.0, std, generator=generator) for _ in range(chunk)]
+                    [torch.normal(0.0, std, generator=generator) for _ in range(stop - start)]
                 )
-                attribution = self.base.attribute(forward, x + noise.to(x.device), target, quiet)
-                total += attribution.sum(dim=0, keepdim=True)
-                total_sq += (attribution * attribution).sum(dim=0, keepdim=True)
-                done += chunk
-                context.report(done / samples, f"{self.name} sample {done}/{samples}")
+                attribution = self.base.attribute(
+                    forward, x + noise.to(x.device), target, context.fixed(stop - start)
+                )
+                total.add_(attribution.sum(dim=0, keepdim=True))
+                total_sq.add_((attribution * attribution).sum(dim=0, keepdim=True))
+
+            context.map_batches(samples, compute, f"{self.name} sample")
             out[example : example + 1] = self.smooth(total / samples, total_sq / samples)
         return out
 
