@@ -12,3 +12,33 @@ def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(1)  # tiny tensors: threads cost more than they bring
     yield
+
+
+@pytest.fixture
+def sceneAndLogics(tmp_path):
+    """A fresh slicer-core scene per test with the Colors/Volumes/Segmentations/SubjectHierarchy
+    logics the glue needs (for the tests under mrml/ and slicer_module/, which put
+    ``mrml_environment`` on the path and skip where slicer-core is missing)."""
+    from mrml_environment import makeScene
+
+    scene, logics = makeScene(tmp_path / "slicer-cache")
+    yield scene, logics
+    scene.Clear(True)
+
+
+@pytest.fixture
+def scene(sceneAndLogics):
+    return sceneAndLogics[0]
+
+
+@pytest.fixture(params=[1, 2], ids=["1ch", "2ch"])
+def setup(request):
+    """(net, x, target, score): the tiny UNet on a 16^3 input with 1 or 2 channels."""
+    from helpers import centre_box_target, tiny_input, tiny_unet
+
+    from TorchEsegetaLib.methods import ScoreModel
+
+    channels = request.param
+    net = tiny_unet(in_channels=channels)
+    target = centre_box_target()
+    return net, tiny_input(channels), target, ScoreModel(net, target)

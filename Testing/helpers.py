@@ -1,11 +1,26 @@
-"""Tiny models and inputs shared by the engine tests (seeded, CPU, 16^3 voxels)."""
+"""Tiny models, inputs and the ours-versus-reference helpers shared by the engine tests (seeded,
+CPU, 16^3 voxels)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from TorchEsegetaLib.engine import Context
+from TorchEsegetaLib.methods import create_method
 from TorchEsegetaLib.targets import BoundTarget
+
+#: The tiny MONAI UNet's kwargs, as a model reference gives them (JSON: lists, not tuples).
+TINY_UNET_KWARGS = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8],
+    "strides": [2],
+    "num_res_units": 1,
+    "act": "RELU",
+    "norm": "INSTANCE",
+}
 
 
 def tiny_unet(
@@ -18,17 +33,8 @@ def tiny_unet(
     from monai.networks.nets import UNet
 
     torch.manual_seed(seed)
-    net = UNet(
-        spatial_dims=3,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        channels=(4, 8),
-        strides=(2,),
-        num_res_units=1,
-        act=act,
-        norm=norm,
-    )
-    return net.eval()
+    changes = {"in_channels": in_channels, "out_channels": out_channels, "act": act, "norm": norm}
+    return UNet(**{**TINY_UNET_KWARGS, **changes}).eval()
 
 
 def tiny_input(channels: int = 1, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -57,6 +63,29 @@ class LinearVoxelModel(torch.nn.Module):
 
     def forward(self, x):
         return self.conv(x)
+
+
+def ours(name, net, x, target, max_batch=3, seed=0, **params) -> torch.Tensor:
+    """Our method ``name`` with ``params``, run in batches of ``max_batch`` with ``seed``."""
+    context = Context(max_batch=max_batch, seed=seed)
+    return create_method(name, params).attribute(net, x, target, context)
+
+
+def close(a, b, rtol=1e-4, atol=1e-6) -> bool:
+    """Same shape and equal up to ``rtol``/``atol`` relative to the largest magnitude of ``b``."""
+    scale = b.abs().max().clamp(min=1e-12)
+    return a.shape == b.shape and torch.allclose(a / scale, b / scale, rtol=rtol, atol=atol)
+
+
+class ScoreModule(torch.nn.Module):
+    """The score as a module: captum's DeepLift and guided backpropagation hook a module."""
+
+    def __init__(self, net, target):
+        super().__init__()
+        self.net, self.target = net, target
+
+    def forward(self, x):
+        return self.target(self.net(x))
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:

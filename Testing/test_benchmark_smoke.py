@@ -24,7 +24,11 @@ def test_benchmark_smoke_configuration_compares_equal_maps(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     cases = {row["case"].split(",")[0].strip() for row in rows}
     assert {"integrated gradients", "SmoothGrad", "occlusion", "gradient"} <= cases
-    compared = [row for row in rows if row["max_rel_diff"] is not None]
+    # Reduced precision is compared with float32 for its speed and its (reported) difference.
+    assert any("autocast" in row["case"] and row["max_rel_diff"] is not None for row in rows)
+    compared = [
+        row for row in rows if row["max_rel_diff"] is not None and "autocast" not in row["case"]
+    ]
     assert len(compared) >= 6
     for row in compared:
         assert row["max_rel_diff"] < 1e-4, row

@@ -13,22 +13,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from helpers import tiny_unet
+from helpers import TINY_UNET_KWARGS, tiny_unet
 
 from TorchEsegetaLib.cli import main
 from TorchEsegetaLib.io import read_volume, write_volume
 from TorchEsegetaLib.volume import Geometry
 
-NETWORK_KWARGS = {
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "out_channels": 2,
-    "channels": [4, 8],
-    "strides": [2],
-    "num_res_units": 1,
-    "act": "RELU",
-    "norm": "INSTANCE",
-}
 OBLIQUE = (0.6, 0.0, 0.8, 0.0, 1.0, 0.0, -0.8, 0.0, 0.6)
 
 
@@ -49,7 +39,7 @@ def model_args(case):
         "--network",
         "UNet",
         "--network-kwargs",
-        json.dumps(NETWORK_KWARGS),
+        json.dumps(TINY_UNET_KWARGS),
     ]
 
 
@@ -136,7 +126,7 @@ def test_run_reads_a_job_file_and_saved_jobs_reproduce_the_maps(case, tmp_path):
     yaml_job = tmp_path / "job.yaml"
     yaml_job.write_text(
         f"images: [{case / 'image.nii.gz'}]\n"
-        f"model: {{kind: monai, network: UNet, checkpoint: {case / 'unet.pt'}, kwargs: {json.dumps(NETWORK_KWARGS)}}}\n"
+        f"model: {{kind: monai, network: UNet, checkpoint: {case / 'unet.pt'}, kwargs: {json.dumps(TINY_UNET_KWARGS)}}}\n"
         "target: voxel:8,8,8\nmethods: [{name: saliency, params: {abs: false}, label: signed_gradient}]\n"
         "output: yaml_run\nformat: nrrd\nfigures: false\n"
     )
@@ -152,7 +142,7 @@ def test_two_channel_inputs_write_per_channel_maps(tmp_path):
         write_volume(
             rng.random(geometry.size).astype(np.float32), geometry, tmp_path / f"{name}.nii.gz"
         )
-    kwargs = {**NETWORK_KWARGS, "in_channels": 2}
+    kwargs = {**TINY_UNET_KWARGS, "in_channels": 2}
     code = main(
         [
             "explain",

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_unet
+from helpers import TINY_UNET_KWARGS, tiny_unet
 
 from TorchEsegetaLib.card import ModelCard
 from TorchEsegetaLib.cli import main
@@ -23,17 +23,6 @@ from TorchEsegetaLib.models import LoadedModel
 from TorchEsegetaLib.runner import explain_volume
 from TorchEsegetaLib.targets import TargetSpec
 from TorchEsegetaLib.volume import Geometry, Volume
-
-NETWORK_KWARGS = {
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "out_channels": 2,
-    "channels": [4, 8],
-    "strides": [2],
-    "num_res_units": 1,
-    "act": "RELU",
-    "norm": "INSTANCE",
-}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +42,7 @@ def run_folder(tmp_path_factory):
             "--network",
             "UNet",
             "--network-kwargs",
-            json.dumps(NETWORK_KWARGS),
+            json.dumps(TINY_UNET_KWARGS),
             "--target",
             "roi:4,4,4:11,11,11",
             "--method",

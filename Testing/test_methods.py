@@ -14,7 +14,7 @@ from captum.attr import (
     Occlusion,
     Saliency,
 )
-from helpers import centre_box_target, tiny_input, tiny_unet
+from helpers import ScoreModule, centre_box_target, close, ours, tiny_input, tiny_unet
 
 from TorchEsegetaLib.engine import CancelToken, Context
 from TorchEsegetaLib.errors import CancelledError, UserInputError
@@ -27,24 +27,6 @@ from TorchEsegetaLib.methods import (
     list_layers,
     trace_layers,
 )
-
-
-@pytest.fixture(params=[1, 2], ids=["1ch", "2ch"])
-def setup(request):
-    channels = request.param
-    net = tiny_unet(in_channels=channels)
-    x = tiny_input(channels)
-    target = centre_box_target()
-    return net, x, target, ScoreModel(net, target)
-
-
-def ours(name, net, x, target, max_batch=3, **params):
-    return create_method(name, params).attribute(net, x, target, Context(max_batch=max_batch))
-
-
-def close(a, b, rtol=1e-4, atol=1e-6):
-    scale = b.abs().max().clamp(min=1e-12)
-    return torch.allclose(a / scale, b / scale, rtol=rtol, atol=atol)
 
 
 def test_saliency_matches_captum(setup):
@@ -85,7 +67,7 @@ def test_integrated_gradients_completeness(setup):
     score = ScoreModel(net, target)
     for baseline in ("zero", "min", "mean", "blur"):
         attribution = ours("integrated_gradients", net, x, target, n_steps=64, baseline=baseline)
-        from TorchEsegetaLib.methods.gradient import make_baseline
+        from TorchEsegetaLib.methods.baselines import make_baseline
 
         with torch.no_grad():
             delta = score(x) - score(make_baseline(baseline, x))
@@ -95,16 +77,7 @@ def test_integrated_gradients_completeness(setup):
 def test_guided_backprop_matches_captum_and_restores_model(setup):
     net, x, target, score = setup
     got = ours("guided_backprop", net, x, target)
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, inputs):
-            return target(self.net(inputs))
-
-    ref = GuidedBackprop(Wrapped()).attribute(x)
+    ref = GuidedBackprop(ScoreModule(net, target)).attribute(x)
     assert close(got, ref)
     # Hooks removed: a plain gradient afterwards is the ordinary one.
     assert close(

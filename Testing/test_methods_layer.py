@@ -22,7 +22,7 @@ from captum.attr import (
     LayerGradientXActivation,
 )
 from catalog import make_network
-from helpers import centre_box_target, tiny_input, tiny_unet
+from helpers import ScoreModule, centre_box_target, close, ours, tiny_input, tiny_unet
 
 from TorchEsegetaLib.card import ModelCard
 from TorchEsegetaLib.engine import Context
@@ -39,17 +39,6 @@ LAYER_METHODS = sorted(name for name, cls in REGISTRY.items() if cls.family == "
 NETS = [("unet", 2, "model.1"), ("deconvnorm", 1, "encode.6")]
 
 
-class Wrapped(torch.nn.Module):
-    """The score as a module (captum's DeepLift and guided backpropagation hook a module)."""
-
-    def __init__(self, net, target):
-        super().__init__()
-        self.net, self.target = net, target
-
-    def forward(self, x):
-        return self.target(self.net(x))
-
-
 @pytest.fixture(params=NETS, ids=[n[0] for n in NETS])
 def case(request):
     kind, channels, layer_name = request.param
@@ -64,11 +53,6 @@ def case(request):
     )
 
 
-def ours(name, net, x, target, max_batch=3, seed=0, **params):
-    context = Context(max_batch=max_batch, seed=seed)
-    return create_method(name, params).attribute(net, x, target, context)
-
-
 def upsampled(layer_attribution, x, reduce="sum"):
     """captum's way to the input grid, after reducing the channels as ours does."""
     if reduce == "max":
@@ -77,11 +61,6 @@ def upsampled(layer_attribution, x, reduce="sum"):
         reduced = getattr(layer_attribution, reduce)(dim=1, keepdim=True)
     up = LayerAttribution.interpolate(reduced, x.shape[2:], interpolate_mode="trilinear")
     return up.expand(x.shape)
-
-
-def close(a, b, rtol=1e-4, atol=1e-6):
-    scale = b.abs().max().clamp(min=1e-12)
-    return a.shape == b.shape and torch.allclose(a / scale, b / scale, rtol=rtol, atol=atol)
 
 
 def test_gradcam_matches_captum(case):
@@ -96,7 +75,7 @@ def test_gradcam_matches_captum(case):
 def test_guided_gradcam_matches_captum_per_input_channel(case):
     net, x, target, name, layer = case
     got = ours("guided_gradcam", net, x, target, layer=name)
-    ref = GuidedGradCam(Wrapped(net, target), layer).attribute(x, interpolate_mode="trilinear")
+    ref = GuidedGradCam(ScoreModule(net, target), layer).attribute(x, interpolate_mode="trilinear")
     assert close(got, ref) and not REGISTRY["guided_gradcam"].shared_channels
 
 
@@ -159,7 +138,7 @@ def test_layer_deeplift_matches_captum(case):
     net, x, target, name, layer = case
     context = Context()
     got = create_method("layer_deeplift", {"layer": name}).attribute(net, x, target, context)
-    ref = LayerDeepLift(Wrapped(net, target), layer).attribute(x, baselines=torch.zeros_like(x))
+    ref = LayerDeepLift(ScoreModule(net, target), layer).attribute(x, baselines=torch.zeros_like(x))
     assert close(got, upsampled(ref, x))
     # Instance normalisation is not covered by the rescale rule: the run says so.
     approximate = any("rescale rule" in note for note in context.notes)
@@ -186,7 +165,7 @@ def test_layer_deeplift_works_with_reused_in_place_activations():
     tied, x, target = ReuseNet(tied=True), tiny_input(size=SIZE), centre_box_target(SIZE)
     untied = ReuseNet(tied=False)
     got = ours("layer_deeplift", tied, x, target, layer="conv1")
-    ref = LayerDeepLift(Wrapped(untied, target), untied.conv1).attribute(
+    ref = LayerDeepLift(ScoreModule(untied, target), untied.conv1).attribute(
         x, baselines=torch.zeros_like(x)
     )
     assert close(got, upsampled(ref, x))

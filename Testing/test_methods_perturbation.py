@@ -12,16 +12,15 @@ import pytest
 import torch
 from captum._utils.models.model import Model
 from captum.attr import FeatureAblation, Lime, ShapleyValueSampling
-from helpers import centre_box_target, tiny_input, tiny_unet
+from helpers import centre_box_target, close, ours, tiny_input, tiny_unet
 from scipy import ndimage
 
-from TorchEsegetaLib.engine import Context
 from TorchEsegetaLib.errors import UserInputError
 from TorchEsegetaLib.io import write_volume
-from TorchEsegetaLib.methods import ScoreModel, create_method
+from TorchEsegetaLib.methods import ScoreModel
+from TorchEsegetaLib.methods.baselines import make_baseline
 from TorchEsegetaLib.methods.coalitions import shapley_regression, weighted_least_squares
 from TorchEsegetaLib.methods.features import feature_mask, grid_features, supervoxels
-from TorchEsegetaLib.methods.gradient import make_baseline
 from TorchEsegetaLib.methods.perturbation import smooth_masks
 from TorchEsegetaLib.targets import BoundTarget
 from TorchEsegetaLib.volume import Geometry
@@ -29,24 +28,6 @@ from TorchEsegetaLib.volume import Geometry
 SIZE = 16
 SPATIAL = (SIZE,) * 3
 FEATURE_METHODS = ("feature_ablation", "shapley_value_sampling", "lime", "kernel_shap")
-
-
-@pytest.fixture(params=[1, 2], ids=["1ch", "2ch"])
-def setup(request):
-    channels = request.param
-    net = tiny_unet(in_channels=channels)
-    target = centre_box_target()
-    return net, tiny_input(channels), target, ScoreModel(net, target)
-
-
-def ours(name, net, x, target, max_batch=3, seed=0, **params):
-    context = Context(max_batch=max_batch, seed=seed)
-    return create_method(name, params).attribute(net, x, target, context)
-
-
-def close(a, b, rtol=1e-4, atol=1e-6):
-    scale = b.abs().max().clamp(min=1e-12)
-    return torch.allclose(a / scale, b / scale, rtol=rtol, atol=atol)
 
 
 class ScoreFunction(torch.nn.Module):

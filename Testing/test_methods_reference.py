@@ -4,6 +4,8 @@ is left as it was."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -11,37 +13,19 @@ from captum.attr import LRP as CaptumLRP
 from captum.attr import Deconvolution, DeepLift, DeepLiftShap, GradientShap
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule
 from catalog import forward_for, make_network
-from helpers import LinearVoxelModel, centre_box_target, tiny_input, tiny_unet
+from helpers import LinearVoxelModel, ScoreModule, centre_box_target, close, tiny_input, tiny_unet
+from helpers import ours as _ours
 
 from TorchEsegetaLib.card import ModelCard
 from TorchEsegetaLib.engine import Context
 from TorchEsegetaLib.errors import UserInputError
 from TorchEsegetaLib.inference import SegmentationForward
 from TorchEsegetaLib.methods import ScoreModel, create_method
-from TorchEsegetaLib.methods.gradient import make_baseline
+from TorchEsegetaLib.methods.baselines import make_baseline
 from TorchEsegetaLib.methods.reference import draw_seeds
 from TorchEsegetaLib.targets import BoundTarget
 
-
-def ours(name, net, x, target, max_batch=4, seed=0, **params):
-    context = Context(max_batch=max_batch, seed=seed)
-    return create_method(name, params).attribute(net, x, target, context)
-
-
-def close(a, b, rtol=1e-4, atol=1e-6):
-    scale = b.abs().max().clamp(min=1e-12)
-    return torch.allclose(a / scale, b / scale, rtol=rtol, atol=atol)
-
-
-class Scored(torch.nn.Module):
-    """The score as a module: captum's hooks need an nn.Module."""
-
-    def __init__(self, net, target):
-        super().__init__()
-        self.net, self.target = net, target
-
-    def forward(self, x):
-        return self.target(self.net(x))
+ours = functools.partial(_ours, max_batch=4)
 
 
 def pooling_net(seed=0):
@@ -86,7 +70,7 @@ def x():
 
 def test_deconvolution_matches_captum_and_differs_from_guided_backprop(x):
     net, target = make_network("unet", 1), centre_box_target()
-    ref = Deconvolution(Scored(net, target)).attribute(x)
+    ref = Deconvolution(ScoreModule(net, target)).attribute(x)
     got = ours("deconvolution", net, x, target)
     assert close(got, ref)
     assert not close(got, ours("guided_backprop", net, x, target))
@@ -97,7 +81,7 @@ def test_deconvolution_matches_captum_and_differs_from_guided_backprop(x):
 def test_deeplift_matches_captum_on_networks_captum_supports(x, network, baseline):
     net, target = CAPTUM_NETWORKS[network](), centre_box_target()
     base = make_baseline(baseline, x)
-    ref = DeepLift(Scored(net, target)).attribute(x, baselines=base)
+    ref = DeepLift(ScoreModule(net, target)).attribute(x, baselines=base)
     assert close(ours("deeplift", net, x, target, baseline=baseline), ref)
 
 
@@ -154,7 +138,7 @@ def test_deeplift_shap_matches_captum_with_the_same_baselines(x):
     net, target = tiny_unet(norm="BATCH"), centre_box_target()
     method = create_method("deeplift_shap", {"n_baselines": 5, "baseline_noise": 0.2})
     baselines = method.baselines(x, draw_seeds(Context(seed=3), 1, 5)[0])
-    ref = DeepLiftShap(Scored(net, target)).attribute(x, baselines=baselines)
+    ref = DeepLiftShap(ScoreModule(net, target)).attribute(x, baselines=baselines)
     assert close(method.attribute(net, x, target, Context(max_batch=2, seed=3)), ref)
     # DeepLIFT-SHAP sums to the score minus its mean over the baselines.
     score = ScoreModel(net, target)

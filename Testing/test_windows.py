@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_unet
+from helpers import TINY_UNET_KWARGS, tiny_unet
 from monai.inferers import sliding_window_inference
 
 from TorchEsegetaLib.card import ModelCard
@@ -113,20 +113,10 @@ def test_explaining_a_local_target_of_a_sliding_window_model_runs_only_its_windo
     from TorchEsegetaLib.volume import Geometry, Volume
 
     torch.save(tiny_unet().state_dict(), tmp_path / "unet.pt")
-    kwargs = {
-        "spatial_dims": 3,
-        "in_channels": 1,
-        "out_channels": 2,
-        "channels": [4, 8],
-        "strides": [2],
-        "num_res_units": 1,
-        "act": "RELU",
-        "norm": "INSTANCE",
-    }
     model = {
         "kind": "monai",
         "network": "UNet",
-        "kwargs": kwargs,
+        "kwargs": TINY_UNET_KWARGS,
         "checkpoint": str(tmp_path / "unet.pt"),
     }
     image = Volume(volume((64, 48, 40))[0].numpy(), Geometry((64, 48, 40), (0.8, 0.8, 1.2)))

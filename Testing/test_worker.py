@@ -9,21 +9,10 @@ import sys
 
 import numpy as np
 import torch
-from helpers import tiny_unet
+from helpers import TINY_UNET_KWARGS, tiny_unet
 
 from TorchEsegetaLib.io import write_volume
 from TorchEsegetaLib.volume import Geometry
-
-KWARGS = {
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "out_channels": 2,
-    "channels": [4, 8],
-    "strides": [2],
-    "num_res_units": 1,
-    "act": "RELU",
-    "norm": "INSTANCE",
-}
 
 
 def make_job(tmp_path, methods, **extra):
@@ -36,7 +25,12 @@ def make_job(tmp_path, methods, **extra):
     )
     job = {
         "images": ["image.nii.gz"],
-        "model": {"kind": "monai", "network": "UNet", "kwargs": KWARGS, "checkpoint": "unet.pt"},
+        "model": {
+            "kind": "monai",
+            "network": "UNet",
+            "kwargs": TINY_UNET_KWARGS,
+            "checkpoint": "unet.pt",
+        },
         "target": "voxel:8,8,8",
         "methods": methods,
         "output": "run",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserInputError
+from .registry import entry_fields
 from .targets import TargetSpec
 
 MAP_FORMATS = ("nii.gz", "nrrd", "mha")
@@ -68,16 +69,8 @@ class MethodSpec:
             return value
         if isinstance(value, str):
             return cls(value)
-        if not isinstance(value, dict) or "name" not in value:
-            raise UserInputError(
-                f'a method entry needs a name, e.g. {{"name": "saliency"}}; got {value!r}'
-            )
-        unknown = sorted(set(value) - {"name", "params", "label"})
-        if unknown:
-            raise UserInputError(
-                f"unknown method entry field(s) {unknown}; use name, params and label"
-            )
-        return cls(value["name"], dict(value.get("params") or {}), value.get("label"))
+        entry = entry_fields(value, "method", "saliency", ("name", "params", "label"))
+        return cls(entry["name"], dict(entry.get("params") or {}), entry.get("label"))
 
 
 @dataclass

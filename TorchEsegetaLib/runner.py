@@ -237,15 +237,6 @@ def explain_volume(
     results: list[MethodResult] = []
     try:
         for index, (spec, method) in enumerate(zip(methods, instances)):
-            _emit(
-                progress,
-                stage="method",
-                method=spec.label,
-                index=index,
-                total=len(methods),
-                fraction=0.0,
-                message=f"{spec.label}: starting",
-            )
 
             def report(fraction: float, message: str, spec=spec, index=index) -> None:
                 _emit(
@@ -257,6 +248,8 @@ def explain_volume(
                     fraction=fraction,
                     message=message,
                 )
+
+            report(0.0, f"{spec.label}: starting")
 
             context = Context(
                 device=torch_device,
@@ -296,15 +289,7 @@ def explain_volume(
             result.notes = list(context.notes)
             results.append(result)
             timings[spec.label] = result.seconds
-            _emit(
-                progress,
-                stage="method",
-                method=spec.label,
-                index=index,
-                total=len(methods),
-                fraction=1.0,
-                message=f"{spec.label}: {result.status} in {result.seconds:.1f} s",
-            )
+            report(1.0, f"{spec.label}: {result.status} in {result.seconds:.1f} s")
     finally:
         model.network.to("cpu")
     timings["total"] = time.perf_counter() - started

@@ -17,7 +17,7 @@ memory follows the window batch, not the volume.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -117,8 +117,15 @@ class WindowPlan:
     def _inner(self) -> tuple[slice, ...]:
         return tuple(slice(b, b + s) for b, s in zip(self.pad_before, self.input_shape))
 
-    def batches(self, batch_size: int) -> list[list[int]]:
-        return [self.indices[i : i + batch_size] for i in range(0, len(self.indices), batch_size)]
+    def window_batches(self, examples: int, batch_size: int) -> Iterator[list[tuple[slice, ...]]]:
+        """Index tuples (example, all channels, window) of the windows in use, ``batch_size``
+        windows of one example at a time."""
+        for example in range(examples):
+            for start in range(0, len(self.indices), batch_size):
+                yield [
+                    (slice(example, example + 1), slice(None), *self.slices[i])
+                    for i in self.indices[start : start + batch_size]
+                ]
 
     def infer(
         self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor], batch_size: int
@@ -128,25 +135,16 @@ class WindowPlan:
 
         padded = self.pad(x)
         out: torch.Tensor | None = None
-        for example in range(x.shape[0]):
-            for group in self.batches(batch_size):
-                data = torch.cat(
-                    [
-                        padded[(slice(example, example + 1), slice(None), *self.slices[i])]
-                        for i in group
-                    ]
+        for rows in self.window_batches(x.shape[0], batch_size):
+            prediction = network(torch.cat([padded[r] for r in rows]))
+            if out is None:
+                out = torch.zeros(
+                    (x.shape[0], prediction.shape[1], *self.image_size),
+                    dtype=prediction.dtype,
+                    device=prediction.device,
                 )
-                prediction = network(data)
-                if out is None:
-                    out = torch.zeros(
-                        (x.shape[0], prediction.shape[1], *self.image_size),
-                        dtype=prediction.dtype,
-                        device=prediction.device,
-                    )
-                for row, i in enumerate(group):
-                    out[(slice(example, example + 1), slice(None), *self.slices[i])] += (
-                        prediction[row : row + 1] * self.importance
-                    )
+            for row, r in enumerate(rows):
+                out[r] += prediction[row : row + 1] * self.importance
         assert out is not None
         return self.crop(out / self.count.to(out.device))
 
@@ -170,22 +168,20 @@ class WindowPlan:
         upstream = self.pad(output_gradient) / count
         grad = torch.zeros_like(padded)
         out: torch.Tensor | None = None
-        for example in range(x.shape[0]):
-            for group in self.batches(batch_size):
-                rows = [(slice(example, example + 1), slice(None), *self.slices[i]) for i in group]
-                with torch.enable_grad():
-                    data = torch.cat([padded[r] for r in rows]).requires_grad_(True)
-                    prediction = network(data)
-                    weights = torch.cat([upstream[r] for r in rows]) * self.importance
-                    (window_grad,) = torch.autograd.grad(prediction, data, grad_outputs=weights)
-                if out is None:
-                    out = torch.zeros(
-                        (x.shape[0], prediction.shape[1], *self.image_size),
-                        dtype=prediction.dtype,
-                        device=x.device,
-                    )
-                for row, r in enumerate(rows):
-                    grad[r] += window_grad[row : row + 1]
-                    out[r] += prediction[row : row + 1].detach() * self.importance
+        for rows in self.window_batches(x.shape[0], batch_size):
+            with torch.enable_grad():
+                data = torch.cat([padded[r] for r in rows]).requires_grad_(True)
+                prediction = network(data)
+                weights = torch.cat([upstream[r] for r in rows]) * self.importance
+                (window_grad,) = torch.autograd.grad(prediction, data, grad_outputs=weights)
+            if out is None:
+                out = torch.zeros(
+                    (x.shape[0], prediction.shape[1], *self.image_size),
+                    dtype=prediction.dtype,
+                    device=x.device,
+                )
+            for row, r in enumerate(rows):
+                grad[r] += window_grad[row : row + 1]
+                out[r] += prediction[row : row + 1].detach() * self.importance
         assert out is not None
         return self.crop(grad), self.crop(out / count)

@@ -368,6 +368,25 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
     t_ref, _, _ = timed(lambda: monai_occlusion(x), device, 1)
     table.add("  same windows", t_ours, t_ref, "MONAI OcclusionSensitivity", windows * f, mem, None)
 
+    # Reduced precision: the same integrated gradients under autocast, against float32.
+    reduced = "float16" if device.type == "cuda" else "bfloat16"
+    half = SegmentationForward(network, card, precision=reduced)
+    t_half, ours_half, mem_half = timed(
+        lambda: ig.attribute(half, x, target, Context(**context)), device, repeat
+    )
+    t_full, ours_full, _ = timed(
+        lambda: ig.attribute(forward, x, target, Context(**context)), device, repeat
+    )
+    table.add(
+        f"integrated gradients, {reduced} autocast",
+        t_half,
+        t_full,
+        "ours in float32",
+        config.steps * fb,
+        mem_half,
+        max_rel_diff(ours_half, ours_full),
+    )
+
 
 def sliding_window_cases(config: Config, device: torch.device, repeat: int, table: Table) -> None:
     from captum.attr import Occlusion

@@ -9,9 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import TINY_UNET_KWARGS
 from moduleFiles import MODULE_FOLDER
 from mrml_environment import makeScene
-from tinyModel import GEOMETRY, KWARGS, tinyImage, tinyModelReference
+from tinyModel import GEOMETRY, tinyImage, tinyModelReference
 
 from TorchEsegetaLib.io import write_volume
 
@@ -33,7 +34,7 @@ def modelArguments(folder):
         "--network",
         "UNet",
         "--network-kwargs",
-        json.dumps(KWARGS),
+        json.dumps(TINY_UNET_KWARGS),
     ]
 
 

@@ -17,8 +17,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import TINY_UNET_KWARGS
 from moduleFiles import MODULE_FOLDER
-from tinyModel import GEOMETRY, KWARGS, tinyImage, tinyModelReference
+from tinyModel import GEOMETRY, tinyImage, tinyModelReference
 
 
 class _ScriptedLoadableModuleLogic:
@@ -62,7 +63,7 @@ def panelValues(inputNode, model, tmp_path, **values):
         "modelKind": "monai",
         "modelPath": model["checkpoint"],
         "networkName": "UNet",
-        "networkKwargs": json.dumps(KWARGS),
+        "networkKwargs": json.dumps(TINY_UNET_KWARGS),
         "segmentation": None,
         "targetClass": "",
         "targetRegion": "point",

@@ -8,16 +8,6 @@ import numpy as np
 
 from TorchEsegetaLib.volume import Geometry
 
-KWARGS = {
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "out_channels": 2,
-    "channels": [4, 8],
-    "strides": [2],
-    "num_res_units": 1,
-    "act": "RELU",
-    "norm": "INSTANCE",
-}
 SIZE = (16, 16, 16)
 _ANGLE = np.radians(25)
 GEOMETRY = Geometry(
@@ -41,12 +31,12 @@ GEOMETRY = Geometry(
 def tinyModelReference(folder: Path, inChannels: int = 1) -> dict:
     """Save a seeded tiny UNet in ``folder``; returns its engine model reference."""
     import torch
-    from helpers import tiny_unet
+    from helpers import TINY_UNET_KWARGS, tiny_unet
 
     path = Path(folder) / f"tiny-unet-{inChannels}.pt"
     if not path.exists():
         torch.save(tiny_unet(in_channels=inChannels).state_dict(), path)
-    kwargs = {**KWARGS, "in_channels": inChannels}
+    kwargs = {**TINY_UNET_KWARGS, "in_channels": inChannels}
     return {"kind": "monai", "network": "UNet", "kwargs": kwargs, "checkpoint": str(path)}
 
 

@@ -7,11 +7,9 @@ Slicer panel's forms, validation and the documentation, so the three never drift
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import UserInputError
+from ..registry import Param, add, configure, lookup
 
 if TYPE_CHECKING:
     import torch
@@ -20,74 +18,6 @@ if TYPE_CHECKING:
     from ..targets import BoundTarget
 
 FAMILIES = ("gradient", "layer", "perturbation")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-@dataclass(frozen=True)
-class Param:
-    """One declared parameter of a method.
-
-    Attributes:
-        name: the keyword (snake_case).
-        kind: "int", "float", "bool", "choice" or "str".
-        default: the value used when none is given.
-        help: one sentence for tooltips, ``--help`` and the docs.
-        minimum, maximum: inclusive range for numbers.
-        choices: allowed values for "choice".
-    """
-
-    name: str
-    kind: str
-    default: Any
-    help: str
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] | None = None
-
-    def coerce(self, value: Any, owner: str) -> Any:
-        """Validate ``value`` (also accepting its text form, as typed on a command line)."""
-        where = f"parameter {self.name!r} of {owner}"
-        try:
-            if self.kind == "bool":
-                if isinstance(value, str):
-                    if value.lower() not in _TRUE | _FALSE:
-                        raise ValueError(value)
-                    value = value.lower() in _TRUE
-                if not isinstance(value, bool):
-                    raise ValueError(value)
-            elif self.kind == "int":
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise ValueError(value)
-                value = int(value)
-            elif self.kind == "float":
-                if isinstance(value, bool):
-                    raise ValueError(value)
-                value = float(value)
-            else:
-                value = str(value)
-        except (TypeError, ValueError) as e:
-            raise UserInputError(f"{where} must be {_kind_phrase(self.kind)}, got {value!r}") from e
-        if self.kind == "choice" and value not in (self.choices or ()):
-            raise UserInputError(
-                f"{where} must be one of {', '.join(self.choices or ())}; got {value!r}"
-            )
-        if self.minimum is not None and value < self.minimum:
-            raise UserInputError(f"{where} must be at least {self.minimum:g}; got {value!r}")
-        if self.maximum is not None and value > self.maximum:
-            raise UserInputError(f"{where} must be at most {self.maximum:g}; got {value!r}")
-        return value
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {"name": self.name, "type": self.kind, "default": self.default, "help": self.help}
-        for key in ("minimum", "maximum", "choices"):
-            if getattr(self, key) is not None:
-                data[key] = list(self.choices) if key == "choices" else getattr(self, key)
-        return data
-
-
-def _kind_phrase(kind: str) -> str:
-    return {"bool": "true or false", "int": "an integer", "float": "a number"}.get(kind, "text")
 
 
 class Method:
@@ -108,17 +38,7 @@ class Method:
     shared_channels: ClassVar[bool] = False
 
     def __init__(self, **values: Any) -> None:
-        declared = {p.name: p for p in self.params}
-        unknown = sorted(set(values) - set(declared))
-        if unknown:
-            known = ", ".join(declared) or "none"
-            raise UserInputError(
-                f"unknown parameter(s) {', '.join(unknown)} for method {self.name!r}; its parameters are: {known}"
-            )
-        self.config = {
-            name: param.coerce(values[name], self.name) if name in values else param.default
-            for name, param in declared.items()
-        }
+        self.config = configure(self.params, values, f"method {self.name!r}", self.name)
 
     def attribute(
         self,
@@ -152,22 +72,12 @@ REGISTRY: dict[str, type[Method]] = {}
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator adding a method to the registry under ``cls.name``."""
-    if cls.family not in FAMILIES:
-        raise ValueError(f"{cls.__name__}: unknown family {cls.family!r}")
-    if cls.name in REGISTRY:
-        raise ValueError(f"method name {cls.name!r} registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
+    return add(REGISTRY, cls, "method", FAMILIES)
 
 
 def get_method(name: str) -> type[Method]:
     """The class registered under ``name``, or a clear error with the closest names."""
-    key = name.strip().lower().replace("-", "_")
-    if key in REGISTRY:
-        return REGISTRY[key]
-    close = difflib.get_close_matches(key, REGISTRY, n=3)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise UserInputError(f"unknown method {name!r}; {hint}run `torchesegeta methods` to list them")
+    return lookup(REGISTRY, name, "method")
 
 
 def create_method(name: str, params: dict[str, Any] | None = None) -> Method:

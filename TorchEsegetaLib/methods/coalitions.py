@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .base import Method, Param, ScoreModel, register
+from .baselines import make_baseline
 from .features import FEATURE_PARAMS, feature_mask
-from .gradient import make_baseline
 from .perturbation import BASELINE_PARAMS
 
 if TYPE_CHECKING:

@@ -13,61 +13,37 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .base import Method, Param, ScoreModel, input_gradients, register
+from .baselines import BASELINE, BLUR_SIGMA, intensity_range, make_baseline
 
 if TYPE_CHECKING:
     import torch
 
     from ..engine import Context
 
-BASELINES = ("zero", "min", "mean", "blur")
+RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 
 
-def make_baseline(kind: str, inputs: torch.Tensor, blur_sigma: float = 4.0) -> torch.Tensor:
-    """A reference input of ``inputs.shape``: zeros, or each channel's minimum or mean, or a blur."""
-    import torch
-
-    spatial = tuple(range(2, inputs.dim()))
-    if kind == "zero":
-        return torch.zeros_like(inputs)
-    if kind == "min":
-        return inputs.amin(dim=spatial, keepdim=True).expand_as(inputs).clone()
-    if kind == "mean":
-        return inputs.mean(dim=spatial, keepdim=True).expand_as(inputs).clone()
-    return gaussian_blur(inputs, blur_sigma)
+def n_steps_param(default: int) -> Param:
+    """The ``n_steps`` parameter of the path methods."""
+    return Param(
+        "n_steps",
+        "int",
+        default,
+        "Number of points on the path from the baseline to the input.",
+        minimum=1,
+        maximum=4096,
+    )
 
 
-def intensity_range(inputs: torch.Tensor) -> torch.Tensor:
-    """Each example's and channel's max - min, shaped to broadcast over ``inputs``."""
-    spatial = tuple(range(2, inputs.dim()))
-    return inputs.amax(dim=spatial, keepdim=True) - inputs.amin(dim=spatial, keepdim=True)
-
-
-def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur over the spatial axes, reflecting at the borders."""
-    import torch
-
-    radius = max(1, int(3 * sigma + 0.5))
-    offsets = torch.arange(-radius, radius + 1, dtype=inputs.dtype, device=inputs.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = inputs
-    channels = inputs.shape[1]
-    for axis in range(inputs.dim() - 2):
-        shape = [1] * (inputs.dim() - 2)
-        shape[axis] = kernel.numel()
-        weight = kernel.reshape(1, 1, *shape).repeat(channels, 1, *[1] * len(shape))
-        # reflect as far as the axis allows, then repeat the edge (a kernel longer than the axis)
-        reflect = min(radius, inputs.shape[2 + axis] - 1)
-        side = 2 * (inputs.dim() - 3 - axis)
-        padded = out
-        for mode, width in (("reflect", reflect), ("replicate", radius - reflect)):
-            if width > 0:
-                pad = [0, 0] * (inputs.dim() - 2)
-                pad[side] = pad[side + 1] = width
-                padded = torch.nn.functional.pad(padded, pad, mode=mode)
-        conv = torch.nn.functional.conv3d if inputs.dim() == 5 else torch.nn.functional.conv2d
-        out = conv(padded, weight, groups=channels)
-    return out
+def quadrature_param(default: str) -> Param:
+    """The ``method`` parameter of the path methods: captum's quadrature rules."""
+    return Param(
+        "method",
+        "choice",
+        default,
+        "Quadrature rule for the path integral (as captum).",
+        choices=RULES,
+    )
 
 
 #: How a ReLU passes the gradient back: guided backpropagation keeps the positive part of its
@@ -224,42 +200,10 @@ class IntegratedGradients(Method):
     reference = "Sundararajan et al. 2017, arXiv:1703.01365"
     needs_baseline = True
     params = (
-        Param(
-            "n_steps",
-            "int",
-            32,
-            "Number of points on the path from the baseline to the input.",
-            minimum=1,
-            maximum=4096,
-        ),
-        Param(
-            "method",
-            "choice",
-            "gausslegendre",
-            "Quadrature rule for the path integral (as captum).",
-            choices=(
-                "gausslegendre",
-                "riemann_trapezoid",
-                "riemann_left",
-                "riemann_right",
-                "riemann_middle",
-            ),
-        ),
-        Param(
-            "baseline",
-            "choice",
-            "zero",
-            "Reference input: zeros, each channel's minimum or mean, or a Gaussian blur of the input.",
-            choices=BASELINES,
-        ),
-        Param(
-            "blur_sigma",
-            "float",
-            4.0,
-            "Sigma in voxels of the blurred baseline.",
-            minimum=0.1,
-            maximum=100.0,
-        ),
+        n_steps_param(32),
+        quadrature_param("gausslegendre"),
+        BASELINE,
+        BLUR_SIGMA,
     )
 
     def attribute(self, forward, inputs, target, context):

@@ -18,46 +18,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import UserInputError
 from .base import Param, register
-from .gradient import BASELINES, make_baseline
+from .baselines import BASELINE, BASELINES, BLUR_SIGMA, intensity_range, make_baseline
+from .gradient import n_steps_param, quadrature_param
 from .layer import LAYER, REDUCE, LayerMethod, trace_layers
 
 if TYPE_CHECKING:
     import torch
-
-RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
-
-
-def _steps(default: int) -> Param:
-    return Param(
-        "n_steps",
-        "int",
-        default,
-        "Number of points on the path from the baseline to the input.",
-        minimum=1,
-        maximum=4096,
-    )
-
-
-def _rule(default: str) -> Param:
-    return Param(
-        "method",
-        "choice",
-        default,
-        "Quadrature rule for the path integral (as captum).",
-        choices=RULES,
-    )
-
-
-BASELINE = Param(
-    "baseline",
-    "choice",
-    "zero",
-    "Reference input: zeros, each channel's minimum or mean, or a Gaussian blur of the input.",
-    choices=BASELINES,
-)
-BLUR_SIGMA = Param(
-    "blur_sigma", "float", 4.0, "Sigma in voxels of the blurred baseline.", 0.1, 100.0
-)
 
 
 class _PathMethod(LayerMethod):
@@ -120,9 +86,9 @@ class LayerConductance(_PathMethod):
     params = (
         LAYER,
         REDUCE,
-        _steps(32),
+        n_steps_param(32),
         # Only a rule whose points include both ends of the path telescopes to the full score change.
-        _rule("riemann_trapezoid"),
+        quadrature_param("riemann_trapezoid"),
         BASELINE,
         BLUR_SIGMA,
     )
@@ -139,7 +105,14 @@ class InternalInfluence(_PathMethod):
     summary = "Gradient of the score with respect to a layer, integrated along the path from the baseline to the input."
     cost = "n_steps forward + n_steps backward"
     reference = "Leino et al. 2018, arXiv:1802.03788"
-    params = (LAYER, REDUCE, _steps(32), _rule("gausslegendre"), BASELINE, BLUR_SIGMA)
+    params = (
+        LAYER,
+        REDUCE,
+        n_steps_param(32),
+        quadrature_param("gausslegendre"),
+        BASELINE,
+        BLUR_SIGMA,
+    )
 
     def path_sum(self, probe, x, base, alphas, step_sizes, start, stop):
         _, _, grads = probe.gradients(_path(x, base, alphas[start:stop]))
@@ -208,16 +181,13 @@ class LayerGradientShap(LayerMethod):
 
         count = self.config["n_samples"]
         generator = context.generator()
-        spatial = tuple(range(2, inputs.dim()))
         examples = inputs.shape[0]
         for index in range(examples):
             x = inputs[index : index + 1]
             references = torch.cat(
                 [make_baseline(kind, x, self.config["blur_sigma"]) for kind in self.kinds]
             )
-            std = self.config["stdevs"] * (
-                x.amax(dim=spatial, keepdim=True) - x.amin(dim=spatial, keepdim=True)
-            )
+            std = self.config["stdevs"] * intensity_range(x)
             draws = self.draws(count, generator)
             sample = functools.partial(self.sample_sum, probe, x, references, std, *draws)
             total: list[torch.Tensor] = []

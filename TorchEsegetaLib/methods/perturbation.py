@@ -6,25 +6,11 @@ import itertools
 import math
 
 from .base import Method, Param, ScoreModel, register
-from .gradient import BASELINES, make_baseline
+from .baselines import baseline_params, make_baseline
 
-BASELINE_PARAMS = (
-    Param(
-        "baseline",
-        "choice",
-        "zero",
-        "Value of a removed part of the input: zeros, each channel's minimum or mean, or a "
-        "Gaussian blur of the input.",
-        choices=BASELINES,
-    ),
-    Param(
-        "blur_sigma",
-        "float",
-        4.0,
-        "Sigma in voxels of the blurred baseline.",
-        minimum=0.1,
-        maximum=100.0,
-    ),
+BASELINE_PARAMS = baseline_params(
+    "Value of a removed part of the input: zeros, each channel's minimum or mean, or a "
+    "Gaussian blur of the input."
 )
 
 

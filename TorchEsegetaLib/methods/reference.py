@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import Method, Param, ScoreModel, input_gradients, register
-from .gradient import BASELINES, gaussian_blur, intensity_range, make_baseline
+from .baselines import BASELINE, BLUR_SIGMA, gaussian_blur, intensity_range, make_baseline
 
 if TYPE_CHECKING:
     import torch
@@ -43,16 +43,6 @@ if TYPE_CHECKING:
 
 DISTRIBUTIONS = ("noisy", "blurred", "uniform")
 
-BASELINE = Param(
-    "baseline",
-    "choice",
-    "zero",
-    "Reference input: zeros, each channel's minimum or mean, or a Gaussian blur of the input.",
-    choices=BASELINES,
-)
-BLUR_SIGMA = Param(
-    "blur_sigma", "float", 4.0, "Sigma in voxels of the blurred baseline.", 0.1, 100.0
-)
 DISTRIBUTION = (
     Param(
         "distribution",

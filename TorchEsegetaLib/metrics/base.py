@@ -9,7 +9,6 @@ as the explanation; metrics of the map alone run on the input grid, the map the 
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import UserInputError
-from ..methods.base import Param
+from ..registry import Param, add, configure, entry_fields, lookup
 
 if TYPE_CHECKING:
     import torch
@@ -227,19 +226,7 @@ class Metric:
     curve_axes: ClassVar[tuple[str, str] | None] = None
 
     def __init__(self, **values: Any) -> None:
-        declared = {p.name: p for p in self.params}
-        unknown = sorted(set(values) - set(declared))
-        if unknown:
-            known = ", ".join(declared) or "none"
-            raise UserInputError(
-                f"unknown parameter(s) {', '.join(unknown)} for metric {self.name!r}; its parameters are: {known}"
-            )
-        self.config = {
-            name: param.coerce(values[name], f"metric {self.name}")
-            if name in values
-            else param.default
-            for name, param in declared.items()
-        }
+        self.config = configure(self.params, values, f"metric {self.name!r}", f"metric {self.name}")
 
     def evaluate(self, case: Case, subject: Subject) -> Score:
         raise NotImplementedError
@@ -266,14 +253,9 @@ REGISTRY: dict[str, type[Metric]] = {}
 
 def register(cls: type[Metric]) -> type[Metric]:
     """Class decorator adding a metric to the registry under ``cls.name``."""
-    if cls.family not in FAMILIES:
-        raise ValueError(f"{cls.__name__}: unknown family {cls.family!r}")
     if cls.direction not in DIRECTIONS:
         raise ValueError(f"{cls.__name__}: direction must be 'higher' or 'lower'")
-    if cls.name in REGISTRY:
-        raise ValueError(f"metric name {cls.name!r} registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
+    return add(REGISTRY, cls, "metric", FAMILIES)
 
 
 def ordered() -> list[type[Metric]]:
@@ -283,12 +265,7 @@ def ordered() -> list[type[Metric]]:
 
 def get_metric(name: str) -> type[Metric]:
     """The class registered under ``name``, or a clear error with the closest names."""
-    key = str(name).strip().lower().replace("-", "_")
-    if key in REGISTRY:
-        return REGISTRY[key]
-    close = difflib.get_close_matches(key, REGISTRY, n=3)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise UserInputError(f"unknown metric {name!r}; {hint}run `torchesegeta metrics` to list them")
+    return lookup(REGISTRY, name, "metric")
 
 
 @dataclass
@@ -314,14 +291,8 @@ class MetricSpec:
             return value
         if isinstance(value, str):
             return cls(value)
-        if not isinstance(value, dict) or "name" not in value:
-            raise UserInputError(
-                f'a metric entry needs a name, e.g. {{"name": "deletion"}}; got {value!r}'
-            )
-        unknown = sorted(set(value) - {"name", "params"})
-        if unknown:
-            raise UserInputError(f"unknown metric entry field(s) {unknown}; use name and params")
-        return cls(value["name"], dict(value.get("params") or {}))
+        entry = entry_fields(value, "metric", "deletion", ("name", "params"))
+        return cls(entry["name"], dict(entry.get("params") or {}))
 
 
 def metric_specs(

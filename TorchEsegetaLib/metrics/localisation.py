@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserInputError
-from ..methods.base import Param
+from ..registry import Param
 from .base import Case, Metric, Score, Subject, register
 
 

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..methods.base import Param
+from ..methods.baselines import BASELINES, make_baseline
+from ..registry import Param
 from .base import Case, Metric, Score, Subject, register
 
 if TYPE_CHECKING:
     import torch
 
 BASELINE_HELP = "Value that replaces removed voxels: zero, each channel's minimum or mean, or a Gaussian blur of the input."
-BASELINES = ("zero", "min", "mean", "blur")
 
 
 def _block_param(default: int = 4) -> Param:
@@ -38,8 +38,6 @@ def _block_param(default: int = 4) -> Param:
 
 
 def baseline_input(case: Case, kind: str) -> torch.Tensor:
-    from ..methods.gradient import make_baseline
-
     return case.cached(("baseline", kind), lambda: make_baseline(kind, case.x))
 
 

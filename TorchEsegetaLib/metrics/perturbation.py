@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..methods.base import Param
+from ..registry import Param
 from .base import Case, Metric, Score, Subject, register
 
 if TYPE_CHECKING:
     import torch
+
+SAMPLES = Param("samples", "int", 10, "Number of random perturbations.", minimum=1, maximum=10000)
 
 
 def gaussian_perturbation(case: Case, index: int, scale: float) -> torch.Tensor:
@@ -39,7 +41,7 @@ class _Infidelity(Metric):
     reference = "Yeh et al. 2019, arXiv:1901.09392; captum.metrics.infidelity"
     normalize = False
     params = (
-        Param("samples", "int", 10, "Number of random perturbations.", minimum=1, maximum=10000),
+        SAMPLES,
         Param(
             "noise",
             "float",
@@ -128,7 +130,7 @@ class MaxSensitivity(Metric):
     reruns_method = True
     default = False
     params = (
-        Param("samples", "int", 10, "Number of random perturbations.", minimum=1, maximum=10000),
+        SAMPLES,
         Param(
             "radius",
             "float",

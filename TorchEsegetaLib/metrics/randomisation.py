@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..methods.base import Param
+from ..registry import Param
 from .base import Case, Metric, Score, Subject, register
 
 if TYPE_CHECKING:
