@@ -18,8 +18,10 @@ from . import __version__
 from .errors import CancelledError, UserInputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: One or two methods of each family, chosen so the demo stays well under a minute on 2 cores.
 DEFAULT_DEMO_METHODS = (
-    "saliency,input_x_gradient,integrated_gradients,guided_backprop,smoothgrad,gradcam,occlusion"
+    "saliency,integrated_gradients,smoothgrad,guided_backprop,deeplift,lrp,gradcam,occlusion,"
+    "feature_ablation"
 )
 
 
