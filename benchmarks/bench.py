@@ -319,6 +319,30 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
         diff,
     )
 
+    # Gradient SHAP: captum draws every sample in one batch (no batch option); the maps are
+    # random draws of the same estimator, so only the times are compared.
+    from captum.attr import GradientShap
+
+    gs = create_method("gradient_shap", {"n_samples": config.samples, "distribution": "noisy"})
+    t_ours, _, mem = timed(
+        lambda: gs.attribute(forward, x, target, Context(**context)), device, repeat
+    )
+    distribution = torch.cat([torch.zeros_like(x), 0.1 * torch.randn_like(x)])
+    t_ref, _, _ = timed(
+        lambda: GradientShap(score).attribute(x, baselines=distribution, n_samples=config.samples),
+        device,
+        repeat,
+    )
+    table.add(
+        f"gradient SHAP, {config.samples} samples",
+        t_ours,
+        t_ref,
+        "captum GradientShap",
+        config.samples * fb,
+        mem,
+        None,
+    )
+
     window, stride = config.occlusion
     occ = create_method("occlusion", {"window": window, "stride": stride, "cover_edges": False})
     t_ours, ours, mem = timed(
