@@ -410,6 +410,16 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
         mem_half,
         max_rel_diff(ours_half, ours_full),
     )
+    a, b = ours_full.flatten(), ours_half.flatten()
+    top = max(1, a.numel() // 100)
+    overlap = (
+        len(set(a.abs().topk(top).indices.tolist()) & set(b.abs().topk(top).indices.tolist())) / top
+    )
+    pearson = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    print(
+        f"  {reduced} vs float32 map: Pearson r = {pearson:.3f}, top-1% voxels shared {overlap:.0%}",
+        flush=True,
+    )
 
 
 def sliding_window_cases(config: Config, device: torch.device, repeat: int, table: Table) -> None:
