@@ -181,3 +181,13 @@ def test_small_regions_survive_resampling_to_the_model_grid():
     big = np.zeros(Info.input_shape, dtype=bool)
     big[8:32, 8:32, 8:32] = True
     assert abs(region_on_model_grid(big, Info).sum() - 6**3) <= 4**3
+
+
+def test_voxel_target_has_the_analytic_gradient_at_that_voxel_only(linear):
+    model, x = linear
+    spec = TargetSpec(kind="voxel", class_="vessel", voxel=(3, 5, 2))
+    region = region_in_input_grid(spec, Geometry((8, 8, 8)))
+    target = bind_target(spec, CARD, model(x).detach(), region)
+    expected = np.zeros((8, 8, 8))
+    expected[3, 5, 2] = W1
+    np.testing.assert_allclose(grad_of(model, x, target), expected, rtol=1e-6, atol=1e-9)
