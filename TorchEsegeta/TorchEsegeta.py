@@ -1,28 +1,17 @@
 import pathlib
 import time
-from typing import Annotated
 
-import qt
 import slicer
-import vtk
-from slicer import (
-    vtkMRMLMarkupsFiducialNode,
-    vtkMRMLMarkupsROINode,
-    vtkMRMLScalarVolumeNode,
-    vtkMRMLSegmentationNode,
-)
 from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
-from TorchEsegetaSlicer import display, jobBuilder, methodForms, modelInfo, panelView
-from TorchEsegetaSlicer.jobBuilder import MODEL_KINDS, OUTPUTS, PRECISIONS, REGION_KINDS
-from TorchEsegetaSlicer.panelView import MAX_INPUT_CHANNELS
+from TorchEsegetaSlicer import jobBuilder, layouts, methodForms, modelInfo
+from TorchEsegetaSlicer.panelWidget import PanelWidget
+from TorchEsegetaSlicer.parameterNode import TorchEsegetaParameterNode
 
 DOCUMENTATION_URL = "https://github.com/soumickmj/TorchEsegeta#3d-slicer"
 
@@ -54,240 +43,21 @@ class TorchEsegeta(ScriptedLoadableModule):
         )
 
 
-@parameterNodeWrapper
-class TorchEsegetaParameterNode:
-    """Everything the panel shows, saved with the scene."""
-
-    inputVolume0: vtkMRMLScalarVolumeNode
-    inputVolume1: vtkMRMLScalarVolumeNode
-    inputVolume2: vtkMRMLScalarVolumeNode
-    inputVolume3: vtkMRMLScalarVolumeNode
-    modelKind: Annotated[str, Choice(list(MODEL_KINDS))] = "demo"
-    modelPath: pathlib.Path
-    networkName: str = "UNet"
-    networkKwargs: str = ""
-    segmentation: vtkMRMLSegmentationNode
-    targetClass: str = ""
-    targetRegion: Annotated[str, Choice(list(REGION_KINDS))] = "predicted mask"
-    targetSegmentId: str = ""
-    targetRoi: vtkMRMLMarkupsROINode
-    targetPoint: vtkMRMLMarkupsFiducialNode
-    targetOutput: Annotated[str, Choice(list(OUTPUTS))] = "logits"
-    methods: list[str]
-    methodParameters: str = "{}"
-    metrics: list[str]
-    metricParameters: str = "{}"
-    device: str = "auto"
-    precision: Annotated[str, Choice(list(PRECISIONS))] = "float32"
-    timeBudget: Annotated[float, WithinRange(0.0, 86400.0)] = 0.0
-    outputFolder: pathlib.Path
-    opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    showCompare: bool = True
-    lastRunFolder: str = ""
-
-
-class TorchEsegetaWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: binds the .ui to the parameter node and hands every action to the logic."""
+class TorchEsegetaWidget(ScriptedLoadableModuleWidget, PanelWidget):
+    """The panel (TorchEsegetaSlicer/panelWidget.py) on the module's .ui and logic."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._run = None
-        self._forms = {}
-        self._shownModel = None
-        self._updatingGUI = False
+        PanelWidget.__init__(self)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/TorchEsegeta.ui"))
         self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = TorchEsegetaLogic()
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.connect("timeout()", self.onPollRun)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.loadDemoButton.connect("clicked(bool)", self.onLoadDemo)
-        self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
-        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
-        self.ui.applyButton.connect("clicked(bool)", self.onApply)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-        self.ui.openRunFolderButton.connect("clicked(bool)", self.onOpenRunFolder)
-        for listWidget in (self.ui.methodListWidget, self.ui.metricListWidget):
-            listWidget.connect("itemChanged(QListWidgetItem*)", self.onCheckedChanged)
-            listWidget.connect("currentRowChanged(int)", self.onCurrentItemChanged)
-        self.ui.targetClassComboBox.connect("currentIndexChanged(int)", self.onTargetClassChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
-        self.ui.targetSegmentSelector.connect(
-            "currentSegmentChanged(QString)", self.onTargetSegmentChanged
-        )
-        self.ui.evaluationCollapsibleButton.setVisible(methodForms.evaluationAvailable())
-        self.initializeParameterNode()
+        self.setupPanel(uiWidget, TorchEsegetaLogic())
 
     def cleanup(self):
-        self.removeObservers()
-        self._timer.stop()
-        if self._run is not None and not self._run.finished:
-            self._run.worker.kill()
-
-    def enter(self):
-        self.initializeParameterNode()
-
-    def exit(self):
-        self.setParameterNode(None)
-
-    def onSceneStartClose(self, caller, event):
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event):
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume0:
-            self._parameterNode.inputVolume0 = slicer.mrmlScene.GetFirstNodeByClass(
-                "vtkMRMLScalarVolumeNode"
-            )
-
-    def setParameterNode(self, parameterNode):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
-        self._parameterNode = parameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
-            self._shownModel = None
-            self._updateGUI()
-
-    # --- what the parameter node cannot bind by itself -------------------------------------
-
-    def _showForms(self):
-        p = self._parameterNode
-        self._forms = {
-            "methodParameters": panelView.showForm(
-                self.ui.methodListWidget,
-                self.ui.methodParametersGroupBox,
-                methodForms.methodDescriptions(),
-                self.logic.layerNames(p),
-                p.methodParameters,
-                lambda *args: self.onParameterEdited("methodParameters"),
-            ),
-            "metricParameters": panelView.showForm(
-                self.ui.metricListWidget,
-                self.ui.metricParametersGroupBox,
-                methodForms.metricDescriptions(),
-                None,
-                p.metricParameters,
-                lambda *args: self.onParameterEdited("metricParameters"),
-            ),
-        }
-
-    def _updateGUI(self, caller=None, event=None):
-        p = self._parameterNode
-        if p is None or self._updatingGUI:
-            return
-        # Setting widgets below may write back to the parameter node: no re-entry.
-        self._updatingGUI = True
-        try:
-            model = self.logic.modelState(p)
-            if model != self._shownModel:
-                # Channels, classes, layers (methods) follow the model; rebuilt only when it changes.
-                self._shownModel = model
-                card = self.logic.modelCard(p)
-                panelView.showModelDependent(self.ui, p, card, self.logic.offeredMethods(p))
-                self._showForms()
-            running = self._run is not None and not self._run.finished
-            panelView.showUnboundState(self.ui, p, running)
-            display.setMapOpacity(slicer.mrmlScene, p.opacity)
-        finally:
-            self._updatingGUI = False
-
-    # --- handlers --------------------------------------------------------------------------
-
-    def onLoadDemo(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to load the demo."), waitCursor=True):
-            self._parameterNode.inputVolume0 = self.logic.loadDemoVolume()
-            self._parameterNode.modelKind = "demo"
-
-    def onLoadModel(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to load the model."), waitCursor=True):
-            self.logic.loadModel(self._parameterNode)
-            self._updateGUI()
-
-    def onSegment(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to segment."), waitCursor=True):
-            self._parameterNode.segmentation = self.logic.segment(self._parameterNode)
-
-    def onCheckedChanged(self, item=None):
-        with slicer.util.tryWithErrorDisplay(_("Failed to update the selection.")):
-            self._parameterNode.methods = panelView.checkedNames(self.ui.methodListWidget)
-            self._parameterNode.metrics = panelView.checkedNames(self.ui.metricListWidget)
-
-    def onCurrentItemChanged(self, row=None):
-        with slicer.util.tryWithErrorDisplay(_("Failed to show the parameters.")):
-            self._showForms()
-
-    def onParameterEdited(self, field):
-        with slicer.util.tryWithErrorDisplay(_("Failed to save the parameter.")):
-            saved = methodForms.savedWithForm(
-                self._forms[field], getattr(self._parameterNode, field)
-            )
-            setattr(self._parameterNode, field, saved)
-
-    def onTargetClassChanged(self, index):
-        with slicer.util.tryWithErrorDisplay(_("Failed to set the class.")):
-            if index >= 0:
-                self._parameterNode.targetClass = self.ui.targetClassComboBox.itemData(index)
-
-    def onDeviceChanged(self, index):
-        with slicer.util.tryWithErrorDisplay(_("Failed to set the device.")):
-            if index >= 0:
-                self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
-
-    def onTargetSegmentChanged(self, segmentId):
-        with slicer.util.tryWithErrorDisplay(_("Failed to set the segment.")):
-            self._parameterNode.targetSegmentId = segmentId or ""
-
-    def onApply(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the run."), waitCursor=True):
-            self.ui.logTextEdit.clear()
-            self._run = self.logic.startRun(self._parameterNode)
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = _("Starting...")
-            self._timer.start()
-            self._updateGUI()
-
-    def onCancel(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to cancel the run.")):
-            if self._run is not None:
-                self._run.cancel()
-                self.ui.statusLabel.text = _("Cancelling...")
-
-    def onPollRun(self):
-        with slicer.util.tryWithErrorDisplay(_("The run failed.")):
-            protocol = self._run.protocol
-            logged = len(protocol.log)
-            self._run.poll()
-            for line in protocol.log[logged:]:
-                self.ui.logTextEdit.appendPlainText(line)
-            self.ui.progressBar.value = int(100 * protocol.fraction)
-            self.ui.statusLabel.text = protocol.message
-            if self._run.finished:
-                self._timer.stop()
-                self._updateGUI()
-                self.logic.finishRun(self._run, self._parameterNode)
-
-    def onOpenRunFolder(self):
-        with slicer.util.tryWithErrorDisplay(_("Failed to open the run folder.")):
-            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(self._parameterNode.lastRunFolder))
+        self.cleanupPanel()
 
 
 class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
@@ -344,16 +114,7 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
 
     def showResults(self, nodes, backgroundNode, opacity=0.5, compare=True):
         """Overlay the first map with its colour legend; compare up to four maps side by side."""
-        from TorchEsegetaSlicer import layouts
-
-        maps = list(nodes["maps"].values())
-        if not maps or not slicer.app.layoutManager():
-            return
-        slicer.util.setSliceViewerLayers(background=backgroundNode, fit=True)
-        display.showAsForeground(slicer.mrmlScene, maps[0], opacity)
-        display.showColorLegend(slicer.modules.colors.logic(), maps[0])
-        if compare and len(maps) > 1:
-            layouts.showCompareLayout(maps, backgroundNode, opacity)
+        layouts.showResults(slicer.mrmlScene, nodes, backgroundNode, opacity, compare)
 
     def modelReference(self, p):
         return jobBuilder.modelReference(p.modelKind, p.modelPath, p.networkName, p.networkKwargs)
@@ -392,17 +153,9 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
         return node
 
     def inputVolumes(self, p):
-        card = self.modelCard(p)
-        channels = card.in_channels if card else 1
-        if channels > MAX_INPUT_CHANNELS:
-            raise ValueError(
-                f"the model takes {channels} channels; the panel offers {MAX_INPUT_CHANNELS}: "
-                "use TorchEsegetaLogic().explain or batch mode"
-            )
-        nodes = [getattr(p, f"inputVolume{index}") for index in range(channels)]
-        if not all(nodes):
-            raise ValueError(f"the model takes {channels} input volume(s); choose each of them")
-        return nodes
+        from TorchEsegetaSlicer import panelRun
+
+        return panelRun.inputVolumes(p, self.modelCard(p))
 
     def segment(self, p):
         """Run the model on the inputs; returns a new segmentation node (segments named by class)."""
@@ -426,15 +179,11 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
 
     def finishRun(self, run, p):
         """Load a finished run (or raise with the engine's message); returns the new nodes."""
-        from TorchEsegetaSlicer.process import CANCELLED, DONE
+        from TorchEsegetaSlicer import panelRun
 
-        if run.protocol.state == CANCELLED:
-            return None
-        if run.protocol.state != DONE:
-            raise RuntimeError(run.protocol.errorMessage)
-        nodes = run.load(slicer.mrmlScene)
-        p.lastRunFolder = str(run.runFolder)
-        self.showResults(nodes, run.referenceVolumeNode, p.opacity, p.showCompare)
+        nodes = panelRun.loadFinishedRun(slicer.mrmlScene, run, p)
+        if nodes is not None:
+            self.showResults(nodes, run.referenceVolumeNode, p.opacity, p.showCompare)
         return nodes
 
 

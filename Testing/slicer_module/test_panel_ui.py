@@ -10,6 +10,9 @@ from moduleFiles import MODULE_FOLDER
 from uiLoading import childWidgets, loadUi, parameterBindings, sceneConnections, widgetClasses
 
 MODULE_FILE = MODULE_FOLDER / "TorchEsegeta.py"
+# The module's widget is the panel mixin of panelWidget.py; its state is parameterNode.py's wrapper.
+PANEL_FILE = MODULE_FOLDER / "TorchEsegetaSlicer" / "panelWidget.py"
+PARAMETER_FILE = MODULE_FOLDER / "TorchEsegetaSlicer" / "parameterNode.py"
 SOURCES = [MODULE_FILE, *sorted((MODULE_FOLDER / "TorchEsegetaSlicer").glob("*.py"))]
 WRAPPER = "TorchEsegetaParameterNode"
 # Which .ui classes Slicer's GUI connectors accept for each kind of field (slicer/parameterNodeWrapper/guiConnectors.py).
@@ -24,17 +27,14 @@ CONNECTABLE = {
 }
 
 
-def moduleTree() -> ast.Module:
-    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-
-
-def classNamed(name: str) -> ast.ClassDef:
-    return next(n for n in moduleTree().body if isinstance(n, ast.ClassDef) and n.name == name)
+def classNamed(name: str, path=MODULE_FILE) -> ast.ClassDef:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
 
 
 def parameterFields() -> dict[str, tuple[str, ast.expr | None]]:
     """``{field: (annotation source, default)}`` of the parameter node wrapper class."""
-    wrapper = classNamed(WRAPPER)
+    wrapper = classNamed(WRAPPER, PARAMETER_FILE)
     assert any(ast.unparse(d) == "parameterNodeWrapper" for d in wrapper.decorator_list)
     return {
         node.target.id: (ast.unparse(node.annotation), node.value)
@@ -113,7 +113,8 @@ def test_every_mrml_widget_receives_the_scene():
 
 
 def test_every_user_action_is_wrapped_in_try_with_error_display():
-    widget = classNamed("TorchEsegetaWidget")
+    assert "PanelWidget" in [ast.unparse(b) for b in classNamed("TorchEsegetaWidget").bases]
+    widget = classNamed("PanelWidget", PANEL_FILE)
     handlers = [
         node
         for node in widget.body

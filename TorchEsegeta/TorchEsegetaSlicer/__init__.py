@@ -4,6 +4,7 @@ The MRML glue functions take the scene (or a node) explicitly and use only MRML 
 logics that need no application, so the same code runs inside Slicer and, in CI, on the
 ``slicer-core`` wheel. Names are resolved on first use, so the pure-Python parts
 (``jobBuilder``, ``process``, ``methodForms``, ``dependencies``) import without ``slicer``.
+The panel (``panelWidget``, ``parameterNode``) needs the application.
 """
 
 from importlib import import_module

@@ -1,4 +1,5 @@
-"""Compare layout: up to four attribution maps side by side over the same image, views linked."""
+"""How results are shown: the first map over its input, and the compare layout (up to four
+attribution maps side by side over the same image, views linked)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,25 @@ def linkCompareViews(scene, viewNames, backgroundNode, mapNodes, opacity: float 
         compositeNode.SetHotLinkedControl(True)
         compositeNodes.append(compositeNode)
     return compositeNodes
+
+
+def showResults(scene, nodes, backgroundNode, opacity: float = 0.5, compare: bool = True):
+    """Overlay the first map with its colour legend; compare up to four maps side by side.
+
+    ``nodes`` as returned by :func:`consoleApi.explainNodes`; nothing happens without views.
+    """
+    import slicer
+
+    from .display import showAsForeground, showColorLegend
+
+    maps = list(nodes["maps"].values())
+    if not maps or not slicer.app.layoutManager():
+        return
+    slicer.util.setSliceViewerLayers(background=backgroundNode, fit=True)
+    showAsForeground(scene, maps[0], opacity)
+    showColorLegend(slicer.modules.colors.logic(), maps[0])
+    if compare and len(maps) > 1:
+        showCompareLayout(maps, backgroundNode, opacity)
 
 
 def showCompareLayout(mapNodes, backgroundNode, opacity: float = 0.5) -> list:

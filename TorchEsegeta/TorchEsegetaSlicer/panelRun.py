@@ -22,7 +22,7 @@ from TorchEsegetaLib.io import write_volume
 
 from . import enginePath
 from .jobBuilder import PanelInputError, buildJob, targetDict, writeJob
-from .process import DONE, WorkerProcess
+from .process import CANCELLED, DONE, WorkerProcess
 from .runFolder import loadRunFolder
 from .targetNodes import pointVolumeRas, roiVoxelBox, segmentMask
 from .volumeNodes import arrayAndGeometryFromVolumeNode
@@ -84,6 +84,26 @@ class PanelRun:
 
     def removeWorkFolder(self) -> None:
         shutil.rmtree(self.workFolder, ignore_errors=True)
+
+
+def inputVolumes(p, card) -> list:
+    """The panel's input volume nodes, one per channel of the model (``card``; 1 if unknown).
+
+    Raises:
+        ValueError: more channels than the panel offers, or a channel with no volume chosen.
+    """
+    from .panelView import MAX_INPUT_CHANNELS
+
+    channels = card.in_channels if card else 1
+    if channels > MAX_INPUT_CHANNELS:
+        raise ValueError(
+            f"the model takes {channels} channels; the panel offers {MAX_INPUT_CHANNELS}: "
+            "use TorchEsegetaLogic().explain or batch mode"
+        )
+    nodes = [getattr(p, f"inputVolume{index}") for index in range(channels)]
+    if not all(nodes):
+        raise ValueError(f"the model takes {channels} input volume(s); choose each of them")
+    return nodes
 
 
 def requestFromPanel(p, volumeNodes, model, defaultOutputFolder) -> RunRequest:
@@ -158,6 +178,24 @@ def startRun(request: RunRequest, python: str | None = None) -> PanelRun:
         shutil.rmtree(workFolder, ignore_errors=True)
         raise
     return PanelRun(worker, workFolder, runFolder, reference)
+
+
+def loadFinishedRun(scene, run: PanelRun, p) -> dict | None:
+    """Add a finished run's nodes to ``scene`` and note its folder in the parameter node ``p``.
+
+    Returns:
+        The new nodes (see :func:`runFolder.loadRunFolder`), or None for a cancelled run.
+
+    Raises:
+        RuntimeError: the run failed (the engine's message).
+    """
+    if run.protocol.state == CANCELLED:
+        return None
+    if run.protocol.state != DONE:
+        raise RuntimeError(run.protocol.errorMessage)
+    nodes = run.load(scene)
+    p.lastRunFolder = str(run.runFolder)
+    return nodes
 
 
 def newRunFolder(outputFolder: str | Path, inputName: str) -> Path:
