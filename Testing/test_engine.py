@@ -31,9 +31,11 @@ def test_batches_tune_down_to_the_fastest_size_per_sample():
     seen, sizes = run(context, 30, lambda n: cost.get(n, 0.004 * n))
     assert seen == list(range(30))
     assert sizes[:3] == [4, 2, 1] and set(sizes[3:-1]) == {2}
-    assert context.tuned == {"batch": 2}
-    # A quiet copy (a method inside another) starts from the tuned size.
+    assert context.tuned == {"backward": 2}
+    # A quiet copy (a method inside another) starts from the tuned size; forward-only work
+    # tunes its own.
     assert context.quiet().batch_limit() == 2 and context.quiet().tuned is context.tuned
+    assert context.batch_limit("forward") == 4
 
 
 def test_a_fixed_batch_is_never_tuned():

@@ -146,7 +146,7 @@ class Context:
     seed: int = 0
     sample_bytes: float | None = None
     started: float = field(default_factory=time.perf_counter)
-    #: the batch size found fastest, shared with the quiet copies of this context
+    #: the batch sizes found fastest per kind of work, shared with the quiet copies
     tuned: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -155,11 +155,12 @@ class Context:
 
         self.device = torch.device(self.device)
 
-    def batch_limit(self) -> int:
+    def batch_limit(self, kind: str = "backward") -> int:
+        """Largest batch for ``kind`` of work: "backward" (forward + backward) or "forward"."""
         if self.max_batch is not None:
             return max(1, int(self.max_batch))
-        if "batch" in self.tuned:
-            return self.tuned["batch"]
+        if kind in self.tuned:
+            return self.tuned[kind]
         cap = 64 if self.device.type == "cuda" else 4
         if not self.sample_bytes:
             return cap
@@ -197,6 +198,7 @@ class Context:
         total: int,
         compute: Callable[[int, int], None],
         message: str = "",
+        kind: str = "backward",
     ) -> None:
         """Call ``compute(start, stop)`` over ``range(total)`` in batches.
 
@@ -205,10 +207,12 @@ class Context:
         user fixed ``max_batch``, the first batches also tune the size for speed: a batch half
         as large is tried for as long as it processes samples faster (on CPUs a mid-sized batch
         often beats the largest that fits); the work done while tuning is kept, never repeated.
-        ``compute`` must only accumulate its results once it has succeeded.
+        ``compute`` must only accumulate its results once it has succeeded. ``kind`` says whether
+        a batch runs forward and backward passes or forward passes only: each kind keeps its
+        own tuned size (forward-only work usually prefers larger batches).
         """
-        batch = min(self.batch_limit(), max(total, 1))
-        tuning = self.max_batch is None and "batch" not in self.tuned and batch > 1
+        batch = min(self.batch_limit(kind), max(total, 1))
+        tuning = self.max_batch is None and kind not in self.tuned and batch > 1
         best_rate = float("inf")
         best_batch = batch
         start = 0
@@ -230,8 +234,8 @@ class Context:
                     ) from error
                 batch = max(1, batch // 2)
                 best_batch = min(best_batch, batch)
-                if "batch" in self.tuned:
-                    self.tuned["batch"] = min(self.tuned["batch"], batch)
+                if kind in self.tuned:
+                    self.tuned[kind] = min(self.tuned[kind], batch)
                 self.notes.append(f"out of memory: batch size reduced to {batch}")
                 continue
             if tuning and stop - start == batch:
@@ -244,6 +248,6 @@ class Context:
                 else:
                     batch, tuning = best_batch, False
                 if not tuning:
-                    self.tuned["batch"] = best_batch
+                    self.tuned[kind] = best_batch
             start = stop
             self.report(start / total, f"{message} {start}/{total}".strip())

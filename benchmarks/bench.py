@@ -8,7 +8,9 @@ Each case runs ours and the reference (captum, MONAI, plain autograd through MON
 sliding-window inferer) on the same model, input and target, and prints: our time, the
 reference time, their ratio, our time over the floor (samples x the best per-sample forward
 (+backward) time measured in this run), peak memory, and the maximum difference of the maps
-relative to the reference's largest value. Timings are the best of ``--repeat`` runs. No time
+relative to the reference's largest value. Timings are the best of ``--repeat`` runs after a
+warm-up; ours keeps the batch sizes it tuned itself during the warm-up (as a run keeps them
+across its methods), the references get the best of the batch sizes tried. No time
 is asserted anywhere; the smoke configuration runs in CI to keep the comparison itself correct.
 """
 
@@ -249,7 +251,9 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
     target = centred_box(config.size, config.size[0] // 2, device)
     score = ScoreModel(forward, target)
     fb, f = floors(score, x, config.batches, device, repeat)
-    context = dict(device=device, sample_bytes=measure_sample_bytes(score, x))
+    # Ours runs as inside a run: the batch sizes found by the first call (the warm-up) are kept
+    # for the rest, as the runner keeps them for all the methods of a run.
+    context = dict(device=device, sample_bytes=measure_sample_bytes(score, x), tuned={})
     print(
         f"floor: forward+backward {fb * 1e3:.1f} ms/sample, forward {f * 1e3:.1f} ms/sample",
         flush=True,
@@ -346,7 +350,7 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
     window, stride = config.occlusion
     occ = create_method("occlusion", {"window": window, "stride": stride, "cover_edges": False})
     t_ours, ours, mem = timed(
-        lambda: occ.attribute(forward, x, target, Context(device=device)), device, 1
+        lambda: occ.attribute(forward, x, target, Context(**context)), device, repeat
     )
     windows = 1
     for n in config.size:
@@ -362,7 +366,7 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
                 perturbations_per_eval=b,
             ),
             device,
-            1,
+            repeat,
         )
         if t < best_ref:
             best_ref, ref, ref_batch = t, r, batch

@@ -57,7 +57,7 @@ def score_coalitions(
         keep = coalitions(start, stop).to(x.device)[:, mask].unsqueeze(1)
         scores[start:stop] = score(torch.where(keep, x, fill))
 
-    context.map_batches(total, compute, message)
+    context.map_batches(total, compute, message, kind="forward")
     return scores
 
 

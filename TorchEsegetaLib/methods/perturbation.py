@@ -107,7 +107,7 @@ class Occlusion(Method):
                     total[box] += drop
                     count[box] += 1
 
-            context.map_batches(len(boxes), compute, f"{self.name} window")
+            context.map_batches(len(boxes), compute, f"{self.name} window", kind="forward")
             averaged = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
             out[example] = averaged.expand(inputs.shape[1:])
         return out
@@ -184,7 +184,7 @@ class Rise(Method):
                 for accumulated, part in zip(sums, parts):
                     accumulated.add_(part)
 
-            context.map_batches(n, compute, f"{self.name} example {index + 1} mask")
+            context.map_batches(n, compute, f"{self.name} example {index + 1} mask", kind="forward")
             if self.config["subtract_mean"]:
                 weighted -= total / n * coverage
             out[index] = (weighted / (n * p)).to(x.dtype).expand(inputs.shape[1:])

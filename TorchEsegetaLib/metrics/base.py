@@ -184,7 +184,7 @@ class Case:
             with torch.no_grad():
                 out[start:stop] = self.target(self.forward(make_batch(start, stop))).double().cpu()
 
-        self.context().map_batches(total, compute, message)
+        self.context().map_batches(total, compute, message, kind="forward")
         return out
 
     def reference_score(self) -> float:
