@@ -288,10 +288,14 @@ class GradientShap(_SampledMethod):
         baselines = torch.cat(draw_baselines(x, seeds, self.config))
         std = (self.config["noise_level"] * intensity_range(x)).expand_as(x).cpu()
         noisy, alphas = [], []
+        noiseless = self.config["noise_level"] == 0
         for seed in seeds.tolist():
             # A second stream per sample, so the baselines are those of deeplift_shap.
             generator = torch.Generator().manual_seed(int(seed) ^ 0x5EED)
-            noisy.append(x + torch.normal(0.0, std, generator=generator).to(x.device))
+            if noiseless:  # no volume of zero-width noise to draw
+                noisy.append(x)
+            else:
+                noisy.append(x + torch.normal(0.0, std, generator=generator).to(x.device))
             alphas.append(torch.rand(1, generator=generator, dtype=x.dtype))
         return baselines, torch.cat(noisy), torch.cat(alphas).to(x.device)
 
