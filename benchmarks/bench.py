@@ -414,16 +414,29 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
         mem_half,
         max_rel_diff(ours_half, ours_full),
     )
-    a, b = ours_full.flatten(), ours_half.flatten()
+    agreement(f"{reduced} vs float32 map", ours_full, ours_half)
+    # The same comparison for the default quadrature rule and for saliency.
+    for name, params in (
+        ("integrated_gradients", {"n_steps": config.steps}),
+        ("saliency", {"abs": False}),
+    ):
+        method = create_method(name, params)
+        agreement(
+            f"{reduced} vs float32 map, {name} {params}",
+            method.attribute(forward, x, target, Context(**context)),
+            method.attribute(half, x, target, Context(**context)),
+        )
+
+
+def agreement(label: str, full: torch.Tensor, reduced: torch.Tensor) -> None:
+    """Print how much a reduced-precision map agrees with the float32 one."""
+    a, b = full.flatten(), reduced.flatten()
     top = max(1, a.numel() // 100)
-    overlap = (
+    shared = (
         len(set(a.abs().topk(top).indices.tolist()) & set(b.abs().topk(top).indices.tolist())) / top
     )
     pearson = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
-    print(
-        f"  {reduced} vs float32 map: Pearson r = {pearson:.3f}, top-1% voxels shared {overlap:.0%}",
-        flush=True,
-    )
+    print(f"  {label}: Pearson r = {pearson:.3f}, top-1% voxels shared {shared:.0%}", flush=True)
 
 
 def sliding_window_cases(config: Config, device: torch.device, repeat: int, table: Table) -> None:
