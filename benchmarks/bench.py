@@ -254,6 +254,9 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
     # Ours runs as inside a run: the batch sizes found by the first call (the warm-up) are kept
     # for the rest, as the runner keeps them for all the methods of a run.
     context = dict(device=device, sample_bytes=measure_sample_bytes(score, x), tuned={})
+    # A reference tried at several batch sizes gets that many timed runs to pick its best
+    # from; ours gets as many, so neither side wins by having more draws of the timing noise.
+    fair = repeat * len(config.batches)
     print(
         f"floor: forward+backward {fb * 1e3:.1f} ms/sample, forward {f * 1e3:.1f} ms/sample",
         flush=True,
@@ -263,7 +266,7 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
         "integrated_gradients", {"n_steps": config.steps, "method": "riemann_trapezoid"}
     )
     t_ours, ours, mem = timed(
-        lambda: ig.attribute(forward, x, target, Context(**context)), device, repeat
+        lambda: ig.attribute(forward, x, target, Context(**context)), device, fair
     )
     best_ref, ref = float("inf"), None
     for batch in config.batches:
@@ -290,7 +293,7 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
     stdev = level * float(x.max() - x.min())
     sg = create_method("smoothgrad", {"samples": config.samples, "noise_level": level})
     t_ours, ours, mem = timed(
-        lambda: sg.attribute(forward, x, target, Context(**context, seed=3)), device, repeat
+        lambda: sg.attribute(forward, x, target, Context(**context, seed=3)), device, fair
     )
     best_ref = float("inf")
     for batch in config.batches:
@@ -350,7 +353,7 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
     window, stride = config.occlusion
     occ = create_method("occlusion", {"window": window, "stride": stride, "cover_edges": False})
     t_ours, ours, mem = timed(
-        lambda: occ.attribute(forward, x, target, Context(**context)), device, repeat
+        lambda: occ.attribute(forward, x, target, Context(**context)), device, fair
     )
     windows = 1
     for n in config.size:
