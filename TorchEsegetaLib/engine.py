@@ -238,7 +238,11 @@ class Context:
                     self.tuned[kind] = min(self.tuned[kind], batch)
                 self.notes.append(f"out of memory: batch size reduced to {batch}")
                 continue
-            if tuning and stop - start == batch:
+            warmed = f"{kind} warmed"
+            if tuning and stop - start == batch and not self.tuned.get(warmed):
+                # The first batch of a run pays one-off costs (allocations, caches): not timed.
+                self.tuned[warmed] = 1
+            elif tuning and stop - start == batch:
                 synchronize(self.device)
                 rate = (time.perf_counter() - began) / batch
                 if rate < best_rate:
