@@ -97,14 +97,7 @@ def explain(
             seed=seed,
             precision=precision,
         )
-        record = {
-            "job": job.to_dict(),
-            "model": {
-                "source": loaded.source,
-                "sha256": loaded.sha256,
-                "card": loaded.card.to_dict(),
-            },
-        }
+        record = {"job": job.to_dict(), "model": loaded.record()}
         save_run(destination, lambda folder: write_run_folder(result, folder, record))
     return result
 

@@ -101,13 +101,18 @@ class SegmentationForward(torch.nn.Module):
         self._plan = None
 
     def plan(self, padded: torch.Tensor) -> WindowPlan:
-        """The window plan for this (preprocessed, padded-to-divisible) input shape."""
-        shape = tuple(padded.shape[2:])
+        """The window plan for this (preprocessed, padded-to-divisible) input."""
+        return self.plan_for(tuple(padded.shape[2:]), padded.device, padded.dtype)
+
+    def plan_for(
+        self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    ) -> WindowPlan:
+        """The window plan for a padded-to-divisible spatial shape (cached)."""
         plan = self._plan
         if plan is None or (plan.input_shape, plan.count.device, plan.count.dtype) != (
             shape,
-            padded.device,
-            padded.dtype,
+            device,
+            dtype,
         ):
             card = self.card
             self._plan = WindowPlan(
@@ -115,8 +120,8 @@ class SegmentationForward(torch.nn.Module):
                 card.roi_size,
                 card.overlap,
                 card.sw_mode,
-                device=padded.device,
-                dtype=padded.dtype,
+                device=device,
+                dtype=dtype,
             )
             if self.region is not None:
                 region = np.zeros(shape, dtype=bool)
@@ -128,18 +133,24 @@ class SegmentationForward(torch.nn.Module):
         """Bool mask of the input voxels the restricted forward reads; None: all of them."""
         if not self.sliding or self.region is None:
             return None
-        padded, crop = _pad_to_multiple(
-            torch.zeros((1, 1, *spatial_shape)), self.card.size_divisible
-        )
-        return self.plan(padded).support()[crop[2:]]
+        return self._plan_of(spatial_shape).support()[
+            _divisible_crop(spatial_shape, self.card.size_divisible)
+        ]
 
     def window_usage(self, spatial_shape: Sequence[int]) -> dict[str, int] | None:
         """How many sliding windows run, of how many; None for whole-volume models."""
         if not self.sliding:
             return None
-        padded, _ = _pad_to_multiple(torch.zeros((1, 1, *spatial_shape)), self.card.size_divisible)
-        plan = self.plan(padded)
+        plan = self._plan_of(spatial_shape)
         return {"used": len(plan.indices), "total": len(plan.slices)}
+
+    def _plan_of(self, spatial_shape: Sequence[int]) -> WindowPlan:
+        """The plan an input of this (unpadded) shape gets, without allocating the input."""
+        multiple = self.card.size_divisible
+        padded = tuple(n + (-n) % multiple if multiple > 1 else n for n in spatial_shape)
+        parameter = next(self.network.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        return self.plan_for(padded, device, torch.float32)
 
     def score_gradients(
         self, x: torch.Tensor, target: Callable[[torch.Tensor], torch.Tensor]

@@ -58,6 +58,10 @@ class LoadedModel:
     source: dict
     sha256: str | None
 
+    def record(self) -> dict:
+        """What run.json keeps of the model: its source, weight hash and card."""
+        return {"source": self.source, "sha256": self.sha256, "card": self.card.to_dict()}
+
 
 def load_model(ref: dict, card: dict | ModelCard | None = None) -> LoadedModel:
     """Load the model a reference describes; ``card`` entries override what the model says."""

@@ -495,7 +495,7 @@ def run_job(
     record = {
         "title": f"{model.card.name}: {result.target.get('class')} ({job.target.kind})",
         "job": job.to_dict(),
-        "model": {"source": model.source, "sha256": model.sha256, "card": model.card.to_dict()},
+        "model": model.record(),
         "inputs": [str(Path(p).absolute()) for p in job.images],
     }
 
