@@ -219,29 +219,93 @@ class Table:
         return f"| {row['case']:<44} | {row['ours_s']:8.3f} | {row['reference']:<34} | {row['reference_s']:8.3f} | {ratio:>8} | {floor:>10} | {row['peak_mb']:8.0f} | {diff:>9} |"
 
 
-def floors(
-    score: ScoreModel, x: torch.Tensor, batches: tuple[int, ...], device: torch.device, repeat: int
-) -> tuple[float, float]:
-    """Best per-sample forward+backward and forward-only times over the batch sizes."""
-    best_fb, best_f = float("inf"), float("inf")
-    for batch in batches:
-        xb = x.expand(batch, *x.shape[1:]).contiguous()
+def race(
+    entries: list[tuple[str, Callable[[], Any]]], device: torch.device, rounds: int
+) -> dict[str, tuple[float, Any, float]]:
+    """Best wall time, last result and peak memory (MB) of each named entry, run in turns.
 
-        def forward_backward(xb=xb):
+    Each round runs every entry once, in order; an entry listed several times gets that many
+    runs per round (its best over all of them). Running ours, the references and the floor in
+    turns, instead of each in its own block, spreads the machine's slow spells (other tenants,
+    frequency changes) over all of them alike, so the ratios measure the code, not the moment.
+    """
+    best: dict[str, list[Any]] = {}
+    if rounds > 1:
+        for name, fn in entries:  # warm-up: allocator, cudnn autotuning, lazy imports
+            if name not in best:
+                fn()
+            best.setdefault(name, [float("inf"), None, 0.0])
+    for _ in range(rounds):
+        for name, fn in entries:
+            slot = best.setdefault(name, [float("inf"), None, 0.0])
+            reset_peak(device)
+            sync(device)
+            start = time.perf_counter()
+            slot[1] = fn()
+            sync(device)
+            slot[0] = min(slot[0], time.perf_counter() - start)
+            slot[2] = max(slot[2], peak_mb(device))
+    return {name: (t, result, memory) for name, (t, result, memory) in best.items()}
+
+
+class Floor:
+    """The floor's passes: forward (+ backward) of ``batch`` copies of the input at once."""
+
+    def __init__(self, score: ScoreModel, x: torch.Tensor) -> None:
+        self.score, self.x = score, x
+
+    def backward(self, batch: int) -> Callable[[], None]:
+        xb = self.x.expand(batch, *self.x.shape[1:]).contiguous()
+
+        def forward_backward() -> None:
             xr = xb.detach().requires_grad_(True)
-            torch.autograd.grad(score(xr).sum(), xr)
+            torch.autograd.grad(self.score(xr).sum(), xr)
 
-        def forward_only(xb=xb):
+        return forward_backward
+
+    def forward(self, batch: int) -> Callable[[], None]:
+        xb = self.x.expand(batch, *self.x.shape[1:]).contiguous()
+
+        def forward_only() -> None:
             with torch.no_grad():
-                score(xb)
+                self.score(xb)
 
-        best_fb = min(best_fb, timed(forward_backward, device, repeat)[0] / batch)
-        best_f = min(best_f, timed(forward_only, device, repeat)[0] / batch)
-    return best_fb, best_f
+        return forward_only
+
+
+def compare(
+    ours: Callable[[], Any],
+    reference: Callable[[int], Callable[[], Any]] | None,
+    floor: Callable[[int], Callable[[], None]],
+    batches: tuple[int, ...],
+    device: torch.device,
+    rounds: int,
+) -> dict[str, Any]:
+    """Ours against a reference tried at each batch size and the floor, in turns (:func:`race`).
+
+    Per batch size, a round runs the floor's pass, ours and the reference at that size: ours
+    runs as often as the reference and the floor, so no side wins by having more draws of the
+    timing noise. Returns our time, result and memory, the reference's best time, its result
+    and batch size, and the floor per sample (the best over the batch sizes).
+    """
+    entries: list[tuple[str, Callable[[], Any]]] = []
+    for batch in batches:
+        entries.append((f"floor {batch}", floor(batch)))
+        entries.append(("ours", ours))
+        if reference is not None:
+            entries.append((f"reference {batch}", reference(batch)))
+    times = race(entries, device, rounds)
+    out: dict[str, Any] = dict(zip(("ours_s", "ours", "memory"), times["ours"]))
+    out["floor"] = min(times[f"floor {b}"][0] / b for b in batches)
+    if reference is not None:
+        batch = min(batches, key=lambda b: times[f"reference {b}"][0])
+        out.update(reference_s=times[f"reference {batch}"][0], reference=None, batch=batch)
+        out["reference"] = times[f"reference {batch}"][1]
+    return out
 
 
 def whole_volume_cases(config: Config, device: torch.device, repeat: int, table: Table) -> None:
-    from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+    from captum.attr import GradientShap, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
     from monai.visualize import OcclusionSensitivity
 
     network = make_network(config, device)
@@ -250,137 +314,159 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
     x = torch.rand((1, 1, *config.size), generator=torch.Generator().manual_seed(0)).to(device)
     target = centred_box(config.size, config.size[0] // 2, device)
     score = ScoreModel(forward, target)
-    fb, f = floors(score, x, config.batches, device, repeat)
+    floor = Floor(score, x)
     # Ours runs as inside a run: the batch sizes found by the first call (the warm-up) are kept
     # for the rest, as the runner keeps them for all the methods of a run.
     context = dict(device=device, sample_bytes=measure_sample_bytes(score, x), tuned={})
-    # A reference tried at several batch sizes gets that many timed runs to pick its best
-    # from; ours gets as many, so neither side wins by having more draws of the timing noise.
-    fair = repeat * len(config.batches)
-    print(
-        f"floor: forward+backward {fb * 1e3:.1f} ms/sample, forward {f * 1e3:.1f} ms/sample",
-        flush=True,
-    )
+    batches = config.batches
+
+    def gradient_case(label, passes, ours, reference, reference_name, diff="compare"):
+        """One row; ``diff``: "compare" the two maps, or the difference to show (None: -)."""
+        r = compare(ours, reference, floor.backward, batches, device, repeat)
+        table.add(
+            label,
+            r["ours_s"],
+            r["reference_s"],
+            reference_name.format(batch=r["batch"]),
+            passes * r["floor"],
+            r["memory"],
+            max_rel_diff(r["ours"], r["reference"]) if diff == "compare" else diff,
+        )
+        return r
 
     ig = create_method(
         "integrated_gradients", {"n_steps": config.steps, "method": "riemann_trapezoid"}
     )
-    t_ours, ours, mem = timed(
-        lambda: ig.attribute(forward, x, target, Context(**context)), device, fair
-    )
-    best_ref, ref = float("inf"), None
-    for batch in config.batches:
-        t, r, _ = timed(
-            lambda b=batch: IntegratedGradients(score).attribute(
-                x, n_steps=config.steps, method="riemann_trapezoid", internal_batch_size=b
-            ),
-            device,
-            repeat,
-        )
-        if t < best_ref:
-            best_ref, ref, ref_batch = t, r, batch
-    table.add(
+    r = gradient_case(
         f"integrated gradients, {config.steps} steps",
-        t_ours,
-        best_ref,
-        f"captum, best internal batch {ref_batch}",
-        config.steps * fb,
-        mem,
-        max_rel_diff(ours, ref),
+        config.steps,
+        lambda: ig.attribute(forward, x, target, Context(**context)),
+        lambda b: (
+            lambda: IntegratedGradients(score).attribute(
+                x, n_steps=config.steps, method="riemann_trapezoid", internal_batch_size=b
+            )
+        ),
+        "captum, best internal batch {batch}",
     )
+    print(f"floor: forward+backward {r['floor'] * 1e3:.1f} ms/sample", flush=True)
 
+    # SmoothGrad against captum's NoiseTunnel, its noisy copies batched as it allows.
     level = 0.1
     stdev = level * float(x.max() - x.min())
     sg = create_method("smoothgrad", {"samples": config.samples, "noise_level": level})
-    t_ours, ours, mem = timed(
-        lambda: sg.attribute(forward, x, target, Context(**context, seed=3)), device, fair
-    )
-    best_ref = float("inf")
-    for batch in config.batches:
-        t, _, _ = timed(
-            lambda b=batch: NoiseTunnel(Saliency(score)).attribute(
+
+    def smoothgrad_reference(b):
+        def run():
+            torch.manual_seed(3)
+            return NoiseTunnel(Saliency(score)).attribute(
                 x, nt_samples=config.samples, nt_samples_batch_size=b, stdevs=stdev, abs=False
-            ),
-            device,
-            repeat,
+            )
+
+        return run
+
+    # The maps' difference with one noisy copy per captum batch (the same draws as ours; on
+    # CUDA the generators differ, so only the times are compared there).
+    same_noise = None
+    if device.type == "cpu":
+        same_noise = max_rel_diff(
+            sg.attribute(forward, x, target, Context(**context, seed=3)), smoothgrad_reference(1)()
         )
-        if t < best_ref:
-            best_ref, ref_batch = t, batch
-    # Same noise draws for the map comparison: one sample per batch, seeded like ours.
-    torch.manual_seed(3)
-    ref = NoiseTunnel(Saliency(score)).attribute(
-        x.cpu() if device.type == "cpu" else x,
-        nt_samples=config.samples,
-        nt_samples_batch_size=1,
-        stdevs=stdev,
-        abs=False,
-    )
-    diff = max_rel_diff(ours, ref) if device.type == "cpu" else None
-    table.add(
+    gradient_case(
         f"SmoothGrad, {config.samples} samples",
-        t_ours,
-        best_ref,
-        f"captum NoiseTunnel, best batch {ref_batch}",
-        config.samples * fb,
-        mem,
-        diff,
+        config.samples,
+        lambda: sg.attribute(forward, x, target, Context(**context, seed=3)),
+        smoothgrad_reference,
+        "captum NoiseTunnel, best batch {batch}",
+        diff=same_noise,
     )
 
-    # Gradient SHAP: captum draws every sample in one batch (no batch option); the maps are
-    # random draws of the same estimator, so only the times are compared.
-    from captum.attr import GradientShap
+    # A noise-tunnel variant over a path method: VarGrad of integrated gradients, captum with
+    # one noisy copy per batch (the same noise as ours) and its internal batch tried.
+    nt_samples, nt_steps = max(2, config.samples // 4), max(2, config.steps // 4)
+    vg = create_method(
+        "smoothgrad",
+        {
+            "samples": nt_samples,
+            "noise_level": level,
+            "nt_type": "vargrad",
+            "base": "integrated_gradients",
+            "base_n_steps": nt_steps,
+            "base_method": "riemann_trapezoid",
+        },
+    )
 
+    def vargrad_reference(b):
+        def run():
+            torch.manual_seed(3)
+            return NoiseTunnel(IntegratedGradients(score)).attribute(
+                x,
+                nt_type="vargrad",
+                nt_samples=nt_samples,
+                nt_samples_batch_size=1,
+                stdevs=stdev,
+                n_steps=nt_steps,
+                method="riemann_trapezoid",
+                internal_batch_size=b,
+            )
+
+        return run
+
+    gradient_case(
+        f"VarGrad of IG, {nt_samples} samples x {nt_steps} steps",
+        nt_samples * nt_steps,
+        lambda: vg.attribute(forward, x, target, Context(**context, seed=3)),
+        vargrad_reference,
+        "captum NoiseTunnel(IG), best batch {batch}",
+        diff="compare" if device.type == "cpu" else None,
+    )
+
+    # Gradient SHAP: captum draws every sample in one batch (no batch option, so the same
+    # call at each size); the maps are random draws of the same estimator: times only.
     gs = create_method("gradient_shap", {"n_samples": config.samples, "distribution": "noisy"})
-    t_ours, _, mem = timed(
-        lambda: gs.attribute(forward, x, target, Context(**context)), device, repeat
-    )
     distribution = torch.cat([torch.zeros_like(x), 0.1 * torch.randn_like(x)])
-    t_ref, _, _ = timed(
-        lambda: GradientShap(score).attribute(x, baselines=distribution, n_samples=config.samples),
-        device,
-        repeat,
-    )
-    table.add(
+    gradient_case(
         f"gradient SHAP, {config.samples} samples",
-        t_ours,
-        t_ref,
+        config.samples,
+        lambda: gs.attribute(forward, x, target, Context(**context)),
+        lambda b: (
+            lambda: GradientShap(score).attribute(
+                x, baselines=distribution, n_samples=config.samples
+            )
+        ),
         "captum GradientShap",
-        config.samples * fb,
-        mem,
-        None,
+        diff=None,
     )
 
     window, stride = config.occlusion
     occ = create_method("occlusion", {"window": window, "stride": stride, "cover_edges": False})
-    t_ours, ours, mem = timed(
-        lambda: occ.attribute(forward, x, target, Context(**context)), device, fair
-    )
     windows = 1
     for n in config.size:
         windows *= (n - window) // stride + 1
-    best_ref = float("inf")
-    for batch in config.batches:
-        t, r, _ = timed(
-            lambda b=batch: Occlusion(score).attribute(
+    r = compare(
+        lambda: occ.attribute(forward, x, target, Context(**context)),
+        lambda b: (
+            lambda: Occlusion(score).attribute(
                 x,
                 sliding_window_shapes=(1, window, window, window),
                 strides=(1, stride, stride, stride),
                 baselines=0.0,
                 perturbations_per_eval=b,
-            ),
-            device,
-            repeat,
-        )
-        if t < best_ref:
-            best_ref, ref, ref_batch = t, r, batch
+            )
+        ),
+        floor.forward,
+        batches,
+        device,
+        repeat,
+    )
+    print(f"floor: forward {r['floor'] * 1e3:.1f} ms/sample", flush=True)
     table.add(
         f"occlusion, window {window} stride {stride} ({windows} windows)",
-        t_ours,
-        best_ref,
-        f"captum Occlusion, best batch {ref_batch}",
-        windows * f,
-        mem,
-        max_rel_diff(ours, ref),
+        r["ours_s"],
+        r["reference_s"],
+        f"captum Occlusion, best batch {r['batch']}",
+        windows * r["floor"],
+        r["memory"],
+        max_rel_diff(r["ours"], r["reference"]),
     )
 
     class Scores(torch.nn.Module):
@@ -390,30 +476,41 @@ def whole_volume_cases(config: Config, device: torch.device, repeat: int, table:
     monai_occlusion = OcclusionSensitivity(
         Scores(),
         mask_size=window,
-        n_batch=max(config.batches),
+        n_batch=max(batches),
         mode=0.0,
         overlap=1 - stride / window,
         activate=False,
         verbose=False,
     )
     t_ref, _, _ = timed(lambda: monai_occlusion(x), device, 1)
-    table.add("  same windows", t_ours, t_ref, "MONAI OcclusionSensitivity", windows * f, mem, None)
+    table.add(
+        "  same windows",
+        r["ours_s"],
+        t_ref,
+        "MONAI OcclusionSensitivity",
+        windows * r["floor"],
+        r["memory"],
+        None,
+    )
 
     # Reduced precision: the same integrated gradients under autocast, against float32.
     reduced = "float16" if device.type == "cuda" else "bfloat16"
     half = SegmentationForward(network, card, precision=reduced)
-    t_half, ours_half, mem_half = timed(
-        lambda: ig.attribute(half, x, target, Context(**context)), device, repeat
+    times = race(
+        [
+            ("half", lambda: ig.attribute(half, x, target, Context(**context))),
+            ("full", lambda: ig.attribute(forward, x, target, Context(**context))),
+        ],
+        device,
+        repeat,
     )
-    t_full, ours_full, _ = timed(
-        lambda: ig.attribute(forward, x, target, Context(**context)), device, repeat
-    )
+    (t_half, ours_half, mem_half), (t_full, ours_full, _) = times["half"], times["full"]
     table.add(
         f"integrated gradients, {reduced} autocast",
         t_half,
         t_full,
         "ours in float32",
-        config.steps * fb,
+        None,
         mem_half,
         max_rel_diff(ours_half, ours_full),
     )
