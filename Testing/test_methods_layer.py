@@ -306,19 +306,12 @@ def test_layer_parameter_is_validated():
         fast = FAST.get(name, {})
         with pytest.raises(UserInputError, match="no layer named 'nope'"):
             ours(name, ReuseNet(), x, target, layer="nope")
-        with pytest.raises(UserInputError, match="ran 2 times in one forward pass"):
+        with pytest.raises(UserInputError, match="ran 2 times in 1 network call"):
             ours(name, ReuseNet(), x, target, layer="act", **fast)
         with pytest.raises(UserInputError, match="not a feature map"):
             ours(name, AsSegmentation(ClassifierNet()), x, one_voxel, layer="net.fc", **fast)
         with pytest.raises(UserInputError, match="reduce.*one of sum, mean, max"):
             create_method(name, {"reduce": "median"})
-
-
-def test_sliding_windows_smaller_than_the_image_are_a_clear_error():
-    card = ModelCard(in_channels=1, out_channels=2, roi_size=(4, 4, 4), overlap=0.0)
-    forward = SegmentationForward(tiny_unet(), card).eval()
-    with pytest.raises(UserInputError, match="sliding-window"):
-        ours("gradcam", forward, tiny_input(size=SIZE), centre_box_target(SIZE))
 
 
 def test_maps_are_cropped_back_from_the_padded_grid():

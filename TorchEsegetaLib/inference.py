@@ -144,6 +144,20 @@ class SegmentationForward(torch.nn.Module):
         plan = self._plan_of(spatial_shape)
         return {"used": len(plan.indices), "total": len(plan.slices)}
 
+    def windows_per_pass(self, spatial_shape: Sequence[int]) -> int:
+        """How many windows one example's pass runs (1 for whole-volume models)."""
+        return len(self._plan_of(spatial_shape).indices) if self.sliding else 1
+
+    def blend_windows(self, maps: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+        """Maps computed per sliding window on the network's input grid (B * windows, C,
+        *roi_size, in the order the windows run), blended onto the model grid of an input of
+        ``spatial_shape`` with the inferer's weights (see :meth:`WindowPlan.blend`)."""
+        plan = self._plan_of(spatial_shape)
+        blended = plan.blend(maps)
+        return blended[
+            (slice(None), slice(None), *_divisible_crop(spatial_shape, self.card.size_divisible))
+        ]
+
     def _plan_of(self, spatial_shape: Sequence[int]) -> WindowPlan:
         """The plan an input of this (unpadded) shape gets, without allocating the input."""
         multiple = self.card.size_divisible

@@ -148,6 +148,29 @@ class WindowPlan:
         assert out is not None
         return self.crop(out / self.count.to(out.device))
 
+    def blend(self, maps: torch.Tensor) -> torch.Tensor:
+        """Per-window maps (B * windows in use, C, *roi_size), example-major in the order
+        :meth:`infer` runs them, blended as the inferer blends predictions: weighted by the
+        importance map and divided by the weight of all windows at each voxel. Returns
+        (B, C, *input shape); voxels that no window in use covers are 0."""
+        import torch
+
+        used = len(self.indices)
+        if maps.shape[0] % used or tuple(maps.shape[2:]) != self.roi_size:
+            raise ValueError(
+                f"{tuple(maps.shape)} is not a stack of {used} window maps of {self.roi_size}"
+            )
+        examples = maps.shape[0] // used
+        importance = self.importance.to(maps.device, maps.dtype)
+        out = torch.zeros(
+            (examples, maps.shape[1], *self.image_size), dtype=maps.dtype, device=maps.device
+        )
+        for example in range(examples):
+            for j, i in enumerate(self.indices):
+                window = (slice(example, example + 1), slice(None), *self.slices[i])
+                out[window] += maps[example * used + j : example * used + j + 1] * importance
+        return self.crop(out / self.count.to(maps.device, maps.dtype))
+
     def input_gradients(
         self,
         x: torch.Tensor,

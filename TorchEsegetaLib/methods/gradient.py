@@ -304,6 +304,7 @@ class SmoothGrad(Method):
         import torch
 
         samples = self.config["samples"]
+        squares = self.config["nt_type"] != "smoothgrad"
         generator = context.generator()
         out = torch.empty_like(inputs)
         for example in range(inputs.shape[0]):
@@ -324,7 +325,8 @@ class SmoothGrad(Method):
                     forward, x + noise.to(x.device), target, context.fixed(stop - start)
                 )
                 total.add_(attribution.sum(dim=0, keepdim=True))
-                total_sq.add_((attribution * attribution).sum(dim=0, keepdim=True))
+                if squares:
+                    total_sq.add_((attribution * attribution).sum(dim=0, keepdim=True))
 
             context.map_batches(samples, compute, f"{self.name} sample")
             out[example : example + 1] = self.smooth(total / samples, total_sq / samples)

@@ -7,6 +7,13 @@ to one map; upsample it trilinearly to the network's input grid and crop off the
 forward pass added. This module holds that mechanism, the layer discovery and the two simplest
 methods; Grad-CAM and its relatives are in :mod:`.cam`, the methods relative to a baseline input
 in :mod:`.layer_reference`.
+
+Sliding-window models run the network once per window, so a layer has one feature map per
+window. Each window's map is computed as for a whole input (the gradients are those of the
+target score of the whole blended prediction, so a window's Grad-CAM weights say how that
+window's channels drive the model's actual decision), upsampled to the window and blended with
+the inferer's own weights, exactly as the window predictions are blended. A local target (ROI,
+voxel) runs only the windows that touch it, and the map is zero where none of them reaches.
 """
 
 from __future__ import annotations
@@ -59,8 +66,9 @@ def list_layers(network: torch.nn.Module) -> list[dict[str, Any]]:
 def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[str, Any]]:
     """Every named module of the network with its output shape, in the order they run.
 
-    A module that runs several times in one pass (reused, or once per sliding window) is listed
-    once per run.
+    Only the network's first call is traced: a sliding-window pass calls the network once per
+    window batch, and each call runs the same layers. A module that runs several times in one
+    call (reused by the network) is listed once per run.
     """
     import torch
 
@@ -68,9 +76,13 @@ def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[st
     if isinstance(network, torch.jit.ScriptModule):
         return []
     seen: list[dict[str, Any]] = []
+    calls = [0]
+
+    def count(_module: Any, _args: Any) -> None:
+        calls[0] += 1
 
     def record(name: str, module: torch.nn.Module, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.dim() == inputs.dim():
+        if calls[0] == 1 and isinstance(output, torch.Tensor) and output.dim() == inputs.dim():
             seen.append(
                 {
                     "name": name,
@@ -81,7 +93,7 @@ def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[st
                 }
             )
 
-    handles = [
+    handles = [network.register_forward_pre_hook(count)] + [
         module.register_forward_hook(lambda m, _i, o, name=name: record(name, m, o))
         for name, module in network.named_modules()
         if name
@@ -103,8 +115,8 @@ def default_layer(
     Execution order matters: in a U-Net that is the decoder's last wide feature map, just
     before the output block. Taking a module's *output* after its normalisation matters too: a
     convolution feeding an instance normalisation has gradients with zero spatial mean, which
-    would make Grad-CAM's channel weights vanish. Modules that run more than once per pass
-    (reused activations) are skipped: a layer map needs one feature map per input. With
+    would make Grad-CAM's channel weights vanish. Modules that run more than once per network
+    call (reused activations) are skipped: a layer map needs one feature map per input. With
     ``nonnegative``, the last such map without negative values (an activation's output) is
     preferred, for methods that assume one.
     """
@@ -119,9 +131,9 @@ def default_layer(
         )
     if not once:
         raise UserInputError(
-            "every layer of this model runs several times per pass (sliding-window inference "
-            "over windows smaller than the image); set the model card's roi_size to cover the "
-            "image, or choose a gradient method"
+            "every layer of this model runs several times per network call (modules reused by "
+            "the network); name a layer with the method's layer parameter, or choose a "
+            "gradient method"
         )
     positive = [layer for layer in wide if layer["nonnegative"]] if nonnegative else []
     return (positive or wide or once)[-1]["name"]
@@ -146,7 +158,11 @@ class LayerProbe:
         score: the function explained, ``inputs -> (B,)`` scores.
         network: the network (the module whose input grid maps are upsampled to).
         layer, name: the captured module and its name.
-        grid: spatial shape of the network's input in the last pass (the padded input grid).
+        grid: spatial shape of the network's input in the last pass (the padded input grid,
+            or one window).
+        windows: feature maps per example in the last pass: 1, or the number of sliding
+            windows run. Layer outputs and maps then hold ``windows`` rows per example,
+            example-major (:meth:`per_point` separates them).
     """
 
     def __init__(
@@ -157,6 +173,8 @@ class LayerProbe:
         self.layer = layer
         self.name = name
         self.grid: tuple[int, ...] | None = None
+        self.windows = 1
+        self.calls = 0
 
     @contextlib.contextmanager
     def capture(self, layer: bool = True) -> Iterator[list[Any]]:
@@ -170,10 +188,12 @@ class LayerProbe:
             return output.clone() if hasattr(output, "clone") else None
 
         def record_grid(_module: Any, args: tuple) -> None:
+            self.calls += 1
             if args and hasattr(args[0], "shape"):
                 self.grid = tuple(args[0].shape[2:])
 
         outputs: list[Any] = []
+        self.calls = 0
         handles = [self.network.register_forward_pre_hook(record_grid)]
         try:
             if layer:
@@ -183,67 +203,89 @@ class LayerProbe:
             for handle in handles:
                 handle.remove()
 
-    def run(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores (B,) and the layer's output (B, K, *s), attached to the graph when grad is on."""
+    def run(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Scores (B,) and the layer's outputs, one per network call (attached to the graph
+        when grad is on); :attr:`windows` tells how many feature maps each example has."""
         with self.capture() as outputs:
             scores = self.score(inputs)
-        return scores, self._single_output(outputs, inputs)
+        return scores, self._feature_maps(outputs, inputs)
 
-    def _single_output(self, outputs: list[Any], inputs: torch.Tensor) -> torch.Tensor:
+    @property
+    def sliding(self) -> bool:
+        """Whether the forward runs sliding windows (maps are blended per window)."""
+        forward = self.score.forward
+        return bool(getattr(forward, "sliding", False)) and hasattr(forward, "blend_windows")
+
+    def _feature_maps(self, outputs: list[Any], inputs: torch.Tensor) -> list[torch.Tensor]:
         import torch
 
-        if len(outputs) != 1:
+        per_call = len(outputs) == self.calls and self.sliding
+        if len(outputs) != 1 and not per_call:
             raise UserInputError(
-                f"layer {self.name!r} ran {len(outputs)} times in one forward pass; a layer map "
-                "needs exactly one feature map per input (a module reused by the network, or "
-                "sliding-window inference over windows smaller than the image): choose another "
-                "layer, or set the model card's roi_size to cover the image"
+                f"layer {self.name!r} ran {len(outputs)} times in {self.calls} network "
+                "call(s); a layer map needs one feature map per network input (this module is "
+                "reused by the network): choose another layer"
             )
-        output = outputs[0]
-        if not isinstance(output, torch.Tensor) or output.dim() != inputs.dim():
-            shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output)
-            raise UserInputError(
-                f"layer {self.name!r} outputs {shape}, not a feature map (batch, channels, "
-                "*spatial); choose a convolution, normalisation or activation layer"
-            )
-        return output
+        for output in outputs:
+            if not isinstance(output, torch.Tensor) or output.dim() != inputs.dim():
+                shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output)
+                raise UserInputError(
+                    f"layer {self.name!r} outputs {shape}, not a feature map (batch, channels, "
+                    "*spatial); choose a convolution, normalisation or activation layer"
+                )
+        rows = sum(int(output.shape[0]) for output in outputs)
+        self.windows = rows // inputs.shape[0] if self.sliding else 1
+        return outputs
+
+    def per_point(self, tensor: torch.Tensor) -> torch.Tensor:
+        """(B * windows, ...) -> (B, windows, ...): the inputs' rows apart from their windows."""
+        return tensor.reshape(-1, self.windows, *tensor.shape[1:])
 
     def activations(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The layer's output (B * windows, K, *s)."""
         import torch
 
         with torch.no_grad():
-            return self.run(inputs)[1]
+            return torch.cat(self.run(inputs)[1])
 
     def gradients(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Scores (B,), the layer's output and the gradient of each score with respect to it."""
+        """Scores (B,), the layer's output (B * windows, K, *s) and the gradient of each score
+        with respect to it."""
         import torch
 
         with torch.enable_grad():
-            scores, activation = self.run(inputs.detach().requires_grad_(True))
-            (grads,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
-        if grads is None:
+            scores, outputs = self.run(inputs.detach().requires_grad_(True))
+            grads = torch.autograd.grad(scores.sum(), outputs, allow_unused=True)
+        if all(g is None for g in grads):
             raise UserInputError(
                 f"the target score does not depend on layer {self.name!r}; choose a layer on "
                 "the path from the input to the segmentation output"
             )
-        return scores.detach(), activation.detach(), grads
+        # a window that does not reach the target gets no gradient: zero
+        grads = [torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads)]
+        return scores.detach(), torch.cat(outputs).detach(), torch.cat(grads)
 
     def to_input_grid(self, layer_map: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """(B, 1, *s) on the layer's grid -> (B, 1, *input spatial shape).
+        """(B * windows, 1, *s) on the layer's grid -> (B, 1, *input spatial shape).
 
         Upsampled as captum's ``LayerAttribution.interpolate`` (align_corners=False) onto the
         grid the network saw, then the margin the forward pass padded symmetrically (MONAI's
-        DivisiblePad, sliding-window padding) is cropped off, so map and input stay aligned.
+        DivisiblePad) is cropped off, so map and input stay aligned. Per-window maps of a
+        sliding-window model are upsampled to their window and blended as the inferer blends
+        predictions (:meth:`SegmentationForward.blend_windows`).
         """
         import torch.nn.functional as F
 
         spatial = tuple(shape[2:])
+        mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[layer_map.dim()]
+        if self.sliding and self.grid is not None:
+            up = F.interpolate(layer_map, size=self.grid, mode=mode, align_corners=False)
+            return self.score.forward.blend_windows(up, spatial)
         grid = (
             self.grid
             if self.grid and min(g - n for g, n in zip(self.grid, spatial)) >= 0
             else spatial
         )
-        mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[layer_map.dim()]
         up = F.interpolate(layer_map, size=grid, mode=mode, align_corners=False)
         crop = tuple(slice((g - n) // 2, (g - n) // 2 + n) for g, n in zip(grid, spatial))
         return up[(slice(None), slice(None), *crop)]

@@ -37,7 +37,7 @@ class _PathMethod(LayerMethod):
     def path_sum(
         self, probe, x: torch.Tensor, base: torch.Tensor, alphas, step_sizes, start: int, stop: int
     ) -> torch.Tensor:
-        """The contribution of path steps ``start:stop`` to the layer map (1, K, *s)."""
+        """The contribution of path steps ``start:stop`` to the layer map (windows, K, *s)."""
         raise NotImplementedError
 
     def compute(self, probe, inputs, context, emit):
@@ -95,7 +95,8 @@ class LayerConductance(_PathMethod):
 
     def path_sum(self, probe, x, base, alphas, step_sizes, start, stop):
         _, activation, grads = probe.gradients(_path(x, base, alphas[start : stop + 1]))
-        return ((activation[1:] - activation[:-1]) * grads[:-1]).sum(dim=0, keepdim=True)
+        activation, grads = probe.per_point(activation), probe.per_point(grads)
+        return ((activation[1:] - activation[:-1]) * grads[:-1]).sum(dim=0)
 
 
 @register
@@ -116,8 +117,9 @@ class InternalInfluence(_PathMethod):
 
     def path_sum(self, probe, x, base, alphas, step_sizes, start, stop):
         _, _, grads = probe.gradients(_path(x, base, alphas[start:stop]))
+        grads = probe.per_point(grads)
         weights = step_sizes[start:stop].reshape((-1,) + (1,) * (grads.dim() - 1))
-        return (grads * weights).sum(dim=0, keepdim=True)
+        return (grads * weights).sum(dim=0)
 
 
 @register
@@ -211,9 +213,9 @@ class LayerGradientShap(LayerMethod):
             noisy = noisy + torch.cat(noise).to(x) * std
         base = references[choice[start:stop].to(x.device)]
         _, _, grads = probe.gradients(_path(noisy, base, alphas[start:stop].to(x)))
-        ends = probe.activations(torch.cat([noisy, base]))
+        ends = probe.per_point(probe.activations(torch.cat([noisy, base])))
         delta = ends[: stop - start] - ends[stop - start :]
-        return (delta * grads).sum(dim=0, keepdim=True)
+        return (delta * probe.per_point(grads)).sum(dim=0)
 
 
 @register
@@ -242,6 +244,14 @@ class LayerDeepLift(LayerMethod):
         runs = Counter(layer["name"] for layer in trace_layers(probe.score.forward, inputs))
         if runs[probe.name] != 1:
             probe.activations(inputs[:1])  # raises the error that says what is wrong
+        windows = getattr(probe.score.forward, "windows_per_pass", None)
+        if probe.sliding and windows is not None and windows(inputs.shape[2:]) > 1:
+            raise UserInputError(
+                f"{self.name} runs captum's LayerDeepLift, which needs one feature map per "
+                "input, but this model runs the layer once per sliding window; use "
+                "layer_conductance or layer_gradient_shap (blended per window), or deeplift on "
+                "the input"
+            )
         modules = dict(probe.network.named_modules())
         reused = {
             name: count
