@@ -111,7 +111,9 @@ def test_gradcam_weights_each_window_by_the_gradient_of_the_whole_blended_score(
     captured = Captured(forward.network, LAYER)
     try:
         with torch.enable_grad():
-            logits = sliding_window_inference(x, ROI, 2, forward.network, overlap=0.5, mode="gaussian")
+            logits = sliding_window_inference(
+                x, ROI, 2, forward.network, overlap=0.5, mode="gaussian"
+            )
             grads = torch.autograd.grad(target(logits).sum(), captured.outputs)
     finally:
         captured.close()
