@@ -87,7 +87,8 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
                 or an engine target such as "voxel:32,30,20".
             show: overlay the first map on the input and compare up to four side by side.
             options: metrics, targetClass, segmentId, output ("logits" or "probabilities"),
-                card, device, seed, methodBudgetSeconds, maxBatch, folderName.
+                card, device, seed, methodBudgetSeconds, maxBatch, precision ("float32",
+                "bfloat16" or "float16"), folderName.
 
         Returns:
             ``{"maps": {label: volume node}, "segmentation": node, "table": node or None,

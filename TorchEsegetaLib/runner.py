@@ -203,6 +203,10 @@ def explain_volume(
     from .memory import PeakMemory
     from .methods import ScoreModel
 
+    from .inference import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise UserInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     warnings = [

@@ -204,3 +204,28 @@ def test_compare_views_show_one_map_each_with_linked_controls(sceneAndLogics, in
 
     legend = showColorLegend(logics["Colors"], maps[0])
     assert legend.GetVisibility() and showColorLegend(logics["Colors"], maps[0]) is legend
+
+
+def test_precision_reaches_the_engine(scene, inputNode, tmp_path):
+    from TorchEsegetaSlicer import explainNodes
+
+    from TorchEsegetaLib.errors import UserInputError
+
+    reference = tinyModelReference(tmp_path)
+    maps = {
+        precision: explainNodes(
+            scene,
+            inputNode,
+            model=reference,
+            methods=["saliency"],
+            target="voxel:8,8,8",
+            device="cpu",
+            precision=precision,
+        )["result"].maps["saliency"]
+        for precision in ("float32", "bfloat16")
+    }
+    # autocast moves the map a little, and only a little
+    assert not np.array_equal(maps["float32"], maps["bfloat16"])
+    assert np.corrcoef(maps["float32"].ravel(), maps["bfloat16"].ravel())[0, 1] > 0.9
+    with pytest.raises(UserInputError, match="unknown precision"):
+        explainNodes(scene, inputNode, model=reference, device="cpu", precision="float8")

@@ -33,6 +33,7 @@ def explainNodes(
     seed: int = 0,
     methodBudgetSeconds: float | None = None,
     maxBatch: int | None = None,
+    precision: str = "float32",
     folderName: str | None = None,
     progress=None,
 ) -> dict:
@@ -55,6 +56,8 @@ def explainNodes(
         output: score "logits" or "probabilities".
         card: model card entries overriding what the model says.
         device, seed, methodBudgetSeconds, maxBatch: as in the engine's Job.
+        precision: "float32", or "bfloat16" / "float16" autocast of the network (a map that
+            comes out non-finite is recomputed in float32).
         folderName: subject hierarchy folder of the results (default "TorchEsegeta <input>").
         progress: optional callable receiving the engine's progress events.
 
@@ -83,6 +86,7 @@ def explainNodes(
         seed=seed,
         max_batch=maxBatch,
         method_budget_s=methodBudgetSeconds,
+        precision=precision,
         progress=progress,
     )
     evaluation = None
