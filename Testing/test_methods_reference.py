@@ -119,6 +119,67 @@ def test_deeplift_is_exact_through_a_sliding_window_and_frozen_zscore(x):
     assert abs(float(attribution.sum()) - delta) <= 1e-3 * abs(delta)
 
 
+class Unwindowed(torch.nn.Module):
+    """The same forward, seen as a plain module: DeepLIFT then goes through the whole
+    sliding-window inference in one graph (the reference for the window-by-window path)."""
+
+    def __init__(self, forward):
+        super().__init__()
+        self.inner = forward
+        self.network = forward.network  # LRP marks each network call's output layer
+
+    def forward(self, inputs):
+        return self.inner(inputs)
+
+
+@pytest.mark.parametrize("output", ["logits", "probabilities"])
+@pytest.mark.parametrize("name", ["deeplift", "deeplift_shap"])
+def test_deeplift_window_by_window_equals_deeplift_through_the_whole_inference(x, output, name):
+    # 16^3 in 8^3 windows at overlap 0.5 (27 windows), Gaussian blending, frozen z-score:
+    # logits are a linear target (its gradient is known up front); probabilities are not
+    # (DeepLIFT's softmax rule on the blended outputs of the input and the baseline).
+    card = ModelCard(
+        intensity={"kind": "zscore"},
+        roi_size=(8, 8, 8),
+        overlap=0.5,
+        sw_mode="gaussian",
+        sw_batch_size=4,
+    )
+    forward = SegmentationForward(make_network("segresnet", 1), card).eval()
+    forward.freeze_statistics(x)
+    target = centre_box_target(output=output)
+    params = {"n_baselines": 2} if name == "deeplift_shap" else {}
+    context = Context(max_batch=2)
+    calls, paired = [], forward.paired_score_gradients
+    forward.paired_score_gradients = lambda *args: calls.append(1) or paired(*args)
+    windowed = create_method(name, params).attribute(forward, x, target, context)
+    assert calls  # the window-by-window path ran
+    whole = create_method(name, params).attribute(Unwindowed(forward), x, target, Context())
+    assert forward.window_usage(x.shape[2:]) == {"used": 27, "total": 27}
+    assert close(windowed, whole, rtol=1e-5, atol=1e-6)
+    assert float(windowed.abs().max()) > 0
+    assert not context.notes  # complete: the sums match the score changes
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus"])
+def test_lrp_window_by_window_equals_lrp_through_the_whole_inference(x, composite):
+    # The inferer's sums share each voxel's relevance among its windows by the epsilon rule;
+    # window by window, each window's share is computed up front from the blended output.
+    card = ModelCard(roi_size=(8, 8, 8), overlap=0.5, sw_mode="gaussian", sw_batch_size=4)
+    forward = SegmentationForward(make_network("unet", 1), card).eval().double()
+    x, target = x.double(), centre_box_target()
+    calls, windowed_pass = [], forward.window_relevance
+    forward.window_relevance = lambda *args: calls.append(1) or windowed_pass(*args)
+    params = {"composite": composite, "epsilon": 1e-9}
+    windowed = ours("lrp", forward, x, target, **params)
+    whole = ours("lrp", Unwindowed(forward), x, target, **params)
+    assert calls
+    # equal up to the order of the sums (the inferer's chain of in-place additions gives each
+    # partial sum its own epsilon): within 1e-5 of the largest relevance
+    assert close(windowed, whole, rtol=1e-5, atol=1e-5)
+    assert float(windowed.abs().max()) > 0
+
+
 def test_deeplift_names_the_operations_it_has_no_rule_for(x):
     class GatedNet(torch.nn.Module):
         def __init__(self):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .card import ModelCard
 from .errors import OutOfMemoryError, UserInputError
 from .volume import Volume
-from .windows import WindowPlan
+from .windows import PairedPass, WindowPlan
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -199,13 +199,103 @@ class SegmentationForward(torch.nn.Module):
                 device=x.device,
             )
             full[crop] = output_gradient.to(full.dtype)
-            grad_prepared, blended = plan.input_gradients(
+            grad_prepared, blended, _ = plan.input_gradients(
                 prepared, self._network, full, self.card.sw_batch_size
             )
             (grad,) = torch.autograd.grad(prepared, raw, grad_outputs=grad_prepared)
         with torch.no_grad():
             scores = target(blended[crop])
         return scores, grad
+
+    def paired_score_gradients(
+        self,
+        x: torch.Tensor,
+        reference: torch.Tensor,
+        target: Callable[[torch.Tensor], torch.Tensor],
+        paired: PairedPass,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """DeepLIFT's :meth:`score_gradients`: each step runs on ``x`` and ``reference``
+        together through ``paired`` (rules recorded on the reference, applied on the input):
+        the intensity preprocessing, every window batch, and the target on the blended
+        outputs. Returns (multipliers of the score with respect to ``x``, scores of ``x``,
+        scores of ``reference``), equal to DeepLIFT through the whole sliding-window inference
+        with peak memory set by the window batch; None for whole-volume models.
+        """
+        if not self.sliding:
+            return None
+        multiple = self.card.size_divisible
+        with torch.enable_grad():
+            raw = x.detach().requires_grad_(True)
+            prepared, prepared_reference = paired(self.preprocess, raw, reference.detach())
+            prepared, crop = _pad_to_multiple(prepared, multiple)
+            prepared_reference, _ = _pad_to_multiple(prepared_reference.detach(), multiple)
+            plan = self.plan(prepared)
+            linear = getattr(target, "output_gradient", None)
+            output_gradient = (
+                linear(self.card.out_channels, x.device, prepared.dtype) if linear else None
+            )
+            if output_gradient is None:  # the target's own multipliers, on blended outputs
+                with torch.no_grad():
+                    logits = plan.infer(prepared.detach(), self._network, self.card.sw_batch_size)
+                    logits_reference = plan.infer(
+                        prepared_reference, self._network, self.card.sw_batch_size
+                    )
+                logits = logits[crop].detach().requires_grad_(True)
+                scores, _ = paired(target, logits, logits_reference[crop])
+                (output_gradient,) = torch.autograd.grad(scores.sum(), logits)
+            else:
+                output_gradient = output_gradient.expand(x.shape[0], -1, *output_gradient.shape[2:])
+            full = torch.zeros(
+                (x.shape[0], output_gradient.shape[1], *prepared.shape[2:]),
+                dtype=prepared.dtype,
+                device=x.device,
+            )
+            full[crop] = output_gradient.to(full.dtype)
+            grad_prepared, blended, blended_reference = plan.input_gradients(
+                prepared,
+                self._network,
+                full,
+                self.card.sw_batch_size,
+                reference=prepared_reference,
+                paired=paired,
+            )
+            (grad,) = torch.autograd.grad(prepared, raw, grad_outputs=grad_prepared)
+        assert blended_reference is not None
+        with torch.no_grad():
+            scores = target(blended[crop])
+            scores_reference = target(blended_reference[crop])
+        return grad, scores, scores_reference
+
+    def window_relevance(
+        self,
+        x: torch.Tensor,
+        start: Callable[[torch.Tensor], torch.Tensor],
+        call: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor],
+        stabilise: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor | None:
+        """LRP through the sliding-window inference, window by window (memory set by the
+        window batch): ``x`` is the network's input (preprocessed), ``start(logits)`` the
+        relevance of the blended logits, ``call(network, windows)`` runs the network under the
+        LRP rules. Returns the relevance of ``x``; None for whole-volume models.
+        See :meth:`WindowPlan.input_relevance`."""
+        if not self.sliding:
+            return None
+        padded, crop = _pad_to_multiple(x.detach(), self.card.size_divisible)
+        plan = self.plan(padded)
+        batch = self.card.sw_batch_size
+        with torch.no_grad():
+            logits = plan.infer(padded, self._network, batch)
+        relevance = torch.zeros_like(logits)
+        relevance[crop] = start(logits[crop])
+        result = plan.input_relevance(
+            padded,
+            lambda windows: call(self._network, windows),
+            relevance,
+            logits,
+            batch,
+            stabilise,
+        )
+        return result[crop]
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """The card's intensity preprocessing (MONAI's semantics, on a batch)."""

@@ -199,11 +199,9 @@ def explain_volume(
     import torch
 
     from .engine import Context, measure_sample_bytes
-    from .inference import check_input, resolve_device, restore_input_grid
+    from .inference import PRECISIONS, check_input, resolve_device, restore_input_grid
     from .memory import PeakMemory
     from .methods import ScoreModel
-
-    from .inference import PRECISIONS
 
     if precision not in PRECISIONS:
         raise UserInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")

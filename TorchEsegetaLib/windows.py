@@ -26,6 +26,14 @@ if TYPE_CHECKING:
     import torch
 
 
+#: ``paired(network, x, reference) -> (prediction of x, prediction of reference)``: one
+#: network call on an input and on its reference (DeepLIFT), see :meth:`WindowPlan.input_gradients`.
+PairedPass = Callable[
+    [Callable[["torch.Tensor"], "torch.Tensor"], "torch.Tensor", "torch.Tensor"],
+    tuple["torch.Tensor", "torch.Tensor"],
+]
+
+
 class WindowPlan:
     """MONAI's sliding-window grid over one spatial shape, with its blending weights.
 
@@ -148,6 +156,42 @@ class WindowPlan:
         assert out is not None
         return self.crop(out / self.count.to(out.device))
 
+    def input_relevance(
+        self,
+        x: torch.Tensor,
+        network: Callable[[torch.Tensor], torch.Tensor],
+        relevance: torch.Tensor,
+        blended: torch.Tensor,
+        batch_size: int,
+        stabilise: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """LRP's pass back through the inferer, one window batch at a time.
+
+        ``relevance`` is that of the blended output ``blended`` (both B, K, *input shape;
+        ``blended = infer(x)``). The inferer sums importance-weighted window predictions and
+        divides by a constant; the epsilon rule of those sums gives each window the share
+        ``prediction * importance / stabilise(sum)`` of a voxel's relevance (the division passes
+        it unchanged). ``network`` must return predictions whose backward carries relevance
+        (LRP's rules); each window's share goes back through it and is added into the input.
+        """
+        import torch
+
+        padded = self.pad(x.detach())
+        count = self.count.to(x.device)
+        upstream = self.pad(relevance) / stabilise(self.pad(blended) * count)
+        out = torch.zeros_like(padded)
+        for rows in self.window_batches(x.shape[0], batch_size):
+            with torch.enable_grad():
+                data = torch.cat([padded[r] for r in rows]).requires_grad_(True)
+                prediction = network(data)
+                shares = torch.cat([upstream[r] for r in rows]) * prediction.detach()
+                (window_relevance,) = torch.autograd.grad(
+                    prediction, data, grad_outputs=shares * self.importance
+                )
+            for row, r in enumerate(rows):
+                out[r] += window_relevance[row : row + 1]
+        return self.crop(out)
+
     def blend(self, maps: torch.Tensor) -> torch.Tensor:
         """Per-window maps (B * windows in use, C, *roi_size), example-major in the order
         :meth:`infer` runs them, blended as the inferer blends predictions: weighted by the
@@ -177,34 +221,51 @@ class WindowPlan:
         network: Callable[[torch.Tensor], torch.Tensor],
         output_gradient: torch.Tensor,
         batch_size: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        reference: torch.Tensor | None = None,
+        paired: PairedPass | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Gradient of ``sum(output_gradient * infer(x))`` w.r.t. ``x``, one window batch at a time.
 
         ``x`` is the network's input (already preprocessed); ``output_gradient`` has the shape
-        of the blended output (B, K, *input shape). Returns (gradient, blended output); the
-        output comes for free from the same window passes.
+        of the blended output (B, K, *input shape). Returns (gradient, blended output, None);
+        the output comes for free from the same window passes.
+
+        With a ``reference`` input (DeepLIFT's baseline, same shape) and a ``paired`` pass,
+        each window batch runs as ``paired(network, windows of x, same windows of reference)``,
+        which returns both predictions, the one of ``x`` attached to a graph whose backward
+        follows the pass's own rules; the third result is then the reference's blended output.
+        Exact: the blending is linear, so the score's multipliers reach each window's
+        prediction as the importance-weighted share of the output's.
         """
         import torch
 
         padded = self.pad(x.detach())
+        padded_reference = self.pad(reference.detach()) if reference is not None else None
         count = self.count.to(x.device)
         upstream = self.pad(output_gradient) / count
         grad = torch.zeros_like(padded)
         out: torch.Tensor | None = None
+        out_reference: torch.Tensor | None = None
         for rows in self.window_batches(x.shape[0], batch_size):
             with torch.enable_grad():
                 data = torch.cat([padded[r] for r in rows]).requires_grad_(True)
-                prediction = network(data)
+                if padded_reference is None or paired is None:
+                    prediction, prediction_reference = network(data), None
+                else:
+                    data_reference = torch.cat([padded_reference[r] for r in rows])
+                    prediction, prediction_reference = paired(network, data, data_reference)
                 weights = torch.cat([upstream[r] for r in rows]) * self.importance
                 (window_grad,) = torch.autograd.grad(prediction, data, grad_outputs=weights)
             if out is None:
-                out = torch.zeros(
-                    (x.shape[0], prediction.shape[1], *self.image_size),
-                    dtype=prediction.dtype,
-                    device=x.device,
-                )
+                shape = (x.shape[0], prediction.shape[1], *self.image_size)
+                out = torch.zeros(shape, dtype=prediction.dtype, device=x.device)
+                if prediction_reference is not None:
+                    out_reference = torch.zeros_like(out)
             for row, r in enumerate(rows):
                 grad[r] += window_grad[row : row + 1]
                 out[r] += prediction[row : row + 1].detach() * self.importance
+                if out_reference is not None and prediction_reference is not None:
+                    out_reference[r] += prediction_reference[row : row + 1] * self.importance
         assert out is not None
-        return self.crop(grad), self.crop(out / count)
+        blended_reference = None if out_reference is None else self.crop(out_reference / count)
+        return self.crop(grad), self.crop(out / count), blended_reference

@@ -595,6 +595,39 @@ def sliding_window_cases(config: Config, device: torch.device, repeat: int, tabl
     if config.sliding_reference:
         table.add("  reference memory", t_ref, t_ref, reference_name, None, mem_ref, None)
 
+    # DeepLIFT and LRP pair or share through the inferer window by window too; the reference
+    # is the same method through the whole sliding-window inference in one graph.
+    class WholeGraph(torch.nn.Module):
+        def __init__(self, forward):
+            super().__init__()
+            self.inner, self.network = forward, forward.network
+
+        def forward(self, inputs):
+            return self.inner(inputs)
+
+    for name in ("deeplift", "lrp"):
+        method = create_method(name, {})
+        t_m, ours_m, mem_m = timed(
+            lambda m=method: m.attribute(whole, x, target, Context(device=device)), device, repeat
+        )
+        if config.sliding_reference:
+            t_r, ref_m, mem_r = timed(
+                lambda m=method: m.attribute(WholeGraph(whole), x, target, Context(device=device)),
+                device,
+                repeat,
+            )
+        table.add(
+            f"{name}, {shape}, window by window",
+            t_m,
+            t_r if config.sliding_reference else 0.0,
+            f"{name} through the whole inference" if config.sliding_reference else "-",
+            None,
+            mem_m,
+            max_rel_diff(ours_m, ref_m) if config.sliding_reference else None,
+        )
+        if config.sliding_reference:
+            table.add("  reference memory", t_r, t_r, "(one graph)", None, mem_r, None)
+
     local = SegmentationForward(network, card)
     local.restrict_to(target.region.cpu().numpy())
     t_local, ours_local, mem_local = timed(

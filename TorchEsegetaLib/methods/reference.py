@@ -116,6 +116,14 @@ def deeplift(
     from . import rules
 
     rules.refuse_scripted(score.forward, "deeplift")
+    windowed = getattr(score.forward, "paired_score_gradients", None)
+    if windowed is not None:
+        # Sliding-window models: window by window, memory bounded by the window batch.
+        unhandled: set[str] = set()
+        result = windowed(inputs, baselines, score.target, paired_pass(unhandled))
+        if result is not None:
+            grad, scores, reference_scores = result
+            return (inputs - baselines) * grad, scores, reference_scores, unhandled
     rescale = _RescaleRules()
     with torch.no_grad(), rescale.mode():
         reference_scores = score(baselines)
@@ -127,6 +135,27 @@ def deeplift(
         rescale.check_all_replayed()
         (grad,) = torch.autograd.grad(scores.sum(), x)
     return (inputs - baselines) * grad, scores.detach(), reference_scores, mode.unhandled
+
+
+def paired_pass(unhandled: set[str]):
+    """A function run on an input and on its baseline with DeepLIFT's rules: recorded on the
+    baseline, applied on the input (one step of a window-by-window pass, see
+    :meth:`SegmentationForward.paired_score_gradients`). Operations without a rule are added
+    to ``unhandled``."""
+    import torch
+
+    def run(function, inputs, baselines):
+        rescale = _RescaleRules()
+        with torch.no_grad(), rescale.mode():
+            reference = function(baselines)
+        rescale.replay()
+        with torch.enable_grad(), rescale.mode() as mode:
+            output = function(inputs)
+        rescale.check_all_replayed()
+        unhandled.update(mode.unhandled)
+        return output, reference
+
+    return run
 
 
 def note_incomplete(

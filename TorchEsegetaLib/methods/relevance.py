@@ -125,8 +125,33 @@ def propagate(forward, inputs, target, config) -> tuple[torch.Tensor, set[str]]:
     import torch
 
     relevance = _Relevance(config)
+    windowed = getattr(forward, "window_relevance", None)
     with _network_input(forward) as preprocess:
         network_input = preprocess(inputs).detach()
+        if windowed is not None:
+            # Sliding-window models: window by window, memory bounded by the window batch.
+            unhandled: set[str] = set()
+
+            def call(network, windows):
+                with relevance.mode() as mode:
+                    prediction = network(windows)
+                unhandled.update(mode.unhandled)
+                return prediction
+
+            def start_of(logits):
+                start = torch.zeros_like(logits)
+                start[:, target.class_index] = target.voxel_scores(logits)
+                return start
+
+            with _marking_output_layers(forward, relevance):
+                result = windowed(
+                    network_input,
+                    start_of,
+                    call,
+                    lambda z: relevance.stabilise(z, relevance.epsilon),
+                )
+            if result is not None:
+                return result.detach(), unhandled
         with torch.enable_grad(), _marking_output_layers(forward, relevance):
             x = network_input.requires_grad_(True)
             with relevance.mode() as mode:
