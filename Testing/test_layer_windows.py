@@ -180,3 +180,35 @@ def test_layers_of_a_sliding_model_are_traced_once_and_have_a_default():
     assert len(names) == len(set(names)) and LAYER in names
     assert [layer["shape"] for layer in traced if layer["name"] == LAYER] == [[4, 4, 4]]
     assert default_layer(forward, x, out_channels=2) in names
+
+
+STREAMING = sorted(name for name in LAYER_METHODS if REGISTRY[name].streams)
+
+
+@pytest.mark.parametrize("output", ["logits", "probabilities"])
+@pytest.mark.parametrize("name", STREAMING)
+def test_window_batches_one_at_a_time_give_the_map_of_the_whole_pass(name, output, monkeypatch):
+    # The methods that need only the layer's output and gradient run one window batch at a
+    # time (memory of one batch); the whole pass in one graph is the reference.
+    forward, x = sliding("gaussian"), volume(5)
+    target = box_target()
+    target = type(target)(1, target.region, output, "softmax", "mean")
+    calls, by_window = [], forward.layer_windows
+    forward.layer_windows = lambda *args: calls.append(1) or by_window(*args)
+    streamed = ours(name, forward, x, target, layer=LAYER)
+    assert calls
+    monkeypatch.setattr(REGISTRY[name], "streams", False)
+    whole = ours(name, forward, x, target, layer=LAYER)
+    assert len(calls) == 1
+    assert close(streamed, whole, rtol=1e-5, atol=1e-6)
+    assert float(streamed.abs().max()) > 0
+
+
+def test_streaming_methods_are_those_without_a_path_or_baseline():
+    assert STREAMING == [
+        "gradcam",
+        "gradcam_pp",
+        "guided_gradcam",
+        "layer_activation",
+        "layer_gradient_x_activation",
+    ]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .card import ModelCard
 from .errors import OutOfMemoryError, UserInputError
 from .volume import Volume
-from .windows import PairedPass, WindowPlan
+from .windows import PairedPass, WindowCanvas, WindowPlan
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -152,11 +152,80 @@ class SegmentationForward(torch.nn.Module):
         """Maps computed per sliding window on the network's input grid (B * windows, C,
         *roi_size, in the order the windows run), blended onto the model grid of an input of
         ``spatial_shape`` with the inferer's weights (see :meth:`WindowPlan.blend`)."""
+        blended = self._plan_of(spatial_shape).blend(maps)
+        return blended[self._model_grid(spatial_shape)]
+
+    def window_canvas(
+        self, spatial_shape: Sequence[int], examples: int, channels: int, dtype: torch.dtype
+    ) -> WindowCanvas:
+        """An empty blend of window maps for inputs of ``spatial_shape`` (see
+        :meth:`layer_windows`); :meth:`canvas_result` gives the blended maps."""
         plan = self._plan_of(spatial_shape)
-        blended = plan.blend(maps)
-        return blended[
-            (slice(None), slice(None), *_divisible_crop(spatial_shape, self.card.size_divisible))
-        ]
+        return WindowCanvas(plan, examples, channels, plan.count.device, dtype)
+
+    def canvas_result(self, canvas: WindowCanvas, spatial_shape: Sequence[int]) -> torch.Tensor:
+        """The blended maps of ``canvas`` on the model grid of an input of ``spatial_shape``."""
+        return canvas.result()[self._model_grid(spatial_shape)]
+
+    def _model_grid(self, spatial_shape: Sequence[int]) -> tuple[slice, ...]:
+        """Where the input sits in its padded-to-divisible grid, as an index of (B, C, ...)."""
+        crop = _divisible_crop(spatial_shape, self.card.size_divisible)
+        return (slice(None), slice(None), *crop)
+
+    def layer_windows(
+        self,
+        x: torch.Tensor,
+        target: Callable[[torch.Tensor], torch.Tensor],
+        layer: torch.nn.Module,
+        gradients: bool = True,
+    ) -> Iterator[tuple[list[tuple[slice, ...]], torch.Tensor, torch.Tensor | None]]:
+        """A layer's feature maps, one window batch at a time (sliding-window models).
+
+        Yields, per window batch: the windows' index tuples (as
+        :meth:`WindowPlan.window_batches`), the layer's output on them and, with
+        ``gradients``, the gradient of the target score of the *whole blended prediction* with
+        respect to that output (the score's gradient with respect to the output, shared by
+        the inferer's weights, pulled back through this window batch alone). Peak memory: one
+        window batch's graph.
+        """
+        multiple = self.card.size_divisible
+        with torch.no_grad():
+            prepared, crop = _pad_to_multiple(self.preprocess(x.detach()), multiple)
+        plan = self.plan(prepared)
+        padded = plan.pad(prepared)
+        upstream = None
+        if gradients:
+            count = plan.count.to(prepared.device, prepared.dtype)
+            upstream = plan.pad(self._upstream(prepared, crop, plan, target)) / count
+        captured: list[torch.Tensor] = []
+
+        def keep(_module, _inputs, output):
+            captured.append(output)
+            # the network goes on with a copy: a later in-place operation cannot change it
+            return output.clone() if isinstance(output, torch.Tensor) else None
+
+        handle = layer.register_forward_hook(keep)
+        try:
+            for rows in plan.window_batches(x.shape[0], self.card.sw_batch_size):
+                captured.clear()
+                data = torch.cat([padded[r] for r in rows]).requires_grad_(gradients)
+                with torch.set_grad_enabled(gradients):
+                    prediction = self._network(data)
+                if len(captured) != 1 or not isinstance(captured[0], torch.Tensor):
+                    raise UserInputError(
+                        f"the layer ran {len(captured)} times in one network call; a layer map "
+                        "needs one feature map per network input: choose another layer"
+                    )
+                activation, grads = captured[0], None
+                if upstream is not None:
+                    weights = torch.cat([upstream[r] for r in rows]) * plan.importance
+                    (grads,) = torch.autograd.grad(
+                        prediction, activation, grad_outputs=weights, allow_unused=True
+                    )
+                    grads = torch.zeros_like(activation) if grads is None else grads
+                yield rows, activation.detach(), grads
+        finally:
+            handle.remove()
 
     def _plan_of(self, spatial_shape: Sequence[int]) -> WindowPlan:
         """The plan an input of this (unpadded) shape gets, without allocating the input."""
@@ -180,25 +249,7 @@ class SegmentationForward(torch.nn.Module):
             raw = x.detach().requires_grad_(True)
             prepared, crop = _pad_to_multiple(self.preprocess(raw), self.card.size_divisible)
             plan = self.plan(prepared)
-            linear = getattr(target, "output_gradient", None)
-            output_gradient = (
-                linear(self.card.out_channels, x.device, prepared.dtype) if linear else None
-            )
-            if output_gradient is None:
-                with torch.no_grad():
-                    logits = plan.infer(prepared, self._network, self.card.sw_batch_size)[
-                        crop
-                    ].detach()
-                logits.requires_grad_(True)
-                (output_gradient,) = torch.autograd.grad(target(logits).sum(), logits)
-            else:
-                output_gradient = output_gradient.expand(x.shape[0], -1, *output_gradient.shape[2:])
-            full = torch.zeros(
-                (x.shape[0], output_gradient.shape[1], *prepared.shape[2:]),
-                dtype=prepared.dtype,
-                device=x.device,
-            )
-            full[crop] = output_gradient.to(full.dtype)
+            full = self._upstream(prepared, crop, plan, target)
             grad_prepared, blended, _ = plan.input_gradients(
                 prepared, self._network, full, self.card.sw_batch_size
             )
@@ -206,6 +257,41 @@ class SegmentationForward(torch.nn.Module):
         with torch.no_grad():
             scores = target(blended[crop])
         return scores, grad
+
+    def _upstream(
+        self,
+        prepared: torch.Tensor,
+        crop: tuple[slice, ...],
+        plan: WindowPlan,
+        target: Callable[[torch.Tensor], torch.Tensor],
+        through: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The score's gradient with respect to the blended output, on the padded grid
+        (B, K, *prepared spatial shape): known up front for a linear target, otherwise from one
+        inference without a graph. ``through(logits)`` replaces the gradient of a non-linear
+        target by another upstream quantity (DeepLIFT's multipliers)."""
+        linear = getattr(target, "output_gradient", None)
+        upstream = (
+            linear(self.card.out_channels, prepared.device, prepared.dtype) if linear else None
+        )
+        if upstream is None:
+            with torch.no_grad():
+                logits = plan.infer(prepared.detach(), self._network, self.card.sw_batch_size)
+            if through is not None:
+                upstream = through(logits[crop])
+            else:
+                logits = logits[crop].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    (upstream,) = torch.autograd.grad(target(logits).sum(), logits)
+        else:
+            upstream = upstream.expand(prepared.shape[0], -1, *upstream.shape[2:])
+        full = torch.zeros(
+            (prepared.shape[0], upstream.shape[1], *prepared.shape[2:]),
+            dtype=prepared.dtype,
+            device=prepared.device,
+        )
+        full[crop] = upstream.to(full.dtype)
+        return full
 
     def paired_score_gradients(
         self,
@@ -230,27 +316,18 @@ class SegmentationForward(torch.nn.Module):
             prepared, crop = _pad_to_multiple(prepared, multiple)
             prepared_reference, _ = _pad_to_multiple(prepared_reference.detach(), multiple)
             plan = self.plan(prepared)
-            linear = getattr(target, "output_gradient", None)
-            output_gradient = (
-                linear(self.card.out_channels, x.device, prepared.dtype) if linear else None
-            )
-            if output_gradient is None:  # the target's own multipliers, on blended outputs
+
+            def multipliers(logits: torch.Tensor) -> torch.Tensor:
+                """The target's own multipliers, between the blended outputs."""
                 with torch.no_grad():
-                    logits = plan.infer(prepared.detach(), self._network, self.card.sw_batch_size)
                     logits_reference = plan.infer(
                         prepared_reference, self._network, self.card.sw_batch_size
-                    )
-                logits = logits[crop].detach().requires_grad_(True)
-                scores, _ = paired(target, logits, logits_reference[crop])
-                (output_gradient,) = torch.autograd.grad(scores.sum(), logits)
-            else:
-                output_gradient = output_gradient.expand(x.shape[0], -1, *output_gradient.shape[2:])
-            full = torch.zeros(
-                (x.shape[0], output_gradient.shape[1], *prepared.shape[2:]),
-                dtype=prepared.dtype,
-                device=x.device,
-            )
-            full[crop] = output_gradient.to(full.dtype)
+                    )[crop]
+                logits = logits.detach().requires_grad_(True)
+                scores, _ = paired(target, logits, logits_reference)
+                return torch.autograd.grad(scores.sum(), logits)[0]
+
+            full = self._upstream(prepared, crop, plan, target, through=multipliers)
             grad_prepared, blended, blended_reference = plan.input_gradients(
                 prepared,
                 self._network,

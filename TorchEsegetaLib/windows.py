@@ -197,23 +197,15 @@ class WindowPlan:
         :meth:`infer` runs them, blended as the inferer blends predictions: weighted by the
         importance map and divided by the weight of all windows at each voxel. Returns
         (B, C, *input shape); voxels that no window in use covers are 0."""
-        import torch
-
         used = len(self.indices)
         if maps.shape[0] % used or tuple(maps.shape[2:]) != self.roi_size:
             raise ValueError(
                 f"{tuple(maps.shape)} is not a stack of {used} window maps of {self.roi_size}"
             )
-        examples = maps.shape[0] // used
-        importance = self.importance.to(maps.device, maps.dtype)
-        out = torch.zeros(
-            (examples, maps.shape[1], *self.image_size), dtype=maps.dtype, device=maps.device
-        )
-        for example in range(examples):
-            for j, i in enumerate(self.indices):
-                window = (slice(example, example + 1), slice(None), *self.slices[i])
-                out[window] += maps[example * used + j : example * used + j + 1] * importance
-        return self.crop(out / self.count.to(maps.device, maps.dtype))
+        canvas = WindowCanvas(self, maps.shape[0] // used, maps.shape[1], maps.device, maps.dtype)
+        rows = [row for batch in self.window_batches(maps.shape[0] // used, used) for row in batch]
+        canvas.add(rows, maps)
+        return canvas.result()
 
     def input_gradients(
         self,
@@ -269,3 +261,33 @@ class WindowPlan:
         assert out is not None
         blended_reference = None if out_reference is None else self.crop(out_reference / count)
         return self.crop(grad), self.crop(out / count), blended_reference
+
+
+class WindowCanvas:
+    """Blends maps computed window by window, as the inferer blends predictions: each added
+    window map is weighted by the importance map; :meth:`result` divides by the weight of all
+    windows at each voxel and crops to the input. Maps can arrive in any number of batches."""
+
+    def __init__(
+        self,
+        plan: WindowPlan,
+        examples: int,
+        channels: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ) -> None:
+        import torch
+
+        self.plan = plan
+        self.importance = plan.importance.to(device, dtype)
+        self.out = torch.zeros((examples, channels, *plan.image_size), dtype=dtype, device=device)
+
+    def add(self, rows: Sequence[tuple[slice, ...]], maps: torch.Tensor) -> None:
+        """``maps[i]`` (C, *roi_size) is the map of window ``rows[i]`` (as
+        :meth:`WindowPlan.window_batches` yields them)."""
+        for row, r in enumerate(rows):
+            self.out[r] += maps[row : row + 1].to(self.out.dtype) * self.importance
+
+    def result(self) -> torch.Tensor:
+        count = self.plan.count.to(self.out.device, self.out.dtype)
+        return self.plan.crop(self.out / count)

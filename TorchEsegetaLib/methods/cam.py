@@ -35,8 +35,9 @@ class _ClassActivationMap(LayerMethod):
         """(b, K, 1, ...) weights of the channels."""
         raise NotImplementedError
 
-    def layer_map(self, probe, inputs, context):
-        _, activation, grads = probe.gradients(inputs)
+    streams = True
+
+    def map_from(self, probe, activation, grads, context):
         if self.nonnegative_layer and bool(activation.min() < 0):
             note = (
                 f"{self.name}: layer {probe.name!r} has negative activations, which its weights "

@@ -14,6 +14,9 @@ target score of the whole blended prediction, so a window's Grad-CAM weights say
 window's channels drive the model's actual decision), upsampled to the window and blended with
 the inferer's own weights, exactly as the window predictions are blended. A local target (ROI,
 voxel) runs only the windows that touch it, and the map is zero where none of them reaches.
+Methods whose map needs only the layer's output and gradient on the input (:attr:`streams`)
+run one window batch at a time (:meth:`LayerMethod.attribute_by_window`); path methods run the
+whole pass of each path step in one graph.
 """
 
 from __future__ import annotations
@@ -301,6 +304,11 @@ class LayerMethod(Method):
 
     #: the default layer must be non-negative (an activation's output), see :func:`default_layer`
     nonnegative_layer = False
+    #: the map is :meth:`map_from` the layer's output (and its gradient) on the input alone:
+    #: on a sliding-window model it is computed one window batch at a time
+    streams = False
+    #: :meth:`map_from` needs the score's gradient with respect to the layer
+    needs_gradients = True
 
     def layer_name(self, forward: torch.nn.Module, inputs: torch.Tensor) -> str:
         import torch
@@ -324,6 +332,9 @@ class LayerMethod(Method):
         import torch
 
         probe = self.probe(forward, inputs, target)
+        windows = getattr(forward, "windows_per_pass", None)
+        if self.streams and probe.sliding and windows and windows(inputs.shape[2:]) > 1:
+            return self.attribute_by_window(probe, forward, inputs, target, context)
         out = torch.empty(
             (inputs.shape[0], 1, *inputs.shape[2:]), dtype=inputs.dtype, device=inputs.device
         )
@@ -333,6 +344,35 @@ class LayerMethod(Method):
             out[start:stop] = probe.to_input_grid(cam, inputs.shape)
 
         self.compute(probe, inputs, context, emit)
+        return out.expand(inputs.shape).contiguous()
+
+    def attribute_by_window(self, probe, forward, inputs, target, context):
+        """The map of a sliding-window model, one window batch at a time: each window's map
+        from its feature map and gradient (:meth:`SegmentationForward.layer_windows`),
+        upsampled to the window and blended as the predictions are. Equal to the maps of
+        the whole pass in one graph (tested), with peak memory set by the window batch."""
+        import torch
+        import torch.nn.functional as F
+
+        out = torch.empty(
+            (inputs.shape[0], 1, *inputs.shape[2:]), dtype=inputs.dtype, device=inputs.device
+        )
+        mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[inputs.dim()]
+        roi = tuple(forward.card.roi_size)
+
+        def run(start: int, stop: int) -> None:
+            x = inputs[start:stop]
+            canvas = forward.window_canvas(x.shape[2:], stop - start, 1, x.dtype)
+            for rows, activation, grads in forward.layer_windows(
+                x, target, probe.layer, self.needs_gradients
+            ):
+                context.check()
+                cam = self.combine_channels(self.map_from(probe, activation, grads, context))
+                up = F.interpolate(cam.to(x.dtype), size=roi, mode=mode, align_corners=False)
+                canvas.add(rows, up)
+            out[start:stop] = forward.canvas_result(canvas, x.shape[2:]).to(out.device)
+
+        context.map_batches(inputs.shape[0], run, self.name)
         return out.expand(inputs.shape).contiguous()
 
     def compute(
@@ -352,6 +392,21 @@ class LayerMethod(Method):
 
     def layer_map(self, probe: LayerProbe, inputs: torch.Tensor, context: Context) -> torch.Tensor:
         """(b, K, *s): the attribution of each channel of the layer, for a batch of inputs."""
+        if self.needs_gradients:
+            _, activation, grads = probe.gradients(inputs)
+        else:
+            activation, grads = probe.activations(inputs), None
+        return self.map_from(probe, activation, grads, context)
+
+    def map_from(
+        self,
+        probe: LayerProbe,
+        activation: torch.Tensor,
+        grads: torch.Tensor | None,
+        context: Context,
+    ) -> torch.Tensor:
+        """The per-channel map from the layer's output and the score's gradient with respect
+        to it (None unless :attr:`needs_gradients`), for methods that need nothing else."""
         raise NotImplementedError
 
     def combine_channels(self, layer_map: torch.Tensor) -> torch.Tensor:
@@ -371,9 +426,11 @@ class LayerActivation(LayerMethod):
     signed = True
     cost = "1 forward"
     reference = "captum LayerActivation; Erhan et al. 2009 (activation maps)"
+    streams = True
+    needs_gradients = False
 
-    def layer_map(self, probe, inputs, context):
-        return probe.activations(inputs)
+    def map_from(self, probe, activation, grads, context):
+        return activation
 
 
 @register
@@ -384,7 +441,7 @@ class LayerGradientXActivation(LayerMethod):
     signed = True
     cost = "1 forward + 1 backward"
     reference = "Shrikumar et al. 2016, arXiv:1605.01713 (applied to a layer, as captum)"
+    streams = True
 
-    def layer_map(self, probe, inputs, context):
-        _, activation, grads = probe.gradients(inputs)
+    def map_from(self, probe, activation, grads, context):
         return grads * activation
