@@ -238,7 +238,19 @@ def test_progress_is_reported_up_to_one(setup):
     assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and len(seen) == 3
 
 
-def test_out_of_memory_halves_the_batch(setup, monkeypatch):
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory (simulated)"),
+        # what the CPU allocator raises on Linux when an allocation fails
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 40000000000000 bytes. Error code 12"
+        ),
+    ],
+    ids=["cuda", "cpu"],
+)
+def test_out_of_memory_halves_the_batch(setup, monkeypatch, error):
     net, x, target, _ = setup
     calls = []
     original = net.forward
@@ -246,7 +258,7 @@ def test_out_of_memory_halves_the_batch(setup, monkeypatch):
     def flaky(inputs):
         calls.append(inputs.shape[0])
         if inputs.shape[0] > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise error
         return original(inputs)
 
     monkeypatch.setattr(net, "forward", flaky)

@@ -36,12 +36,18 @@ class CancelToken:
         return self._event.is_set()
 
 
+#: How allocators say they ran out: CUDA ("CUDA out of memory"), and the CPU allocator on
+#: Linux ("can't allocate memory") and Windows ("not enough memory").
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "not enough memory")
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     import torch
 
     if isinstance(error, torch.OutOfMemoryError):
         return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and any(m in message for m in _OUT_OF_MEMORY)
 
 
 def free_cached_memory(device: torch.device) -> None:

@@ -576,7 +576,7 @@ def out_of_memory_guard(device: torch.device) -> Iterator[None]:
     try:
         yield
     except RuntimeError as error:
-        if not (is_out_of_memory(error) or "can't allocate memory" in str(error)):
+        if not is_out_of_memory(error):
             raise
         raise OutOfMemoryError(
             f"the model ran out of memory on {device}; use a smaller sliding-window roi_size or "
