@@ -595,8 +595,9 @@ def sliding_window_cases(config: Config, device: torch.device, repeat: int, tabl
     if config.sliding_reference:
         table.add("  reference memory", t_ref, t_ref, reference_name, None, mem_ref, None)
 
-    # DeepLIFT and LRP pair or share through the inferer window by window too; the reference
-    # is the same method through the whole sliding-window inference in one graph.
+    # DeepLIFT and LRP pair or share through the inferer window by window too, and Grad-CAM
+    # runs one window batch at a time; the reference is the same method through the whole
+    # sliding-window inference in one graph.
     class WholeGraph(torch.nn.Module):
         def __init__(self, forward):
             super().__init__()
@@ -605,14 +606,19 @@ def sliding_window_cases(config: Config, device: torch.device, repeat: int, tabl
         def forward(self, inputs):
             return self.inner(inputs)
 
-    for name in ("deeplift", "lrp"):
+    for name in ("deeplift", "lrp", "gradcam"):
         method = create_method(name, {})
         t_m, ours_m, mem_m = timed(
             lambda m=method: m.attribute(whole, x, target, Context(device=device)), device, repeat
         )
         if config.sliding_reference:
+            if name == "gradcam":  # the per-window maps of the whole pass in one graph
+                method.streams = False
+                one_graph = whole
+            else:
+                one_graph = WholeGraph(whole)
             t_r, ref_m, mem_r = timed(
-                lambda m=method: m.attribute(WholeGraph(whole), x, target, Context(device=device)),
+                lambda m=method, f=one_graph: m.attribute(f, x, target, Context(device=device)),
                 device,
                 repeat,
             )
