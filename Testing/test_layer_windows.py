@@ -212,3 +212,27 @@ def test_streaming_methods_are_those_without_a_path_or_baseline():
         "layer_activation",
         "layer_gradient_x_activation",
     ]
+
+
+PATH_METHODS = ["internal_influence", "layer_conductance", "layer_gradient_shap"]
+
+
+@pytest.mark.parametrize("name", PATH_METHODS)
+def test_path_methods_stream_one_example_of_windows_at_a_time_with_the_same_map(name, monkeypatch):
+    from TorchEsegetaLib.methods.layer import LayerProbe
+
+    forward, x = sliding("gaussian"), volume(6)
+    target = box_target()
+    target = type(target)(1, target.region, "probabilities", "softmax", "mean")
+    key = "n_samples" if name == "layer_gradient_shap" else "n_steps"
+    params = {"layer": LAYER, key: 3}
+    if name == "layer_gradient_shap":
+        params["stdevs"] = 0.05
+    calls, by_window = [], forward.layer_windows
+    forward.layer_windows = lambda *args: calls.append(1) or by_window(*args)
+    streamed = ours(name, forward, x, target, **params)
+    assert calls
+    monkeypatch.setattr(LayerProbe, "points", LayerProbe.points_in_one_graph)
+    whole = ours(name, forward, x, target, **params)
+    assert close(streamed, whole, rtol=1e-5, atol=1e-6)
+    assert float(streamed.abs().max()) > 0

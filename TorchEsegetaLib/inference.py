@@ -174,29 +174,32 @@ class SegmentationForward(torch.nn.Module):
 
     def layer_windows(
         self,
-        x: torch.Tensor,
+        inputs: Sequence[torch.Tensor],
         target: Callable[[torch.Tensor], torch.Tensor],
         layer: torch.nn.Module,
-        gradients: bool = True,
-    ) -> Iterator[tuple[list[tuple[slice, ...]], torch.Tensor, torch.Tensor | None]]:
+        gradients: Sequence[bool],
+    ) -> Iterator[tuple[list[tuple[slice, ...]], list[tuple[torch.Tensor, torch.Tensor | None]]]]:
         """A layer's feature maps, one window batch at a time (sliding-window models).
 
-        Yields, per window batch: the windows' index tuples (as
-        :meth:`WindowPlan.window_batches`), the layer's output on them and, with
-        ``gradients``, the gradient of the target score of the *whole blended prediction* with
-        respect to that output (the score's gradient with respect to the output, shared by
-        the inferer's weights, pulled back through this window batch alone). Peak memory: one
-        window batch's graph.
+        ``inputs`` are inputs of one shape, run in lockstep (a path point, a noisy input and a
+        baseline: the same windows of each come together). Yields, per window batch: the
+        windows' index tuples (as :meth:`WindowPlan.window_batches`: one example's windows at
+        a time), and for each input the layer's output on those windows and, where
+        ``gradients`` says so, the gradient of the target score of the *whole blended
+        prediction* with respect to that output (the score's gradient with respect to the
+        output, shared by the inferer's weights, pulled back through this window batch alone).
+        Peak memory: one window batch's graph.
         """
         multiple = self.card.size_divisible
         with torch.no_grad():
-            prepared, crop = _pad_to_multiple(self.preprocess(x.detach()), multiple)
-        plan = self.plan(prepared)
-        padded = plan.pad(prepared)
-        upstream = None
-        if gradients:
-            count = plan.count.to(prepared.device, prepared.dtype)
-            upstream = plan.pad(self._upstream(prepared, crop, plan, target)) / count
+            prepared = [_pad_to_multiple(self.preprocess(x.detach()), multiple) for x in inputs]
+        plan = self.plan(prepared[0][0])
+        padded = [plan.pad(x) for x, _ in prepared]
+        count = plan.count.to(padded[0].device, padded[0].dtype)
+        upstream = [
+            plan.pad(self._upstream(x, crop, plan, target)) / count if wanted else None
+            for (x, crop), wanted in zip(prepared, gradients)
+        ]
         captured: list[torch.Tensor] = []
 
         def keep(_module, _inputs, output):
@@ -206,24 +209,28 @@ class SegmentationForward(torch.nn.Module):
 
         handle = layer.register_forward_hook(keep)
         try:
-            for rows in plan.window_batches(x.shape[0], self.card.sw_batch_size):
-                captured.clear()
-                data = torch.cat([padded[r] for r in rows]).requires_grad_(gradients)
-                with torch.set_grad_enabled(gradients):
-                    prediction = self._network(data)
-                if len(captured) != 1 or not isinstance(captured[0], torch.Tensor):
-                    raise UserInputError(
-                        f"the layer ran {len(captured)} times in one network call; a layer map "
-                        "needs one feature map per network input: choose another layer"
-                    )
-                activation, grads = captured[0], None
-                if upstream is not None:
-                    weights = torch.cat([upstream[r] for r in rows]) * plan.importance
-                    (grads,) = torch.autograd.grad(
-                        prediction, activation, grad_outputs=weights, allow_unused=True
-                    )
-                    grads = torch.zeros_like(activation) if grads is None else grads
-                yield rows, activation.detach(), grads
+            for rows in plan.window_batches(inputs[0].shape[0], self.card.sw_batch_size):
+                maps = []
+                for volume, weights in zip(padded, upstream):
+                    captured.clear()
+                    wanted = weights is not None
+                    data = torch.cat([volume[r] for r in rows]).requires_grad_(wanted)
+                    with torch.set_grad_enabled(wanted):
+                        prediction = self._network(data)
+                    if len(captured) != 1 or not isinstance(captured[0], torch.Tensor):
+                        raise UserInputError(
+                            f"the layer ran {len(captured)} times in one network call; a layer "
+                            "map needs one feature map per network input: choose another layer"
+                        )
+                    activation, grads = captured[0], None
+                    if weights is not None:
+                        share = torch.cat([weights[r] for r in rows]) * plan.importance
+                        (grads,) = torch.autograd.grad(
+                            prediction, activation, grad_outputs=share, allow_unused=True
+                        )
+                        grads = torch.zeros_like(activation) if grads is None else grads
+                    maps.append((activation.detach(), grads))
+                yield rows, maps
         finally:
             handle.remove()
 

@@ -15,15 +15,15 @@ window's channels drive the model's actual decision), upsampled to the window an
 the inferer's own weights, exactly as the window predictions are blended. A local target (ROI,
 voxel) runs only the windows that touch it, and the map is zero where none of them reaches.
 Methods whose map needs only the layer's output and gradient on the input (:attr:`streams`)
-run one window batch at a time (:meth:`LayerMethod.attribute_by_window`); path methods run the
-whole pass of each path step in one graph.
+run one window batch at a time (:meth:`LayerMethod.attribute_by_window`); path methods take
+their points one at a time (:meth:`LayerProbe.points`), each window batch on its own graph.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserInputError
@@ -240,6 +240,56 @@ class LayerProbe:
         self.windows = rows // inputs.shape[0] if self.sliding else 1
         return outputs
 
+    def points(
+        self, inputs: Sequence[torch.Tensor], gradients: Sequence[bool]
+    ) -> Iterator[list[tuple[torch.Tensor, torch.Tensor | None]]]:
+        """Per example of ``inputs`` (tensors of one shape, run together), for each of them
+        the layer's output (windows, K, *s) and, where ``gradients`` says so, the score's
+        gradient with respect to it.
+
+        On a sliding-window model with several windows, one example's windows at a time,
+        each window batch on its own graph (:meth:`SegmentationForward.layer_windows`): memory
+        holds one example's layer maps, never a whole pass's graph. Otherwise each input runs
+        in one batched pass.
+        """
+        import torch
+
+        forward = self.score.forward
+        windows = getattr(forward, "windows_per_pass", None)
+        if self.sliding and windows is not None and windows(inputs[0].shape[2:]) > 1:
+            self.windows = windows(inputs[0].shape[2:])
+            self.grid = tuple(forward.card.roi_size)
+            parts: list[list[tuple[torch.Tensor, torch.Tensor | None]]] = []
+            for _rows, maps in forward.layer_windows(
+                inputs, self.score.target, self.layer, gradients
+            ):
+                parts.append(maps)
+                if sum(len(part[0][0]) for part in parts) == self.windows:
+                    yield [
+                        (
+                            torch.cat([part[i][0] for part in parts]),
+                            torch.cat([part[i][1] for part in parts]) if wanted else None,
+                        )
+                        for i, wanted in enumerate(gradients)
+                    ]
+                    parts = []
+            return
+        yield from self.points_in_one_graph(inputs, gradients)
+
+    def points_in_one_graph(
+        self, inputs: Sequence[torch.Tensor], gradients: Sequence[bool]
+    ) -> Iterator[list[tuple[torch.Tensor, torch.Tensor | None]]]:
+        """:meth:`points` with each input's whole pass (all its windows) in one graph."""
+        per_input = []
+        for x, wanted in zip(inputs, gradients):
+            if wanted:
+                _, activation, grads = self.gradients(x)
+                per_input.append((self.per_point(activation), self.per_point(grads)))
+            else:
+                per_input.append((self.per_point(self.activations(x)), None))
+        for example in range(inputs[0].shape[0]):
+            yield [(a[example], None if g is None else g[example]) for a, g in per_input]
+
     def per_point(self, tensor: torch.Tensor) -> torch.Tensor:
         """(B * windows, ...) -> (B, windows, ...): the inputs' rows apart from their windows."""
         return tensor.reshape(-1, self.windows, *tensor.shape[1:])
@@ -363,8 +413,8 @@ class LayerMethod(Method):
         def run(start: int, stop: int) -> None:
             x = inputs[start:stop]
             canvas = forward.window_canvas(x.shape[2:], stop - start, 1, x.dtype)
-            for rows, activation, grads in forward.layer_windows(
-                x, target, probe.layer, self.needs_gradients
+            for rows, [(activation, grads)] in forward.layer_windows(
+                [x], target, probe.layer, [self.needs_gradients]
             ):
                 context.check()
                 cam = self.combine_channels(self.map_from(probe, activation, grads, context))

@@ -94,9 +94,15 @@ class LayerConductance(_PathMethod):
     )
 
     def path_sum(self, probe, x, base, alphas, step_sizes, start, stop):
-        _, activation, grads = probe.gradients(_path(x, base, alphas[start : stop + 1]))
-        activation, grads = probe.per_point(activation), probe.per_point(grads)
-        return ((activation[1:] - activation[:-1]) * grads[:-1]).sum(dim=0)
+        total, previous = None, None
+        for [(activation, grads)] in probe.points(
+            [_path(x, base, alphas[start : stop + 1])], [True]
+        ):
+            if previous is not None:
+                term = (activation - previous[0]) * previous[1]
+                total = term if total is None else total + term
+            previous = (activation, grads)
+        return total
 
 
 @register
@@ -116,10 +122,11 @@ class InternalInfluence(_PathMethod):
     )
 
     def path_sum(self, probe, x, base, alphas, step_sizes, start, stop):
-        _, _, grads = probe.gradients(_path(x, base, alphas[start:stop]))
-        grads = probe.per_point(grads)
-        weights = step_sizes[start:stop].reshape((-1,) + (1,) * (grads.dim() - 1))
-        return (grads * weights).sum(dim=0)
+        total = None
+        points = probe.points([_path(x, base, alphas[start:stop])], [True])
+        for [(_, grads)], weight in zip(points, step_sizes[start:stop]):
+            total = grads * weight if total is None else total + grads * weight
+        return total
 
 
 @register
@@ -212,10 +219,12 @@ class LayerGradientShap(LayerMethod):
             ]
             noisy = noisy + torch.cat(noise).to(x) * std
         base = references[choice[start:stop].to(x.device)]
-        _, _, grads = probe.gradients(_path(noisy, base, alphas[start:stop].to(x)))
-        ends = probe.per_point(probe.activations(torch.cat([noisy, base])))
-        delta = ends[: stop - start] - ends[stop - start :]
-        return (delta * probe.per_point(grads)).sum(dim=0)
+        total = None
+        inputs = [_path(noisy, base, alphas[start:stop].to(x)), noisy, base]
+        for (_, grads), (end, _), (start_point, _) in probe.points(inputs, [True, False, False]):
+            term = (end - start_point) * grads
+            total = term if total is None else total + term
+        return total
 
 
 @register
