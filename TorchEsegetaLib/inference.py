@@ -148,12 +148,29 @@ class SegmentationForward(torch.nn.Module):
         """How many windows one example's pass runs (1 for whole-volume models)."""
         return len(self._plan_of(spatial_shape).indices) if self.sliding else 1
 
-    def blend_windows(self, maps: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
-        """Maps computed per sliding window on the network's input grid (B * windows, C,
-        *roi_size, in the order the windows run), blended onto the model grid of an input of
-        ``spatial_shape`` with the inferer's weights (see :meth:`WindowPlan.blend`)."""
-        blended = self._plan_of(spatial_shape).blend(maps)
-        return blended[self._model_grid(spatial_shape)]
+    def blend_windows(
+        self,
+        maps: torch.Tensor,
+        spatial_shape: Sequence[int],
+        upsample: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Maps computed per sliding window (B * windows in use, C, ...), example-major in the
+        order the windows run, blended onto the model grid of an input of ``spatial_shape``
+        with the inferer's weights: each window's map weighted by the importance map, the sum
+        divided by the weight of all windows at each voxel. ``upsample`` brings maps on a
+        layer's grid to the window's size, a window batch at a time (never all at once)."""
+        plan = self._plan_of(spatial_shape)
+        used = len(plan.indices)
+        if maps.shape[0] % used:
+            raise ValueError(f"{maps.shape[0]} maps are not a whole number of {used} windows")
+        examples = maps.shape[0] // used
+        canvas = WindowCanvas(plan, examples, maps.shape[1], plan.count.device, maps.dtype)
+        rows = [row for batch in plan.window_batches(examples, used) for row in batch]
+        step = max(1, int(self.card.sw_batch_size))
+        for start in range(0, len(rows), step):
+            part = maps[start : start + step]
+            canvas.add(rows[start : start + step], upsample(part) if upsample else part)
+        return self.canvas_result(canvas, spatial_shape)
 
     def window_canvas(
         self, spatial_shape: Sequence[int], examples: int, channels: int, dtype: torch.dtype

@@ -192,21 +192,6 @@ class WindowPlan:
                 out[r] += window_relevance[row : row + 1]
         return self.crop(out)
 
-    def blend(self, maps: torch.Tensor) -> torch.Tensor:
-        """Per-window maps (B * windows in use, C, *roi_size), example-major in the order
-        :meth:`infer` runs them, blended as the inferer blends predictions: weighted by the
-        importance map and divided by the weight of all windows at each voxel. Returns
-        (B, C, *input shape); voxels that no window in use covers are 0."""
-        used = len(self.indices)
-        if maps.shape[0] % used or tuple(maps.shape[2:]) != self.roi_size:
-            raise ValueError(
-                f"{tuple(maps.shape)} is not a stack of {used} window maps of {self.roi_size}"
-            )
-        canvas = WindowCanvas(self, maps.shape[0] // used, maps.shape[1], maps.device, maps.dtype)
-        rows = [row for batch in self.window_batches(maps.shape[0] // used, used) for row in batch]
-        canvas.add(rows, maps)
-        return canvas.result()
-
     def input_gradients(
         self,
         x: torch.Tensor,

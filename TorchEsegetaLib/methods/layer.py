@@ -332,8 +332,11 @@ class LayerProbe:
         spatial = tuple(shape[2:])
         mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[layer_map.dim()]
         if self.sliding and self.grid is not None:
-            up = F.interpolate(layer_map, size=self.grid, mode=mode, align_corners=False)
-            return self.score.forward.blend_windows(up, spatial)
+            return self.score.forward.blend_windows(
+                layer_map,
+                spatial,
+                lambda part: F.interpolate(part, size=self.grid, mode=mode, align_corners=False),
+            )
         grid = (
             self.grid
             if self.grid and min(g - n for g, n in zip(self.grid, spatial)) >= 0
