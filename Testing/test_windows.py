@@ -4,6 +4,8 @@ by window equal differentiating through the whole sliding-window inference."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +169,64 @@ def test_occlusion_of_a_local_target_skips_boxes_outside_its_windows_with_an_ide
     assert "were not evaluated" in context.notes[0]
     skipped, total = (int(v) for v in context.notes[0].split()[:3:2])
     assert skipped > total / 2
+
+
+def _one_long_pass():
+    """One example whose single gradient pass runs 27 windows, 4 per batch (7 batches)."""
+    forward = SegmentationForward(
+        tiny_unet(), ModelCard(roi_size=(8, 8, 8), overlap=0.5, sw_batch_size=4)
+    ).eval()
+    x = volume((16, 16, 16))
+    region = torch.zeros((16, 16, 16), dtype=torch.bool)
+    region[4:12, 4:12, 4:12] = True
+    return forward, x, BoundTarget(1, region, "logits", "softmax", "mean")
+
+
+@pytest.mark.parametrize("name", ["saliency", "deeplift", "lrp", "gradcam"])
+def test_one_pass_over_many_windows_moves_the_progress_bar(name):
+    from TorchEsegetaLib.engine import Context
+    from TorchEsegetaLib.methods import create_method
+
+    forward, x, target = _one_long_pass()
+    seen = []
+    create_method(name, {}).attribute(
+        forward, x, target, Context(progress=lambda f, m: seen.append(f))
+    )
+    # one example, one batch: without window reports the bar would jump from 0 to 1
+    assert len([f for f in seen if 0 < f < 1]) >= 5
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+
+
+def test_cancel_and_budget_stop_a_pass_between_window_batches():
+    from TorchEsegetaLib.engine import CancelToken, Context
+    from TorchEsegetaLib.errors import BudgetExceededError, CancelledError
+    from TorchEsegetaLib.methods import create_method
+
+    forward, x, target = _one_long_pass()
+    calls = []
+    network = forward.network
+    handle = network.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        token = CancelToken()
+
+        def cancel_soon(fraction, _message):
+            if fraction > 0.2:
+                token.cancel()
+
+        with pytest.raises(CancelledError):
+            create_method("saliency", {}).attribute(
+                forward, x, target, Context(progress=cancel_soon, cancel=token)
+            )
+        assert 0 < len(calls) < 7  # stopped inside the pass, not after it
+        calls.clear()
+
+        def slow_progress(_fraction, _message):
+            time.sleep(0.3)  # each window batch "takes" 0.3 s: the budget ends mid-pass
+
+        with pytest.raises(BudgetExceededError):
+            create_method("saliency", {}).attribute(
+                forward, x, target, Context(progress=slow_progress, budget_s=0.5)
+            )
+        assert 0 < len(calls) < 7
+    finally:
+        handle.remove()

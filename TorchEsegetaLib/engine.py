@@ -11,6 +11,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,23 @@ if TYPE_CHECKING:
     import torch
 
 ProgressCallback = Callable[[float, str], None]
+
+#: What the running batch of :meth:`Context.map_batches` does with the progress of a long pass
+#: inside it (see :func:`pass_progress`).
+_PASS_HOOK: ContextVar[Callable[[float | None], None] | None] = ContextVar(
+    "torchesegeta_pass_hook", default=None
+)
+
+
+def pass_progress(fraction: float | None) -> None:
+    """Called by long single passes (a sliding-window inference, window batch by window batch)
+    with the fraction of the pass done, or None: the batch of :meth:`Context.map_batches`
+    running it moves the progress bar within the batch (from a fraction) and checks cancel and
+    time budget, so that even one pass over a large volume shows progress and stops promptly.
+    Outside a method run, nothing happens."""
+    hook = _PASS_HOOK.get()
+    if hook is not None:
+        hook(fraction)
 
 
 class CancelToken:
@@ -192,6 +210,30 @@ class Context:
         """A quiet copy that runs batches of ``batch`` (halved only if memory runs out)."""
         return dataclasses.replace(self, progress=None, max_batch=batch)
 
+    def _within(
+        self,
+        start: int,
+        stop: int,
+        total: int,
+        message: str,
+        outer: Callable[[float | None], None] | None,
+    ) -> Callable[[float | None], None]:
+        """The pass hook of batch ``start:stop``: progress within the batch (never backwards),
+        cancel and budget checks, and the same for the batch of an enclosing run."""
+        reached = [0.0]
+
+        def hook(fraction: float | None) -> None:
+            self.check()
+            overall = None
+            if fraction is not None:
+                reached[0] = max(reached[0], fraction)
+                overall = (start + (stop - start) * reached[0]) / max(total, 1)
+                self.report(overall, f"{message} {start}/{total} ({reached[0]:.0%} of a pass)")
+            if outer is not None:
+                outer(overall)
+
+        return hook
+
     def generator(self) -> torch.Generator:
         import torch
 
@@ -222,10 +264,12 @@ class Context:
         best_rate = float("inf")
         best_batch = batch
         start = 0
+        outer = _PASS_HOOK.get()
         while start < total:
             self.check()
             stop = min(start + batch, total)
             began = time.perf_counter()
+            token = _PASS_HOOK.set(self._within(start, stop, total, message, outer))
             try:
                 compute(start, stop)
             except Exception as error:
@@ -244,6 +288,8 @@ class Context:
                     self.tuned[kind] = min(self.tuned[kind], batch)
                 self.notes.append(f"out of memory: batch size reduced to {batch}")
                 continue
+            finally:
+                _PASS_HOOK.reset(token)
             warmed = f"{kind} warmed"
             if tuning and stop - start == batch and not self.tuned.get(warmed):
                 # The first batch of a run pays one-off costs (allocations, caches): not timed.

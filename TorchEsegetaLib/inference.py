@@ -226,7 +226,8 @@ class SegmentationForward(torch.nn.Module):
 
         handle = layer.register_forward_hook(keep)
         try:
-            for rows in plan.window_batches(inputs[0].shape[0], self.card.sw_batch_size):
+            batches = plan.window_batches(inputs[0].shape[0], self.card.sw_batch_size, True)
+            for rows in batches:
                 maps = []
                 for volume, weights in zip(padded, upstream):
                     captured.clear()

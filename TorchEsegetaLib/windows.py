@@ -125,15 +125,31 @@ class WindowPlan:
     def _inner(self) -> tuple[slice, ...]:
         return tuple(slice(b, b + s) for b, s in zip(self.pad_before, self.input_shape))
 
-    def window_batches(self, examples: int, batch_size: int) -> Iterator[list[tuple[slice, ...]]]:
+    def window_batches(
+        self, examples: int, batch_size: int, progress: bool | None = None
+    ) -> Iterator[list[tuple[slice, ...]]]:
         """Index tuples (example, all channels, window) of the windows in use, ``batch_size``
-        windows of one example at a time."""
-        for example in range(examples):
-            for start in range(0, len(self.indices), batch_size):
-                yield [
-                    (slice(example, example + 1), slice(None), *self.slices[i])
-                    for i in self.indices[start : start + batch_size]
-                ]
+        windows of one example at a time.
+
+        After each batch is processed, with ``progress`` True the pass reports how far it is
+        (:func:`~TorchEsegetaLib.engine.pass_progress`: the running method's progress bar
+        moves, and cancel and time budget are checked); with False only cancel and budget
+        are checked; with None nothing happens.
+        """
+        from .engine import pass_progress
+
+        batches = [
+            [
+                (slice(example, example + 1), slice(None), *self.slices[i])
+                for i in self.indices[start : start + batch_size]
+            ]
+            for example in range(examples)
+            for start in range(0, len(self.indices), batch_size)
+        ]
+        for done, rows in enumerate(batches, start=1):
+            yield rows
+            if progress is not None:
+                pass_progress(done / len(batches) if progress else None)
 
     def infer(
         self, x: torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor], batch_size: int
@@ -143,7 +159,7 @@ class WindowPlan:
 
         padded = self.pad(x)
         out: torch.Tensor | None = None
-        for rows in self.window_batches(x.shape[0], batch_size):
+        for rows in self.window_batches(x.shape[0], batch_size, progress=False):
             prediction = network(torch.cat([padded[r] for r in rows]))
             if out is None:
                 out = torch.zeros(
@@ -180,7 +196,7 @@ class WindowPlan:
         count = self.count.to(x.device)
         upstream = self.pad(relevance) / stabilise(self.pad(blended) * count)
         out = torch.zeros_like(padded)
-        for rows in self.window_batches(x.shape[0], batch_size):
+        for rows in self.window_batches(x.shape[0], batch_size, progress=True):
             with torch.enable_grad():
                 data = torch.cat([padded[r] for r in rows]).requires_grad_(True)
                 prediction = network(data)
@@ -223,7 +239,7 @@ class WindowPlan:
         grad = torch.zeros_like(padded)
         out: torch.Tensor | None = None
         out_reference: torch.Tensor | None = None
-        for rows in self.window_batches(x.shape[0], batch_size):
+        for rows in self.window_batches(x.shape[0], batch_size, progress=True):
             with torch.enable_grad():
                 data = torch.cat([padded[r] for r in rows]).requires_grad_(True)
                 if padded_reference is None or paired is None:
