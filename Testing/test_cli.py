@@ -249,6 +249,14 @@ def bad_input_cases(case, tmp_path):
             "outside the image",
         ),
         "device": ([*image, *model, "--device", "cuda:7"], "cuda"),
+        "unknown layer": (
+            [*image, *model, "--method", "gradcam", "--param", "gradcam.layer=nope"],
+            "no layer named 'nope'",
+        ),
+        "layer_deeplift on small windows": (
+            [*image, *model, "--method", "layer_deeplift", "--card", '{"roi_size": [8, 8, 8]}'],
+            "once per sliding window",
+        ),
     }
 
 
@@ -264,6 +272,19 @@ def test_every_bad_input_gets_one_clear_line_exit_2_and_no_output(case, tmp_path
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (what, err)
         assert not out.exists(), what
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}")], what
+
+
+def test_a_method_that_cannot_explain_the_model_fails_the_run_before_any_method_runs(
+    case, tmp_path, capsys, monkeypatch
+):
+    from TorchEsegetaLib.methods.gradient import Saliency
+
+    ran = []
+    monkeypatch.setattr(Saliency, "attribute", lambda *args: ran.append(1))
+    out = tmp_path / "run"
+    code = explain(case, out, "--method", "saliency,gradcam", "--param", "gradcam.layer=nope")
+    assert code == 2 and "no layer named" in capsys.readouterr().err
+    assert not ran and not out.exists()
 
 
 def test_out_of_memory_is_reported_and_leaves_nothing(case, tmp_path, capsys, monkeypatch):

@@ -228,6 +228,8 @@ def explain_volume(
         case.forward,
     )
     forward.precision = precision
+    for method in instances:  # a method that cannot explain this model fails the run now
+        method.preflight(forward, x, bound)
     # One sample's memory, measured once, sizes every method's batches to the free memory.
     sample_bytes = None if max_batch else measure_sample_bytes(ScoreModel(forward, bound), x)
     tuned: dict[str, int] = {}  # the fastest batch size, found by the first method, kept for all

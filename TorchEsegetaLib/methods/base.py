@@ -50,6 +50,13 @@ class Method:
         """Attribute ``target(forward(inputs))`` to ``inputs``; returns a tensor of ``inputs.shape``."""
         raise NotImplementedError
 
+    def preflight(
+        self, forward: torch.nn.Module, inputs: torch.Tensor, target: BoundTarget
+    ) -> None:
+        """Raise :class:`~TorchEsegetaLib.errors.UserInputError` now if this method cannot
+        explain this model (a missing layer, a TorchScript model it needs to see into), so a
+        run fails before any method has spent time. Cheap: at most one window's pass."""
+
     @classmethod
     def describe(cls) -> dict[str, Any]:
         return {

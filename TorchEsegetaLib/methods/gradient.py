@@ -297,6 +297,9 @@ class SmoothGrad(Method):
         self.config.update({self.base_prefix + k: v for k, v in self.base.config.items()})
         self.signed = self.config["nt_type"] == "smoothgrad" and self.base.signed
 
+    def preflight(self, forward, inputs, target):
+        self.base.preflight(forward, inputs, target)
+
     def noise_std(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.config["noise_level"] * intensity_range(inputs)
 

@@ -66,12 +66,16 @@ def list_layers(network: torch.nn.Module) -> list[dict[str, Any]]:
     ]
 
 
+class _FirstCallTraced(Exception):
+    """Ends a traced pass after the network's first call."""
+
+
 def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[str, Any]]:
     """Every named module of the network with its output shape, in the order they run.
 
-    Only the network's first call is traced: a sliding-window pass calls the network once per
-    window batch, and each call runs the same layers. A module that runs several times in one
-    call (reused by the network) is listed once per run.
+    Only the network's first call is traced (the pass stops there): a sliding-window pass calls
+    the network once per window batch, and each call runs the same layers. A module that runs
+    several times in one call (reused by the network) is listed once per run.
     """
     import torch
 
@@ -83,6 +87,9 @@ def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[st
 
     def count(_module: Any, _args: Any) -> None:
         calls[0] += 1
+
+    def stop(_module: Any, _args: Any, _output: Any) -> None:
+        raise _FirstCallTraced  # the other window batches would run the same layers
 
     def record(name: str, module: torch.nn.Module, output: Any) -> None:
         if calls[0] == 1 and isinstance(output, torch.Tensor) and output.dim() == inputs.dim():
@@ -96,7 +103,8 @@ def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[st
                 }
             )
 
-    handles = [network.register_forward_pre_hook(count)] + [
+    handles = [network.register_forward_pre_hook(count), network.register_forward_hook(stop)]
+    handles += [
         module.register_forward_hook(lambda m, _i, o, name=name: record(name, m, o))
         for name, module in network.named_modules()
         if name
@@ -104,6 +112,8 @@ def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[st
     try:
         with torch.no_grad():
             forward(inputs[:1])
+    except _FirstCallTraced:
+        pass
     finally:
         for handle in handles:
             handle.remove()
@@ -373,6 +383,9 @@ class LayerMethod(Method):
             with torch.no_grad():
                 out_channels = int(forward(inputs[:1]).shape[1])
         return default_layer(forward, inputs, out_channels, self.nonnegative_layer)
+
+    def preflight(self, forward, inputs, target):
+        self.probe(forward, inputs, target)  # finds and checks the layer
 
     def probe(
         self, forward: torch.nn.Module, inputs: torch.Tensor, target: BoundTarget

@@ -247,20 +247,24 @@ class LayerDeepLift(LayerMethod):
     reference = "Shrikumar et al. 2017, arXiv:1704.02685"
     params = (LAYER, REDUCE, BASELINE, BLUR_SIGMA)
 
-    def compute(self, probe, inputs, context, emit):
-        from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
-
-        runs = Counter(layer["name"] for layer in trace_layers(probe.score.forward, inputs))
-        if runs[probe.name] != 1:
-            probe.activations(inputs[:1])  # raises the error that says what is wrong
-        windows = getattr(probe.score.forward, "windows_per_pass", None)
-        if probe.sliding and windows is not None and windows(inputs.shape[2:]) > 1:
+    def preflight(self, forward, inputs, target):
+        super().preflight(forward, inputs, target)
+        windows = getattr(forward, "windows_per_pass", None)
+        if getattr(forward, "sliding", False) and windows and windows(inputs.shape[2:]) > 1:
             raise UserInputError(
                 f"{self.name} runs captum's LayerDeepLift, which needs one feature map per "
                 "input, but this model runs the layer once per sliding window; use "
                 "layer_conductance or layer_gradient_shap (blended per window), or deeplift on "
                 "the input"
             )
+
+    def compute(self, probe, inputs, context, emit):
+        from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+
+        self.preflight(probe.score.forward, inputs, probe.score.target)
+        runs = Counter(layer["name"] for layer in trace_layers(probe.score.forward, inputs))
+        if runs[probe.name] != 1:
+            probe.activations(inputs[:1])  # raises the error that says what is wrong
         modules = dict(probe.network.named_modules())
         reused = {
             name: count

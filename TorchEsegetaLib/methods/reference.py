@@ -195,6 +195,11 @@ class DeepLift(Method):
     needs_baseline = True
     params = (BASELINE, BLUR_SIGMA)
 
+    def preflight(self, forward, inputs, target):
+        from . import rules
+
+        rules.refuse_scripted(forward, self.name)
+
     def attribute(self, forward, inputs, target, context):
         import torch
 
@@ -265,6 +270,11 @@ class DeepLiftShap(_SampledMethod):
 
     def count(self):
         return self.config["n_baselines"]
+
+    def preflight(self, forward, inputs, target):
+        from . import rules
+
+        rules.refuse_scripted(forward, self.name)
 
     def baselines(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         import torch

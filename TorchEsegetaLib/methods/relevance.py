@@ -98,6 +98,11 @@ class LRP(Method):
         ),
     )
 
+    def preflight(self, forward, inputs, target):
+        from . import rules
+
+        rules.refuse_scripted(forward, self.name)
+
     def attribute(self, forward, inputs, target, context):
         import torch
 
