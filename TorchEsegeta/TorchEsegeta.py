@@ -88,7 +88,8 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
             show: overlay the first map on the input and compare up to four side by side.
             options: metrics, targetClass, segmentId, output ("logits" or "probabilities"),
                 card, device, seed, methodBudgetSeconds, maxBatch, precision ("float32",
-                "bfloat16" or "float16"), folderName.
+                "bfloat16" or "float16"), cropMargin (whole-volume models: explain on the
+                target's box grown by this many voxels, a measured approximation), folderName.
 
         Returns:
             ``{"maps": {label: volume node}, "segmentation": node, "table": node or None,

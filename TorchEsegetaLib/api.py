@@ -30,6 +30,7 @@ def explain(
     overwrite: bool = False,
     progress: ProgressHandler | None = None,
     precision: str = "float32",
+    crop_margin: int | None = None,
 ) -> ExplainResult:
     """Explain a segmentation model on one case.
 
@@ -43,6 +44,8 @@ def explain(
         methods: method names, ``{"name", "params", "label"}`` dicts or MethodSpecs.
         out: when given, also write a run folder there (as ``torchesegeta run`` does).
         precision: "float32", or "bfloat16" / "float16" autocast of the network.
+        crop_margin: whole-volume models: explain on the target's box grown by this many
+            voxels, an approximation measured in ``result.target["crop"]``.
 
     Returns:
         An :class:`~TorchEsegetaLib.runner.ExplainResult`: ``result.maps`` (label -> (I, J, K)
@@ -77,6 +80,7 @@ def explain(
         method_budget_s=method_budget_s,
         progress=progress,
         precision=precision,
+        crop_margin=crop_margin,
     )
     if out is not None:
         if isinstance(images, (Volume, np.ndarray)):
@@ -96,6 +100,7 @@ def explain(
             device=device,
             seed=seed,
             precision=precision,
+            crop_margin=crop_margin,
         )
         record = {"job": job.to_dict(), "model": loaded.record()}
         save_run(destination, lambda folder: write_run_folder(result, folder, record))

@@ -157,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds each method may run before it is stopped",
     )
     explain.add_argument(
+        "--crop-margin",
+        type=int,
+        default=None,
+        metavar="VOXELS",
+        help="whole-volume models: explain on the target's box grown by VOXELS, an approximation "
+        "measured and recorded in run.json (sliding-window models already run only the "
+        "target's windows, exactly)",
+    )
+    explain.add_argument(
         "--save-job",
         default=None,
         help="also write the job as a JSON file (re-run with `torchesegeta run`)",
@@ -319,6 +328,7 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         max_batch=args.max_batch,
         method_budget_s=args.method_budget,
         precision=args.precision or "float32",
+        crop_margin=args.crop_margin,
     )
 
 

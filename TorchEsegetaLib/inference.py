@@ -76,6 +76,10 @@ class SegmentationForward(torch.nn.Module):
         self.frozen_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
         self.region: np.ndarray | None = None
         self._plan: WindowPlan | None = None
+        #: explicit zero padding (before, after) per axis of the preprocessed input, instead of
+        #: padding it symmetrically to ``size_divisible``: set on the forward of a crop of a
+        #: larger input (:meth:`on_crop`), so that the crop gets the padding it has there
+        self.padding: tuple[tuple[int, int], ...] | None = None
 
     @property
     def sliding(self) -> bool:
@@ -83,12 +87,23 @@ class SegmentationForward(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(x)
-        x, crop = _pad_to_multiple(x, self.card.size_divisible)
+        if self.padding is not None:
+            x, crop = _pad_explicitly(x, self.padding)
+        else:
+            x, crop = _pad_to_multiple(x, self.card.size_divisible)
         if self.sliding:
             logits = self.plan(x).infer(x, self._network, self.card.sw_batch_size)
         else:
             logits = self._network(x)
         return logits[crop]
+
+    def on_crop(self, padding: tuple[tuple[int, int], ...]) -> SegmentationForward:
+        """The same model for a crop of the input: same network, precision and frozen
+        intensity statistics, with the crop's ``padding`` (see :attr:`padding`)."""
+        cropped = SegmentationForward(self.network, self.card, self.precision)
+        cropped.frozen_statistics = self.frozen_statistics
+        cropped.padding = tuple((int(a), int(b)) for a, b in padding)
+        return cropped
 
     def restrict_to(self, region: np.ndarray | None) -> None:
         """Run only the sliding windows that touch ``region`` (bool, model grid); None: all.
@@ -660,6 +675,20 @@ def _divisible_crop(spatial: Sequence[int], multiple: int) -> tuple[slice, ...]:
     """Where an array of ``spatial`` shape sits inside its padded-to-``multiple`` version."""
     before = [((-n) % multiple) // 2 if multiple > 1 else 0 for n in spatial]
     return tuple(slice(b, b + n) for b, n in zip(before, spatial))
+
+
+def _pad_explicitly(
+    x: torch.Tensor, padding: Sequence[tuple[int, int]]
+) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad the spatial dims by (before, after) each; returns the padded tensor and where
+    the input sits in it."""
+    if not any(a or b for a, b in padding):
+        return x, (slice(None),) * x.ndim
+    pads = [p for a, b in reversed(list(padding)) for p in (a, b)]
+    crop = (slice(None), slice(None)) + tuple(
+        slice(a, a + n) for (a, _), n in zip(padding, x.shape[2:])
+    )
+    return F.pad(x, pads), crop
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, ...]]:

@@ -33,6 +33,7 @@ JOB_FIELDS = (
     "method_budget_s",
     "metrics",
     "precision",
+    "crop_margin",
 )
 PRECISION_CHOICES = ("float32", "bfloat16", "float16")
 
@@ -94,6 +95,9 @@ class Job:
     metrics: list[Any] = field(default_factory=list)
     #: "float32", or autocast "bfloat16" / "float16" (a non-finite map is recomputed in float32)
     precision: str = "float32"
+    #: whole-volume models: explain on the target's box grown by this many voxels (a measured,
+    #: recorded approximation; None: the whole volume, exact)
+    crop_margin: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.images, (str, Path)):
@@ -128,6 +132,8 @@ class Job:
             raise UserInputError(
                 f"unknown precision {self.precision!r}; use one of {', '.join(PRECISION_CHOICES)}"
             )
+        if self.crop_margin is not None and int(self.crop_margin) < 0:
+            raise UserInputError(f"crop_margin must be 0 or more voxels, got {self.crop_margin}")
         if self.max_batch is not None and int(self.max_batch) < 1:
             raise UserInputError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.method_budget_s is not None and float(self.method_budget_s) <= 0:
@@ -154,6 +160,7 @@ class Job:
             "method_budget_s": self.method_budget_s,
             "metrics": [m.to_dict() for m in self.metrics],
             "precision": self.precision,
+            "crop_margin": self.crop_margin,
         }
 
     @classmethod

@@ -34,6 +34,7 @@ def explainNodes(
     methodBudgetSeconds: float | None = None,
     maxBatch: int | None = None,
     precision: str = "float32",
+    cropMargin: int | None = None,
     folderName: str | None = None,
     progress=None,
 ) -> dict:
@@ -58,6 +59,8 @@ def explainNodes(
         device, seed, methodBudgetSeconds, maxBatch: as in the engine's Job.
         precision: "float32", or "bfloat16" / "float16" autocast of the network (a map that
             comes out non-finite is recomputed in float32).
+        cropMargin: whole-volume models: explain on the target's box grown by this many voxels,
+            an approximation measured in ``result.target["crop"]`` (None: the whole volume).
         folderName: subject hierarchy folder of the results (default "TorchEsegeta <input>").
         progress: optional callable receiving the engine's progress events.
 
@@ -87,6 +90,7 @@ def explainNodes(
         max_batch=maxBatch,
         method_budget_s=methodBudgetSeconds,
         precision=precision,
+        crop_margin=cropMargin,
         progress=progress,
     )
     evaluation = None
