@@ -213,6 +213,18 @@ def test_precision_goes_into_the_job(tmp_path):
         buildJob(**common, precision="int4")
 
 
+def test_crop_margin_goes_into_the_job_only_when_set(tmp_path):
+    common = {
+        "images": ["a.nrrd"],
+        "model": {"kind": "demo"},
+        "target": targetDict(),
+        "methods": ["saliency"],
+        "output": tmp_path,
+    }
+    assert buildJob(**common)["crop_margin"] is None
+    assert buildJob(**common, cropMargin=6)["crop_margin"] == 6
+
+
 def test_device_choices_list_each_cuda_device():
     assert deviceChoices(0) == ["auto", "cpu"]
     assert deviceChoices(2) == ["auto", "cpu", "cuda:0", "cuda:1"]

@@ -78,6 +78,7 @@ def panelValues(inputNode, model, tmp_path, **values):
         "device": "cpu",
         "precision": "float32",
         "timeBudget": 0.0,
+        "cropMargin": -1,
         "outputFolder": tmp_path / "runs",
         "opacity": 0.5,
         "showCompare": True,
@@ -144,3 +145,16 @@ def test_logic_runs_the_panel_settings_through_the_worker(module, scene, tmp_pat
     failing = panelValues(inputNode, model, tmp_path, targetRegion="point", targetPoint=None)
     with pytest.raises(ValueError, match="markups point"):
         logic.startRun(failing)
+
+
+def test_the_crop_margin_box_reaches_the_run_request_only_when_set(scene, tmp_path):
+    from TorchEsegetaSlicer import volumeNodeFromArray
+    from TorchEsegetaSlicer.panelRun import requestFromPanel
+
+    inputNode = volumeNodeFromArray(scene, tinyImage(), GEOMETRY, "T1")
+    model = tinyModelReference(tmp_path)
+    off = requestFromPanel(panelValues(inputNode, model, tmp_path), [inputNode], model, tmp_path)
+    on = requestFromPanel(
+        panelValues(inputNode, model, tmp_path, cropMargin=6), [inputNode], model, tmp_path
+    )
+    assert off.cropMargin is None and on.cropMargin == 6

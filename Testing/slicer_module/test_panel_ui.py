@@ -163,3 +163,26 @@ def test_panel_renders_offscreen_for_the_documentation(uiWidgets, tmp_path):
     with Image.open(renderPanel(tmp_path / "panel.png")) as image:
         width, height = image.size
     assert width == 420 and height > 800
+
+
+def test_no_two_widgets_of_a_grid_or_form_share_a_cell():
+    import xml.etree.ElementTree as ElementTree
+
+    from uiLoading import UI_FILE
+
+    for layout in ElementTree.parse(UI_FILE).iter("layout"):
+        taken: dict[tuple[int, int], str] = {}
+        for item in layout.findall("item"):
+            if item.get("row") is None:
+                continue
+            child = item.find("widget") if item.find("widget") is not None else item.find("layout")
+            row, column = int(item.get("row")), int(item.get("column", 0))
+            for offset in range(int(item.get("colspan", 1))):
+                cell = (row, column + offset)
+                assert cell not in taken, (
+                    layout.get("name"),
+                    cell,
+                    taken.get(cell),
+                    child.get("name"),
+                )
+                taken[cell] = child.get("name")

@@ -171,6 +171,7 @@ def buildJob(
     figures: bool = True,
     seed: int = 0,
     maxBatch: int | None = None,
+    cropMargin: int | None = None,
 ) -> dict[str, Any]:
     """A validated Job, as the dict the worker reads from job.json.
 
@@ -198,6 +199,8 @@ def buildJob(
         data["method_budget_s"] = float(budgetSeconds)
     if maxBatch is not None:
         data["max_batch"] = int(maxBatch)
+    if cropMargin is not None:
+        data["crop_margin"] = int(cropMargin)
     if metrics:
         data["metrics"] = list(metrics)
     if precision not in PRECISIONS:

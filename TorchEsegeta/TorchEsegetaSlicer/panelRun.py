@@ -48,6 +48,7 @@ class RunRequest:
     budgetSeconds: float = 0.0
     metrics: list[str] = field(default_factory=list)
     maxBatch: int | None = None
+    cropMargin: int | None = None
 
 
 class PanelRun:
@@ -136,6 +137,7 @@ def requestFromPanel(p, volumeNodes, model, defaultOutputFolder) -> RunRequest:
         device=p.device,
         precision=p.precision,
         budgetSeconds=p.timeBudget,
+        cropMargin=p.cropMargin if p.cropMargin >= 0 else None,
     )
 
 
@@ -170,6 +172,7 @@ def startRun(request: RunRequest, python: str | None = None) -> PanelRun:
             budgetSeconds=request.budgetSeconds,
             metrics=request.metrics,
             maxBatch=request.maxBatch,
+            cropMargin=request.cropMargin,
         )
         jobFile = writeJob(job, workFolder / "job.json")
         worker = WorkerProcess(jobFile, python, engineFolder=enginePath.engineParentFolder())

@@ -41,6 +41,8 @@ class TorchEsegetaParameterNode:
     device: str = "auto"
     precision: Annotated[str, Choice(list(PRECISIONS))] = "float32"
     timeBudget: Annotated[float, WithinRange(0.0, 86400.0)] = 0.0
+    #: whole-volume models: explain on the target's box grown by this many voxels; -1: off
+    cropMargin: Annotated[int, WithinRange(-1, 1000)] = -1
     outputFolder: pathlib.Path
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showCompare: bool = True
