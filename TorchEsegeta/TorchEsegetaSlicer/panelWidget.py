@@ -206,7 +206,10 @@ class PanelWidget(VTKObservationMixin):
             if self._run.finished:
                 self._timer.stop()
                 self._updateGUI()
-                self.logic.finishRun(self._run, self._parameterNode)
+                nodes = self.logic.finishRun(self._run, self._parameterNode)
+                # what the run noted (approximations, fallbacks, incomplete sums) goes to the log
+                for warning in (nodes or {}).get("run", {}).get("warnings", []):
+                    self.ui.logTextEdit.appendPlainText(_("Note: ") + warning)
 
     def onOpenRunFolder(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to open the run folder.")):
