@@ -184,6 +184,17 @@ def test_two_channel_inputs_write_per_channel_maps(tmp_path):
     assert "channel_files" not in record["methods"][1]
 
 
+def test_crop_margin_writes_its_measurement_to_run_json(case, tmp_path):
+    out = tmp_path / "run"
+    assert explain(case, out, "--target", "voxel:10,9,8", "--crop-margin", "3", "--no-figures") == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["job"]["crop_margin"] == 3
+    crop = record["target"]["crop"]
+    assert crop["margin"] == 3 and crop["approximation"] is True
+    assert set(crop["saliency"]) == {"relative_l2", "relative_l2_in_box", "pearson_in_box"}
+    assert any(w.startswith("approximation:") for w in record["warnings"])
+
+
 def bad_input_cases(case, tmp_path):
     geometry = Geometry((16, 16, 16))
     nan = np.ones(geometry.size, np.float32)

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_UNET_KWARGS, tiny_unet
+from helpers import tiny_unet
 
 from TorchEsegetaLib.api import explain
 from TorchEsegetaLib.card import ModelCard
@@ -152,42 +152,3 @@ def test_the_job_schema_lists_exactly_the_job_fields():
     schema = json.loads(schema_path().read_text())
     assert set(schema["properties"]) == set(JOB_FIELDS)
     assert set(Job(images=["a.nii.gz"]).to_dict()) == set(JOB_FIELDS)
-
-
-def test_crop_margin_on_the_command_line_writes_the_measurement(tmp_path):
-    from TorchEsegetaLib.cli import main
-    from TorchEsegetaLib.io import write_volume
-
-    volume = image()
-    write_volume(volume.array[0], volume.geometry, tmp_path / "image.nii.gz")
-    torch.save(tiny_unet().state_dict(), tmp_path / "unet.pt")
-    code = main(
-        [
-            "explain",
-            "--image",
-            str(tmp_path / "image.nii.gz"),
-            "--model",
-            str(tmp_path / "unet.pt"),
-            "--network",
-            "UNet",
-            "--network-kwargs",
-            json.dumps(TINY_UNET_KWARGS),
-            "--target",
-            "voxel:16,14,12",
-            "--crop-margin",
-            "5",
-            "--out",
-            str(tmp_path / "run"),
-            "--quiet",
-            "--no-figures",
-        ]
-    )
-    assert code == 0
-    record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["target"]["crop"]["margin"] == 5
-    assert record["job"]["crop_margin"] == 5
-    assert set(record["target"]["crop"]["saliency"]) == {
-        "relative_l2",
-        "relative_l2_in_box",
-        "pearson_in_box",
-    }

@@ -199,14 +199,19 @@ def test_evaluation_becomes_rows_and_curves():
     assert evaluationTables(None) == ([], {})
 
 
-def test_precision_goes_into_the_job(tmp_path):
-    common = {
+def demoJobArguments(output):
+    """buildJob's required arguments for the demo model and one method."""
+    return {
         "images": ["a.nrrd"],
         "model": {"kind": "demo"},
         "target": targetDict(),
         "methods": ["saliency"],
-        "output": tmp_path,
+        "output": output,
     }
+
+
+def test_precision_goes_into_the_job(tmp_path):
+    common = demoJobArguments(tmp_path)
     assert buildJob(**common)["precision"] == "float32"
     assert buildJob(**common, precision="bfloat16")["precision"] == "bfloat16"
     with pytest.raises(PanelInputError, match="unknown precision"):
@@ -214,13 +219,7 @@ def test_precision_goes_into_the_job(tmp_path):
 
 
 def test_crop_margin_goes_into_the_job_only_when_set(tmp_path):
-    common = {
-        "images": ["a.nrrd"],
-        "model": {"kind": "demo"},
-        "target": targetDict(),
-        "methods": ["saliency"],
-        "output": tmp_path,
-    }
+    common = demoJobArguments(tmp_path)
     assert buildJob(**common)["crop_margin"] is None
     assert buildJob(**common, cropMargin=6)["crop_margin"] == 6
 
