@@ -358,3 +358,20 @@ def test_console_script_errors_have_no_traceback(tmp_path):
         and "Traceback" not in result.stderr
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_method_parameters_also_in_the_batch_scripts_form(case, tmp_path):
+    out = tmp_path / "run"
+    code = explain(
+        case,
+        out,
+        "--method",
+        "integrated_gradients:n_steps=3,method=riemann_trapezoid,saliency",
+        "--no-figures",
+    )
+    assert code == 0
+    methods = json.loads((out / "run.json").read_text())["job"]["methods"]
+    assert [m["name"] for m in methods] == ["integrated_gradients", "saliency"]
+    # as with --param, values stay as typed; the method converts and validates them
+    assert methods[0]["params"] == {"n_steps": "3", "method": "riemann_trapezoid"}
+    assert explain(case, tmp_path / "bad", "--method", "n_steps=3") == 2

@@ -255,8 +255,32 @@ def _json_option(text: str | None, what: str) -> dict[str, Any] | None:
 def _methods_from_args(
     names: list[str] | None, params: list[str], what: str = "method", default: str = "saliency"
 ) -> list[dict[str, Any]]:
-    chosen = [n.strip() for group in (names or [default]) for n in group.split(",") if n.strip()]
-    entries = {name: {"name": name, "params": {}} for name in chosen}
+    # "a,b" lists methods; "name:key=value,key=value" also gives parameters (the batch
+    # script's form): a token with "=" and no ":" continues the previous method's parameters
+    entries: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    for group in names or [default]:
+        for token in (t.strip() for t in group.split(",")):
+            if not token:
+                continue
+            equals_at, colon_at = token.find("="), token.find(":")
+            name, colon, first = token.partition(":")
+            if equals_at >= 0 and (colon_at < 0 or equals_at < colon_at):  # key=value (a: ok)
+                if current is None:
+                    raise UserInputError(
+                        f"--{what} {group!r}: {token!r} has no {what} before it; write "
+                        f"NAME:key=value,key=value, e.g. integrated_gradients:n_steps=16"
+                    )
+                first = token
+            else:
+                current = entries.setdefault(name.strip(), {"name": name.strip(), "params": {}})
+            if first:
+                key, equals, value = first.partition("=")
+                if not equals or not key.strip():
+                    raise UserInputError(
+                        f"--{what} {token!r}: write parameters as NAME:key=value,key=value"
+                    )
+                current["params"][key.strip()] = value.strip()
     for item in params:
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
