@@ -88,7 +88,8 @@ def test_explain_writes_a_complete_run_folder_in_the_input_geometry(case, tmp_pa
     assert (
         record["model"]["sha256"]
         and record["versions"]["torch"]
-        and record["job"]["methods"][2]["params"]["n_steps"] == "8"
+        and record["job"]["methods"][2]["params"]["n_steps"]
+        == 8  # validated, as the method reads it
     )
     assert record["target"]["region_voxels"] == 6**3
     reference = sitk.ReadImage(str(case / "image.nii.gz"))
@@ -372,6 +373,6 @@ def test_method_parameters_also_in_the_batch_scripts_form(case, tmp_path):
     assert code == 0
     methods = json.loads((out / "run.json").read_text())["job"]["methods"]
     assert [m["name"] for m in methods] == ["integrated_gradients", "saliency"]
-    # as with --param, values stay as typed; the method converts and validates them
-    assert methods[0]["params"] == {"n_steps": "3", "method": "riemann_trapezoid"}
+    # validated and kept as the method reads them
+    assert methods[0]["params"] == {"n_steps": 3, "method": "riemann_trapezoid"}
     assert explain(case, tmp_path / "bad", "--method", "n_steps=3") == 2

@@ -119,7 +119,9 @@ class Job:
                 f'method(s) {duplicates} appear twice; give each a distinct label ("label": "..." in the job)'
             )
         for method in self.methods:
-            method.create()  # validates the parameters now, before any work
+            created = method.create()  # validates the parameters now, before any work
+            # keep them as the method reads them ("3" from a command line becomes 3)
+            method.params = {k: created.config.get(k, v) for k, v in method.params.items()}
         if self.metrics:
             from .metrics import metric_specs
 
