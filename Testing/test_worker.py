@@ -101,3 +101,25 @@ def test_terminating_the_worker_mid_run_leaves_no_run_folder(tmp_path):
     assert process.returncode == 130 and last["kind"] == "cancelled"
     assert not (tmp_path / "run").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]
+
+
+def test_progress_is_throttled_but_keeps_every_start_end_and_step():
+    from TorchEsegetaLib.worker import throttled
+
+    now = [0.0]
+    sent = []
+    progress = throttled(sent.append, interval=0.1, clock=lambda: now[0])
+    events = [{"stage": "segment", "fraction": 0.0}]
+    events += [{"stage": "method", "method": "saliency", "fraction": f} for f in (0.0, 0.5, 1.0)]
+    events += [
+        {"stage": "method", "method": "occlusion", "fraction": i / 1000} for i in range(1, 1000)
+    ]
+    events.append({"stage": "method", "method": "occlusion", "fraction": 1.0})
+    for event in events:
+        progress(event)
+        now[0] += 0.001  # a thousand events a second
+    fractions = [e["fraction"] for e in sent if e.get("method") == "occlusion"]
+    saliency = [e["fraction"] for e in sent if e.get("method") == "saliency"]
+    assert sent[0]["stage"] == "segment" and saliency == [0.0, 1.0]  # 0.5 came too soon
+    assert fractions[0] == 0.001 and fractions[-1] == 1.0  # the step's first and last
+    assert 9 <= len(fractions) <= 12  # about one every 0.1 s over one second

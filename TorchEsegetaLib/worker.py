@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -27,6 +28,23 @@ def emit(event: dict[str, Any], stream=None) -> None:
     stream = stream or sys.stdout
     stream.write(json.dumps(event) + "\n")
     stream.flush()
+
+
+def throttled(send, interval: float = 0.1, clock=time.monotonic):
+    """``send`` for progress events, at most one per ``interval`` seconds: a method's start and
+    end (fractions 0 and 1) and the first event of each stage or method always go through,
+    so the panel's log keeps every step while a run of thousands of small batches does not
+    flood the pipe."""
+    last: dict[str, Any] = {"time": None, "key": None}
+
+    def progress(event: dict[str, Any]) -> None:
+        now, key = clock(), (event.get("stage"), event.get("method"))
+        due = last["time"] is None or now - last["time"] >= interval
+        if event.get("fraction") in (0.0, 1.0) or key != last["key"] or due:
+            last.update(time=now, key=key)
+            send(event)
+
+    return progress
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         from .runner import run_job
 
         job = Job.load(args[0])
-        out = run_job(job, progress=lambda e: emit({"event": "progress", **e}), cancel=token)
+        progress = throttled(lambda e: emit({"event": "progress", **e}))
+        out = run_job(job, progress=progress, cancel=token)
     except UserInputError as e:
         emit({"event": "error", "kind": "input", "message": str(e)})
         return 2
