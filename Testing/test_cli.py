@@ -265,10 +265,6 @@ def bad_input_cases(case, tmp_path):
             [*image, *model, "--method", "gradcam", "--param", "gradcam.layer=nope"],
             "no layer named 'nope'",
         ),
-        "layer_deeplift on small windows": (
-            [*image, *model, "--method", "layer_deeplift", "--card", '{"roi_size": [8, 8, 8]}'],
-            "once per sliding window",
-        ),
     }
 
 

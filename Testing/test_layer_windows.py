@@ -12,7 +12,6 @@ from helpers import centre_box_target, close, ours, tiny_input, tiny_unet
 from monai.inferers import sliding_window_inference
 
 from TorchEsegetaLib.card import ModelCard
-from TorchEsegetaLib.errors import UserInputError
 from TorchEsegetaLib.inference import SegmentationForward
 from TorchEsegetaLib.methods import REGISTRY, default_layer, trace_layers
 
@@ -152,13 +151,25 @@ def test_every_layer_method_runs_per_window(name):
         params["n_steps"] = FAST[name]
     if name == "layer_gradient_shap":
         params["n_samples"] = FAST[name]
-    if name == "layer_deeplift":
-        with pytest.raises(UserInputError, match="once per sliding window"):
-            ours(name, forward, x, target, **params)
-        return
     got = ours(name, forward, x, target, **params)
     assert got.shape == x.shape
     assert torch.isfinite(got).all() and float(got.abs().max()) > 0
+
+
+def test_layer_deeplift_over_windows_sums_to_the_score_change():
+    from TorchEsegetaLib.engine import Context
+    from TorchEsegetaLib.methods import ScoreModel, create_method
+
+    forward, x, target = sliding("gaussian"), volume(7), box_target()
+    method, context = create_method("layer_deeplift", {"layer": LAYER}), Context()
+    probe = method.probe(forward, x, target)
+    layer_map = method.layer_map(probe, x, context)
+    assert probe.windows == forward.windows_per_pass(SHAPE) > 1
+    score = ScoreModel(forward, target)
+    with torch.no_grad():
+        change = float(score(x) - score(torch.zeros_like(x)))
+    assert abs(float(layer_map.sum()) - change) <= 1e-3 * abs(change) + 1e-6
+    assert not context.notes
 
 
 def test_conductance_per_window_sums_like_the_whole_model_when_one_window_covers_all():

@@ -221,7 +221,7 @@ class LayerProbe:
         when grad is on); :attr:`windows` tells how many feature maps each example has."""
         with self.capture() as outputs:
             scores = self.score(inputs)
-        return scores, self._feature_maps(outputs, inputs)
+        return scores, self.feature_maps(outputs, inputs)
 
     @property
     def sliding(self) -> bool:
@@ -229,13 +229,18 @@ class LayerProbe:
         forward = self.score.forward
         return bool(getattr(forward, "sliding", False)) and hasattr(forward, "blend_windows")
 
-    def _feature_maps(self, outputs: list[Any], inputs: torch.Tensor) -> list[torch.Tensor]:
+    def feature_maps(
+        self, outputs: list[Any], inputs: torch.Tensor, calls: int | None = None
+    ) -> list[torch.Tensor]:
+        """The layer's outputs of one pass of ``calls`` network calls (default: the last
+        capture's), checked: one per call, each a feature map. Sets :attr:`windows`."""
         import torch
 
-        per_call = len(outputs) == self.calls and self.sliding
+        calls = self.calls if calls is None else calls
+        per_call = len(outputs) == calls and self.sliding
         if len(outputs) != 1 and not per_call:
             raise UserInputError(
-                f"layer {self.name!r} ran {len(outputs)} times in {self.calls} network "
+                f"layer {self.name!r} ran {len(outputs)} times in {calls} network "
                 "call(s); a layer map needs one feature map per network input (this module is "
                 "reused by the network): choose another layer"
             )

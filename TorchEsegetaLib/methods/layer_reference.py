@@ -9,18 +9,14 @@ batch size; GradientSHAP draws its randomness from the run's seed.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
-from collections import Counter
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..errors import UserInputError
 from .base import Param, register
 from .baselines import BASELINE, BASELINES, BLUR_SIGMA, intensity_range, make_baseline
 from .gradient import n_steps_param, quadrature_param
-from .layer import LAYER, REDUCE, LayerMethod, trace_layers
+from .layer import LAYER, REDUCE, LayerMethod
 
 if TYPE_CHECKING:
     import torch
@@ -229,13 +225,15 @@ class LayerGradientShap(LayerMethod):
 
 @register
 class LayerDeepLift(LayerMethod):
-    """captum's LayerDeepLift (rescale rule), made to run on MONAI networks.
+    """DeepLIFT (rescale rule) to a layer, on the rules of :mod:`.reference`.
 
-    captum's DeepLift stores each nonlinearity's input and output on the module during the
-    forward pass, so it fails on in-place activations and on an activation module the network
-    calls twice (SegResNet's residual blocks). Within the call, in-place modules run out of
-    place, and a nonlinearity called k times per pass is replaced by k copies taken in turn;
-    everything is restored afterwards.
+    The baseline's pass records each non-linear operation, the input's pass replays it with
+    DeepLIFT's rule (:func:`~.reference.paired_pass`); the multipliers of the score with
+    respect to the layer's output, times the layer's change from the baseline, sum over the
+    layer to the score's change. captum's LayerDeepLift hooks activation modules: it fails on an
+    activation module called twice and treats instance and group normalisation as linear, so
+    its layer attributions miss the score change on MONAI UNets; these rules do not. Sliding
+    windows: each window's layer map, in one graph of the whole pass, blended like the others.
     """
 
     name = "layer_deeplift"
@@ -243,116 +241,40 @@ class LayerDeepLift(LayerMethod):
     summary = "DeepLIFT (rescale rule) multipliers from the score to a layer times the layer's change from the baseline."
     signed = True
     needs_baseline = True
-    cost = "1 forward + 1 backward of input and baseline together, + 3 forward"
+    cost = "1 forward of the baseline + 1 forward and 1 backward of the input"
     reference = "Shrikumar et al. 2017, arXiv:1704.02685"
     params = (LAYER, REDUCE, BASELINE, BLUR_SIGMA)
 
     def preflight(self, forward, inputs, target):
+        from . import rules
+
+        rules.refuse_scripted(forward, self.name)
         super().preflight(forward, inputs, target)
-        windows = getattr(forward, "windows_per_pass", None)
-        if getattr(forward, "sliding", False) and windows and windows(inputs.shape[2:]) > 1:
-            raise UserInputError(
-                f"{self.name} runs captum's LayerDeepLift, which needs one feature map per "
-                "input, but this model runs the layer once per sliding window; use "
-                "layer_conductance or layer_gradient_shap (blended per window), or deeplift on "
-                "the input"
-            )
-
-    def compute(self, probe, inputs, context, emit):
-        from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
-
-        self.preflight(probe.score.forward, inputs, probe.score.target)
-        runs = Counter(layer["name"] for layer in trace_layers(probe.score.forward, inputs))
-        if runs[probe.name] != 1:
-            probe.activations(inputs[:1])  # raises the error that says what is wrong
-        modules = dict(probe.network.named_modules())
-        reused = {
-            name: count
-            for name, count in runs.items()
-            if count > 1 and type(modules[name]) in SUPPORTED_NON_LINEAR
-        }
-        with _deeplift_ready(probe.network, {modules[n]: c for n, c in reused.items()}):
-            super().compute(probe, inputs, context, emit)
 
     def layer_map(self, probe, inputs, context):
         import torch
-        from captum.attr import LayerDeepLift as CaptumLayerDeepLift
 
-        class ScoreModule(torch.nn.Module):
-            """The score as a module: captum's DeepLift hooks the model it is given."""
-
-            def __init__(self):
-                super().__init__()
-                self.wrapped = probe.score.forward
-
-            def forward(self, x):
-                return probe.score(x)
+        from .reference import note_incomplete, paired_pass
 
         baselines = make_baseline(self.config["baseline"], inputs, self.config["blur_sigma"])
-        with probe.capture(layer=False):
-            attributions, delta = CaptumLayerDeepLift(ScoreModule(), probe.layer).attribute(
-                inputs, baselines=baselines, return_convergence_delta=True
-            )
-        # captum's delta is sum(attributions) - (score(inputs) - score(baselines)).
-        change = attributions.detach().flatten(1).sum(dim=1) - delta
-        if bool((delta.abs() > 0.01 * change.abs() + 1e-6).any()):
-            note = (
-                f"{self.name}: the layer attributions do not sum to the score change (off by "
-                f"{float(delta.abs().max()):.3g} of {float(change.abs().max()):.3g}): the network "
-                "has operations after the layer that DeepLIFT's rescale rule treats as linear "
-                "(instance or group normalisation, PReLU, functional activations); the map is an "
-                "approximation"
-            )
-            if not any(n.startswith(note[:60]) for n in context.notes):
-                context.notes.append(note)
-        return attributions.detach()
-
-
-@contextlib.contextmanager
-def _deeplift_ready(network: torch.nn.Module, reused: dict) -> Iterator[None]:
-    """Within the block, in-place modules run out of place and each module of ``reused`` (module
-    -> calls per pass) is swapped for that many copies taken in turn; restored on exit, with the
-    tensors captum leaves on the modules it hooked."""
-    import torch
-
-    class TakeTurns(torch.nn.Module):
-        def __init__(self, module: torch.nn.Module, calls: int):
-            super().__init__()
-            self.copies = torch.nn.ModuleList(copy.deepcopy(module) for _ in range(calls))
-            self.turn = 0
-
-        def forward(self, *args, **kwargs):
-            module = self.copies[self.turn % len(self.copies)]
-            self.turn += 1
-            return module(*args, **kwargs)
-
-    inplace = [m for m in network.modules() if getattr(m, "inplace", False) is True]
-    swaps = [
-        (parent, key, child, TakeTurns(child, reused[child]))
-        for parent in network.modules()
-        for key, child in list(parent._modules.items())
-        if child in reused
-    ]
-    turns = [turn for *_, turn in swaps]
-
-    def restart(_module, _args) -> None:
-        for turn in turns:
-            turn.turn = 0
-
-    handle = network.register_forward_pre_hook(restart)
-    try:
-        for module in inplace:
-            module.inplace = False
-        for parent, key, _child, turn in swaps:
-            parent._modules[key] = turn
-        yield
-    finally:
-        handle.remove()
-        for parent, key, child, _turn in swaps:
-            parent._modules[key] = child
-        for module in inplace:
-            module.inplace = True
-        for module in network.modules():
-            for stale in ("input", "output", "input_ref"):
-                if isinstance(module.__dict__.get(stale), (torch.Tensor, tuple)):
-                    del module.__dict__[stale]
+        unhandled: set[str] = set()
+        run = paired_pass(unhandled)
+        with torch.enable_grad(), probe.capture() as outputs:
+            scores, reference_scores = run(probe.score, inputs.detach(), baselines.detach())
+        # the baseline's pass came first: its feature maps are the first half
+        half = len(outputs) // 2
+        inputs_maps = probe.feature_maps(outputs[half:], inputs, calls=probe.calls // 2)
+        baseline_maps = torch.cat([o.detach() for o in outputs[:half]])
+        grads = torch.autograd.grad(scores.sum(), inputs_maps, allow_unused=True)
+        grads = [torch.zeros_like(o) if g is None else g for o, g in zip(inputs_maps, grads)]
+        activation = torch.cat([o.detach() for o in inputs_maps])
+        attributions = (activation - baseline_maps) * torch.cat(grads)
+        totals = probe.per_point(attributions).flatten(1)
+        note_incomplete(
+            self.name,
+            totals,
+            scores.detach() - reference_scores,
+            unhandled,
+            context,
+        )
+        return attributions
