@@ -292,3 +292,35 @@ class WindowCanvas:
     def result(self) -> torch.Tensor:
         count = self.plan.count.to(self.out.device, self.out.dtype)
         return self.plan.crop(self.out / count)
+
+
+def divisible_crop(spatial: Sequence[int], multiple: int) -> tuple[slice, ...]:
+    """Where an array of ``spatial`` shape sits inside its padded-to-``multiple`` version."""
+    before = [((-n) % multiple) // 2 if multiple > 1 else 0 for n in spatial]
+    return tuple(slice(b, b + n) for b, n in zip(before, spatial))
+
+
+def pad_explicitly(
+    x: torch.Tensor, padding: Sequence[tuple[int, int]]
+) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad the spatial dims by (before, after) each; returns the padded tensor and where
+    the input sits in it."""
+    import torch.nn.functional as F
+
+    if not any(a or b for a, b in padding):
+        return x, (slice(None),) * x.ndim
+    pads = [p for a, b in reversed(list(padding)) for p in (a, b)]
+    crop = (slice(None), slice(None)) + tuple(
+        slice(a, a + n) for (a, _), n in zip(padding, x.shape[2:])
+    )
+    return F.pad(x, pads), crop
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad the (preprocessed) spatial dims symmetrically, as MONAI's DivisiblePad does."""
+    spatial = x.shape[2:]
+    if multiple <= 1 or all(n % multiple == 0 for n in spatial):
+        return x, (slice(None),) * x.ndim
+    before = [((-n) % multiple) // 2 for n in spatial]
+    after = [(-n) % multiple - b for n, b in zip(spatial, before)]
+    return pad_explicitly(x, list(zip(before, after)))
