@@ -116,25 +116,18 @@ def deeplift(
     from . import rules
 
     rules.refuse_scripted(score.forward, "deeplift")
+    unhandled: set[str] = set()
+    paired = paired_pass(unhandled)
     windowed = getattr(score.forward, "paired_score_gradients", None)
-    if windowed is not None:
-        # Sliding-window models: window by window, memory bounded by the window batch.
-        unhandled: set[str] = set()
-        result = windowed(inputs, baselines, score.target, paired_pass(unhandled))
-        if result is not None:
-            grad, scores, reference_scores = result
-            return (inputs - baselines) * grad, scores, reference_scores, unhandled
-    rescale = _RescaleRules()
-    with torch.no_grad(), rescale.mode():
-        reference_scores = score(baselines)
-    rescale.replay()
-    with torch.enable_grad():
-        x = inputs.detach().requires_grad_(True)
-        with rescale.mode() as mode:
-            scores = score(x)
-        rescale.check_all_replayed()
-        (grad,) = torch.autograd.grad(scores.sum(), x)
-    return (inputs - baselines) * grad, scores.detach(), reference_scores, mode.unhandled
+    # Sliding-window models: window by window, memory bounded by the window batch.
+    result = windowed(inputs, baselines, score.target, paired) if windowed else None
+    if result is not None:
+        grad, scores, reference_scores = result
+        return (inputs - baselines) * grad, scores, reference_scores, unhandled
+    x = inputs.detach().requires_grad_(True)
+    scores, reference_scores = paired(score, x, baselines)
+    (grad,) = torch.autograd.grad(scores.sum(), x)
+    return (inputs - baselines) * grad, scores.detach(), reference_scores, unhandled
 
 
 def paired_pass(unhandled: set[str]):
