@@ -1,0 +1,70 @@
+"""The ``torchesegeta`` command: explain | run | demo | evaluate | report | methods | metrics |
+layers | schema.
+
+Exit status: 0 success, 2 bad input (one line naming the problem and the fix), 1 internal error,
+130 interrupted. Tracebacks only with --verbose.
+
+Each module of :data:`SUBCOMMANDS` adds its subcommands with ``add_parsers(subparsers)``, and
+each subcommand's parser names its handler (``set_defaults(handler=cmd_x)``, a function of the
+parsed arguments returning the exit status). A new subcommand is a new module in this list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import CancelledError, UserInputError
+from . import catalog, evaluate, explain
+from .catalog import methods_markdown, metrics_markdown
+from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, Parser
+
+SUBCOMMANDS = (explain, evaluate, catalog)
+
+__all__ = [
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USER",
+    "SUBCOMMANDS",
+    "build_parser",
+    "main",
+    "methods_markdown",
+    "metrics_markdown",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="torchesegeta",
+        description="Explain 3D medical image segmentation models with attribution maps.",
+    )
+    parser.add_argument("--version", action="version", version=f"torchesegeta {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for module in SUBCOMMANDS:
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserInputError as e:
+        if args.verbose:
+            raise
+        print(f"torchesegeta: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except (KeyboardInterrupt, CancelledError):
+        print("torchesegeta: interrupted; no run folder was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # an internal error: say so, keep the traceback for --verbose
+        if args.verbose:
+            raise
+        print(
+            f"torchesegeta: internal error: {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,7 @@
+"""``python -m TorchEsegetaLib.cli``: the ``torchesegeta`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,157 @@
+"""``torchesegeta methods | metrics | layers | schema``: what the library offers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+from typing import Any
+
+from ..errors import UserInputError
+from .common import EXIT_OK, json_option
+
+
+def add_parsers(sub: Any) -> None:
+    methods = sub.add_parser("methods", help="list every attribution method with its parameters")
+    methods.add_argument("--json", action="store_true", help="machine-readable output")
+    methods.add_argument("--markdown", action="store_true", help="the README's method table")
+    methods.set_defaults(handler=cmd_methods)
+
+    metrics = sub.add_parser("metrics", help="list every evaluation metric with its parameters")
+    metrics.add_argument("--json", action="store_true", help="machine-readable output")
+    metrics.add_argument("--markdown", action="store_true", help="the README's metric table")
+    metrics.set_defaults(handler=cmd_metrics)
+
+    layers = sub.add_parser("layers", help="list the layers a layer method (Grad-CAM) can use")
+    layers.add_argument("--model", default="demo")
+    layers.add_argument("--network", default=None)
+    layers.add_argument("--network-kwargs", default=None)
+    layers.set_defaults(handler=cmd_layers)
+
+    schema = sub.add_parser("schema", help="print the JSON schema of job files")
+    schema.set_defaults(handler=cmd_schema)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from ..methods import REGISTRY
+
+    described = [cls.describe() for cls in REGISTRY.values()]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return EXIT_OK
+    if args.markdown:
+        print(methods_markdown(), end="")
+        return EXIT_OK
+    for info in described:
+        print(
+            f"{info['name']}  ({info['title']}; {info['family']}; {'signed' if info['signed'] else 'unsigned'}; cost: {info['cost']})"
+        )
+        _print_summary_and_params(info)
+    return EXIT_OK
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from ..metrics import ordered
+
+    described = [cls.describe() for cls in ordered()]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return EXIT_OK
+    if args.markdown:
+        print(metrics_markdown(), end="")
+        return EXIT_OK
+    for info in described:
+        better = f"{info['direction']} is better"
+        run = "default" if info["default"] else "opt-in"
+        print(
+            f"{info['name']}  ({info['title']}; {info['family']}; {better}; {run}; cost: {info['cost']})"
+        )
+        _print_summary_and_params(info)
+    return EXIT_OK
+
+
+def _print_summary_and_params(info: dict[str, Any]) -> None:
+    print(textwrap.indent(textwrap.fill(info["summary"], 92), "    "))
+    print(f"    reference: {info['reference']}")
+    for p in info["params"]:
+        extra = f" choices: {', '.join(p['choices'])}" if "choices" in p else ""
+        if "minimum" in p or "maximum" in p:
+            extra += f" range: [{p.get('minimum', '')}, {p.get('maximum', '')}]"
+        print(
+            f"    --param {info['name']}.{p['name']}=<{p['type']}> (default {p['default']!r}){extra}"
+        )
+        print(textwrap.indent(textwrap.fill(p["help"], 88), "        "))
+    print()
+
+
+def methods_markdown() -> str:
+    """The README's table of methods, generated from the registry so the two never drift."""
+    from ..methods import REGISTRY
+
+    families = {"gradient": 0, "layer": 1, "perturbation": 2}
+    ordered = sorted(REGISTRY.values(), key=lambda cls: (families.get(cls.family, 9), cls.name))
+    lines = [
+        "| method | family | output | cost | parameters (default) | reference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cls in ordered:
+        params = ", ".join(f"`{p.name}`={p.default!r}" for p in cls.params) or "none"
+        output = "signed" if cls.signed else "unsigned"
+        lines.append(
+            f"| `{cls.name}`: {cls.summary} | {cls.family} | {output} | {cls.cost} | {params} | {cls.reference} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def metrics_markdown() -> str:
+    """The README's table of metrics, generated from the registry."""
+    from ..metrics import ordered
+
+    lines = ["| metric | family | better | run | cost | reference |", "|---|---|---|---|---|---|"]
+    for cls in ordered():
+        run = "by default" if cls.default else "on request"
+        lines.append(
+            f"| `{cls.name}`: {cls.summary} | {cls.family} | {cls.direction} | {run} | {cls.cost} | {cls.reference} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..inference import SegmentationForward
+    from ..methods.layer import default_layer, trace_layers
+    from ..models import load_model, model_ref_from_string
+
+    model = load_model(
+        model_ref_from_string(
+            args.model, args.network, json_option(args.network_kwargs, "--network-kwargs")
+        )
+    )
+    card = model.card
+    # A dry run on a small blank input finds the layers in the order they run, with their shapes.
+    side = max(32, 2 * card.size_divisible)
+    size = card.roi_size or (side, side, side)
+    forward = SegmentationForward(model.network, card)
+    dummy = torch.zeros((1, card.in_channels, *size))
+    layers = trace_layers(forward, dummy)
+    if not layers:
+        raise UserInputError(
+            "this model exposes no layers (TorchScript); load it by network name and checkpoint to use layer methods"
+        )
+    default = default_layer(forward, dummy, card.out_channels)
+    print(
+        f"layers of {card.name} in execution order (output shape for a {'x'.join(map(str, size))} input):"
+    )
+    for layer in layers:
+        mark = "  (default)" if layer["name"] == default else ""
+        shape = "x".join(map(str, layer["shape"]))
+        print(f"  {layer['name']:<44} {layer['type']:<18} {layer['channels']:>4} x {shape}{mark}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from ..job import schema_path
+
+    print(schema_path().read_text(encoding="utf-8"))
+    return EXIT_OK

@@ -1,0 +1,117 @@
+"""What every subcommand shares: exit codes, the parser class, run options and the parsing of
+``--method``/``--metric``/``--param`` lists."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserInputError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors are input errors too
+        self.print_usage(sys.stderr)
+        print(f"torchesegeta: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
+
+
+def common_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of every random draw (default 0)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", default=None, help="replace an existing output folder"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="autocast precision of the network (default float32; a non-finite map is recomputed in float32)",
+    )
+    parser.add_argument(
+        "--evaluate",
+        default=None,
+        metavar="METRICS",
+        help="also evaluate the maps: comma-separated metrics, 'default' or 'all' (see `torchesegeta metrics`)",
+    )
+
+
+def json_option(text: str | None, what: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    source = Path(text)
+    try:
+        if not text.lstrip().startswith("{") and source.is_file():
+            text = source.read_text(encoding="utf-8")
+        value = json.loads(text)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserInputError(
+            f"{what} is neither a JSON object nor a readable JSON file: {e}"
+        ) from e
+    if not isinstance(value, dict):
+        raise UserInputError(f"{what} must be a JSON object, e.g. '{{\"key\": 1}}'")
+    return value
+
+
+def methods_from_args(
+    names: list[str] | None, params: list[str], what: str = "method", default: str = "saliency"
+) -> list[dict[str, Any]]:
+    # "a,b" lists methods; "name:key=value,key=value" also gives parameters (the batch
+    # script's form): a token with "=" and no ":" continues the previous method's parameters
+    entries: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    for group in names or [default]:
+        for token in (t.strip() for t in group.split(",")):
+            if not token:
+                continue
+            equals_at, colon_at = token.find("="), token.find(":")
+            name, colon, first = token.partition(":")
+            if equals_at >= 0 and (colon_at < 0 or equals_at < colon_at):  # key=value (a: ok)
+                if current is None:
+                    raise UserInputError(
+                        f"--{what} {group!r}: {token!r} has no {what} before it; write "
+                        f"NAME:key=value,key=value, e.g. integrated_gradients:n_steps=16"
+                    )
+                first = token
+            else:
+                current = entries.setdefault(name.strip(), {"name": name.strip(), "params": {}})
+            if first:
+                key, equals, value = first.partition("=")
+                if not equals or not key.strip():
+                    raise UserInputError(
+                        f"--{what} {token!r}: write parameters as NAME:key=value,key=value"
+                    )
+                current["params"][key.strip()] = value.strip()
+    for item in params:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise UserInputError(
+                f"--param {item!r} must look like {what.upper()}.NAME=VALUE, e.g. "
+                + ("deletion.steps=10" if what == "metric" else "occlusion.window=8")
+            )
+        if method not in entries:
+            raise UserInputError(
+                f"--param {item!r} is for {what} {method!r}, which is not among --{what} {','.join(entries)}"
+            )
+        entries[method]["params"][name] = value
+    return list(entries.values())
+
+
+def metrics_from_args(names: list[str] | None, params: list[str]) -> list[Any]:
+    """Metric specs from --metric/--evaluate names ('default', 'all' expanded) and parameters."""
+    from ..metrics import metric_specs
+
+    chosen = [n.strip() for group in (names or ["default"]) for n in group.split(",") if n.strip()]
+    expanded = ",".join(spec.name for spec in metric_specs(chosen))
+    return metric_specs(methods_from_args([expanded], params, "metric"))

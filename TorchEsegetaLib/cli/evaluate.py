@@ -1,0 +1,80 @@
+"""``torchesegeta evaluate`` and ``torchesegeta report``: score and present a run folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .common import EXIT_OK, metrics_from_args
+from .progress import ProgressBar
+
+
+def add_parsers(sub: Any) -> None:
+    evaluate = sub.add_parser(
+        "evaluate", help="score the maps of a run folder (metrics.csv, run.json, figures)"
+    )
+    evaluate.add_argument("run_folder", help="run folder written by explain, run or demo")
+    evaluate.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        help="comma-separated metrics, 'default' (the default) or 'all' (see `torchesegeta metrics`)",
+    )
+    evaluate.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METRIC.NAME=VALUE",
+        help="a metric parameter, e.g. deletion.steps=10",
+    )
+    evaluate.add_argument(
+        "--method", default=None, help="comma-separated method labels to evaluate (default: all)"
+    )
+    evaluate.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    report = sub.add_parser("report", help="write a self-contained report.html into a run folder")
+    report.add_argument("run_folder", help="run folder written by explain, run or demo")
+    report.set_defaults(handler=cmd_report)
+
+
+def print_evaluation(evaluation: Any) -> None:
+    from ..metric_figures import format_value
+
+    rows = evaluation.rows()
+    print("metrics (methods best mean rank first; (+) higher is better, (-) lower is better):")
+    print(f"  {'':<26}" + "".join(f"{row['method'][:13]:>14}" for row in rows))
+    for name, info in evaluation.metrics.items():
+        sign = "(+)" if info["direction"] == "higher" else "(-)"
+        values = "".join(f"{format_value(row[name]):>14}" for row in rows)
+        print(f"  {name[:22] + ' ' + sign:<26}{values}   {evaluation.seconds.get(name, 0):.2f} s")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate_run
+
+    metrics = metrics_from_args(args.metric, args.param)
+    labels = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
+    bar = ProgressBar(enabled=not args.quiet)
+    bar.stage = "evaluate"
+    try:
+        evaluation = evaluate_run(
+            args.run_folder, metrics, progress=bar, methods=labels, device=args.device
+        )
+    finally:
+        bar.close()
+    print(f"run folder: {Path(args.run_folder).absolute()} (metrics.csv, run.json, figures/)")
+    print_evaluation(evaluation)
+    for label, notes in evaluation.notes.items():
+        for name, note in notes.items():
+            print(f"  note: {label} / {name}: {note}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    print(f"report: {write_report(args.run_folder)}")
+    return EXIT_OK

@@ -1,0 +1,298 @@
+"""``torchesegeta explain | run | demo``: build or read a Job and run it into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserInputError
+from .common import (
+    EXIT_OK,
+    common_run_options,
+    json_option,
+    methods_from_args,
+    metrics_from_args,
+)
+from .progress import ProgressBar
+
+#: One or two methods of each family, chosen so the demo stays well under a minute on 2 cores.
+DEFAULT_DEMO_METHODS = (
+    "saliency,integrated_gradients,smoothgrad,guided_backprop,deeplift,lrp,gradcam,occlusion,"
+    "feature_ablation"
+)
+#: Demo settings that keep `torchesegeta demo` well under a minute on two CPU cores.
+DEMO_PARAMS: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"n_steps": 32},
+    "smoothgrad": {"samples": 16, "noise_level": 0.1},
+    "occlusion": {"window": 8, "stride": 8},
+}
+
+
+def add_parsers(sub: Any) -> None:
+    explain = sub.add_parser("explain", help="explain a model on one case and write a run folder")
+    explain.add_argument(
+        "--image",
+        action="append",
+        required=True,
+        help="input image file or DICOM folder; repeat once per model input channel",
+    )
+    explain.add_argument(
+        "--model",
+        default="demo",
+        help="'demo', a TorchScript file, a MONAI bundle folder, or a checkpoint with --network",
+    )
+    explain.add_argument(
+        "--network", help="MONAI network class for a state-dict checkpoint, e.g. UNet"
+    )
+    explain.add_argument(
+        "--network-kwargs", default=None, help="JSON keyword arguments of --network"
+    )
+    explain.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="allow a MONAI bundle whose config holds Python expressions (they run on loading)",
+    )
+    explain.add_argument(
+        "--card",
+        default=None,
+        help="model card fields as JSON or a JSON file (class_names, intensity, spacing, roi_size, ...)",
+    )
+    explain.add_argument(
+        "--target",
+        default="class",
+        help="class[:NAME] | mask:FILE[:LABEL] | roi:i0,j0,k0:i1,j1,k1 | voxel:i,j,k",
+    )
+    explain.add_argument(
+        "--class",
+        dest="target_class",
+        default=None,
+        help="class to explain, by name or index (default: first foreground class)",
+    )
+    explain.add_argument(
+        "--score",
+        choices=("logits", "probabilities"),
+        default="logits",
+        help="score logits (default) or probabilities",
+    )
+    explain.add_argument(
+        "--coordinates",
+        choices=("voxel", "lps", "ras"),
+        default="voxel",
+        help="coordinates of roi/voxel targets",
+    )
+    explain.add_argument(
+        "--reduction",
+        choices=("mean", "sum"),
+        default="mean",
+        help="reduce the target region by mean (default) or sum",
+    )
+    explain.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        help="comma-separated method names (see `torchesegeta methods`)",
+    )
+    explain.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help="a method parameter, e.g. integrated_gradients.n_steps=64",
+    )
+    explain.add_argument("--out", required=True, help="run folder to create")
+    explain.add_argument(
+        "--format",
+        choices=("nii.gz", "nrrd", "mha"),
+        default="nii.gz",
+        help="file format of the maps",
+    )
+    explain.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    explain.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="largest batch per forward/backward pass (default: by device)",
+    )
+    explain.add_argument(
+        "--method-budget",
+        type=float,
+        default=None,
+        help="seconds each method may run before it is stopped",
+    )
+    explain.add_argument(
+        "--crop-margin",
+        type=int,
+        default=None,
+        metavar="VOXELS",
+        help="whole-volume models: explain on the target's box grown by VOXELS, an approximation "
+        "measured and recorded in run.json (sliding-window models already run only the "
+        "target's windows, exactly)",
+    )
+    explain.add_argument(
+        "--save-job",
+        default=None,
+        help="also write the job as a JSON file (re-run with `torchesegeta run`)",
+    )
+    common_run_options(explain)
+    explain.set_defaults(handler=cmd_explain)
+
+    run = sub.add_parser("run", help="run a job file (JSON or YAML) into its run folder")
+    run.add_argument("job", help="job file")
+    run.add_argument("--out", default=None, help="override the job's output folder")
+    common_run_options(run)
+    run.set_defaults(handler=cmd_run)
+
+    demo = sub.add_parser(
+        "demo", help="explain the built-in vessel model on the built-in MRA-like volume"
+    )
+    demo.add_argument(
+        "--out",
+        default="torchesegeta-demo",
+        help="run folder to create (default ./torchesegeta-demo)",
+    )
+    demo.add_argument(
+        "--method",
+        default=DEFAULT_DEMO_METHODS,
+        help=f"comma-separated methods (default {DEFAULT_DEMO_METHODS})",
+    )
+    common_run_options(demo)
+    demo.set_defaults(handler=cmd_demo)
+
+
+def _split_params(params: list[str], evaluate: str | None) -> tuple[list[str], list[str]]:
+    """(method parameters, metric parameters): a --param belongs to the metric it names."""
+    from ..metrics import REGISTRY
+
+    metric_params = [p for p in params if p.partition(".")[0] in REGISTRY]
+    if metric_params and not evaluate:
+        raise UserInputError(
+            f"--param {metric_params[0]!r} is for a metric; add --evaluate METRICS to evaluate the maps"
+        )
+    return [p for p in params if p not in metric_params], metric_params
+
+
+def _job_from_explain(args: argparse.Namespace) -> Any:
+    from ..job import Job
+    from ..models import model_ref_from_string
+    from ..targets import TargetSpec
+
+    target = TargetSpec.parse(
+        args.target,
+        output=args.score,
+        coordinates=args.coordinates,
+        reduction=args.reduction,
+        **({"class_": args.target_class} if args.target_class is not None else {}),
+    )
+    model = model_ref_from_string(
+        args.model, args.network, json_option(args.network_kwargs, "--network-kwargs")
+    )
+    if args.trust_bundle and model["kind"] == "bundle":
+        model["trust"] = True
+    method_params, metric_params = _split_params(args.param, args.evaluate)
+    return Job(
+        images=args.image,
+        model=model,
+        card=json_option(args.card, "--card"),
+        target=target,
+        methods=methods_from_args(args.method, method_params),
+        metrics=metrics_from_args([args.evaluate], metric_params) if args.evaluate else [],
+        output=args.out,
+        device=args.device or "auto",
+        seed=0 if args.seed is None else args.seed,
+        format=args.format,
+        figures=not args.no_figures,
+        overwrite=bool(args.overwrite),
+        max_batch=args.max_batch,
+        method_budget_s=args.method_budget,
+        precision=args.precision or "float32",
+        crop_margin=args.crop_margin,
+    )
+
+
+def _run(job: Any, quiet: bool) -> Path:
+    from ..runner import run_job
+
+    bar = ProgressBar(enabled=not quiet)
+    try:
+        out = run_job(job, progress=bar)
+    finally:
+        bar.close()
+    _summarise(out)
+    return out
+
+
+def _summarise(out: Path) -> None:
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    print(f"run folder: {out} ({record['status']})")
+    for method in record["methods"]:
+        where = method.get("file", method.get("message", ""))
+        print(f"  {method['label']:<22} {method['status']:<9} {method['seconds']:8.2f} s  {where}")
+    for warning in record.get("warnings", []):
+        print(f"  warning: {warning}")
+    if record.get("metrics"):
+        from ..evaluation import Evaluation
+        from .evaluate import print_evaluation
+
+        print_evaluation(Evaluation.from_json(record["metrics"]))
+
+
+def _apply_overrides(job: Any, args: argparse.Namespace) -> Any:
+    for field_name, value in (
+        ("device", args.device),
+        ("seed", args.seed),
+        ("overwrite", args.overwrite),
+        ("precision", args.precision),
+        ("output", getattr(args, "out", None)),
+    ):
+        if value is not None:
+            setattr(job, field_name, value)
+    return job
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    job = _job_from_explain(args)
+    if args.save_job:
+        Path(args.save_job).write_text(json.dumps(job.to_dict(), indent=2), encoding="utf-8")
+    _run(job, args.quiet)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..job import Job
+
+    job = _apply_overrides(Job.load(args.job), args)
+    if args.evaluate:
+        job.metrics = metrics_from_args([args.evaluate], [])
+    _run(job, args.quiet)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import demo_volume
+    from ..io import write_volume
+    from ..job import Job
+
+    out = Path(args.out).absolute()
+    data = out.with_name(out.name + "-input")
+    volume, truth = demo_volume()
+    image = write_volume(volume.array[0], volume.geometry, data / "mra.nii.gz")
+    write_volume(truth, volume.geometry, data / "vessels_truth.nii.gz", dtype="uint8")
+    methods = methods_from_args([args.method], [])
+    for entry in methods:
+        entry["params"].update(DEMO_PARAMS.get(entry["name"], {}))
+    job = Job(
+        images=[str(image)],
+        model={"kind": "demo"},
+        target="class:vessel",
+        methods=methods,
+        output=str(out),
+        overwrite=True,
+        metrics=metrics_from_args([args.evaluate], []) if args.evaluate else [],
+    )
+    _apply_overrides(job, args)
+    job.output = str(out)
+    _run(job, args.quiet)
+    print(f"demo input: {image}")
+    return EXIT_OK
