@@ -16,7 +16,7 @@ _LAZY = {
     "explain": "api",
     "run_job": "runner",
     "explain_volume": "runner",
-    "ExplainResult": "runner",
+    "ExplainResult": "case",
     "Job": "job",
     "MethodSpec": "job",
     "TargetSpec": "targets",

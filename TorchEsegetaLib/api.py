@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from .case import ExplainResult, ProgressHandler
 from .errors import UserInputError
 from .job import Job, MethodSpec
-from .runner import ExplainResult, ProgressHandler
 from .targets import TargetSpec
 from .volume import Geometry, Volume
 
@@ -48,13 +48,14 @@ def explain(
             voxels, an approximation measured in ``result.target["crop"]``.
 
     Returns:
-        An :class:`~TorchEsegetaLib.runner.ExplainResult`: ``result.maps`` (label -> (I, J, K)
+        An :class:`~TorchEsegetaLib.case.ExplainResult`: ``result.maps`` (label -> (I, J, K)
         float32 array), ``result.geometry``, ``result.labelmap``, ``result.probabilities``,
         per-method status and timings.
     """
     from .io import read_channels
     from .models import LoadedModel, load_model, model_ref_from_string
-    from .runner import check_output_folder, explain_volume, save_run, write_run_folder
+    from .run_folder import check_output_folder, save_run, write_run_folder
+    from .runner import explain_volume
 
     volume = _as_volume(images, geometry, read_channels)
     if isinstance(model, LoadedModel):

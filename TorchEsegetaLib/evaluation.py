@@ -2,7 +2,7 @@
 
 Metrics that need the model run on the model grid with the same forward pass, frozen intensity
 statistics and bound target as the explanations; the case is prepared exactly as the runner
-prepares it (:func:`~TorchEsegetaLib.runner.prepare_case`). A run folder gains ``metrics.csv``,
+prepares it (:func:`~TorchEsegetaLib.case.prepare_case`). A run folder gains ``metrics.csv``,
 a ``"metrics"`` entry in ``run.json`` (scores, curves, notes, timings) and figures; every file
 is written to a temporary name and renamed, so none is ever half-written. Evaluating again
 adds or replaces metrics and keeps the others.
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +20,10 @@ import numpy as np
 
 from .errors import UserInputError
 from .metrics.results import Evaluation, metrics_csv, rows_and_curves
+from .run_folder import atomic_write, json_default
 
 __all__ = [
     "Evaluation",
-    "atomic_write",
     "evaluate_case",
     "evaluate_result",
     "evaluate_run",
@@ -35,10 +33,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .case import ExplainResult, ProgressHandler
     from .engine import CancelToken
     from .metrics import Case, MetricSpec, Subject
     from .models import LoadedModel
-    from .runner import ExplainResult, ProgressHandler
     from .targets import TargetSpec
     from .volume import Volume
 
@@ -116,9 +114,9 @@ def _evaluate(
     progress: ProgressHandler | None,
     cancel: CancelToken | None,
 ) -> Evaluation:
+    from .case import prepare_case
     from .inference import resolve_device
     from .metrics import Case, metric_specs
-    from .runner import prepare_case
 
     specs = metric_specs(metrics)
     torch_device = resolve_device(device)
@@ -151,7 +149,7 @@ def evaluate_result(
     progress: ProgressHandler | None = None,
     cancel: CancelToken | None = None,
 ) -> Evaluation:
-    """Evaluate an in-memory :class:`~TorchEsegetaLib.runner.ExplainResult`.
+    """Evaluate an in-memory :class:`~TorchEsegetaLib.case.ExplainResult`.
 
     Args:
         result: what :func:`~TorchEsegetaLib.runner.explain_volume` returned.
@@ -303,21 +301,5 @@ def write_evaluation(
     ]
     record["metrics"] = evaluation.to_json()
     record["figures"] = list(dict.fromkeys([*record.get("figures", []), *figures]))
-    from .runner import _json_default
-
-    atomic_write(folder / "run.json", json.dumps(record, indent=2, default=_json_default))
+    atomic_write(folder / "run.json", json.dumps(record, indent=2, default=json_default))
     return evaluation
-
-
-def atomic_write(path: Path, content: str | bytes) -> None:
-    """Write ``content`` to a temporary sibling and rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        if isinstance(content, bytes):
-            temporary.write_bytes(content)
-        else:
-            temporary.write_text(content, encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

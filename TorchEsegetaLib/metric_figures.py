@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .evaluation import Evaluation
+    from .metrics.results import Evaluation
 
 _DPI = 100
 
@@ -27,7 +27,7 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    from .evaluation import atomic_write
+    from .run_folder import atomic_write
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .evaluation import Evaluation, atomic_write, read_record
+from .evaluation import Evaluation, read_record
 from .metric_figures import format_value
+from .run_folder import atomic_write
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;

@@ -101,7 +101,7 @@ class Subject:
         target: BoundTarget | None = None,
     ) -> torch.Tensor:
         """Run the method again, with the run's seed, on other inputs, model or target."""
-        from ..runner import seed_everything
+        from ..seeding import seed_everything
 
         seed_everything(case.seed + self.index)
         context = case.context(case.seed + self.index)

@@ -1,0 +1,159 @@
+"""One case as every method and metric sees it, and what explaining it gave.
+
+:func:`prepare_case` segments the volume, fixes the target on the unperturbed prediction and
+freezes the network's input statistics; the runner explains the prepared case and the
+evaluation scores the explanations on the same one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .job import MethodSpec
+    from .models import LoadedModel
+    from .targets import TargetSpec
+    from .volume import Geometry, Volume
+
+#: progress(event) with event = {"stage", "fraction", "message", ["method", "index", "total"]}.
+ProgressHandler = Callable[[dict[str, Any]], None]
+
+
+def region_on_model_grid(region: np.ndarray, info: Any) -> np.ndarray:
+    """Map a bool input-grid region onto the model grid, never losing it to the resampling."""
+    if info.identity:
+        return region
+    import torch
+    import torch.nn.functional as F
+
+    mask = torch.from_numpy(region.astype(np.float32))[None, None]
+    resized = F.interpolate(mask, size=info.model_shape, mode="trilinear", align_corners=True)[
+        0, 0
+    ].numpy()
+    for threshold in (0.5, 1e-6):
+        mapped = resized >= threshold
+        if mapped.any():
+            return mapped
+    # A region smaller than a model voxel: keep the model voxel nearest to its centre.
+    centre = np.argwhere(region).mean(axis=0)
+    scale = (np.asarray(info.model_shape) - 1) / np.maximum(np.asarray(info.input_shape) - 1, 1)
+    mapped = np.zeros(info.model_shape, dtype=bool)
+    mapped[
+        tuple(np.clip(np.round(centre * scale).astype(int), 0, np.asarray(info.model_shape) - 1))
+    ] = True
+    return mapped
+
+
+@dataclass
+class PreparedCase:
+    """One case ready to be explained or evaluated: the model-grid input, the frozen forward
+    and the bound target, exactly as every method sees them."""
+
+    segmentation: Any
+    x: Any
+    info: Any
+    bound: Any
+    forward: Any
+    input_region: np.ndarray
+    target_info: dict[str, Any]
+
+
+def prepare_case(
+    volume: Volume, model: LoadedModel, target: TargetSpec, torch_device: Any
+) -> PreparedCase:
+    """Segment ``volume``, fix the target on the unperturbed prediction, freeze the statistics."""
+    from .inference import (
+        SegmentationForward,
+        resample_to_model_grid,
+        restore_input_grid,
+        segment,
+    )
+    from .targets import bind_target, region_in_input_grid
+
+    segmentation = segment(model, volume, torch_device)
+    x, info = resample_to_model_grid(volume, model.card)
+    if target.kind == "class":
+        model_region = None
+    else:
+        model_region = region_on_model_grid(region_in_input_grid(target, volume.geometry), info)
+    bound = bind_target(target, model.card, segmentation.logits, model_region)
+    if target.kind == "class":
+        input_region = np.asarray(
+            restore_input_grid(bound.region[None, None].float(), info)[0, 0] >= 0.5
+        )
+    else:
+        input_region = region_in_input_grid(target, volume.geometry)
+    target_info = {**target.to_dict(), **bound.describe(model.card)}
+    forward = SegmentationForward(model.network, model.card).to(torch_device)
+    x = x.to(torch_device)
+    forward.freeze_statistics(x)
+    # Sliding-window models: only the windows that touch the target run (exact; see windows.py).
+    forward.restrict_to(bound.region.cpu().numpy())
+    if forward.sliding:
+        target_info["windows"] = forward.window_usage(x.shape[2:])
+    bound.region = bound.region.to(torch_device)
+    return PreparedCase(segmentation, x, info, bound, forward, input_region, target_info)
+
+
+@dataclass
+class MethodResult:
+    """One method's outcome. ``attribution`` is (C, I, J, K) on the input grid, None unless ok."""
+
+    spec: MethodSpec
+    status: str
+    seconds: float
+    signed: bool
+    shared_channels: bool
+    attribution: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+    message: str = ""
+    #: {"peak_memory_mb", "memory_kind"} of the method's run (see :mod:`.memory`).
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def map(self) -> np.ndarray | None:
+        """The (I, J, K) map: channels summed, or the common map of channel-shared methods."""
+        if self.attribution is None:
+            return None
+        return self.attribution[0] if self.shared_channels else self.attribution.sum(axis=0)
+
+
+@dataclass
+class ExplainResult:
+    """Everything :func:`explain_volume` computed, on the input grid."""
+
+    geometry: Geometry
+    image: np.ndarray
+    probabilities: np.ndarray
+    labelmap: np.ndarray
+    target: dict[str, Any]
+    region: np.ndarray
+    methods: list[MethodResult]
+    device: str
+    seed: int
+    timings: dict[str, float]
+    warnings: list[str]
+    #: What the run was computed from, kept so it can be evaluated (:func:`.evaluation.evaluate_result`).
+    volume: Volume | None = None
+    model: LoadedModel | None = None
+    target_spec: TargetSpec | None = None
+    max_batch: int | None = None
+
+    @property
+    def maps(self) -> dict[str, np.ndarray]:
+        """label -> (I, J, K) map for every method that succeeded."""
+        return {m.spec.label: m.map for m in self.methods if m.attribution is not None}
+
+    def centre(self) -> tuple[int, int, int]:
+        """Voxel at the centre of mass of the target region (for slices through it)."""
+        points = np.argwhere(self.region)
+        if len(points) == 0:
+            return tuple(s // 2 for s in self.region.shape)
+        centre = np.round(points.mean(axis=0)).astype(int)
+        # The centroid of a curved region may fall outside it: take the region voxel nearest to it.
+        nearest = points[np.argmin(((points - centre) ** 2).sum(axis=1))]
+        return tuple(int(v) for v in nearest)

@@ -1,0 +1,187 @@
+"""Writing a run folder: maps, segmentation, figures and run.json, published atomically.
+
+A run folder is written into a hidden temporary sibling and renamed into place only when it is
+complete, so a failed or cancelled run leaves nothing half-written, and inputs are only read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import UserInputError
+
+if TYPE_CHECKING:
+    from .case import ExplainResult
+
+RUN_FORMAT_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("torchesegeta", "torch", "monai", "captum", "numpy", "SimpleITK"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _suffix(fmt: str) -> str:
+    return "." + fmt
+
+
+def write_run_folder(
+    result: ExplainResult,
+    out: Path,
+    record: dict[str, Any],
+    fmt: str = "nii.gz",
+    figures: bool = True,
+) -> dict[str, Any]:
+    """Write maps, segmentation, figures and run.json into the (empty, temporary) folder ``out``."""
+    from .io import write_volume
+
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = _suffix(fmt)
+    write_volume(result.labelmap, result.geometry, out / f"segmentation{suffix}", dtype=np.uint8)
+    method_records = []
+    for m in result.methods:
+        entry: dict[str, Any] = {
+            "label": m.spec.label,
+            "name": m.spec.name,
+            "title": m.spec.create().title,
+            "params": m.spec.create().config,
+            "status": m.status,
+            "seconds": round(m.seconds, 4),
+            **m.memory,
+            "signed": m.signed,
+            "notes": m.notes,
+        }
+        if m.message:
+            entry["message"] = m.message
+        if m.attribution is not None:
+            entry["file"] = f"{m.spec.label}{suffix}"
+            write_volume(m.map, result.geometry, out / entry["file"], dtype=np.float32)
+            if m.attribution.shape[0] > 1 and not m.shared_channels:
+                entry["channel_files"] = []
+                for channel, channel_map in enumerate(m.attribution):
+                    name = f"{m.spec.label}.channel{channel}{suffix}"
+                    write_volume(channel_map, result.geometry, out / name, dtype=np.float32)
+                    entry["channel_files"].append(name)
+        method_records.append(entry)
+    figure_files: list[str] = []
+    if figures and result.maps:
+        from .figures import write_overview_figures
+
+        signed = {m.spec.label: m.signed for m in result.methods}
+        paths = write_overview_figures(
+            result.image,
+            result.maps,
+            result.geometry.spacing,
+            result.centre(),
+            out,
+            signed=signed,
+            segmentation=result.labelmap,
+            title=record.get("title", ""),
+        )
+        figure_files = [str(Path(p).relative_to(out)) for p in paths]
+    statuses = {m.status for m in result.methods}
+    document = {
+        "format_version": RUN_FORMAT_VERSION,
+        "status": "complete" if statuses == {"ok"} else "partial",
+        **record,
+        "device": result.device,
+        "seed": result.seed,
+        "target": result.target,
+        "segmentation": {
+            "file": f"segmentation{suffix}",
+            "voxels_per_label": {
+                str(int(v)): int(c) for v, c in zip(*np.unique(result.labelmap, return_counts=True))
+            },
+        },
+        "methods": method_records,
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "figures": figure_files,
+        "warnings": result.warnings,
+        "versions": library_versions(),
+        "geometry": {
+            "size": list(result.geometry.size),
+            "spacing": list(result.geometry.spacing),
+            "origin_lps": list(result.geometry.origin),
+            "direction_lps": list(result.geometry.direction),
+        },
+    }
+    (out / "run.json").write_text(
+        json.dumps(document, indent=2, default=json_default), encoding="utf-8"
+    )
+    return document
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (np.ndarray, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise UserInputError(
+            f"output folder {out} already exists; choose another --out or pass --overwrite"
+        )
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"output path {out} is a file; choose a folder path for --out")
+
+
+def publish(temporary: Path, out: Path) -> None:
+    """Move a complete temporary folder to ``out``, replacing an old run only at the last moment."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        out.rename(old)
+    temporary.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_run(out: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(folder)`` on a hidden temporary sibling of ``out``, then publish it.
+
+    Whatever goes wrong (an error, a cancel, Ctrl-C), the temporary folder is removed and
+    ``out`` is left as it was.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        write(temporary)
+        publish(temporary, out)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def atomic_write(path: Path, content: str | bytes) -> None:
+    """Write ``content`` to a temporary sibling and rename it over ``path``."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        if isinstance(content, bytes):
+            temporary.write_bytes(content)
+        else:
+            temporary.write_text(content, encoding="utf-8")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
