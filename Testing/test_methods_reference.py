@@ -21,8 +21,7 @@ from TorchEsegetaLib.engine import Context
 from TorchEsegetaLib.errors import UserInputError
 from TorchEsegetaLib.inference import SegmentationForward
 from TorchEsegetaLib.methods import ScoreModel, create_method
-from TorchEsegetaLib.methods.baselines import make_baseline
-from TorchEsegetaLib.methods.reference import draw_seeds
+from TorchEsegetaLib.methods.baselines import draw_seeds, make_baseline
 from TorchEsegetaLib.targets import BoundTarget
 
 ours = functools.partial(_ours, max_batch=4)

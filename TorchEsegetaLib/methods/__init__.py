@@ -1,6 +1,10 @@
 """Attribution methods by name: ``create_method("integrated_gradients", {"n_steps": 64})``."""
 
-from . import cam, coalitions, gradient, layer, layer_reference, perturbation, reference, relevance  # noqa: F401  (registers the methods)
+# The import order is the order in which `torchesegeta methods` and the panel list the methods.
+# isort: off
+from . import gradient, layer, cam, perturbation, coalitions, features  # noqa: F401  (registers)
+from . import layer_reference, deeplift, shap, relevance  # noqa: F401
+# isort: on
 from .base import (
     REGISTRY,
     Method,

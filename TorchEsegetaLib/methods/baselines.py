@@ -1,14 +1,17 @@
 """Baselines: the reference inputs that the path, reference and perturbation methods (and the
-deletion metrics) compare the input with, and their declared parameters."""
+deletion metrics) compare the input with, the distributions that the sampled methods
+(DeepLIFT-SHAP, GradientSHAP) draw them from, and their declared parameters."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import Param
 
 if TYPE_CHECKING:
     import torch
+
+    from ..engine import Context
 
 BASELINES = ("zero", "min", "mean", "blur")
 
@@ -33,6 +36,67 @@ def baseline_params(
 
 
 BASELINE, BLUR_SIGMA = baseline_params()
+
+DISTRIBUTIONS = ("noisy", "blurred", "uniform")
+
+DISTRIBUTION = (
+    Param(
+        "distribution",
+        "choice",
+        "noisy",
+        "How baselines are drawn: the reference input plus Gaussian noise, Gaussian blurs of "
+        "the input (sigma uniform in [blur_sigma/2, 3 blur_sigma/2]), or uniform intensities "
+        "in each channel's range.",
+        choices=DISTRIBUTIONS,
+    ),
+    BASELINE,
+    Param(
+        "baseline_noise",
+        "float",
+        0.1,
+        "Noise of the 'noisy' baselines, as a fraction of each channel's intensity range.",
+        minimum=0.0,
+        maximum=10.0,
+    ),
+    BLUR_SIGMA,
+)
+
+
+def draw_baselines(
+    x: torch.Tensor, seeds: torch.Tensor, config: dict[str, Any]
+) -> list[torch.Tensor]:
+    """One baseline of ``x.shape`` (one example) per seed, drawn as ``config`` says.
+
+    Each draw has its own generator, so a draw depends only on its seed, never on the batch
+    it was computed in (an out-of-memory retry gives the same numbers).
+    """
+    import torch
+
+    kind = config["distribution"]
+    if kind == "noisy":
+        centre = make_baseline(config["baseline"], x, config["blur_sigma"])
+        std = (config["baseline_noise"] * intensity_range(x)).expand_as(x).cpu()
+    draws = []
+    for seed in seeds.tolist():
+        generator = torch.Generator().manual_seed(int(seed))
+        if kind == "noisy":
+            draws.append(centre + torch.normal(0.0, std, generator=generator).to(x.device))
+        elif kind == "blurred":
+            sigma = config["blur_sigma"] * (0.5 + float(torch.rand(1, generator=generator)))
+            draws.append(gaussian_blur(x, sigma))
+        else:
+            unit = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            draws.append(
+                x.amin(dim=tuple(range(2, x.dim())), keepdim=True) + unit * intensity_range(x)
+            )
+    return draws
+
+
+def draw_seeds(context: Context, examples: int, count: int) -> torch.Tensor:
+    """(examples, count) seeds, one per random draw, from the run's seeded generator."""
+    import torch
+
+    return torch.randint(0, 2**62, (examples, count), generator=context.generator())
 
 
 def make_baseline(kind: str, inputs: torch.Tensor, blur_sigma: float = 4.0) -> torch.Tensor:

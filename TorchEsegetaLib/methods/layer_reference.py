@@ -254,7 +254,7 @@ class LayerDeepLift(LayerMethod):
     def layer_map(self, probe, inputs, context):
         import torch
 
-        from .reference import note_incomplete, paired_pass
+        from .deeplift import note_incomplete, paired_pass
 
         baselines = make_baseline(self.config["baseline"], inputs, self.config["blur_sigma"])
         unhandled: set[str] = set()
