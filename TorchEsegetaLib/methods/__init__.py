@@ -4,6 +4,7 @@
 # isort: off
 from . import gradient, layer, cam, perturbation, coalitions, features  # noqa: F401  (registers)
 from . import layer_reference, deeplift, shap, relevance  # noqa: F401
+
 # isort: on
 from .base import (
     REGISTRY,
