@@ -22,7 +22,13 @@ import numpy as np
 import torch
 
 from .errors import UserInputError
-from .models import _existing, _jit_load, _size_divisible, load_state_dict_file, sha256_file
+from .model_files import (
+    existing_path,
+    jit_load,
+    load_state_dict_file,
+    network_size_divisible,
+    sha256_file,
+)
 
 
 def config_expressions(config_file: Path) -> list[str]:
@@ -53,7 +59,7 @@ def config_expressions(config_file: Path) -> list[str]:
 def load_bundle(ref: dict) -> tuple[torch.nn.Module, dict, dict, str | None]:
     from monai.bundle import ConfigParser
 
-    root = _existing(ref.get("path"), "bundle folder")
+    root = existing_path(ref.get("path"), "bundle folder")
     configs = [root / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")]
     config_file = next((c for c in configs if c.is_file()), None)
     if not root.is_dir() or config_file is None:
@@ -81,7 +87,7 @@ def load_bundle(ref: dict) -> tuple[torch.nn.Module, dict, dict, str | None]:
         source["network"] = str(parser.get("network_def", {}).get("_target_", "?"))
     elif (root / "models" / "model.ts").is_file():
         weights = root / "models" / "model.ts"
-        network = _jit_load(weights)
+        network = jit_load(weights)
         source["network"] = "torchscript"
     else:
         raise UserInputError(
@@ -137,7 +143,7 @@ def _bundle_card(parser: Any, metadata: dict) -> dict:
     if isinstance(network_def, dict) and "_target_" in network_def:
         args = {k: _arg_or_none(parser, "network_def", k) for k in ("strides", "blocks_down")}
         name = str(network_def["_target_"]).split(".")[-1]
-        card["size_divisible"] = _size_divisible(
+        card["size_divisible"] = network_size_divisible(
             name, {k: v for k, v in args.items() if v is not None}
         )
     formats = metadata.get("network_data_format", {})
