@@ -73,6 +73,28 @@ def test_measured_sample_memory_grows_with_the_input():
     assert small > 16**3 * 4 and 6 < large / small < 10
 
 
+def test_sample_memory_of_a_torchscript_model_is_measured_without_module_hooks():
+    from helpers import centre_box_target, tiny_unet
+
+    from TorchEsegetaLib.card import ModelCard
+    from TorchEsegetaLib.inference import SegmentationForward
+    from TorchEsegetaLib.methods import ScoreModel
+
+    eager = tiny_unet()
+    scripted = torch.jit.script(eager)
+
+    def measured(network, size):
+        forward = SegmentationForward(network, ModelCard())
+        return measure_sample_bytes(
+            ScoreModel(forward, centre_box_target(size)), torch.rand(1, 1, size, size, size)
+        )
+
+    small, large = measured(scripted, 16), measured(scripted, 32)
+    # what autograd saves grows with the volume, and stays within the eager (hooked) estimate
+    assert small > 16**3 * 4 and 6 < large / small < 10
+    assert 0.3 < small / measured(eager, 16) <= 1.0
+
+
 def test_cancel_and_budget_stop_between_batches():
     token = CancelToken()
     calls = []

@@ -108,8 +108,10 @@ def measure_sample_bytes(
     """Memory of one forward + backward pass of ``score`` on one sample.
 
     On CUDA the allocator's peak is measured. On the CPU, where PyTorch keeps no such count,
-    it is estimated from the tensors the forward pass keeps for backward (every module output)
-    plus their gradients: an upper bound that errs on the safe side.
+    it is estimated from the tensors the forward pass keeps for backward plus their gradients:
+    an upper bound that errs on the safe side. Those tensors are every leaf module's output
+    (forward hooks) for eager models, and what autograd itself saves for TorchScript models,
+    whose modules refuse hooks.
     """
     import torch
 
@@ -123,6 +125,22 @@ def measure_sample_bytes(
             score(x).sum().backward()
         del x
         return float(torch.cuda.max_memory_allocated(sample.device) - base)
+    network = getattr(getattr(score, "forward", None), "network", None)
+    if network is not None and any(
+        isinstance(m, torch.jit.ScriptModule) for m in network.modules()
+    ):
+        total = _saved_for_backward_bytes(score, sample)
+    else:
+        total = _leaf_output_bytes(score, sample, network)
+    return float(2 * total + 4 * sample.numel() * sample.element_size())
+
+
+def _leaf_output_bytes(
+    score: Callable[[torch.Tensor], torch.Tensor], sample: torch.Tensor, network: Any
+) -> int:
+    """Bytes of every leaf module's output in one forward pass (without gradients)."""
+    import torch
+
     total = 0
 
     def count(_module, _inputs, output) -> None:
@@ -130,7 +148,6 @@ def measure_sample_bytes(
         if isinstance(output, torch.Tensor):
             total += output.numel() * output.element_size()
 
-    network = getattr(getattr(score, "forward", None), "network", None)
     modules = (
         [m for m in network.modules() if not list(m.children())] if network is not None else []
     )
@@ -141,7 +158,29 @@ def measure_sample_bytes(
     finally:
         for handle in handles:
             handle.remove()
-    return float(2 * total + 4 * sample.numel() * sample.element_size())
+    return total
+
+
+def _saved_for_backward_bytes(
+    score: Callable[[torch.Tensor], torch.Tensor], sample: torch.Tensor
+) -> int:
+    """Bytes autograd keeps for the backward pass of one forward pass, each storage once.
+
+    Autograd's saved-tensor hooks see the tensors saved by TorchScript's operations too; the
+    graph is dropped unused.
+    """
+    import torch
+
+    seen: set[tuple[int, int]] = set()
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        seen.add((storage.data_ptr(), storage.nbytes()))
+        return tensor
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        score(sample.clone().requires_grad_(True))
+    return sum(nbytes for _, nbytes in seen)
 
 
 @dataclass

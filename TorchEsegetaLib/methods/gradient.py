@@ -151,6 +151,11 @@ class _ReluRuleGradient(_PerSampleGradient):
 
     relu_rule: str
 
+    def preflight(self, forward, inputs, target):
+        from .rules import refuse_scripted
+
+        refuse_scripted(forward, self.name)  # its ReLUs cannot take backward hooks
+
     def gradients(self, score, inputs, context):
         with relu_rule(score.forward, self.relu_rule) as count:
             note = f"the model has no nn.ReLU: {self.title} equals the plain gradient"

@@ -247,11 +247,13 @@ def _is_linear(func: Callable, args: tuple, kwargs: dict) -> bool:
 
 
 def refuse_scripted(forward: torch.nn.Module, method: str) -> None:
-    """TorchScript runs its operations in C++, out of reach of the interception."""
+    """TorchScript runs its operations in C++, out of reach of the interception and of
+    module hooks."""
     if any(isinstance(m, torch.jit.ScriptModule) for m in forward.modules()):
         raise UserInputError(
             f"{method} needs an eager PyTorch model: a TorchScript model runs its operations "
-            "outside Python, where its propagation rules cannot be applied; load the model "
+            "outside Python and refuses module hooks, so its propagation rules cannot be "
+            "applied; choose a gradient or perturbation method, or load the model "
             "from its network definition and weights (a MONAI network name + checkpoint or a "
             "bundle) instead"
         )
