@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from .targets import TargetSpec
     from .volume import Geometry, Volume
 
-#: progress(event) with event = {"stage", "fraction", "message", ["method", "index", "total"]}.
+#: progress(event) with event = {"stage", "fraction", "message", ["method", "index", "total"],
+#: ["phase": "start" | "end" of a method or metric]}.
 ProgressHandler = Callable[[dict[str, Any]], None]
 
 

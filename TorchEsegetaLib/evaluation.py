@@ -63,7 +63,12 @@ def evaluate_case(
             index = m_index * len(subjects) + s_index
 
             def report(
-                fraction: float, message: str, index=index, name=metric.name, label=subject.label
+                fraction: float,
+                message: str,
+                index=index,
+                name=metric.name,
+                label=subject.label,
+                **phase: str,
             ) -> None:
                 if progress is not None:
                     progress(
@@ -75,10 +80,11 @@ def evaluate_case(
                             "total": total,
                             "fraction": fraction,
                             "message": message,
+                            **phase,
                         }
                     )
 
-            report(0.0, f"{metric.name}: {subject.label}")
+            report(0.0, f"{metric.name}: {subject.label}", phase="start")
             case.progress = report
             case.context().check()
             began = time.perf_counter()
@@ -95,7 +101,7 @@ def evaluate_case(
                 )
             if score.details:
                 evaluation.details.setdefault(metric.name, {})[subject.label] = score.details
-            report(1.0, f"{metric.name}: {subject.label} done")
+            report(1.0, f"{metric.name}: {subject.label} done", phase="end")
         evaluation.seconds[metric.name] = round(time.perf_counter() - started, 4)
     case.progress = None
     return evaluation

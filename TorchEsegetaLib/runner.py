@@ -116,7 +116,7 @@ def explain_volume(
     try:
         for index, (spec, method) in enumerate(zip(methods, instances)):
 
-            def report(fraction: float, message: str, spec=spec, index=index) -> None:
+            def report(fraction: float, message: str, spec=spec, index=index, **phase: str) -> None:
                 _emit(
                     progress,
                     stage="method",
@@ -125,9 +125,10 @@ def explain_volume(
                     total=len(methods),
                     fraction=fraction,
                     message=message,
+                    **phase,
                 )
 
-            report(0.0, f"{spec.label}: starting")
+            report(0.0, f"{spec.label}: starting", phase="start")
 
             context = Context(
                 device=torch_device,
@@ -167,7 +168,7 @@ def explain_volume(
             result.notes = list(context.notes)
             results.append(result)
             timings[spec.label] = result.seconds
-            report(1.0, f"{spec.label}: {result.status} in {result.seconds:.1f} s")
+            report(1.0, f"{spec.label}: {result.status} in {result.seconds:.1f} s", phase="end")
     finally:
         model.network.to("cpu")
     timings["total"] = time.perf_counter() - started

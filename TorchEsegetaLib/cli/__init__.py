@@ -1,7 +1,7 @@
 """The ``torchesegeta`` command: explain | run | demo | evaluate | report | methods | metrics |
 layers | schema.
 
-Exit status: 0 success, 2 bad input (one line naming the problem and the fix), 1 internal error,
+``--verbose`` and ``--quiet`` go before or after the subcommand. Exit status: 0 success, 2 bad input (one line naming the problem and the fix), 1 internal error,
 130 interrupted. Tracebacks only with --verbose.
 
 Each module of :data:`SUBCOMMANDS` adds its subcommands with ``add_parsers(subparsers)``, and
@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import CancelledError, UserInputError
 from . import catalog, evaluate, explain
 from .catalog import methods_markdown, metrics_markdown
-from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, Parser
+from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, Parser, output_options
 
 SUBCOMMANDS = (explain, evaluate, catalog)
 
@@ -42,9 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"torchesegeta {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in SUBCOMMANDS:
         module.add_parsers(sub)
+    for subcommand in sub.choices.values():
+        output_options(subcommand)
     return parser
 
 

@@ -21,24 +21,42 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER)
 
 
-def common_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def output_options(parser: argparse.ArgumentParser) -> None:
+    """--quiet and --verbose, given to every subcommand so they work after it as before it."""
+    group = parser.add_argument_group("output")
+    # SUPPRESS: when not given after the subcommand, the value given before it stays
+    group.add_argument(
+        "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output"
+    )
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks of errors",
+    )
+
+
+def common_run_options(group: Any) -> None:
+    """Options of every command that runs a job: device, seed, overwrite, precision."""
+    group.add_argument(
         "--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N"
     )
-    parser.add_argument(
+    group.add_argument(
         "--seed", type=int, default=None, help="seed of every random draw (default 0)"
     )
-    parser.add_argument(
+    group.add_argument(
         "--overwrite", action="store_true", default=None, help="replace an existing output folder"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
+    group.add_argument(
         "--precision",
         choices=("float32", "bfloat16", "float16"),
         default=None,
         help="autocast precision of the network (default float32; a non-finite map is recomputed in float32)",
     )
-    parser.add_argument(
+
+
+def evaluation_options(group: Any) -> None:
+    group.add_argument(
         "--evaluate",
         default=None,
         metavar="METRICS",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import EXIT_OK, metrics_from_args
-from .progress import ProgressBar
+from .progress import progress_display
 
 
 def add_parsers(sub: Any) -> None:
@@ -32,7 +32,6 @@ def add_parsers(sub: Any) -> None:
         "--method", default=None, help="comma-separated method labels to evaluate (default: all)"
     )
     evaluate.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     report = sub.add_parser("report", help="write a self-contained report.html into a run folder")
@@ -57,8 +56,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     metrics = metrics_from_args(args.metric, args.param)
     labels = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
-    bar = ProgressBar(enabled=not args.quiet)
-    bar.stage = "evaluate"
+    bar = progress_display(args.quiet, stage="evaluate")
     try:
         evaluation = evaluate_run(
             args.run_folder, metrics, progress=bar, methods=labels, device=args.device

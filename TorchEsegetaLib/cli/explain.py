@@ -11,12 +11,15 @@ from ..errors import UserInputError
 from .common import (
     EXIT_OK,
     common_run_options,
+    evaluation_options,
     json_option,
     methods_from_args,
     metrics_from_args,
 )
-from .progress import ProgressBar
+from .progress import progress_display
 
+#: What `explain` runs without --method.
+DEFAULT_METHOD = "saliency"
 #: One or two methods of each family, chosen so the demo stays well under a minute on 2 cores.
 DEFAULT_DEMO_METHODS = (
     "saliency,integrated_gradients,smoothgrad,guided_backprop,deeplift,lrp,gradcam,occlusion,"
@@ -32,96 +35,109 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
 
 def add_parsers(sub: Any) -> None:
     explain = sub.add_parser("explain", help="explain a model on one case and write a run folder")
-    explain.add_argument(
+    inputs = explain.add_argument_group("inputs")
+    inputs.add_argument(
         "--image",
         action="append",
         required=True,
         help="input image file or DICOM folder; repeat once per model input channel",
     )
-    explain.add_argument(
+    model = explain.add_argument_group("model")
+    model.add_argument(
         "--model",
         default="demo",
-        help="'demo', a TorchScript file, a MONAI bundle folder, or a checkpoint with --network",
+        help="'demo' (default), a TorchScript file, a MONAI bundle folder, or a checkpoint with --network",
     )
-    explain.add_argument(
+    model.add_argument(
         "--network", help="MONAI network class for a state-dict checkpoint, e.g. UNet"
     )
-    explain.add_argument(
-        "--network-kwargs", default=None, help="JSON keyword arguments of --network"
-    )
-    explain.add_argument(
+    model.add_argument("--network-kwargs", default=None, help="JSON keyword arguments of --network")
+    model.add_argument(
         "--trust-bundle",
         action="store_true",
         help="allow a MONAI bundle whose config holds Python expressions (they run on loading)",
     )
-    explain.add_argument(
+    model.add_argument(
         "--card",
         default=None,
         help="model card fields as JSON or a JSON file (class_names, intensity, spacing, roi_size, ...)",
     )
-    explain.add_argument(
+    target = explain.add_argument_group("target", "what part of the segmentation to explain")
+    target.add_argument(
         "--target",
         default="class",
-        help="class[:NAME] | mask:FILE[:LABEL] | roi:i0,j0,k0:i1,j1,k1 | voxel:i,j,k",
+        help="class[:NAME] (default: the predicted mask of a class) | mask:FILE[:LABEL] | "
+        "roi:i0,j0,k0:i1,j1,k1 | voxel:i,j,k",
     )
-    explain.add_argument(
+    target.add_argument(
         "--class",
         dest="target_class",
         default=None,
         help="class to explain, by name or index (default: first foreground class)",
     )
-    explain.add_argument(
+    target.add_argument(
         "--score",
         choices=("logits", "probabilities"),
         default="logits",
         help="score logits (default) or probabilities",
     )
-    explain.add_argument(
+    target.add_argument(
         "--coordinates",
         choices=("voxel", "lps", "ras"),
         default="voxel",
-        help="coordinates of roi/voxel targets",
+        help="coordinates of roi/voxel targets (default voxel)",
     )
-    explain.add_argument(
+    target.add_argument(
         "--reduction",
         choices=("mean", "sum"),
         default="mean",
         help="reduce the target region by mean (default) or sum",
     )
-    explain.add_argument(
+    methods = explain.add_argument_group("methods")
+    methods.add_argument(
         "--method",
         action="append",
         default=None,
-        help="comma-separated method names (see `torchesegeta methods`)",
+        help=f"comma-separated method names, each optionally NAME:key=value,... (default: "
+        f"{DEFAULT_METHOD}; `torchesegeta methods` lists them all with their parameters)",
     )
-    explain.add_argument(
+    methods.add_argument(
         "--param",
         action="append",
         default=[],
         metavar="METHOD.NAME=VALUE",
-        help="a method parameter, e.g. integrated_gradients.n_steps=64",
+        help="a method (or --evaluate metric) parameter, e.g. integrated_gradients.n_steps=64",
     )
-    explain.add_argument("--out", required=True, help="run folder to create")
-    explain.add_argument(
+    evaluation = explain.add_argument_group("evaluation")
+    evaluation_options(evaluation)
+    run = explain.add_argument_group("run")
+    run.add_argument("--out", required=True, help="run folder to create")
+    run.add_argument(
         "--format",
         choices=("nii.gz", "nrrd", "mha"),
         default="nii.gz",
-        help="file format of the maps",
+        help="file format of the maps (default nii.gz)",
     )
-    explain.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    explain.add_argument(
+    run.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    run.add_argument(
+        "--save-job",
+        default=None,
+        help="also write the job as a JSON file (re-run with `torchesegeta run`)",
+    )
+    common_run_options(run)
+    run.add_argument(
         "--max-batch",
         type=int,
         default=None,
         help="largest batch per forward/backward pass (default: by device)",
     )
-    explain.add_argument(
+    run.add_argument(
         "--method-budget",
         type=float,
         default=None,
         help="seconds each method may run before it is stopped",
     )
-    explain.add_argument(
+    run.add_argument(
         "--crop-margin",
         type=int,
         default=None,
@@ -130,19 +146,14 @@ def add_parsers(sub: Any) -> None:
         "measured and recorded in run.json (sliding-window models already run only the "
         "target's windows, exactly)",
     )
-    explain.add_argument(
-        "--save-job",
-        default=None,
-        help="also write the job as a JSON file (re-run with `torchesegeta run`)",
-    )
-    common_run_options(explain)
     explain.set_defaults(handler=cmd_explain)
 
-    run = sub.add_parser("run", help="run a job file (JSON or YAML) into its run folder")
-    run.add_argument("job", help="job file")
-    run.add_argument("--out", default=None, help="override the job's output folder")
-    common_run_options(run)
-    run.set_defaults(handler=cmd_run)
+    run_job = sub.add_parser("run", help="run a job file (JSON or YAML) into its run folder")
+    run_job.add_argument("job", help="job file")
+    run_job.add_argument("--out", default=None, help="override the job's output folder")
+    evaluation_options(run_job)
+    common_run_options(run_job)
+    run_job.set_defaults(handler=cmd_run)
 
     demo = sub.add_parser(
         "demo", help="explain the built-in vessel model on the built-in MRA-like volume"
@@ -157,6 +168,7 @@ def add_parsers(sub: Any) -> None:
         default=DEFAULT_DEMO_METHODS,
         help=f"comma-separated methods (default {DEFAULT_DEMO_METHODS})",
     )
+    evaluation_options(demo)
     common_run_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
@@ -196,7 +208,7 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         model=model,
         card=json_option(args.card, "--card"),
         target=target,
-        methods=methods_from_args(args.method, method_params),
+        methods=methods_from_args(args.method, method_params, default=DEFAULT_METHOD),
         metrics=metrics_from_args([args.evaluate], metric_params) if args.evaluate else [],
         output=args.out,
         device=args.device or "auto",
@@ -214,7 +226,7 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
 def _run(job: Any, quiet: bool) -> Path:
     from ..runner import run_job
 
-    bar = ProgressBar(enabled=not quiet)
+    bar = progress_display(quiet)
     try:
         out = run_job(job, progress=bar)
     finally:
