@@ -56,15 +56,17 @@ def write_run_folder(
     write_volume(result.labelmap, result.geometry, out / f"segmentation{suffix}", dtype=np.uint8)
     method_records = []
     for m in result.methods:
+        method = m.spec.create()
         entry: dict[str, Any] = {
             "label": m.spec.label,
             "name": m.spec.name,
-            "title": m.spec.create().title,
-            "params": m.spec.create().config,
+            "title": method.title,
+            "params": method.config,
             "status": m.status,
             "seconds": round(m.seconds, 4),
             **m.memory,
             "signed": m.signed,
+            "quantity": method.quantity,
             "notes": m.notes,
         }
         if m.message:
@@ -81,18 +83,23 @@ def write_run_folder(
         method_records.append(entry)
     figure_files: list[str] = []
     if figures and result.maps:
-        from .figures import write_overview_figures
+        from .figures import MapInfo, write_overview_figures
+        from .targets import score_phrase
 
-        signed = {m.spec.label: m.signed for m in result.methods}
+        info = {
+            e["label"]: MapInfo(row_title(e), e["quantity"], e["signed"]) for e in method_records
+        }
         paths = write_overview_figures(
             result.image,
             result.maps,
-            result.geometry.spacing,
+            result.geometry,
             result.centre(),
             out,
-            signed=signed,
+            info=info,
             segmentation=result.labelmap,
+            region=result.region,
             title=record.get("title", ""),
+            score=score_phrase(result.target),
         )
         figure_files = [str(Path(p).relative_to(out)) for p in paths]
     statuses = {m.status for m in result.methods}
@@ -125,6 +132,17 @@ def write_run_folder(
         json.dumps(document, indent=2, default=json_default), encoding="utf-8"
     )
     return document
+
+
+def row_title(entry: dict[str, Any]) -> str:
+    """A method's name for people, from its run.json entry: its title, and its label when
+    the user gave one ("Integrated Gradients (ig64)"), so two runs of a method stay apart."""
+    title = entry.get("title") or entry["label"]
+    return (
+        title
+        if entry["label"] == entry.get("name", entry["label"])
+        else f"{title} ({entry['label']})"
+    )
 
 
 def json_default(value: Any) -> Any:

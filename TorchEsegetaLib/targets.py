@@ -208,6 +208,23 @@ class BoundTarget:
         }
 
 
+def score_phrase(target: dict[str, Any]) -> str:
+    """What the target score is, in words, from a run's target record (``run.json``'s
+    ``"target"``): "mean vessel logit over the predicted vessel mask (8358 voxels)"."""
+    if not target:
+        return ""
+    unit = "logit" if target.get("output", "logits") == "logits" else "probability"
+    name = target.get("class")
+    what = f"{name} {unit}" if name is not None else unit
+    kind = target.get("kind", "class")
+    if kind == "voxel":
+        return f"{what} at the target voxel"
+    region = {"class": f"predicted {name} mask", "mask": "target mask", "roi": "target box"}
+    voxels = target.get("region_voxels")
+    size = f" ({voxels} voxels)" if voxels else ""
+    return f"{target.get('reduction', 'mean')} {what} over the {region.get(kind, 'target region')}{size}"
+
+
 def default_class(card: ModelCard) -> int:
     return 1 if card.activation == "softmax" and card.out_channels > 1 else 0
 

@@ -20,6 +20,10 @@ import numpy as np
 from .errors import UserInputError
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: The patient directions the +x, +y, +z LPS axes point to, and their opposites.
+_LPS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))
+#: The anatomical plane perpendicular to each LPS axis.
+_LPS_PLANES = ("sagittal", "coronal", "axial")
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,24 @@ class Geometry:
         inverse = np.linalg.inv(self.direction_matrix @ np.diag(self.spacing))
         return (lps - np.asarray(self.origin)) @ inverse.T
 
+    def anatomical_axes(self) -> list[AnatomicalAxis]:
+        """For each index axis (i, j, k), the patient axis it runs along, nearest first.
+
+        An oblique axis is named by the LPS axis with the largest direction cosine (as
+        radiology viewers label oblique slices); ``obliquity_deg`` says how far off it is.
+        """
+        matrix = self.direction_matrix
+        axes = []
+        for column in range(3):
+            cosines = matrix[:, column] / np.linalg.norm(matrix[:, column])
+            nearest = int(np.argmax(np.abs(cosines)))
+            towards, away = (
+                _LPS_LETTERS[nearest][::-1] if cosines[nearest] > 0 else _LPS_LETTERS[nearest]
+            )
+            angle = float(np.degrees(np.arccos(np.clip(abs(cosines[nearest]), 0.0, 1.0))))
+            axes.append(AnatomicalAxis(away, towards, _LPS_PLANES[nearest], angle))
+        return axes
+
     def mismatch(self, other: Geometry, tolerance: float = 1e-4) -> str | None:
         """Describe how ``other`` differs from this grid, or None when they match.
 
@@ -97,6 +119,23 @@ class Geometry:
         if not np.allclose(self.direction, other.direction, rtol=0, atol=tolerance):
             return f"direction {other.direction} differs from {self.direction}"
         return None
+
+
+@dataclass(frozen=True)
+class AnatomicalAxis:
+    """Where an index axis points in the patient.
+
+    Attributes:
+        start: letter of the patient direction at index 0 (R/L, A/P, S/I).
+        end: letter of the direction the index increases towards.
+        plane: the anatomical plane perpendicular to the axis (a slice at fixed index).
+        obliquity_deg: angle between the axis and that patient axis.
+    """
+
+    start: str
+    end: str
+    plane: str
+    obliquity_deg: float
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import slicer
 
+from TorchEsegetaLib import display as engineDisplay
+
 # Distinct, colour-blind-friendly colours for segments and plot series (Tableau 10), used in label order.
 DISTINCT_COLORS = (
     (0.122, 0.467, 0.706),
@@ -24,45 +26,21 @@ SEQUENTIAL_COLOR_NAME = "TorchEsegetaSequential"
 MAP_ATTRIBUTE = "TorchEsegeta.method"
 DIVERGING_COLOR_NAME = "TorchEsegetaDiverging"
 
-# Samples of matplotlib's "inferno" and "RdBu_r" at 0, 1/8, ..., 1: perceptually uniform, so
-# equal steps in attribution look like equal steps in colour; the diverging map is white at 0.
-_INFERNO = (
-    (0.0015, 0.0005, 0.0139),
-    (0.1293, 0.0473, 0.2908),
-    (0.3415, 0.0623, 0.4294),
-    (0.5409, 0.1347, 0.4151),
-    (0.7357, 0.2159, 0.3302),
-    (0.8943, 0.3534, 0.1936),
-    (0.9784, 0.5579, 0.0349),
-    (0.9746, 0.7977, 0.2063),
-    (0.9884, 0.9984, 0.6449),
-)
-_BLUE_WHITE_RED = (
-    (0.0196, 0.1882, 0.3804),
-    (0.1634, 0.4450, 0.6975),
-    (0.4207, 0.6764, 0.8187),
-    (0.7615, 0.8685, 0.9246),
-    (1.0, 1.0, 1.0),
-    (0.9825, 0.8007, 0.7061),
-    (0.8946, 0.5038, 0.3998),
-    (0.7285, 0.1550, 0.1974),
-    (0.4039, 0.0, 0.1216),
-)
-
 
 def styleAttributionNode(
     scene,
     node,
     signed: bool,
-    robustPercentiles=(1.0, 99.5),
-    transparentBelow: float = 0.05,
+    robustPercentiles=engineDisplay.ROBUST_PERCENTILES,
+    transparentBelow: float = engineDisplay.TRANSPARENT_BELOW,
 ):
-    """Colour an attribution map so that outliers do not wash it out.
+    """Colour an attribution map as the run folder's figures do (``TorchEsegetaLib.display``),
+    so that outliers do not wash it out.
 
-    Unsigned maps get a sequential colour map windowed between the two percentiles, and
-    voxels in the lowest ``transparentBelow`` fraction of that window are transparent so the
-    image shows through. Signed maps get a blue-white-red map centred on zero (level 0),
-    windowed symmetrically at the upper percentile of the absolute values.
+    Unsigned maps get a sequential colour map windowed between the two percentiles of their
+    non-zero values, and voxels in the lowest ``transparentBelow`` fraction of that window are
+    transparent so the image shows through. Signed maps get a blue-white-red map centred on
+    zero (level 0), windowed symmetrically at the upper percentile of the absolute values.
 
     Args:
         scene: the scene holding ``node``; the colour nodes are created there once.
@@ -80,40 +58,40 @@ def styleAttributionNode(
             f"robust percentiles {robustPercentiles} must satisfy 0 <= low < high <= 100"
         )
     values = slicer.util.arrayFromVolume(node)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        values = np.zeros(1)
+    lower, upper = engineDisplay.map_window(values, signed, (low, high))
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     displayNode = node.GetDisplayNode()
     displayNode.AutoWindowLevelOff()
     displayNode.AutoThresholdOff()
     if signed:
-        bound = _positive(float(np.percentile(np.abs(values), high)))
         displayNode.SetAndObserveColorNodeID(divergingColorNode(scene).GetID())
-        displayNode.SetWindowLevel(2.0 * bound, 0.0)
+        displayNode.SetWindowLevel(upper - lower, 0.0)
         displayNode.SetApplyThreshold(False)
     else:
-        lower, upper = (float(v) for v in np.percentile(values, [low, high]))
-        window = _positive(upper - lower, reference=upper)
+        window = upper - lower
+        finite = values[np.isfinite(values)]
+        top = max(float(finite.max()) if finite.size else upper, upper)
         displayNode.SetAndObserveColorNodeID(sequentialColorNode(scene).GetID())
         displayNode.SetWindowLevel(window, lower + window / 2.0)
-        displayNode.SetThreshold(lower + transparentBelow * window, max(float(values.max()), upper))
+        displayNode.SetThreshold(lower + transparentBelow * window, top)
         displayNode.SetApplyThreshold(True)
     return displayNode
 
 
 def sequentialColorNode(scene):
     """The scene's inferno-like colour node for unsigned maps (created on first use)."""
-    return _proceduralColorNode(scene, SEQUENTIAL_COLOR_NAME, _INFERNO)
+    return _proceduralColorNode(scene, SEQUENTIAL_COLOR_NAME, engineDisplay.SEQUENTIAL_COLOURS)
 
 
 def divergingColorNode(scene):
     """The scene's blue-white-red colour node for signed maps (created on first use)."""
-    return _proceduralColorNode(scene, DIVERGING_COLOR_NAME, _BLUE_WHITE_RED)
+    return _proceduralColorNode(scene, DIVERGING_COLOR_NAME, engineDisplay.DIVERGING_COLOURS)
 
 
-def showAsForeground(scene, volumeNode, opacity: float = 0.5, compositeNodes=None) -> list:
+def showAsForeground(
+    scene, volumeNode, opacity: float = engineDisplay.MAP_OPACITY, compositeNodes=None
+) -> list:
     """Overlay ``volumeNode`` on the slice views' background image.
 
     Args:
@@ -164,13 +142,6 @@ def _proceduralColorNode(scene, name: str, colors):
         # The display node maps its window onto the function's whole range, so [0, 1] suffices.
         transferFunction.AddRGBPoint(index / (len(colors) - 1), *rgb)
     return colorNode
-
-
-def _positive(width: float, reference: float = 0.0) -> float:
-    """A usable window width: a constant map still needs a non-zero window."""
-    if width > 0:
-        return width
-    return abs(reference) or 1.0
 
 
 def showColorLegend(colorLogic, volumeNode, visible: bool = True):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from xml.sax.saxutils import quoteattr
 
+from TorchEsegetaLib.display import MAP_OPACITY
+
 MAX_COMPARED = 4
 # A custom layout needs an id of its own; Slicer's built-in layouts stay far below this one.
 COMPARE_LAYOUT_ID = 18340
@@ -39,7 +41,9 @@ def compareLayoutXml(count: int, orientation: str = "Axial") -> str:
     return f'<layout type="horizontal" split="true">{"".join(items)}</layout>'
 
 
-def linkCompareViews(scene, viewNames, backgroundNode, mapNodes, opacity: float = 0.5) -> list:
+def linkCompareViews(
+    scene, viewNames, backgroundNode, mapNodes, opacity: float = MAP_OPACITY
+) -> list:
     """Show one map per view over ``backgroundNode``, with linked slice controls.
 
     The slice and composite nodes of the views must exist (Slicer creates them when the layout
@@ -63,7 +67,7 @@ def linkCompareViews(scene, viewNames, backgroundNode, mapNodes, opacity: float 
     return compositeNodes
 
 
-def showResults(scene, nodes, backgroundNode, opacity: float = 0.5, compare: bool = True):
+def showResults(scene, nodes, backgroundNode, opacity: float = MAP_OPACITY, compare: bool = True):
     """Overlay the first map with its colour legend; compare up to four maps side by side.
 
     ``nodes`` as returned by :func:`consoleApi.explainNodes`; nothing happens without views.
@@ -82,7 +86,7 @@ def showResults(scene, nodes, backgroundNode, opacity: float = 0.5, compare: boo
         showCompareLayout(maps, backgroundNode, opacity)
 
 
-def showCompareLayout(mapNodes, backgroundNode, opacity: float = 0.5) -> list:
+def showCompareLayout(mapNodes, backgroundNode, opacity: float = MAP_OPACITY) -> list:
     """Switch the application to the compare layout for the first four maps (Slicer only)."""
     import slicer
 

@@ -12,6 +12,8 @@ from slicer import (
 )
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
+from TorchEsegetaLib.display import MAP_OPACITY
+
 from .jobBuilder import MODEL_KINDS, OUTPUTS, PRECISIONS, REGION_KINDS
 
 
@@ -44,6 +46,6 @@ class TorchEsegetaParameterNode:
     #: whole-volume models: explain on the target's box grown by this many voxels; -1: off
     cropMargin: Annotated[int, WithinRange(-1, 1000)] = -1
     outputFolder: pathlib.Path
-    opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    opacity: Annotated[float, WithinRange(0.0, 1.0)] = MAP_OPACITY
     showCompare: bool = True
     lastRunFolder: str = ""

@@ -28,6 +28,10 @@ class Method:
     summary: ClassVar[str]
     family: ClassVar[str]
     signed: ClassVar[bool]
+    #: What a value of the map measures, for colour-bar titles and legends, in terms of the
+    #: target "score" and the input "intensity" (e.g. "d score / d intensity"). Families set it
+    #: once; a method whose parameters change it sets it on the instance.
+    quantity: ClassVar[str]
     cost: ClassVar[str]
     reference: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = ()
@@ -65,6 +69,7 @@ class Method:
             "summary": cls.summary,
             "family": cls.family,
             "signed": cls.signed,
+            "quantity": cls.quantity,
             "needs_layer": cls.needs_layer,
             "needs_baseline": cls.needs_baseline,
             "shared_channels": cls.shared_channels,
@@ -79,6 +84,8 @@ REGISTRY: dict[str, type[Method]] = {}
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator adding a method to the registry under ``cls.name``."""
+    if not getattr(cls, "quantity", ""):
+        raise ValueError(f"{cls.__name__}: declare the map's quantity (what a value measures)")
     return add(REGISTRY, cls, "method", FAMILIES)
 
 

@@ -24,6 +24,7 @@ class _ClassActivationMap(LayerMethod):
     """Channel activations times per-channel weights computed from the layer's gradients."""
 
     signed = False
+    quantity = "gradient-weighted layer activation"
     cost = "1 forward + 1 backward"
     params = (LAYER, REDUCE, RELU)
 
@@ -107,6 +108,7 @@ class GuidedGradCAM(GradCAM):
     title = "Guided Grad-CAM"
     summary = "Guided backpropagation times the upsampled Grad-CAM: fine detail limited to the regions Grad-CAM highlights."
     signed = True
+    quantity = "guided d score / d intensity x Grad-CAM"
     cost = "2 forward + 2 backward"
     reference = "Selvaraju et al. 2017, arXiv:1610.02391"
     shared_channels = False

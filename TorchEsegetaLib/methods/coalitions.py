@@ -66,6 +66,7 @@ class CoalitionMethod(Method):
 
     family = "perturbation"
     signed = True
+    quantity = "contribution of the voxel's feature to the score"
     needs_baseline = True
     shared_channels = True
 
@@ -104,6 +105,7 @@ class FeatureAblation(CoalitionMethod):
     name = "feature_ablation"
     title = "Feature Ablation"
     summary = "Score drop when one feature (a grid block, supervoxel or label, all channels) is replaced by the baseline."
+    quantity = "score drop when the voxel's feature is removed"
     cost = "1 forward per feature + 1, batched"
     reference = "captum FeatureAblation; Zeiler & Fergus 2014, arXiv:1311.2901"
     params = FEATURE_PARAMS + BASELINE_PARAMS
@@ -163,6 +165,7 @@ class Lime(CoalitionMethod):
     name = "lime"
     title = "LIME"
     summary = "Coefficients of a linear model of the score on feature presence, fitted on random coalitions weighted by their similarity to the input."
+    quantity = "linear-model weight of the voxel's feature (score)"
     cost = "n_samples forwards, batched, + a least-squares fit"
     reference = "Ribeiro et al. 2016, arXiv:1602.04938; captum Lime"
     params = (

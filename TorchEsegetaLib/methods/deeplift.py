@@ -110,6 +110,7 @@ class DeepLift(Method):
     )
     family = "gradient"
     signed = True
+    quantity = "contribution to the score"
     cost = "2 forward + 1 backward"
     reference = "Shrikumar et al. 2017, arXiv:1704.02685"
     needs_baseline = True

@@ -88,6 +88,7 @@ class _PerSampleGradient(Method):
     """A method computed from the input gradient of each example on its own."""
 
     family = "gradient"
+    quantity = "d score / d intensity"
 
     def combine(self, inputs: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -117,6 +118,7 @@ class Saliency(_PerSampleGradient):
         "Gradient of the target score with respect to each input voxel (absolute value by default)."
     )
     signed = False
+    quantity = "|d score / d intensity|"
     cost = "1 forward + 1 backward"
     reference = "Simonyan et al. 2014, arXiv:1312.6034"
     params = (
@@ -128,6 +130,8 @@ class Saliency(_PerSampleGradient):
     def __init__(self, **values):
         super().__init__(**values)
         self.signed = not self.config["abs"]
+        if not self.config["abs"]:
+            self.quantity = _PerSampleGradient.quantity
 
     def combine(self, inputs, grads):
         return grads.abs() if self.config["abs"] else grads
@@ -139,6 +143,7 @@ class InputXGradient(_PerSampleGradient):
     title = "Input x Gradient"
     summary = "Input intensity times the gradient of the target score (first-order contribution)."
     signed = True
+    quantity = "intensity x d score / d intensity"
     cost = "1 forward + 1 backward"
     reference = "Shrikumar et al. 2016, arXiv:1605.01713"
 
@@ -178,6 +183,7 @@ class GuidedBackprop(_ReluRuleGradient):
     cost = "1 forward + 1 backward"
     reference = "Springenberg et al. 2015, arXiv:1412.6806"
     relu_rule = "guided"
+    quantity = "guided d score / d intensity"
 
 
 @register
@@ -192,6 +198,7 @@ class Deconvolution(_ReluRuleGradient):
     cost = "1 forward + 1 backward"
     reference = "Zeiler & Fergus 2014, arXiv:1311.2901"
     relu_rule = "deconvolution"
+    quantity = "deconvolved d score / d intensity"
 
 
 @register
@@ -201,6 +208,7 @@ class IntegratedGradients(Method):
     summary = "Path integral of gradients from a baseline to the input; attributions sum to the score difference."
     family = "gradient"
     signed = True
+    quantity = "contribution to the score"
     cost = "n_steps forward + n_steps backward"
     reference = "Sundararajan et al. 2017, arXiv:1703.01365"
     needs_baseline = True
@@ -239,6 +247,9 @@ class IntegratedGradients(Method):
         return out
 
 
+_NOISE_STATISTIC = {"smoothgrad": "mean", "smoothgrad_sq": "mean square", "vargrad": "variance"}
+
+
 @register
 class SmoothGrad(Method):
     name = "smoothgrad"
@@ -246,6 +257,7 @@ class SmoothGrad(Method):
     summary = "Averages another gradient method over noisy copies of the input (SmoothGrad, SmoothGrad-squared or VarGrad)."
     family = "gradient"
     signed = False
+    quantity = "d score / d intensity, mean over noise"
     cost = "samples x the base method"
     reference = "Smilkov et al. 2017, arXiv:1706.03825; Adebayo et al. 2018 (VarGrad)"
     params = (
@@ -301,6 +313,9 @@ class SmoothGrad(Method):
         self.base = create_method(self.config["base"], base_params)
         self.config.update({self.base_prefix + k: v for k, v in self.base.config.items()})
         self.signed = self.config["nt_type"] == "smoothgrad" and self.base.signed
+        self.quantity = (
+            f"{self.base.quantity}, {_NOISE_STATISTIC[self.config['nt_type']]} over noise"
+        )
 
     def preflight(self, forward, inputs, target):
         self.base.preflight(forward, inputs, target)

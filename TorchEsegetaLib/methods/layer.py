@@ -168,6 +168,7 @@ class LayerMethod(Method):
     """Base class: subclasses compute a per-channel map on the layer's grid (:meth:`layer_map`)."""
 
     family = "layer"
+    quantity = "layer contribution to the score"
     needs_layer = True
     shared_channels = True
     params = (LAYER, REDUCE)
@@ -297,6 +298,7 @@ class LayerActivation(LayerMethod):
         "The layer's output itself, channels reduced and upsampled (independent of the target)."
     )
     signed = True
+    quantity = "layer activation (target-independent)"
     cost = "1 forward"
     reference = "captum LayerActivation; Erhan et al. 2009 (activation maps)"
     streams = True
@@ -312,6 +314,7 @@ class LayerGradientXActivation(LayerMethod):
     title = "Layer Gradient x Activation"
     summary = "The layer's output times the gradient of the target score with respect to it, voxel by voxel."
     signed = True
+    quantity = "layer activation x d score / d activation"
     cost = "1 forward + 1 backward"
     reference = "Shrikumar et al. 2016, arXiv:1605.01713 (applied to a layer, as captum)"
     streams = True

@@ -106,6 +106,7 @@ class InternalInfluence(_PathMethod):
     name = "internal_influence"
     title = "Internal Influence"
     summary = "Gradient of the score with respect to a layer, integrated along the path from the baseline to the input."
+    quantity = "d score / d layer activation, path-integrated"
     cost = "n_steps forward + n_steps backward"
     reference = "Leino et al. 2018, arXiv:1802.03788"
     params = (

@@ -30,6 +30,7 @@ class Occlusion(Method):
     summary = "Score drop when a sliding 3D box of the input (all channels) is replaced by a baseline, averaged per voxel."
     family = "perturbation"
     signed = True
+    quantity = "score drop when occluded"
     cost = "1 forward per window position, batched"
     reference = "Zeiler & Fergus 2014, arXiv:1311.2901"
     needs_baseline = True
@@ -120,6 +121,7 @@ class Rise(Method):
     summary = "Average of random smooth 3D masks weighted by the target score of the input seen through each mask."
     family = "perturbation"
     signed = True
+    quantity = "score-weighted mask average"
     cost = "n_masks forwards, batched"
     reference = "Petsiuk et al. 2018, arXiv:1806.07421"
     needs_baseline = True

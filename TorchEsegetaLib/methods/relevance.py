@@ -69,6 +69,7 @@ class LRP(Method):
     )
     family = "gradient"
     signed = True
+    quantity = "relevance (share of the score)"
     cost = "1 forward + 1 backward (a few more convolutions per layer)"
     reference = "Bach et al. 2015, doi:10.1371/journal.pone.0130140; Montavon et al. 2019"
     params = (

@@ -20,6 +20,7 @@ class _SampledMethod(Method):
 
     family = "gradient"
     signed = True
+    quantity = "contribution to the score"
 
     def count(self) -> int:
         raise NotImplementedError
