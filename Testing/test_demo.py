@@ -119,3 +119,30 @@ def test_importing_the_demo_does_not_import_torch():
         cwd=Path(__file__).parents[1],
     )
     assert result.stdout.strip() == "False"
+
+
+def test_demo_scores_its_maps_against_its_ground_truth(tmp_path, capsys):
+    from TorchEsegetaLib.cli import main
+    from TorchEsegetaLib.io import read_volume
+
+    out = tmp_path / "demo"
+    command = ["demo", "--method", "saliency", "--evaluate", "relevance_rank_accuracy"]
+    assert main([*command, "--out", str(out), "--quiet"]) == 0
+    truth_path = tmp_path / "demo-input" / "vessels_truth.nii.gz"
+    record = json.loads((out / "run.json").read_text())
+    assert record["job"]["metrics"] == [
+        {"name": "relevance_rank_accuracy", "params": {"reference": str(truth_path)}}
+    ]
+    score = record["metrics"]["scores"]["saliency"]["relevance_rank_accuracy"]
+    assert "no reference mask" not in capsys.readouterr().out
+    # The same number from the files: the share of the K largest |map| voxels inside the
+    # K-voxel ground truth.
+    truth = read_volume(truth_path).array[0] > 0
+    values = np.abs(read_volume(out / "saliency.nii.gz").array[0]).ravel()
+    top = np.argsort(-values, kind="stable")[: int(truth.sum())]
+    assert score == pytest.approx(truth.ravel()[top].mean(), abs=2 / truth.sum())
+    assert 3 * truth.mean() < score <= 1.0  # far above chance: K random voxels score the share
+    # Evaluating the folder again reuses the reference the demo recorded.
+    assert main(["evaluate", str(out), "--metric", "relevance_rank_accuracy", "--quiet"]) == 0
+    again = json.loads((out / "run.json").read_text())["metrics"]["scores"]["saliency"]
+    assert again["relevance_rank_accuracy"] == score

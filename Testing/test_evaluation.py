@@ -132,6 +132,52 @@ def test_report_is_one_self_contained_html_file(run_folder):
         assert expected in text
 
 
+def test_report_reads_as_prose_not_json(run_folder):
+    assert main(["report", str(run_folder)]) == 0
+    text = (run_folder / "report.html").read_text()
+    model = re.search(r"<th>model source</th><td>(.*?)</td>", text).group(1)
+    assert model.startswith("MONAI UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=[")
+    assert f"weights {run_folder.parent / 'unet.pt'}" in model
+    assert "{" not in model and "&quot;" not in model
+    # The image was written with spacing 1.2, which float32 stores as 1.2000000476837158.
+    record = json.loads((run_folder / "run.json").read_text())
+    assert record["geometry"]["spacing"][2] != 1.2
+    assert "<th>spacing</th><td>1 x 1 x 1.2 mm</td>" in text
+    assert "<th>image size (voxels)</th><td>16 x 16 x 16</td>" in text
+    assert "1.2000000" not in text
+    assert "class='missing'" not in text
+
+
+def test_report_flags_a_map_deleted_since_the_run(run_folder, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_folder, copy)
+    (copy / "gradcam.nii.gz").unlink()
+    assert main(["report", str(copy)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    warnings = [line for line in out if line.startswith("warning:")]
+    assert warnings == [
+        "warning: gradcam.nii.gz is listed in run.json but missing from the run folder; "
+        "the report flags it"
+    ]
+    text = (copy / "report.html").read_text()
+    flagged = re.search(r"<div class='missing'>(.*?)</div>", text).group(1)
+    assert "<code>gradcam.nii.gz</code>" in flagged and "saliency.nii.gz" not in flagged
+    assert "map file gradcam.nii.gz missing" in text
+
+
+def test_a_metric_that_cannot_run_says_so_once(run_folder, capsys):
+    assert (
+        main(["evaluate", str(run_folder), "--metric", "relevance_rank_accuracy", "--quiet"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count("no reference mask") == 1
+    assert "relevance_rank_accuracy (every method): skipped: no reference mask" in " ".join(
+        out.split()
+    )
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

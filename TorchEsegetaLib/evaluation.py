@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import UserInputError
 from .metrics.results import Evaluation, metrics_csv, rows_and_curves
-from .run_folder import atomic_write, json_default
+from .run_folder import atomic_write, json_default, row_title
 
 __all__ = [
     "Evaluation",
@@ -123,6 +123,7 @@ def _evaluate(
     from .case import prepare_case
     from .inference import resolve_device
     from .metrics import Case, metric_specs
+    from .targets import score_phrase
 
     specs = metric_specs(metrics)
     torch_device = resolve_device(device)
@@ -142,7 +143,9 @@ def _evaluate(
             max_batch=max_batch,
             cancel=cancel,
         )
-        return evaluate_case(case, subjects, specs, progress)
+        evaluation = evaluate_case(case, subjects, specs, progress)
+        evaluation.score = score_phrase(prepared.target_info)
+        return evaluation
     finally:
         model.network.to("cpu")
 
@@ -193,7 +196,14 @@ def evaluate_result(
         cancel,
     )
     evaluation.method_info = {
-        m.spec.label: {"seconds": round(m.seconds, 4), **m.memory} for m in result.methods
+        m.spec.label: {
+            "seconds": round(m.seconds, 4),
+            **m.memory,
+            "title": row_title(
+                {"label": m.spec.label, "name": m.spec.name, "title": m.spec.create().title}
+            ),
+        }
+        for m in result.methods
     }
     return evaluation
 
@@ -251,16 +261,24 @@ def evaluate_run(
 
     Reloads the inputs, the model (its sha256 must match) and the target from ``run.json``,
     evaluates ``methods`` (labels; default: every map) with ``metrics`` (default: the default
-    metrics) and returns the folder's whole evaluation, earlier metrics included.
+    metrics) and returns the folder's whole evaluation, earlier metrics included. Metric
+    parameters recorded in the run's job (the demo's reference mask, say) apply again unless
+    ``metrics`` gives others.
     """
     from .io import read_channels
     from .job import Job
-    from .metrics import metric_specs
+    from .metrics import MetricSpec, metric_specs
     from .models import load_model
 
     folder = Path(run_folder).expanduser().absolute()
     record = read_record(folder)
-    specs = metric_specs(metrics)  # bad names fail before any loading
+    recorded_params = {
+        entry["name"]: entry.get("params") or {} for entry in record["job"].get("metrics") or []
+    }
+    specs = [  # bad names and parameters fail before any loading
+        MetricSpec(spec.name, {**recorded_params.get(spec.name, {}), **spec.params})
+        for spec in metric_specs(metrics)
+    ]
     job = Job.from_dict({k: v for k, v in record["job"].items() if k != "metrics"})
     volume = read_channels(record.get("inputs") or job.images)
     model = load_model(job.model, job.card)
@@ -285,7 +303,11 @@ def evaluate_run(
         cancel,
     )
     evaluation.method_info = {
-        m["label"]: {"seconds": m.get("seconds"), "peak_memory_mb": m.get("peak_memory_mb")}
+        m["label"]: {
+            "seconds": m.get("seconds"),
+            "peak_memory_mb": m.get("peak_memory_mb"),
+            "title": row_title(m),
+        }
         for m in record["methods"]
     }
     return write_evaluation(folder, evaluation, record)

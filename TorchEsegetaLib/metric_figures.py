@@ -7,9 +7,10 @@ temporary file and renamed into place.
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .metrics.results import format_value
 
 if TYPE_CHECKING:
     from .metrics.results import Evaluation
@@ -107,12 +108,6 @@ def _randomisation(evaluation: Evaluation, colours: dict[str, Any], path: Path) 
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
-
-
-def format_value(value: float | None) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    return f"{value:.3g}"
 
 
 def _ranking(evaluation: Evaluation, path: Path) -> Path:

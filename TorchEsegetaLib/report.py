@@ -1,21 +1,23 @@
 """A self-contained HTML report of a run folder: one file, figures embedded, nothing fetched.
 
 It shows the run (model card, target, device, versions, timings and peak memory), the methods'
-metrics ranked best first with the direction of each, and every figure of the folder as an
-inline base64 PNG, so the file can be mailed or archived on its own.
+metrics ranked best first with the direction and unit of each, and every figure of the folder as
+an inline base64 PNG, so the file can be mailed or archived on its own. Values are written for
+people (``spacing 0.6 x 0.6 x 0.8``, not JSON), and a file that run.json lists but the folder
+lacks (a map deleted since) is flagged at the top rather than silently left out.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
 from .evaluation import Evaluation, read_record
-from .metric_figures import format_value
+from .metrics.results import format_value
 from .run_folder import atomic_write
+from .targets import score_phrase
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -26,6 +28,7 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-al
 th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.best { background: #d8f0d8; font-weight: bold; } td.worst { background: #f6dada; }
 .note { color: #666; font-size: 0.85em; } img { max-width: 100%; border: 1px solid #ddd; }
+.missing { background: #fde2e2; border: 1px solid #d33; padding: 0.5em 1em; }
 figure { margin: 1em 0; } .wide { overflow-x: auto; } figcaption { color: #555; font-size: 0.85em; }
 """
 
@@ -42,27 +45,88 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
+def readable(value: Any) -> str:
+    """A record value for people: numbers to 4 significant digits, lists joined, mappings as
+    ``key=value`` pairs (nested ones in parentheses)."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if isinstance(value, bool) else "none"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_nested(v)}" for k, v in value.items() if v not in (None, [], {}))
+    if isinstance(value, (list, tuple)):
+        return ", ".join(readable(v) for v in value)
+    return str(value)
+
+
+def _nested(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"({readable(value)})"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_nested(v) for v in value) + "]"
+    return readable(value)
+
+
+def model_source_line(source: dict[str, Any] | None) -> str:
+    """Where the model came from, in one line: "built-in demo model: MONAI UNet(spatial_dims=3,
+    ...), weights /path/demo_unet.pt"; "TorchScript file model.ts"."""
+    if not source:
+        return "not recorded"
+    source = dict(source)
+    kind = source.pop("kind", None)
+    network, kwargs = source.pop("network", None), source.pop("kwargs", None)
+    weights, path = source.pop("checkpoint", None), source.pop("path", None)
+    kinds = {"demo": "built-in demo model:", "monai": "", "torchscript": "TorchScript file"}
+    kinds["bundle"] = "MONAI bundle"
+    parts = [
+        kinds.get(kind, f"{kind} model:" if kind else ""),
+        f"MONAI {network}({readable(kwargs or {})})" if network else "",
+        str(path) if path else "",
+    ]
+    line = " ".join(part for part in parts if part)
+    extras = [f"weights {weights}" if weights else "", readable(source)]
+    return ", ".join([line, *(e for e in extras if e)])
+
+
+def _size(values: list[Any] | None, unit: str = "") -> str | None:
+    """``64 x 64 x 64`` or ``0.6 x 0.6 x 0.8 mm`` (float32 spacings rounded back)."""
+    if not values:
+        return None
+    return " x ".join(readable(float(v)) if isinstance(v, float) else str(v) for v in values) + unit
+
+
+def missing_files(folder: Path, record: dict[str, Any]) -> list[str]:
+    """Files run.json lists (maps, channel maps, segmentation, figures) that the folder lacks."""
+    listed = [m.get("file") for m in record.get("methods", [])]
+    listed += [name for m in record.get("methods", []) for name in m.get("channel_files", [])]
+    listed += [(record.get("segmentation") or {}).get("file"), *record.get("figures", [])]
+    return [name for name in listed if name and not (Path(folder) / name).is_file()]
+
+
 def _key_value_table(items: dict[str, Any]) -> str:
     rows = "".join(
-        f"<tr><th>{_e(k)}</th><td>{_e(json.dumps(v) if isinstance(v, (dict, list)) else v)}</td></tr>"
+        f"<tr><th>{_e(k)}</th><td>{_e(readable(v))}</td></tr>"
         for k, v in items.items()
         if v is not None
     )
     return f"<table>{rows}</table>"
 
 
-def _methods_table(record: dict[str, Any]) -> str:
+def _methods_table(record: dict[str, Any], missing: list[str]) -> str:
     head = "<tr><th>method</th><th>name</th><th>status</th><th>seconds</th><th>peak memory (MB)</th><th>parameters</th><th>notes</th></tr>"
     rows = []
     for m in record.get("methods", []):
         notes = "; ".join(m.get("notes", []) + ([m["message"]] if m.get("message") else []))
+        status = m["status"]
+        if m.get("file") in missing:
+            status = f"{status}, map file {m['file']} missing"
         memory = m.get("peak_memory_mb")
         kind = f" ({m['memory_kind']})" if m.get("memory_kind") else ""
         rows.append(
             f"<tr><td>{_e(m['label'])}</td><td>{_e(m.get('title', m['name']))}</td>"
-            f"<td>{_e(m['status'])}</td><td class='num'>{_e(format_value(m.get('seconds')))}</td>"
+            f"<td>{_e(status)}</td><td class='num'>{_e(format_value(m.get('seconds')))}</td>"
             f"<td class='num'>{_e(format_value(memory))}{_e(kind)}</td>"
-            f"<td>{_e(json.dumps(m.get('params', {})))}</td><td>{_e(notes)}</td></tr>"
+            f"<td>{_e(readable(m.get('params', {})) or 'none')}</td><td>{_e(notes)}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -72,10 +136,11 @@ def _metrics_table(evaluation: Evaluation) -> str:
     ranks = evaluation.ranks()
     rows = evaluation.rows()
     arrows = {"higher": "&uarr; higher is better", "lower": "&darr; lower is better"}
-    head = "<tr><th></th>" + "".join(
-        f"<th>{i}. {_e(r['method'])}</th>" for i, r in enumerate(rows, 1)
+    head = "<tr><th>metric</th>" + "".join(
+        f"<th>{i}. {_e(evaluation.title(r['method']))}</th>" for i, r in enumerate(rows, 1)
     )
     lines = [head + "</tr>"]
+    caveats: list[str] = []
     for key, title in (
         ("mean_rank", "mean rank"),
         ("seconds", "seconds"),
@@ -93,9 +158,14 @@ def _metrics_table(evaluation: Evaluation) -> str:
                 css += " worst" if rank == max(per.values()) else ""
             note = evaluation.notes.get(r["method"], {}).get(name, "")
             cells.append(f"<td class='{css}' title='{_e(note)}'>{_e(format_value(r[name]))}</td>")
+        unit, caveat = evaluation.unit_and_caveat(name)
+        mark = ""
+        if caveat:
+            caveats.append(f"<li>{_e(info.get('title', name))}: {_e(caveat)}.</li>")
+            mark = f" [{len(caveats)}]"
         label = (
-            f"<th title='{_e(info.get('summary', ''))}'>{_e(name)}<br>"
-            f"<span class='note'>{arrows[info['direction']]}</span></th>"
+            f"<th title='{_e(info.get('summary', ''))}'>{_e(info.get('title', name))}{mark}<br>"
+            f"<span class='note'>{arrows[info['direction']]}; {_e(unit)}</span></th>"
         )
         lines.append(f"<tr>{label}{''.join(cells)}</tr>")
     checks = []
@@ -103,13 +173,18 @@ def _metrics_table(evaluation: Evaluation) -> str:
         for label, detail in evaluation.details.get(name, {}).items():
             verdict = "passed" if detail.get("passed") else "FAILED"
             checks.append(f"<li>{_e(name)} / {_e(label)}: {verdict}</li>")
-    notes = [
-        f"<li>{_e(label)} / {_e(n)}: {_e(text)}</li>"
-        for label, per in evaluation.notes.items()
-        for n, text in per.items()
-    ]
+    notes = []
+    for name, labels, text in evaluation.grouped_notes():
+        every = set(labels) >= set(evaluation.scores)
+        who = "every method" if every else ", ".join(map(evaluation.title, labels))
+        notes.append(f"<li>{_e(name)} ({_e(who)}): {_e(text)}</li>")
     seconds = ", ".join(f"{_e(n)} {s:.2f} s" for n, s in evaluation.seconds.items())
-    parts = [f"<div class='wide'><table>{''.join(lines)}</table></div>"]
+    parts = []
+    if evaluation.score:
+        parts.append(f"<p>Score: {_e(evaluation.score)}.</p>")
+    parts.append(f"<div class='wide'><table>{''.join(lines)}</table></div>")
+    if caveats:
+        parts.append(f"<ol class='note'>{''.join(caveats)}</ol>")
     if checks:
         parts.append(f"<h3>Sanity checks</h3><ul>{''.join(checks)}</ul>")
     if notes:
@@ -136,27 +211,39 @@ def _figures(folder: Path, record: dict[str, Any]) -> str:
 def render_report(folder: Path, record: dict[str, Any]) -> str:
     """The report's HTML text for a run folder and its run.json record."""
     card = (record.get("model") or {}).get("card", {})
+    geometry = record.get("geometry") or {}
     run_info = {
         "status": record.get("status"),
         "device": record.get("device"),
         "seed": record.get("seed"),
         "inputs": ", ".join(record.get("inputs", [])),
-        "model source": (record.get("model") or {}).get("source"),
+        "model source": model_source_line((record.get("model") or {}).get("source")),
         "model sha256": (record.get("model") or {}).get("sha256"),
-        "image size": (record.get("geometry") or {}).get("size"),
-        "spacing (mm)": (record.get("geometry") or {}).get("spacing"),
+        "image size (voxels)": _size(geometry.get("size")),
+        "spacing": _size(geometry.get("spacing"), " mm"),
     }
+    missing = missing_files(folder, record)
     sections = [
         f"<h1>{_e(record.get('title') or 'TorchEsegeta run')}</h1>",
         f"<p class='note'>Run folder: {_e(folder)}</p>",
+    ]
+    if missing:
+        items = "".join(f"<li><code>{_e(name)}</code></li>" for name in missing)
+        sections.append(
+            "<div class='missing'><strong>Missing from the run folder</strong> (listed in "
+            f"run.json but not on disk: deleted or moved since the run):<ul>{items}</ul></div>"
+        )
+    sections += [
         "<h2>Run</h2>",
         _key_value_table(run_info),
         "<h2>Target</h2>",
-        _key_value_table(record.get("target", {})),
+        _key_value_table(
+            {"score": score_phrase(record.get("target", {})), **record.get("target", {})}
+        ),
         "<h2>Model card</h2>",
         _key_value_table(card),
         "<h2>Methods</h2>",
-        _methods_table(record),
+        _methods_table(record, missing),
         "<h2>Metrics</h2>",
         _metrics_table(Evaluation.from_json(record["metrics"]))
         if record.get("metrics")

@@ -91,27 +91,38 @@ def methods_markdown() -> str:
     families = {"gradient": 0, "layer": 1, "perturbation": 2}
     ordered = sorted(REGISTRY.values(), key=lambda cls: (families.get(cls.family, 9), cls.name))
     lines = [
-        "| method | family | output | cost | parameters (default) | reference |",
+        "| method | family | map value | cost | parameters (default) | reference |",
         "|---|---|---|---|---|---|",
     ]
     for cls in ordered:
         params = ", ".join(f"`{p.name}`={p.default!r}" for p in cls.params) or "none"
-        output = "signed" if cls.signed else "unsigned"
+        output = _cell(f"{cls.quantity}, {'signed' if cls.signed else 'unsigned'}")
         lines.append(
-            f"| `{cls.name}`: {cls.summary} | {cls.family} | {output} | {cls.cost} | {params} | {cls.reference} |"
+            f"| `{cls.name}`: {_cell(cls.summary)} | {cls.family} | {output} | {cls.cost} | {params} | {cls.reference} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: a "|" (as in |map|) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def metrics_markdown() -> str:
     """The README's table of metrics, generated from the registry."""
     from ..metrics import ordered
 
-    lines = ["| metric | family | better | run | cost | reference |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| metric | family | better | unit | run | cost | reference |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for cls in ordered():
         run = "by default" if cls.default else "on request"
+        summary = (
+            f"{cls.summary} {cls.caveat[0].upper()}{cls.caveat[1:]}." if cls.caveat else cls.summary
+        )
         lines.append(
-            f"| `{cls.name}`: {cls.summary} | {cls.family} | {cls.direction} | {run} | {cls.cost} | {cls.reference} |"
+            f"| `{cls.name}`: {_cell(summary)} | {cls.family} | {cls.direction} | {_cell(cls.unit)} | {run} | {cls.cost} | {cls.reference} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -40,15 +40,9 @@ def add_parsers(sub: Any) -> None:
 
 
 def print_evaluation(evaluation: Any) -> None:
-    from ..metric_figures import format_value
+    from ..metrics.table import format_evaluation
 
-    rows = evaluation.rows()
-    print("metrics (methods best mean rank first; (+) higher is better, (-) lower is better):")
-    print(f"  {'':<26}" + "".join(f"{row['method'][:13]:>14}" for row in rows))
-    for name, info in evaluation.metrics.items():
-        sign = "(+)" if info["direction"] == "higher" else "(-)"
-        values = "".join(f"{format_value(row[name]):>14}" for row in rows)
-        print(f"  {name[:22] + ' ' + sign:<26}{values}   {evaluation.seconds.get(name, 0):.2f} s")
+    print(format_evaluation(evaluation))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -65,14 +59,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         bar.close()
     print(f"run folder: {Path(args.run_folder).absolute()} (metrics.csv, run.json, figures/)")
     print_evaluation(evaluation)
-    for label, notes in evaluation.notes.items():
-        for name, note in notes.items():
-            print(f"  note: {label} / {name}: {note}")
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..report import write_report
+    from ..evaluation import read_record
+    from ..report import missing_files, write_report
 
-    print(f"report: {write_report(args.run_folder)}")
+    path = write_report(args.run_folder)
+    print(f"report: {path}")
+    for name in missing_files(path.parent, read_record(path.parent)):
+        print(
+            f"warning: {name} is listed in run.json but missing from the run folder; the report flags it"
+        )
     return EXIT_OK

@@ -290,10 +290,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data = out.with_name(out.name + "-input")
     volume, truth = demo_volume()
     image = write_volume(volume.array[0], volume.geometry, data / "mra.nii.gz")
-    write_volume(truth, volume.geometry, data / "vessels_truth.nii.gz", dtype="uint8")
+    reference = write_volume(truth, volume.geometry, data / "vessels_truth.nii.gz", dtype="uint8")
     methods = methods_from_args([args.method], [])
     for entry in methods:
         entry["params"].update(DEMO_PARAMS.get(entry["name"], {}))
+    # The demo knows its ground truth: metrics that compare with a reference mask use it.
+    metrics = metrics_from_args([args.evaluate], []) if args.evaluate else []
+    for spec in metrics:
+        if spec.name in _reference_metrics():
+            spec.params["reference"] = str(reference)
     job = Job(
         images=[str(image)],
         model={"kind": "demo"},
@@ -301,10 +306,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         methods=methods,
         output=str(out),
         overwrite=True,
-        metrics=metrics_from_args([args.evaluate], []) if args.evaluate else [],
+        metrics=metrics,
     )
     _apply_overrides(job, args)
     job.output = str(out)
     _run(job, args.quiet)
-    print(f"demo input: {image}")
+    print(f"demo input: {image}; ground truth: {reference}")
+    if not args.evaluate:
+        params = " ".join(f"--param {m}.reference={reference}" for m in _reference_metrics())
+        print(f"evaluate the maps: torchesegeta evaluate {out} {params}")
     return EXIT_OK
+
+
+def _reference_metrics() -> list[str]:
+    """The metrics that take a reference mask (a "reference" parameter)."""
+    from ..metrics import ordered
+
+    return [cls.name for cls in ordered() if any(p.name == "reference" for p in cls.params)]

@@ -213,6 +213,11 @@ class Metric:
     summary: ClassVar[str]
     family: ClassVar[str]
     direction: ClassVar[str]
+    #: What the value is measured in, in words ("share of |map|, 0 to 1"; "score" is the
+    #: target score of the run), shown with tables of scores.
+    unit: ClassVar[str]
+    #: What a reader must know before comparing values between methods (empty: nothing).
+    caveat: ClassVar[str] = ""
     cost: ClassVar[str]
     reference: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = ()
@@ -239,6 +244,8 @@ class Metric:
             "summary": cls.summary,
             "family": cls.family,
             "direction": cls.direction,
+            "unit": cls.unit,
+            "caveat": cls.caveat,
             "cost": cls.cost,
             "needs_model": cls.needs_model,
             "reruns_method": cls.reruns_method,
@@ -255,6 +262,8 @@ def register(cls: type[Metric]) -> type[Metric]:
     """Class decorator adding a metric to the registry under ``cls.name``."""
     if cls.direction not in DIRECTIONS:
         raise ValueError(f"{cls.__name__}: direction must be 'higher' or 'lower'")
+    if not getattr(cls, "unit", ""):
+        raise ValueError(f"{cls.__name__}: declare the unit of its values")
     return add(REGISTRY, cls, "metric", FAMILIES)
 
 

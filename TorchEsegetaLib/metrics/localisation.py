@@ -48,6 +48,7 @@ class MassInTarget(_MapMetric):
     summary = "Share of the map's total |attribution| that lies inside the target region."
     family = "localisation"
     direction = "higher"
+    unit = "share of |map|, 0 to 1"
     reference = "Arras et al. 2022 (relevance mass accuracy), arXiv:2003.07258"
     radius_mm = 0.0
 
@@ -79,6 +80,7 @@ class PointingGame(_MapMetric):
     )
     family = "localisation"
     direction = "higher"
+    unit = "share of the peak voxels inside, 0 to 1"
     reference = "Zhang et al. 2018, arXiv:1608.00507"
     params = (_radius_param(2.0),)
 
@@ -102,6 +104,7 @@ class RelevanceRankAccuracy(_MapMetric):
     )
     family = "localisation"
     direction = "higher"
+    unit = "share of the top K voxels inside, 0 to 1"
     reference = "Arras et al. 2022, arXiv:2003.07258"
     params = (
         Param(
@@ -161,6 +164,7 @@ class Sparseness(_MapMetric):
     summary = "Gini index of |map| over all voxels: 0 when evenly spread, near 1 when a few voxels hold all of it."
     family = "complexity"
     direction = "higher"
+    unit = "Gini index, 0 to 1"
     reference = "Chalasani et al. 2020, arXiv:1810.06583"
 
     def evaluate(self, case: Case, subject: Subject) -> Score:
@@ -183,6 +187,7 @@ class Entropy(_MapMetric):
     )
     family = "complexity"
     direction = "lower"
+    unit = "entropy / log(voxels), 0 to 1"
     reference = "Bhatt et al. 2020 (complexity), arXiv:2005.00631"
 
     def evaluate(self, case: Case, subject: Subject) -> Score:

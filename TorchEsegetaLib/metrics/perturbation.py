@@ -37,6 +37,7 @@ def uniform_perturbation(case: Case, index: int, radius: float) -> torch.Tensor:
 class _Infidelity(Metric):
     family = "faithfulness"
     direction = "lower"
+    unit = "score squared"
     cost = "samples + 1 forward passes per case, shared by all methods"
     reference = "Yeh et al. 2019, arXiv:1901.09392; captum.metrics.infidelity"
     normalize = False
@@ -94,16 +95,6 @@ class _Infidelity(Metric):
 
 
 @register
-class Infidelity(_Infidelity):
-    name = "infidelity"
-    title = "Infidelity"
-    summary = (
-        "Mean squared error between the map's prediction of a score change (perturbation . map) "
-        "and the true change f(x) - f(x - perturbation), for Gaussian perturbations of the input."
-    )
-
-
-@register
 class InfidelityNormalised(_Infidelity):
     name = "infidelity_normalised"
     title = "Infidelity (scale-normalised)"
@@ -112,6 +103,18 @@ class InfidelityNormalised(_Infidelity):
         "normalisation; captum's normalize=True): comparable between maps of different scales."
     )
     normalize = True
+    caveat = "each map is first scaled by its best factor, so maps of different scales compare: rank methods by this one, not by the raw infidelity"
+
+
+@register
+class Infidelity(_Infidelity):
+    name = "infidelity"
+    title = "Infidelity"
+    summary = (
+        "Mean squared error between the map's prediction of a score change (perturbation . map) "
+        "and the true change f(x) - f(x - perturbation), for Gaussian perturbations of the input."
+    )
+    caveat = "grows with the square of the map's scale, so a map of tiny values (saliency's gradients) scores a tiny error whatever its shape: do not rank methods of different scales by it"
 
 
 @register
@@ -125,6 +128,7 @@ class MaxSensitivity(Metric):
     )
     family = "robustness"
     direction = "lower"
+    unit = "ratio of map norms (0: the map does not change)"
     cost = "samples + 1 runs of the method"
     reference = "Yeh et al. 2019, arXiv:1901.09392; captum.metrics.sensitivity_max"
     reruns_method = True

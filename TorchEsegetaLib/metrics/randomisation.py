@@ -158,6 +158,7 @@ class ModelRandomisation(Metric):
     )
     family = "randomisation"
     direction = "lower"
+    unit = "similarity, -1 to 1 (passes below the threshold)"
     curve_axes = ("fraction of layers randomised (output first)", "similarity to the original map")
     cost = "steps runs of the method"
     reference = "Adebayo et al. 2018, arXiv:1810.03292"
@@ -235,6 +236,7 @@ class RandomTarget(Metric):
     )
     family = "randomisation"
     direction = "lower"
+    unit = "Spearman r, -1 to 1 (passes below the threshold)"
     cost = "1 run of the method"
     reference = "Adebayo et al. 2018 (random logit), arXiv:1810.03292"
     reruns_method = True

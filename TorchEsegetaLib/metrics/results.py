@@ -27,7 +27,8 @@ class Evaluation:
         details: metric name -> method label -> further numbers (pass/fail, second curves).
         seconds: metric name -> seconds for all methods (shared work included).
         method_seconds: metric name -> method label -> seconds (shared work counts for the first).
-        method_info: method label -> {"seconds", "peak_memory_mb"} of the explanation itself.
+        method_info: method label -> {"seconds", "peak_memory_mb", "title"} of the explanation.
+        score: what the target score is, in words (the unit of deletion, insertion, infidelity).
     """
 
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -38,6 +39,7 @@ class Evaluation:
     seconds: dict[str, float] = field(default_factory=dict)
     method_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     method_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    score: str = ""
 
     @property
     def methods(self) -> list[str]:
@@ -56,6 +58,34 @@ class Evaluation:
             order = rankdata(-values if info["direction"] == "higher" else values)
             ranks[name] = {m: float(r) for (m, _), r in zip(present, order)}
         return ranks
+
+    def title(self, label: str) -> str:
+        """The method's name for people ("Integrated Gradients"), its label when unknown."""
+        return self.method_info.get(label, {}).get("title") or label
+
+    def unit_and_caveat(self, name: str) -> tuple[str, str]:
+        """The metric's unit and caveat, as recorded or (evaluations saved before they were)
+        as the registry declares them."""
+        info = self.metrics.get(name, {})
+        if "unit" in info:
+            return info["unit"], info.get("caveat", "")
+        from . import REGISTRY
+
+        cls = REGISTRY.get(name)
+        return (cls.unit, cls.caveat) if cls is not None else ("not recorded", "")
+
+    def grouped_notes(self) -> list[tuple[str, list[str], str]]:
+        """(metric, method labels, note): one entry per distinct note of a metric, so a metric
+        that could not run for any method (no reference mask) is said once, not per method."""
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for label, per in self.notes.items():
+            for name, text in per.items():
+                grouped.setdefault((name, text), []).append(label)
+        order = list(self.metrics)
+        return sorted(
+            ((name, labels, text) for (name, text), labels in grouped.items()),
+            key=lambda item: order.index(item[0]) if item[0] in order else len(order),
+        )
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per method, best mean rank first: method, mean_rank, seconds, peak memory, scores."""
@@ -89,6 +119,7 @@ class Evaluation:
             "seconds": self.seconds,
             "method_seconds": self.method_seconds,
             "method_info": self.method_info,
+            "score": self.score,
             "ranking": [row["method"] for row in self.rows()],
         }
 
@@ -107,6 +138,7 @@ class Evaluation:
             data.get("seconds", {}),
             data.get("method_seconds", {}),
             data.get("method_info", {}),
+            data.get("score", ""),
         )
 
     def over(self, older: Evaluation) -> Evaluation:
@@ -134,7 +166,15 @@ class Evaluation:
                     del theirs[name]
         merged.seconds.update(self.seconds)
         merged.method_info.update(self.method_info)
+        merged.score = self.score or merged.score
         return merged
+
+
+def format_value(value: float | None) -> str:
+    """A score for people: three significant digits, "n/a" when it could not be computed."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.3g}"
 
 
 def metrics_csv(evaluation: Evaluation) -> str:
