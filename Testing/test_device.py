@@ -18,6 +18,7 @@ from helpers import centre_box_target, close, tiny_input, tiny_unet
 from TorchEsegetaLib.card import ModelCard
 from TorchEsegetaLib.engine import Context, measure_sample_bytes
 from TorchEsegetaLib.inference import SegmentationForward
+from TorchEsegetaLib.intensity import statistics_on
 from TorchEsegetaLib.methods import ScoreModel, create_method
 
 DEVICE = os.environ.get("TORCHESEGETA_TEST_DEVICE", "cuda")
@@ -56,7 +57,7 @@ def on(device, forward, x, target):
 
     moved = SegmentationForward(forward.network, forward.card).to(device)
     if forward.frozen_statistics is not None:
-        moved.frozen_statistics = tuple(t.to(device) for t in forward.frozen_statistics)
+        moved.frozen_statistics = statistics_on(forward.frozen_statistics, device)
     region = target.region.to(device)
     bound = BoundTarget(target.class_index, region, target.output, target.activation, "mean")
     return moved, x.to(device), bound

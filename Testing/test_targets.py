@@ -169,11 +169,9 @@ def test_cli_target_forms():
 
 
 def test_small_regions_survive_resampling_to_the_model_grid():
-    class Info:
-        identity = False
-        input_shape = (40, 40, 40)
-        model_shape = (10, 10, 10)
+    from TorchEsegetaLib.inference import ResampleInfo
 
+    Info = ResampleInfo((40, 40, 40), (10, 10, 10), (1.0, 1.0, 1.0), (4.0, 4.0, 4.0))
     region = np.zeros(Info.input_shape, dtype=bool)
     region[21, 13, 30] = True
     mapped = region_on_model_grid(region, Info)

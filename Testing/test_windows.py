@@ -71,7 +71,7 @@ def test_windowed_gradients_equal_autograd_through_the_inferer(output, mode):
     target = local_target(x.shape[2:], (slice(10, 30), slice(5, 20), slice(3, 25)), output)
     scores, grad = input_gradients(ScoreModel(forward, target), x)
     # Reference: plain autograd through MONAI's own inferer and the same preprocessing.
-    mean, std = forward.frozen_statistics
+    [(mean, std)] = forward.frozen_statistics
 
     def reference_forward(v):
         return sliding_window_inference(

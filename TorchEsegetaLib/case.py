@@ -29,24 +29,28 @@ def region_on_model_grid(region: np.ndarray, info: Any) -> np.ndarray:
     if info.identity:
         return region
     import torch
-    import torch.nn.functional as F
+
+    from .errors import UserInputError
+    from .inference import ResampleInfo
 
     mask = torch.from_numpy(region.astype(np.float32))[None, None]
-    resized = F.interpolate(mask, size=info.model_shape, mode="trilinear", align_corners=True)[
-        0, 0
-    ].numpy()
+    resized = info.to_model_grid(mask)[0, 0].numpy()
     for threshold in (0.5, 1e-6):
         mapped = resized >= threshold
         if mapped.any():
             return mapped
-    # A region smaller than a model voxel: keep the model voxel nearest to its centre.
-    centre = np.argwhere(region).mean(axis=0)
-    scale = (np.asarray(info.model_shape) - 1) / np.maximum(np.asarray(info.input_shape) - 1, 1)
-    mapped = np.zeros(info.model_shape, dtype=bool)
-    mapped[
-        tuple(np.clip(np.round(centre * scale).astype(int), 0, np.asarray(info.model_shape) - 1))
-    ] = True
-    return mapped
+    model_shape = np.asarray(resized.shape)
+    mapped = np.zeros(resized.shape, dtype=bool)
+    if isinstance(info, ResampleInfo):
+        # A region smaller than a model voxel: keep the model voxel nearest to its centre.
+        centre = np.argwhere(region).mean(axis=0)
+        scale = (model_shape - 1) / np.maximum(np.asarray(info.input_shape) - 1, 1)
+        mapped[tuple(np.clip(np.round(centre * scale).astype(int), 0, model_shape - 1))] = True
+        return mapped
+    raise UserInputError(
+        "the target region lies outside what the model sees of the image (its preprocessing "
+        "crops it away); choose a region inside the model's field of view"
+    )
 
 
 @dataclass
@@ -67,16 +71,12 @@ def prepare_case(
     volume: Volume, model: LoadedModel, target: TargetSpec, torch_device: Any
 ) -> PreparedCase:
     """Segment ``volume``, fix the target on the unperturbed prediction, freeze the statistics."""
-    from .inference import (
-        SegmentationForward,
-        resample_to_model_grid,
-        restore_input_grid,
-        segment,
-    )
+    from .inference import SegmentationForward, restore_input_grid, segment
+    from .intensity import statistics_on
     from .targets import bind_target, region_in_input_grid
 
     segmentation = segment(model, volume, torch_device)
-    x, info = resample_to_model_grid(volume, model.card)
+    x, info = segmentation.input.x, segmentation.input.grid
     if target.kind == "class":
         model_region = None
     else:
@@ -91,7 +91,8 @@ def prepare_case(
     target_info = {**target.to_dict(), **bound.describe(model.card)}
     forward = SegmentationForward(model.network, model.card).to(torch_device)
     x = x.to(torch_device)
-    forward.freeze_statistics(x)
+    forward.frozen_statistics = statistics_on(segmentation.input.statistics, torch_device)
+    forward.fills = {k: mask.to(torch_device) for k, mask in segmentation.input.fills.items()}
     # Sliding-window models: only the windows that touch the target run (exact; see windows.py).
     forward.restrict_to(bound.region.cpu().numpy())
     if forward.sliding:

@@ -96,6 +96,11 @@ def plan_crop(forward: Any, region: np.ndarray, margin: int) -> tuple[Crop | Non
             "crop_margin ignored: this sliding-window model already runs only the windows that "
             "touch the target, exactly"
         )
+    if getattr(forward, "fills", None):
+        return None, (
+            "crop_margin ignored: this bundle pads its image between intensity steps, which a "
+            "crop of it would not reproduce; the maps are exact"
+        )
     shape = tuple(int(n) for n in region.shape)
     multiple = max(1, int(getattr(getattr(forward, "card", None), "size_divisible", 1) or 1))
     voxels = np.argwhere(region)

@@ -2,11 +2,14 @@
 
 The pipeline, split so that explanations can attribute to the raw image intensities:
 
-1. :func:`resample_to_model_grid` resizes the raw image to the card's spacing (outside the
-   differentiable forward pass, identity when the grids agree);
+1. :func:`~.pipeline.model_input` puts the raw image on the model's grid (outside the
+   differentiable forward pass): :func:`resample_to_model_grid` to the card's spacing, or a
+   bundle's geometric transforms (:mod:`.pipeline`); identity when the grids agree;
 2. :class:`SegmentationForward` turns raw intensities on that grid into logits: intensity
-   preprocessing, padding to ``size_divisible``, MONAI's sliding-window inferer;
-3. :func:`restore_input_grid` brings outputs back to the input grid.
+   preprocessing (:mod:`.intensity`), padding to ``size_divisible``, MONAI's sliding-window
+   inferer;
+3. :func:`restore_input_grid` brings outputs back to the input grid, and
+   :mod:`.postprocessing` makes the labelmap.
 """
 
 from __future__ import annotations
@@ -15,20 +18,27 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import intensity
 from .card import ModelCard
 from .errors import OutOfMemoryError, UserInputError
+from .postprocessing import (  # noqa: F401  (part of this module's interface)
+    labelmap_from_probabilities,
+    probabilities_from_logits,
+    segmentation_outputs,
+)
 from .volume import Volume
 from .window_passes import WindowPasses
 from .windows import WindowPlan, divisible_crop, pad_explicitly, pad_to_multiple
 
 if TYPE_CHECKING:
     from .models import LoadedModel
+    from .pipeline import ModelInput
 
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,15 +49,16 @@ class SegmentationForward(WindowPasses, torch.nn.Module):
 
     Differentiable with respect to the input, the sliding-window path included.
 
-    The z-score statistics (mean, std) are computed on the input itself but *detached*: the
-    forward values equal MONAI's NormalizeIntensity, while gradients treat the statistics as
-    constants. Attached, every voxel's gradient would carry a global term (through the mean
+    The intensity statistics (z-score mean and std, percentiles) are computed on the input
+    itself but *detached*: the forward values equal MONAI's transforms, while gradients treat
+    the statistics as constants. Attached, every voxel's gradient would carry a global term (through the mean
     and std of the whole image) that spreads evidence uniformly over the volume and couples
     distant voxels; detached, a gradient map reads as the per-voxel sensitivity of the
     prediction.
 
-    For explanations the runner calls :meth:`freeze_statistics` on the unperturbed input: from
-    then on the intensity step is one fixed affine map, fixed from the unperturbed case like
+    For explanations the runner fixes them on the unperturbed input (:meth:`freeze_statistics`,
+    or the statistics :func:`~.pipeline.model_input` took at each step of a bundle's
+    preprocessing): from then on each intensity step is one fixed map, fixed from the unperturbed case like
     the target's region. Every method then explains the same function: its gradients are
     exact (so integrated gradients is complete), and a perturbed or scaled input is not
     silently renormalised (z-scoring is scale-invariant, which would make every path from a
@@ -67,14 +78,14 @@ class SegmentationForward(WindowPasses, torch.nn.Module):
         #: "float32", or "bfloat16" / "float16" autocast of the network (the runner falls back
         #: to float32 when a map comes out non-finite).
         self.precision = precision
-        self.intensity = dict(card.intensity)
-        if self.intensity.get("kind") == "scale_range":
-            missing = {"a_min", "a_max"} - {k for k, v in self.intensity.items() if v is not None}
-            if missing:
-                raise UserInputError(
-                    f"scale_range intensity preprocessing lacks {sorted(missing)}; add them to the model card"
-                )
-        self.frozen_statistics: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.intensity_steps = card.intensity_steps()
+        for step in self.intensity_steps:
+            intensity.check_step(step)
+        #: per intensity step, its statistics fixed on the unperturbed input; None: computed
+        #: on each input
+        self.frozen_statistics: list[intensity.Statistics | None] | None = None
+        #: zero padding of a bundle between its intensity steps (see intensity.apply_all)
+        self.fills: dict[int, torch.Tensor] = {}
         self.region: np.ndarray | None = None
         self._plan: WindowPlan | None = None
         #: explicit zero padding (before, after) per axis of the preprocessed input, instead of
@@ -170,24 +181,13 @@ class SegmentationForward(WindowPasses, torch.nn.Module):
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """The card's intensity preprocessing (MONAI's semantics, on a batch)."""
-        i = self.intensity
-        if i.get("kind") == "zscore":
-            return _zscore(
-                x, bool(i.get("nonzero")), bool(i.get("channel_wise")), self.frozen_statistics
-            )
-        if i.get("kind") == "scale_range":
-            return _scale_range(
-                x, i["a_min"], i["a_max"], i.get("b_min"), i.get("b_max"), i.get("clip")
-            )
-        return x
+        return intensity.apply_all(self.intensity_steps, x, self.frozen_statistics, self.fills)
 
     def freeze_statistics(self, x: torch.Tensor) -> None:
-        """Fix the z-score statistics to those of ``x`` (the unperturbed input, batch of one)."""
-        i = self.intensity
-        if i.get("kind") == "zscore":
-            self.frozen_statistics = _zscore_statistics(
-                x, bool(i.get("nonzero")), bool(i.get("channel_wise"))
-            )
+        """Fix the intensity statistics to those of ``x`` (the unperturbed input, batch of one)."""
+        from .pipeline import staged_statistics
+
+        self.frozen_statistics = staged_statistics(self.intensity_steps, x)
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
         if self.precision == "float32":
@@ -219,6 +219,31 @@ class ResampleInfo:
     def identity(self) -> bool:
         return self.input_shape == self.model_shape
 
+    def to_model_grid(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, K, *input shape) -> (B, K, *model shape), the same resize as the image's."""
+        if self.identity:
+            return t
+        return F.interpolate(t, size=self.model_shape, mode="trilinear", align_corners=True)
+
+    def to_input_grid(self, t: torch.Tensor, mode: str = "trilinear") -> torch.Tensor:
+        """(B, K, *model shape) -> (B, K, *input shape); the inverse of the resize.
+
+        ``mode`` is "trilinear" (probabilities, logits, attributions) or "nearest" (labels, any
+        dtype); both use the same corner-aligned mapping as :func:`resample_to_model_grid`.
+        """
+        if self.identity:
+            return t
+        if mode == "trilinear":
+            return F.interpolate(t, size=self.input_shape, mode="trilinear", align_corners=True)
+        if mode != "nearest":
+            raise UserInputError(f"unknown resampling mode {mode!r}; use 'trilinear' or 'nearest'")
+        for axis, (m, n) in enumerate(zip(self.model_shape, self.input_shape)):
+            if m != n:
+                position = torch.arange(n, dtype=torch.float64) * ((m - 1) / max(n - 1, 1))
+                index = position.round().long().clamp(0, m - 1).to(t.device)
+                t = t.index_select(axis + 2, index)
+        return t
+
 
 def resample_to_model_grid(volume: Volume, card: ModelCard) -> tuple[torch.Tensor, ResampleInfo]:
     """The image as a (1, C, *S') float32 tensor on the model's grid, and how to undo it.
@@ -247,26 +272,14 @@ def resample_to_model_grid(volume: Volume, card: ModelCard) -> tuple[torch.Tenso
     return x, info
 
 
-def restore_input_grid(
-    t: torch.Tensor, info: ResampleInfo, mode: str = "trilinear"
-) -> torch.Tensor:
-    """(B, K, *S') on the model grid -> (B, K, *input shape); the inverse of the resample.
+def restore_input_grid(t: torch.Tensor, info: Any, mode: str = "trilinear") -> torch.Tensor:
+    """(B, K, *S') on the model grid -> (B, K, *input shape): the inverse of the way onto the
+    model grid (a :class:`ResampleInfo` or a bundle's :class:`~.pipeline.TransformGrid`).
 
-    ``mode`` is "trilinear" (probabilities, logits, attributions) or "nearest" (labels, any
-    dtype); both use the same corner-aligned mapping as :func:`resample_to_model_grid`.
+    ``mode`` is "trilinear" (probabilities, logits, attributions: each transform's own
+    interpolation for a bundle) or "nearest" (labels, any dtype).
     """
-    if info.identity:
-        return t
-    if mode == "trilinear":
-        return F.interpolate(t, size=info.input_shape, mode="trilinear", align_corners=True)
-    if mode != "nearest":
-        raise UserInputError(f"unknown resampling mode {mode!r}; use 'trilinear' or 'nearest'")
-    for axis, (m, n) in enumerate(zip(info.model_shape, info.input_shape)):
-        if m != n:
-            position = torch.arange(n, dtype=torch.float64) * ((m - 1) / max(n - 1, 1))
-            index = position.round().long().clamp(0, m - 1).to(t.device)
-            t = t.index_select(axis + 2, index)
-    return t
+    return info.to_input_grid(t, mode)
 
 
 @dataclass
@@ -276,54 +289,61 @@ class SegmentationResult:
     Attributes:
         logits: (1, K, *S') on the model grid, detached, on the CPU.
         probabilities: (K, I, J, K) float32 on the input grid.
-        labelmap: (I, J, K) uint8 on the input grid: argmax for softmax models; for sigmoid
-            models the highest channel index with probability > 0.5, 0 elsewhere.
+        labelmap: (I, J, K) uint8 on the input grid: the bundle's postprocessing, or argmax
+            for mutually exclusive classes, else the highest channel index with probability
+            > 0.5, 0 elsewhere.
+        input: the network's input it was computed from (grid and intensity statistics).
     """
 
     logits: torch.Tensor
     probabilities: np.ndarray
     labelmap: np.ndarray
+    input: ModelInput | None = None
 
 
 def segment(
-    model: LoadedModel, volume: Volume, device: str | torch.device = "cpu"
+    model: LoadedModel,
+    volume: Volume,
+    device: str | torch.device = "cpu",
+    prepared: ModelInput | None = None,
 ) -> SegmentationResult:
-    """Segment ``volume`` with a :class:`~TorchEsegetaLib.models.LoadedModel`; results on the input grid."""
+    """Segment ``volume`` with a :class:`~TorchEsegetaLib.models.LoadedModel`; results on the
+    input grid. ``prepared``: the network's input, when already made (:func:`~.pipeline.model_input`)."""
+    from .pipeline import model_input
+
     card = model.card
     check_input(volume, card)
     target_device = resolve_device(device)
-    x, info = resample_to_model_grid(volume, card)
+    prepared = prepared if prepared is not None else model_input(volume, card)
     forward = SegmentationForward(model.network, card)
+    forward.frozen_statistics = intensity.statistics_on(prepared.statistics, target_device)
+    forward.fills = prepared.fills
     with out_of_memory_guard(target_device), torch.no_grad():
         model.network.to(target_device)
         try:
-            logits = forward(x.to(target_device)).float()
-            probabilities = restore_input_grid(
-                probabilities_from_logits(logits, card.activation), info
-            )
+            logits = _first_pass(forward, prepared.x.to(target_device)).float().cpu()
         finally:
             model.network.to("cpu")  # a LoadedModel stays on the CPU between runs
-    probabilities_np = probabilities[0].cpu().numpy().astype(np.float32)
-    return SegmentationResult(
-        logits=logits.cpu(),
-        probabilities=probabilities_np,
-        labelmap=labelmap_from_probabilities(probabilities_np, card.activation),
-    )
+    probabilities, labelmap = segmentation_outputs(logits, card, prepared.grid)
+    return SegmentationResult(logits, probabilities, labelmap, prepared)
 
 
-def probabilities_from_logits(logits: torch.Tensor, activation: str) -> torch.Tensor:
-    """Softmax over channels or elementwise sigmoid, as the card says."""
-    return torch.softmax(logits, dim=1) if activation == "softmax" else torch.sigmoid(logits)
+def _first_pass(forward: SegmentationForward, x: torch.Tensor) -> torch.Tensor:
+    """The model's first run on this input: a failure says which input it got and what to check."""
+    from .engine import is_out_of_memory
 
-
-def labelmap_from_probabilities(probabilities: np.ndarray, activation: str) -> np.ndarray:
-    """(K, *S) probabilities -> (*S) labels (uint8, uint16 beyond 256 classes)."""
-    dtype = np.uint8 if probabilities.shape[0] <= 256 else np.uint16
-    if activation == "softmax":
-        return np.argmax(probabilities, axis=0).astype(dtype)
-    above = probabilities > 0.5
-    highest = probabilities.shape[0] - 1 - np.argmax(above[::-1], axis=0)
-    return np.where(above.any(axis=0), highest, 0).astype(dtype)
+    try:
+        return forward(x)
+    except RuntimeError as error:
+        if is_out_of_memory(error):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        card = forward.card
+        raise UserInputError(
+            f"the network failed on its input of shape {tuple(x.shape)} ({first[:200]}); check "
+            f"the model card (in_channels {card.in_channels}, size_divisible "
+            f"{card.size_divisible}, roi_size {card.roi_size}) and fix it with --card"
+        ) from error
 
 
 def check_input(volume: Volume, card: ModelCard) -> None:
@@ -376,50 +396,3 @@ def out_of_memory_guard(device: torch.device) -> Iterator[None]:
             f"the model ran out of memory on {device}; use a smaller sliding-window roi_size or "
             "sw_batch_size in the model card, or run on the CPU (--device cpu)"
         ) from error
-
-
-def _zscore_statistics(
-    x: torch.Tensor, nonzero: bool, channel_wise: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std (zero std -> 1) per sample (and per channel), detached, MONAI's way."""
-    dims = tuple(range(2 if channel_wise else 1, x.ndim))
-    data = x.detach().float()
-    mask = (data != 0) if nonzero else torch.ones_like(data, dtype=torch.bool)
-    count = mask.sum(dim=dims, keepdim=True).clamp_min(1)
-    mean = torch.where(mask, data, 0).sum(dim=dims, keepdim=True) / count
-    variance = torch.where(mask, (data - mean) ** 2, 0).sum(dim=dims, keepdim=True) / count
-    std = variance.sqrt()
-    return mean, torch.where(std == 0, torch.ones_like(std), std)
-
-
-def _zscore(
-    x: torch.Tensor,
-    nonzero: bool,
-    channel_wise: bool,
-    statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """MONAI NormalizeIntensity per sample (and per channel); statistics detached (see class doc)."""
-    if statistics is None:
-        statistics = _zscore_statistics(x, nonzero, channel_wise)
-    mean, std = statistics
-    mask = (x.detach() != 0) if nonzero else torch.ones_like(x, dtype=torch.bool)
-    return torch.where(mask, (x - mean) / std, x)
-
-
-def _scale_range(
-    x: torch.Tensor,
-    a_min: float,
-    a_max: float,
-    b_min: float | None = None,
-    b_max: float | None = None,
-    clip: bool = False,
-) -> torch.Tensor:
-    """MONAI ScaleIntensityRange; clipping has zero gradient where the model saw no change."""
-    if a_max == a_min:
-        return x - a_min + (b_min or 0.0)
-    x = (x - a_min) / (a_max - a_min)
-    if b_min is not None and b_max is not None:
-        x = x * (b_max - b_min) + b_min
-    if clip and (b_min is not None or b_max is not None):
-        x = torch.clamp(x, min=b_min, max=b_max)
-    return x

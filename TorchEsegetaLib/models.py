@@ -88,7 +88,16 @@ def load_model(ref: dict, card: dict | ModelCard | None = None) -> LoadedModel:
     network, card_defaults, source, sha = loaders[ref["kind"]](ref)
     if isinstance(card, ModelCard):
         card = card.to_dict()
-    return LoadedModel(network.eval().cpu(), _make_card(card_defaults, card), source, sha)
+    network = network.eval().cpu()
+    loaded = LoadedModel(network, _make_card(card_defaults, card, network), source, sha)
+    problems = loaded.card.ignored_preprocessing
+    if problems and not loaded.card.allow_unapplied_preprocessing:
+        raise UserInputError(
+            f"{loaded.card.name}: the network would not see the input its own pipeline gives it, "
+            f"because TorchEsegeta cannot apply {'; '.join(problems)}; replace these steps in the "
+            "card (--card), or run anyway with --allow-unapplied-preprocessing"
+        )
+    return loaded
 
 
 def model_ref_from_string(
@@ -197,19 +206,45 @@ def _load_torchscript(ref: dict) -> tuple[torch.nn.Module, dict, dict, str | Non
     path = existing_path(ref.get("path"), "TorchScript file")
     network = jit_load(path)
     source = {"kind": "torchscript", "path": str(path)}
-    return network, {"name": path.stem}, source, sha256_file(path)
+    # size_divisible None: measured on the network once the card says its input channels
+    return network, {"name": path.stem, "size_divisible": None}, source, sha256_file(path)
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _make_card(defaults: dict, overrides: dict | None) -> ModelCard:
+def _make_card(defaults: dict, overrides: dict | None, network: torch.nn.Module) -> ModelCard:
     data = dict(defaults)
     overrides = dict(overrides or {})
     if {"out_channels", "activation"} & set(overrides) and "class_names" not in overrides:
         data.pop("class_names", None)  # names derived for another channel count or activation
     data.update(overrides)
+    if data.get("size_divisible", 1) is None:
+        whole = data.get("roi_size") is None
+        data["size_divisible"] = (
+            probe_size_divisible(network, int(data.get("in_channels", 1))) if whole else 1
+        )
     return ModelCard.from_dict(data)
+
+
+def probe_size_divisible(network: torch.nn.Module, in_channels: int, largest: int = 32) -> int:
+    """The smallest power of two ``k`` such that the network maps a cube of side ``3 k`` onto
+    an output of the same size (what its down-sampling needs of the input), found by running
+    it on such cubes; 1 when no cube up to ``3 * largest`` works (the first real input then
+    says what is wrong)."""
+    k = 1
+    while k <= largest:
+        x = torch.zeros((1, in_channels, 3 * k, 3 * k, 3 * k))
+        try:
+            with torch.no_grad():
+                out = network(x)
+            out = out[0] if isinstance(out, (list, tuple)) else out
+            if tuple(out.shape[2:]) == tuple(x.shape[2:]):
+                return k
+        except Exception:  # a size it cannot take (TorchScript raises its own error types)
+            pass
+        k *= 2
+    return 1
 
 
 def _build_network(network_class: type, kwargs: Any) -> torch.nn.Module:

@@ -168,8 +168,8 @@ class BoundTarget:
         """Each voxel's share of the score, (B, *S): the scored value times the region weight."""
         import torch
 
-        if self.output == "logits":
-            values = logits[:, self.class_index]
+        if self.output == "logits" or self.activation == "none":
+            values = logits[:, self.class_index]  # "none": the outputs are probabilities
         elif self.activation == "softmax":
             values = torch.softmax(logits, dim=1)[:, self.class_index]
         else:
@@ -226,14 +226,15 @@ def score_phrase(target: dict[str, Any]) -> str:
 
 
 def default_class(card: ModelCard) -> int:
-    return 1 if card.activation == "softmax" and card.out_channels > 1 else 0
+    return 1 if card.exclusive and card.out_channels > 1 else 0
 
 
 def predicted_mask(logits: torch.Tensor, class_index: int, activation: str) -> torch.Tensor:
-    """The unperturbed prediction of one class, (*S) bool, from (1, K, *S) logits."""
-    if activation == "softmax":
+    """The unperturbed prediction of one class, (*S) bool, from (1, K, *S) logits (for
+    activation "none": probabilities, mutually exclusive when there are several channels)."""
+    if activation == "softmax" or (activation == "none" and logits.shape[1] > 1):
         return logits[0].argmax(dim=0) == class_index
-    return logits[0, class_index] > 0
+    return logits[0, class_index] > (0.5 if activation == "none" else 0)
 
 
 def region_in_input_grid(spec: TargetSpec, geometry: Geometry) -> np.ndarray:

@@ -83,14 +83,9 @@ class Subject:
         """The attribution (1, C, *S') on the model grid and device (resampled once, cached)."""
         if self._model_grid is None:
             import torch
-            import torch.nn.functional as F
 
             t = torch.from_numpy(np.ascontiguousarray(self.attribution, dtype=np.float32))[None]
-            if not case.info.identity:
-                t = F.interpolate(
-                    t, size=case.info.model_shape, mode="trilinear", align_corners=True
-                )
-            self._model_grid = t.to(case.x.device)
+            self._model_grid = case.info.to_model_grid(t).to(case.x.device)
         return self._model_grid
 
     def rerun(
