@@ -358,17 +358,34 @@ def test_an_order_that_cannot_be_reproduced_stops_before_the_run(tmp_path):
     assert any("differs from MONAI's" in w for w in result.input.warnings)
 
 
-def test_a_transform_that_cannot_be_honoured_is_named_with_the_fix(tmp_path):
+def test_a_transform_that_cannot_be_honoured_is_named_with_the_fix(tmp_path, capsys):
+    from TorchEsegetaLib.cli import main
+
     pre = load() + [{"_target_": "GaussianSmoothd", "keys": "image", "sigma": 1.0}]
     root, _ = bundle(tmp_path / "b", pre, sliding([8, 8, 8]), post(ARGMAX), "ts", 2)
     with pytest.raises(
         UserInputError, match="GaussianSmoothd.*--card.*--allow-unapplied-preprocessing"
     ):
         load_model({"kind": "bundle", "path": str(root)})
-    model = load_model(
-        {"kind": "bundle", "path": str(root)}, card={"allow_unapplied_preprocessing": True}
-    )
-    assert "GaussianSmoothd" in model.card.ignored_preprocessing[0]
+    path = image(tmp_path / "image.nii.gz")
+    args = [
+        "explain",
+        "--image",
+        str(path),
+        "--model",
+        str(root),
+        "--method",
+        "saliency",
+        "--quiet",
+    ]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "GaussianSmoothd" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "allowed"
+    assert main([*args, "--out", str(out), "--allow-unapplied-preprocessing"]) == 0
+    warnings = json.loads((out / "run.json").read_text())["warnings"]
+    assert any("GaussianSmoothd" in w for w in warnings)
 
 
 def test_only_affine_lambdas_are_read_without_trust(tmp_path):

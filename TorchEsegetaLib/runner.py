@@ -58,7 +58,7 @@ def explain_volume(
         raise UserInputError(f"crop_margin must be 0 or more voxels, got {crop_margin}")
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    warnings = [
+    warnings = list(model.source.get("warnings", [])) + [
         f"preprocessing step not applied: {step}" for step in model.card.ignored_preprocessing
     ]
     torch_device = resolve_device(device)

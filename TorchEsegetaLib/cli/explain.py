@@ -58,6 +58,12 @@ def add_parsers(sub: Any) -> None:
         help="allow a MONAI bundle whose config holds Python expressions (they run on loading)",
     )
     model.add_argument(
+        "--allow-unapplied-preprocessing",
+        action="store_true",
+        help="run a bundle whose preprocessing cannot all be applied as it says (warned; the "
+        "network then sees another input than MONAI gives it)",
+    )
+    model.add_argument(
         "--card",
         default=None,
         help="model card fields as JSON or a JSON file (class_names, intensity, spacing, roi_size, ...)",
@@ -203,10 +209,13 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
     if args.trust_bundle and model["kind"] == "bundle":
         model["trust"] = True
     method_params, metric_params = _split_params(args.param, args.evaluate)
+    card = json_option(args.card, "--card")
+    if args.allow_unapplied_preprocessing:
+        card = {**(card or {}), "allow_unapplied_preprocessing": True}
     return Job(
         images=args.image,
         model=model,
-        card=json_option(args.card, "--card"),
+        card=card,
         target=target,
         methods=methods_from_args(args.method, method_params, default=DEFAULT_METHOD),
         metrics=metrics_from_args([args.evaluate], metric_params) if args.evaluate else [],
