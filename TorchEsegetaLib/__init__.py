@@ -29,6 +29,7 @@ _LAZY = {
     "load_model": "models",
     "CancelToken": "engine",
     "UserInputError": "errors",
+    "run_cohort": "cohort",
     "evaluate_result": "evaluation",
     "evaluate_run": "evaluation",
     "write_report": "report",

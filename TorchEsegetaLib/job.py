@@ -198,21 +198,25 @@ class Job:
     def load(cls, path: str | Path) -> Job:
         """Read a job from a .json, .yaml or .yml file."""
         path = Path(path)
-        if not path.is_file():
-            raise UserInputError(f"job file {path} does not exist; check the path")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
+        return cls.from_dict(read_job_file(path), base=path.parent)
 
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as e:
-            raise UserInputError(
-                f"job file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {e}"
-            ) from e
-        return cls.from_dict(data, base=path.parent)
+
+def read_job_file(path: str | Path) -> Any:
+    """The contents of a .json, .yaml or .yml job (or job template) file, unvalidated."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"job file {path} does not exist; check the path")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except Exception as e:
+        raise UserInputError(
+            f"job file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {e}"
+        ) from e
 
 
 def _as_list(value: Any) -> list[Any]:
