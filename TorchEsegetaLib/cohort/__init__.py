@@ -9,7 +9,14 @@ into ``out`` and a summary over the cases; see :mod:`.cases` for cohort files an
 from __future__ import annotations
 
 from .cases import Case, read_cohort
-from .run import EXIT_ALL_OK, EXIT_INTERRUPTED, EXIT_SOME_FAILED, CohortInterrupted, CohortResult, run_cohort
+from .run import (
+    EXIT_ALL_OK,
+    EXIT_INTERRUPTED,
+    EXIT_SOME_FAILED,
+    CohortInterrupted,
+    CohortResult,
+    run_cohort,
+)
 
 __all__ = [
     "EXIT_ALL_OK",

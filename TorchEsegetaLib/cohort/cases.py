@@ -78,7 +78,9 @@ def read_cohort_file(path: Path) -> list[Case]:
         raise UserInputError(f"cohort file {path} could not be read as CSV: {e}") from e
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     if not rows:
-        raise UserInputError(f"cohort file {path} is empty; write a header line and one row per case")
+        raise UserInputError(
+            f"cohort file {path} is empty; write a header line and one row per case"
+        )
     header = [cell.strip() for cell in rows[0]]
     id_column = next((name for name in ID_COLUMNS if name in header), None)
     image_columns = [name for name in header if name.startswith("image")]
@@ -110,7 +112,9 @@ def read_cohort_file(path: Path) -> list[Case]:
         empty = [name for name, value in zip(image_columns, images) if not value]
         if not case_id or empty:
             what = "no case_id" if not case_id else f"no value in column(s) {empty}"
-            raise UserInputError(f"cohort file {path}, line {line}: {what}; fill in every case's row")
+            raise UserInputError(
+                f"cohort file {path}, line {line}: {what}; fill in every case's row"
+            )
         cases.append(
             Case(
                 case_id,
@@ -155,7 +159,11 @@ def discover_cases(folder: Path) -> list[Case]:
             )
         reference = references.get(case_id)
         cases.append(
-            Case(case_id, tuple(str(found[c].absolute()) for c in order), reference and str(reference))
+            Case(
+                case_id,
+                tuple(str(found[c].absolute()) for c in order),
+                reference and str(reference),
+            )
         )
     return cases
 
@@ -174,7 +182,9 @@ def check_cases(cases: list[Case], source: str, in_channels: int | None = None) 
     ids = [c.case_id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        raise UserInputError(f"case id(s) {duplicates[:5]} appear twice in {source}; make them unique")
+        raise UserInputError(
+            f"case id(s) {duplicates[:5]} appear twice in {source}; make them unique"
+        )
     missing = [
         (c.case_id, path)
         for c in cases

@@ -27,12 +27,14 @@ def make_task(case_id: str, job: dict[str, Any], threads: int | None = None) -> 
     return {"case": case_id, "job": job, "threads": threads}
 
 
-def execute_case(
-    task: dict[str, Any], cancel: Any = None, progress: Any = None
-) -> dict[str, Any]:
+def execute_case(task: dict[str, Any], cancel: Any = None, progress: Any = None) -> dict[str, Any]:
     """Run ``task``'s job into its run folder and describe what happened (see the module)."""
     started = time.perf_counter()
-    outcome: dict[str, Any] = {"case": task["case"], "pid": os.getpid(), "host": socket.gethostname()}
+    outcome: dict[str, Any] = {
+        "case": task["case"],
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
     try:
         if task.get("threads"):
             import torch

@@ -48,7 +48,9 @@ def worker_slots(workers: int | None, device: str) -> list[dict[str, Any]]:
     gpus = visible_gpus() if device in ("auto", "cuda") else []
     count = workers or max(1, len(gpus))
     threads = max(1, (os.cpu_count() or 1) // count)
-    return [{"gpu": gpus[i % len(gpus)] if gpus else None, "threads": threads} for i in range(count)]
+    return [
+        {"gpu": gpus[i % len(gpus)] if gpus else None, "threads": threads} for i in range(count)
+    ]
 
 
 class _Worker:
@@ -131,7 +133,9 @@ class LocalEngine:
         slots = worker_slots(self.workers, self.device)[: max(1, cases)]
         return {"engine": self.name, "workers": len(slots), "slots": slots}
 
-    def run(self, tasks: list[dict[str, Any]], out: Path, on_event: Callable[[Event], None]) -> None:
+    def run(
+        self, tasks: list[dict[str, Any]], out: Path, on_event: Callable[[Event], None]
+    ) -> None:
         """Run every task; ``on_event`` receives each worker event ("start", "progress",
         "done"), failures of dead workers included, in the calling thread."""
         if not tasks:
@@ -195,7 +199,9 @@ class LocalEngine:
 
     def _died(self, worker: _Worker, out: Path) -> Event:
         code = worker.process.returncode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        how = (
+            f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        )
         remove_partial_folders(out, worker.case)
         return {
             "event": "done",

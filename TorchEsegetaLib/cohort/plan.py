@@ -50,11 +50,12 @@ class Template:
             data, base, name = read_job_file(path), path.parent, str(path)
             if not isinstance(data, dict):
                 raise UserInputError(f"job template {name} must hold one object of job fields")
-        for key, why in (("images", "the cohort lists each case's images"), ("output", "--out names it")):
+        for key, why in (
+            ("images", "the cohort lists each case's images"),
+            ("output", "--out names it"),
+        ):
             if data.get(key):
-                raise UserInputError(
-                    f"job template {name} has an {key!r} field; remove it: {why}"
-                )
+                raise UserInputError(f"job template {name} has an {key!r} field; remove it: {why}")
         data.pop("images", None), data.pop("output", None)
         # A placeholder image validates everything else (model, target, methods, metrics) now.
         job = Job.from_dict({**data, "images": ["case-image"]}, base=base)
@@ -89,7 +90,9 @@ class Template:
             data["target"] = TargetSpec.parse(case.target, **keep).to_dict()
         if case.reference:
             for metric in data.get("metrics", []):
-                if metric["name"] in self.reference_metrics and not metric["params"].get("reference"):
+                if metric["name"] in self.reference_metrics and not metric["params"].get(
+                    "reference"
+                ):
                     metric["params"]["reference"] = case.reference
         try:
             return Job.from_dict(data)

@@ -36,7 +36,9 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as e:
-        raise UserInputError(f"the Ray engine needs Ray, which is not installed: {INSTALL_HINT}") from e
+        raise UserInputError(
+            f"the Ray engine needs Ray, which is not installed: {INSTALL_HINT}"
+        ) from e
     return ray
 
 
@@ -88,7 +90,9 @@ class RayEngine:
     def describe(self, cases: int) -> dict[str, Any]:
         return {"engine": self.name, "address": self.address, "per_case": self.declared}
 
-    def run(self, tasks: list[dict[str, Any]], out: Path, on_event: Callable[[Event], None]) -> None:
+    def run(
+        self, tasks: list[dict[str, Any]], out: Path, on_event: Callable[[Event], None]
+    ) -> None:
         """Run every task as a Ray task; ``on_event`` receives each case's "done" event."""
         if not tasks:
             return
@@ -103,7 +107,9 @@ class RayEngine:
             remote = ray.remote(run_case_task)
             threads = max(1, int(self.cpus))
             for task in tasks:
-                ref = remote.options(**options).remote(make_task(task["case"], task["job"], threads))
+                ref = remote.options(**options).remote(
+                    make_task(task["case"], task["job"], threads)
+                )
                 refs[ref] = task["case"]
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
@@ -123,10 +129,11 @@ class RayEngine:
             kwargs["include_dashboard"] = False
         try:
             ray.init(address=self.address, **kwargs)
-        except ConnectionError as e:
+        except Exception as e:  # connection, address format, authentication: the setup's
             raise UserInputError(
-                f"no Ray cluster answers at --address {self.address} ({e}); start one with "
-                "`ray start --head`, or use --address local for a Ray instance on this machine"
+                f"no Ray cluster answers at --address {self.address} ({_first_line(e)}); start one with "
+                "`ray start --head` or use --address local for a Ray instance on this machine; a "
+                "cluster with token authentication also needs RAY_AUTH_MODE=token here"
             ) from e
 
     def _options(self, ray: Any) -> dict[str, Any]:

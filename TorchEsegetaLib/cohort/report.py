@@ -19,8 +19,6 @@ from ..evaluation import atomic_write
 from ..metric_figures import _colours, _figure, format_value
 from ..report import _STYLE
 
-_ARROWS = {"higher": "&uarr; higher is better", "lower": "&darr; lower is better"}
-
 
 def _e(value: Any) -> str:
     return html.escape(str(value))
@@ -75,12 +73,14 @@ def _figures(rows: list[dict[str, Any]], stats: list[dict[str, Any]]) -> str:
 
 def _stats_table(stats: list[dict[str, Any]]) -> str:
     head = "".join(
-        f"<th>{h}</th>" for h in ("method", "metric", "better", "n", "mean", "sd", "median", "min", "max")
+        f"<th>{h}</th>"
+        for h in ("method", "metric", "better", "n", "mean", "sd", "median", "min", "max")
     )
     rows = []
     for s in stats:
         numbers = "".join(
-            f"<td class='num'>{_e(format_value(s[k]))}</td>" for k in ("mean", "sd", "median", "min", "max")
+            f"<td class='num'>{_e(format_value(s[k]))}</td>"
+            for k in ("mean", "sd", "median", "min", "max")
         )
         rows.append(
             f"<tr><td>{_e(s['method'])}</td><td>{_e(s['metric'])}</td><td>{_e(s['better'])}</td>"

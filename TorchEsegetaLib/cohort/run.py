@@ -170,7 +170,9 @@ def run_cohort(
 
         interrupted = False
         try:
-            runner.run([{"case": p.case.case_id, "job": p.job.to_dict()} for p in todo], out, handle)
+            runner.run(
+                [{"case": p.case.case_id, "job": p.job.to_dict()} for p in todo], out, handle
+            )
         except KeyboardInterrupt:
             interrupted = True
         finally:

@@ -30,7 +30,9 @@ def scores_of(run_folder: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """(rows of method, metric, value; metric -> better direction) of one run folder."""
     record = json.loads((run_folder / "run.json").read_text(encoding="utf-8"))
     evaluation = record.get("metrics") or {}
-    directions = {name: info.get("direction", "") for name, info in evaluation.get("metrics", {}).items()}
+    directions = {
+        name: info.get("direction", "") for name, info in evaluation.get("metrics", {}).items()
+    }
     directions[SECONDS] = "lower"
     rows = []
     for method in record.get("methods", []):
@@ -57,7 +59,9 @@ def statistics(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def summarise(case_rows: dict[str, list[dict[str, Any]]], directions: dict[str, str]) -> list[dict[str, Any]]:
+def summarise(
+    case_rows: dict[str, list[dict[str, Any]]], directions: dict[str, str]
+) -> list[dict[str, Any]]:
     """Per (method, metric) statistics over the cases, in first-seen order."""
     values: dict[tuple[str, str], list[float]] = {}
     for rows in case_rows.values():

@@ -58,13 +58,12 @@ def main() -> int:
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     case = None
     try:
-        from ..engine import CancelToken
-        from .execute import execute_case
-
         # Imported before "ready", so that a case's time is its own.
         import monai.networks.nets  # noqa: F401
 
         from .. import evaluation, figures, inference, methods, metrics, models, runner  # noqa: F401
+        from ..engine import CancelToken
+        from .execute import execute_case
 
         emit({"event": "ready", "pid": os.getpid()})
         for line in sys.stdin:
@@ -74,7 +73,9 @@ def main() -> int:
             case = task["case"]
             state.token = CancelToken()
             emit({"event": "start", "case": case, "pid": os.getpid()})
-            progress = throttled(lambda e, case=case: emit({"event": "progress", "case": case, **e}))
+            progress = throttled(
+                lambda e, case=case: emit({"event": "progress", "case": case, **e})
+            )
             outcome = execute_case(task, cancel=state.token, progress=progress)
             state.token = None
             emit({"event": "done", **outcome})
