@@ -184,9 +184,10 @@ class LocalEngine:
                     if not worker.ready:
                         start_failures += 1
                         if start_failures >= MAX_START_FAILURES:
+                            log = logs / f"worker-{worker.index}.log"
                             raise RuntimeError(
-                                f"worker processes exit before they are ready; see {worker.log.name}"
-                                f" in {logs}: {_tail(logs / f'worker-{worker.index}.log')}"
+                                f"worker processes exit before they are ready: {_tail(log)} "
+                                f"(log: {log})"
                             )
                     if pending:
                         start(worker.index)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,8 @@ def run_cohort(
     if any(c.reference for c in cases) and not template.reference_metrics:
         print(
             "torchesegeta: note: the cohort's reference masks are used by relevance_rank_accuracy; "
-            "add it to the template's metrics to score them"
+            "add it to the template's metrics to score them",
+            file=sys.stderr,
         )
     model = load_model(template.data["model"], template.data.get("card"))
     runner = make_engine(
