@@ -18,64 +18,56 @@ def add_parsers(sub: Any) -> None:
         "batch",
         help="explain every case of a cohort (CSV file or folder) with one job template; resumable",
     )
-    batch.add_argument(
+    inputs = batch.add_argument_group("inputs")
+    inputs.add_argument(
         "cohort",
         help="cohort CSV (case_id, image..., [reference], [target]) or a folder of images named "
         "CASE_0000.nii.gz, CASE_0001.nii.gz, ... (nnU-Net naming; labels/CASE.nii.gz as references)",
     )
-    batch.add_argument(
+    inputs.add_argument(
         "--job",
         required=True,
         help="job template (JSON or YAML): a job file without images and output",
     )
-    batch.add_argument("--out", required=True, help="output folder: one run folder per case")
-    batch.add_argument(
+    inputs.add_argument("--out", required=True, help="output folder: one run folder per case")
+    inputs.add_argument(
+        "--device", default=None, help="replaces the template's device: auto, cpu, cuda or cuda:N"
+    )
+    inputs.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="recompute cases whose run folder holds a different job (otherwise refused)",
+    )
+    engine = batch.add_argument_group("engine")
+    engine.add_argument(
         "--engine",
         choices=("local", "ray"),
         default="local",
-        help="local worker processes (default) or Ray",
+        help="local worker processes (default) or one Ray task per case",
     )
-    batch.add_argument(
+    engine.add_argument(
         "--workers",
         type=int,
         default=None,
         help="local engine: worker processes (default one per visible GPU, or one on the CPU)",
     )
-    batch.add_argument(
+    ray = batch.add_argument_group("Ray engine", "what each case's task declares, where it runs")
+    ray.add_argument(
         "--address",
         default=None,
-        help="Ray engine: auto (default; or RAY_ADDRESS), HOST:PORT, ray://HOST:PORT, or local "
-        "(a new Ray instance on this machine)",
+        help="auto (default; or RAY_ADDRESS), HOST:PORT, ray://HOST:PORT, or local (a new Ray "
+        "instance on this machine)",
     )
-    batch.add_argument(
-        "--cpus-per-case",
-        type=float,
-        default=1.0,
-        help="Ray engine: CPUs each case declares (default 1)",
-    )
-    batch.add_argument(
+    ray.add_argument("--cpus-per-case", type=float, default=1.0, help="CPUs (default 1)")
+    ray.add_argument(
         "--gpus-per-case",
         type=float,
         default=None,
-        help="Ray engine: GPUs each case declares (default 1 when the cluster has GPUs and the "
-        "device is not cpu, else 0)",
+        help="GPUs (default 1 when the cluster has GPUs and the device is not cpu, else 0)",
     )
-    batch.add_argument(
-        "--memory-per-case",
-        type=float,
-        default=2.0,
-        metavar="GB",
-        help="Ray engine: memory each case declares, in GiB (default 2)",
+    ray.add_argument(
+        "--memory-per-case", type=float, default=2.0, metavar="GB", help="memory in GiB (default 2)"
     )
-    batch.add_argument(
-        "--device", default=None, help="replaces the template's device: auto, cpu, cuda or cuda:N"
-    )
-    batch.add_argument(
-        "--rerun-changed",
-        action="store_true",
-        help="recompute cases whose run folder holds a different job (otherwise refused)",
-    )
-    batch.add_argument("--quiet", action="store_true", help="no progress bar or per-case lines")
     batch.set_defaults(handler=cmd_batch)
 
 
