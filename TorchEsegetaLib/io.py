@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .completeness import check_complete
 from .errors import UserInputError
 from .volume import Geometry, Volume
 
@@ -208,6 +209,7 @@ def _read_image(path: Path) -> sitk.Image:
         return _read_dicom_series(path)
     if _supported_suffix(path) is None:
         raise UserInputError(f"{path} has an unsupported file type; use {_SUPPORTED_TEXT}")
+    check_complete(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
