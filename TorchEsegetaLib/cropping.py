@@ -104,12 +104,16 @@ def plan_crop(forward: Any, region: np.ndarray, margin: int) -> tuple[Crop | Non
     shape = tuple(int(n) for n in region.shape)
     multiple = max(1, int(getattr(getattr(forward, "card", None), "size_divisible", 1) or 1))
     voxels = np.argwhere(region)
-    box, padding = [], []
-    for axis, n in enumerate(shape):
-        before = ((-n) % multiple) // 2  # the whole volume's padding before this axis
+    befores = [((-n) % multiple) // 2 for n in shape]  # the whole volume's padding before
+    lows, highs = [], []
+    for axis, (n, before) in enumerate(zip(shape, befores)):
         low = max(int(voxels[:, axis].min()) - margin, 0) + before
         high = min(int(voxels[:, axis].max()) + 1 + margin, n) + before
-        low, high = low // multiple * multiple, -(-high // multiple) * multiple  # on the grid
+        lows.append(low // multiple * multiple)  # on the grid
+        highs.append(-(-high // multiple) * multiple)
+    _keep_two_voxels_deepest(lows, highs, [n + (-n) % multiple for n in shape], multiple)
+    box, padding = [], []
+    for n, before, low, high in zip(shape, befores, lows, highs):
         box.append(slice(max(low - before, 0), min(high - before, n)))
         padding.append((max(before - low, 0), max(high - before - n, 0)))
     crop = Crop(tuple(box), shape, int(margin), tuple(padding))
@@ -119,6 +123,23 @@ def plan_crop(forward: Any, region: np.ndarray, margin: int) -> tuple[Crop | Non
             f"{crop.share:.0%} of the volume, too much to save time; the maps are exact"
         )
     return crop, ""
+
+
+def _keep_two_voxels_deepest(
+    lows: list[int], highs: list[int], padded: list[int], multiple: int
+) -> None:
+    """Grow a box of one stride cell per axis by one cell along an axis where the padded
+    volume has room: the network's deepest level then has two voxels, which instance
+    normalisation needs (one voxel has no variance)."""
+    if np.prod([(h - lo) // multiple for lo, h in zip(lows, highs)]) >= 2:
+        return
+    for axis, size in enumerate(padded):
+        if highs[axis] + multiple <= size:
+            highs[axis] += multiple
+            return
+        if lows[axis] - multiple >= 0:
+            lows[axis] -= multiple
+            return
 
 
 def measure_crop(

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from . import intensity
 from .card import ModelCard
 from .errors import OutOfMemoryError, UserInputError
+from .input_size import check_input_size, too_small_guard
 from .postprocessing import (  # noqa: F401  (part of this module's interface)
     labelmap_from_probabilities,
     probabilities_from_logits,
@@ -315,10 +316,12 @@ def segment(
     check_input(volume, card)
     target_device = resolve_device(device)
     prepared = prepared if prepared is not None else model_input(volume, card)
+    model_shape = tuple(prepared.x.shape[2:])
+    check_input_size(model.network, card, model_shape, volume.spatial_shape)
     forward = SegmentationForward(model.network, card)
     forward.frozen_statistics = intensity.statistics_on(prepared.statistics, target_device)
     forward.fills = prepared.fills
-    with out_of_memory_guard(target_device), torch.no_grad():
+    with out_of_memory_guard(target_device), too_small_guard(model_shape), torch.no_grad():
         model.network.to(target_device)
         try:
             logits = _first_pass(forward, prepared.x.to(target_device)).float().cpu()
