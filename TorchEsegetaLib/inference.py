@@ -354,11 +354,30 @@ def check_input(volume: Volume, card: ModelCard) -> None:
     from .io import check_finite
 
     if volume.channels != card.in_channels:
-        raise UserInputError(
-            f"the model expects {card.in_channels} input channel(s) but got {volume.channels} "
-            "image(s); pass one --image per channel"
-        )
+        raise UserInputError(_channel_mismatch(volume, card.in_channels))
     check_finite(volume, "image")
+
+
+def _channel_mismatch(volume: Volume, expected: int) -> str:
+    """What is wrong with the input's channel count, naming a 4D or vector file that gave several."""
+    several = [s for s in volume.sources if s.channels > 1]
+    if volume.channels > expected and several:
+        source = several[0]
+        kind = "frame" if source.axis == "frames" else "channel"
+        what = (
+            f"a 4D image with {source.channels} frames"
+            if source.axis == "frames"
+            else f"a vector image with {source.channels} components per voxel"
+        )
+        return (
+            f"the model expects {expected} input channel(s) but {source.path} is {what}, read as "
+            f"{source.channels} channels; pick the {kind}(s) the model takes with --image "
+            f"{source.path}:{kind}=N (N from 0 to {source.channels - 1}), one --image per channel"
+        )
+    return (
+        f"the model expects {expected} input channel(s) but got {volume.channels} image(s); pass "
+        "one --image per channel"
+    )
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

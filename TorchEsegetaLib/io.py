@@ -9,6 +9,7 @@ exactly as SimpleITK reports it (see :mod:`TorchEsegetaLib.volume`).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import SimpleITK as sitk
 
 from .completeness import check_complete
 from .errors import UserInputError
-from .volume import Geometry, Volume
+from .volume import ChannelSource, Geometry, Volume
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 # A short 4th axis is almost always channels stacked into one file (e.g. BraTS-style 4D
@@ -26,23 +27,43 @@ MAX_CHANNELS_ON_4TH_AXIS = 16
 _COMPRESSED_SUFFIXES = (".nii.gz", ".nrrd")
 _GRID_TOLERANCE = 1e-4
 _SUPPORTED_TEXT = ", ".join(SUPPORTED_SUFFIXES) + " or a DICOM series folder"
+_CHANNEL_SELECTOR = re.compile(r"^(?P<file>.+):(?:frame|channel)=(?P<index>\d+)$")
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a NIfTI, NRRD or MetaImage file, or a folder holding one DICOM series.
 
     Args:
-        path: image file or DICOM series folder.
+        path: image file or DICOM series folder; ``FILE:frame=N`` (or ``FILE:channel=N``)
+            reads only channel N of the file: frame N of a 4D image, component N of a vector
+            image.
 
     Returns:
         A float32 volume of shape (channels, i, j, k): one channel for scalar images, one per
         pixel component for vector images, one per frame for a 4D image with a short 4th axis.
 
     Raises:
-        UserInputError: the path is missing, unreadable, unsupported or not a 3D image.
+        UserInputError: the path is missing, unreadable, unsupported, incomplete or not a 3D
+            image, or the channel picked does not exist.
     """
-    path = Path(path)
-    return Volume(*_image_to_array(_read_image(path), path, np.float32))
+    file, index = split_channel_selector(path)
+    image = _read_image(file)
+    axis = _channel_axis(image)
+    if index is not None:
+        image, axis = _select_channel(image, file, index), ""
+    array, geometry = _image_to_array(image, file, np.float32)
+    return Volume(array, geometry, (ChannelSource(str(path), array.shape[0], axis),))
+
+
+def split_channel_selector(path: str | os.PathLike) -> tuple[Path, int | None]:
+    """``FILE:frame=N`` or ``FILE:channel=N`` -> (FILE, N); any other path -> (path, None).
+
+    A file whose name itself ends that way is read as named.
+    """
+    match = _CHANNEL_SELECTOR.match(str(path))
+    if match is None or Path(path).exists():
+        return Path(path), None
+    return Path(match["file"]), int(match["index"])
 
 
 def read_channels(paths: Sequence[str | os.PathLike]) -> Volume:
@@ -60,7 +81,7 @@ def read_channels(paths: Sequence[str | os.PathLike]) -> Volume:
     if not paths:
         raise UserInputError("no input images were given; pass at least one image file")
     first = read_volume(paths[0])
-    arrays = [first.array]
+    arrays, sources = [first.array], list(first.sources)
     for path in paths[1:]:
         volume = read_volume(path)
         difference = first.geometry.mismatch(volume.geometry, _GRID_TOLERANCE)
@@ -70,7 +91,8 @@ def read_channels(paths: Sequence[str | os.PathLike]) -> Volume:
                 "register it onto the same grid as the first input before explaining"
             )
         arrays.append(volume.array)
-    return Volume(np.concatenate(arrays, axis=0), first.geometry)
+        sources.extend(volume.sources)
+    return Volume(np.concatenate(arrays, axis=0), first.geometry, tuple(sources))
 
 
 def read_label(path: str | os.PathLike, like: Geometry) -> np.ndarray:
@@ -258,7 +280,8 @@ def _image_to_array(
     elif dimension == 4:
         raise UserInputError(
             f"{path} is a 4D image with {image.GetSize()[3]} frames of {components} components; "
-            f"pass a 3D volume (at most {MAX_CHANNELS_ON_4TH_AXIS} frames are read as channels)"
+            f"pass a 3D volume or pick one frame with {path}:frame=N (at most "
+            f"{MAX_CHANNELS_ON_4TH_AXIS} frames are read as channels)"
         )
     else:
         raise UserInputError(
@@ -267,6 +290,42 @@ def _image_to_array(
         )
     # The view does not keep ``image`` alive, so copy before returning.
     return np.array(array, dtype=dtype, order="C", copy=True), geometry_from_sitk(image)
+
+
+def _channel_axis(image: sitk.Image) -> str:
+    """What a file's several channels are: "frames" of a 4D image, "components" or ""."""
+    if image.GetDimension() == 4:
+        return "frames"
+    return "components" if image.GetNumberOfComponentsPerPixel() > 1 else ""
+
+
+def _select_channel(image: sitk.Image, path: Path, index: int) -> sitk.Image:
+    """The 3D image of frame ``index`` of a 4D image, or of component ``index``."""
+    if image.GetDimension() == 4:
+        frames = image.GetSize()[3]
+        if index >= frames:
+            raise UserInputError(
+                f"{path} has {frames} frames, so there is no frame {index}; pick a frame from 0 "
+                f"to {frames - 1}"
+            )
+        extract = sitk.ExtractImageFilter()
+        extract.SetSize([*image.GetSize()[:3], 0])
+        extract.SetIndex([0, 0, 0, index])
+        # the 3D grid is the first three axes, as geometry_from_sitk reads it
+        extract.SetDirectionCollapseToStrategy(extract.DIRECTIONCOLLAPSETOSUBMATRIX)
+        return extract.Execute(image)
+    components = image.GetNumberOfComponentsPerPixel()
+    if components > 1:
+        if index >= components:
+            raise UserInputError(
+                f"{path} has {components} components per voxel, so there is no channel "
+                f"{index}; pick a channel from 0 to {components - 1}"
+            )
+        return sitk.VectorIndexSelectionCast(image, index)
+    raise UserInputError(
+        f"{path} has a single channel, so there is no channel {index} to pick; give the file "
+        "without ':frame=' / ':channel='"
+    )
 
 
 def _supported_suffix(path: Path) -> str | None:

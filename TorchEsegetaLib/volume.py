@@ -138,12 +138,30 @@ class AnatomicalAxis:
     obliquity_deg: float
 
 
+@dataclass(frozen=True)
+class ChannelSource:
+    """Where some of a volume's channels were read from (for messages about channel counts).
+
+    Attributes:
+        path: the file or folder, as given.
+        channels: how many channels it gave.
+        axis: "frames" (the 4th axis of a 4D image), "components" (a vector image) or ""
+            (one scalar 3D image).
+    """
+
+    path: str
+    channels: int = 1
+    axis: str = ""
+
+
 @dataclass
 class Volume:
-    """A (channels, i, j, k) array with its geometry."""
+    """A (channels, i, j, k) array with its geometry; ``sources`` says which file gave which
+    channels (empty for arrays made in memory)."""
 
     array: np.ndarray
     geometry: Geometry
+    sources: tuple[ChannelSource, ...] = ()
 
     def __post_init__(self) -> None:
         if self.array.ndim == 3:
