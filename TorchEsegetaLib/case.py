@@ -65,6 +65,8 @@ class PreparedCase:
     forward: Any
     input_region: np.ndarray
     target_info: dict[str, Any]
+    #: what the run's warnings must say about the target (an ROI's corners reordered or clipped)
+    warnings: list[str] = field(default_factory=list)
 
 
 def prepare_case(
@@ -73,7 +75,7 @@ def prepare_case(
     """Segment ``volume``, fix the target on the unperturbed prediction, freeze the statistics."""
     from .inference import SegmentationForward, restore_input_grid, segment
     from .intensity import statistics_on
-    from .targets import bind_target, region_in_input_grid
+    from .targets import bind_target, region_in_input_grid, roi_box
 
     segmentation = segment(model, volume, torch_device)
     x, info = segmentation.input.x, segmentation.input.grid
@@ -89,6 +91,10 @@ def prepare_case(
     else:
         input_region = region_in_input_grid(target, volume.geometry)
     target_info = {**target.to_dict(), **bound.describe(model.card)}
+    warnings: list[str] = []
+    if target.kind == "roi":
+        low, high, warnings = roi_box(target, volume.geometry)
+        target_info["box"] = {"start": low, "end": high, "coordinates": "voxel"}
     forward = SegmentationForward(model.network, model.card).to(torch_device)
     x = x.to(torch_device)
     forward.frozen_statistics = statistics_on(segmentation.input.statistics, torch_device)
@@ -98,7 +104,7 @@ def prepare_case(
     if forward.sliding:
         target_info["windows"] = forward.window_usage(x.shape[2:])
     bound.region = bound.region.to(torch_device)
-    return PreparedCase(segmentation, x, info, bound, forward, input_region, target_info)
+    return PreparedCase(segmentation, x, info, bound, forward, input_region, target_info, warnings)
 
 
 @dataclass

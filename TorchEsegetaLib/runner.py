@@ -70,6 +70,7 @@ def explain_volume(
 
     _emit(progress, stage="segment", fraction=0.0, message="segmenting")
     case = prepare_case(volume, model, target, torch_device)
+    warnings.extend(case.warnings)
     timings["segment"] = time.perf_counter() - started
     warnings += [f"preprocessing: {note}" for note in case.segmentation.input.warnings]
     segmentation, x, info, bound, forward = (

@@ -260,17 +260,7 @@ def region_in_input_grid(spec: TargetSpec, geometry: Geometry) -> np.ndarray:
             )
         return region
     if spec.kind == "roi":
-        a, b = (
-            _to_index(spec.start, spec.coordinates, geometry),
-            _to_index(spec.end, spec.coordinates, geometry),
-        )
-        low = np.clip(np.floor(np.minimum(a, b) + 0.5), 0, None).astype(int)
-        high = np.minimum(np.floor(np.maximum(a, b) + 0.5).astype(int), np.asarray(shape) - 1)
-        if np.any(high < low):
-            raise UserInputError(
-                f"the ROI {spec.start}..{spec.end} ({spec.coordinates}) lies outside the image "
-                f"(size {tuple(shape)} voxels); give corners inside the image"
-            )
+        low, high, _ = roi_box(spec, geometry)
         region = np.zeros(shape, dtype=bool)
         region[low[0] : high[0] + 1, low[1] : high[1] + 1, low[2] : high[2] + 1] = True
         return region
@@ -283,6 +273,44 @@ def region_in_input_grid(spec: TargetSpec, geometry: Geometry) -> np.ndarray:
     region = np.zeros(shape, dtype=bool)
     region[tuple(index)] = True
     return region
+
+
+def roi_box(spec: TargetSpec, geometry: Geometry) -> tuple[list[int], list[int], list[str]]:
+    """An ROI target's box on the input grid: its first and last voxel (inclusive, ordered,
+    inside the image) and a note for each liberty taken with the corners as given (reversed
+    order, parts outside the image)."""
+    shape = np.asarray(geometry.size)
+    a, b = (
+        _to_index(spec.start, spec.coordinates, geometry),
+        _to_index(spec.end, spec.coordinates, geometry),
+    )
+    unclipped_low = np.floor(np.minimum(a, b) + 0.5).astype(int)
+    unclipped_high = np.floor(np.maximum(a, b) + 0.5).astype(int)
+    low, high = np.clip(unclipped_low, 0, None), np.minimum(unclipped_high, shape - 1)
+    if np.any(high < low):
+        raise UserInputError(
+            f"the ROI {spec.start}..{spec.end} ({spec.coordinates}) lies outside the image "
+            f"(size {tuple(int(n) for n in shape)} voxels); give corners inside the image"
+        )
+    low_list, high_list = [int(v) for v in low], [int(v) for v in high]
+    box = f"voxels {tuple(low_list)} to {tuple(high_list)}"
+    notes = []
+    axes = [
+        name
+        for name, s, e in zip("ijk" if spec.coordinates == "voxel" else "xyz", spec.start, spec.end)
+        if s > e
+    ]
+    if axes:
+        notes.append(
+            f"the ROI's start corner lies after its end corner along {', '.join(axes)} "
+            f"({spec.coordinates} coordinates): the corners were swapped there; explained {box}"
+        )
+    if np.any(low != unclipped_low) or np.any(high != unclipped_high):
+        notes.append(
+            f"the ROI reaches outside the image (size {tuple(int(n) for n in shape)}): "
+            f"explained its part inside, {box}"
+        )
+    return low_list, high_list, notes
 
 
 def _to_index(
