@@ -52,9 +52,10 @@ def explain(
         float32 array), ``result.geometry``, ``result.labelmap``, ``result.probabilities``,
         per-method status and timings.
     """
+    from .destination import check_output_folder, save_run
     from .io import read_channels
     from .models import LoadedModel, load_model, model_ref_from_string
-    from .run_folder import check_output_folder, save_run, write_run_folder
+    from .run_folder import write_run_folder
     from .runner import explain_volume
 
     volume = _as_volume(images, geometry, read_channels)
@@ -68,8 +69,7 @@ def explain(
     elif isinstance(target, dict):
         target = TargetSpec.from_dict(target)
     specs = [MethodSpec.from_any(m) for m in methods]
-    if out is not None:
-        check_output_folder(Path(out), overwrite)
+    claim = None if out is None else check_output_folder(Path(out), overwrite)
     result = explain_volume(
         volume,
         loaded,
@@ -83,28 +83,27 @@ def explain(
         precision=precision,
         crop_margin=crop_margin,
     )
-    if out is not None:
+    if claim is not None:
         if isinstance(images, (Volume, np.ndarray)):
             images_field = ["<array in memory>"]
         elif isinstance(images, (list, tuple)):
             images_field = [str(p) for p in images]
         else:
             images_field = [str(images)]
-        destination = Path(out).absolute()
         job = Job(
             images=images_field,
             model=loaded.source,
             card=card,
             target=target,
             methods=specs,
-            output=str(destination),
+            output=str(claim.path),
             device=device,
             seed=seed,
             precision=precision,
             crop_margin=crop_margin,
         )
         record = {"job": job.to_dict(), "model": loaded.record()}
-        save_run(destination, lambda folder: write_run_folder(result, folder, record))
+        save_run(claim, lambda folder: write_run_folder(result, folder, record))
     return result
 
 

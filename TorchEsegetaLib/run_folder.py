@@ -1,4 +1,4 @@
-"""Writing a run folder: maps, segmentation, figures and run.json, published atomically.
+"""Writing a run folder: maps, segmentation, figures and run.json (published by :mod:`.destination`).
 
 A run folder is written into a hidden temporary sibling and renamed into place only when it is
 complete, so a failed or cancelled run leaves nothing half-written, and inputs are only read.
@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from .errors import UserInputError
 
 if TYPE_CHECKING:
     from .case import ExplainResult
@@ -153,42 +149,6 @@ def json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def check_output_folder(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise UserInputError(
-            f"output folder {out} already exists; choose another --out or pass --overwrite"
-        )
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"output path {out} is a file; choose a folder path for --out")
-
-
-def publish(temporary: Path, out: Path) -> None:
-    """Move a complete temporary folder to ``out``, replacing an old run only at the last moment."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        out.rename(old)
-    temporary.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def save_run(out: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(folder)`` on a hidden temporary sibling of ``out``, then publish it.
-
-    Whatever goes wrong (an error, a cancel, Ctrl-C), the temporary folder is removed and
-    ``out`` is left as it was.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        write(temporary)
-        publish(temporary, out)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
 
 
 def atomic_write(path: Path, content: str | bytes) -> None:

@@ -197,14 +197,15 @@ def run_job(
     job: Job, progress: ProgressHandler | None = None, cancel: CancelToken | None = None
 ) -> Path:
     """Execute ``job`` and return its run folder. Nothing is left behind when it fails."""
+    from .destination import check_output_folder, save_run
     from .io import read_channels
     from .models import load_model
-    from .run_folder import check_output_folder, save_run, write_run_folder
+    from .run_folder import write_run_folder
 
     if not job.output:
         raise UserInputError("the job has no output folder; give one (--out FOLDER)")
-    out = Path(job.output).expanduser().absolute()
-    check_output_folder(out, job.overwrite)
+    destination = check_output_folder(Path(job.output), job.overwrite)
+    out = destination.path
     started = time.perf_counter()
     _emit(progress, stage="load", fraction=0.0, message="reading inputs and model")
     volume = read_channels(job.images)
@@ -241,6 +242,6 @@ def run_job(
             evaluation = evaluate_result(result, job.metrics, progress=progress, cancel=cancel)
             write_evaluation(folder, evaluation, document)
 
-    save_run(out, write)
+    save_run(destination, write)
     _emit(progress, stage="done", fraction=1.0, message=str(out))
     return out
