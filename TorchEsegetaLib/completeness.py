@@ -100,6 +100,10 @@ _META_TYPES = {
 }
 
 
+class _Incomplete(Exception):
+    """The header itself is cut short (its text says so)."""
+
+
 @dataclass(frozen=True)
 class VoxelData:
     """Where a file's voxel data lies and how long it must be.
@@ -126,44 +130,67 @@ def check_complete(path: Path) -> None:
     """
     try:
         data = voxel_data(path)
+    except _Incomplete as problem:
+        raise UserInputError(f"{problem} (a cut download or copy?); {_FIX}") from None
     except (OSError, EOFError, ValueError, struct.error, zlib.error):
         return  # not a header we can read: ITK's error message will name the problem
-    if data is None:
-        return
-    if not data.file.is_file():
+    if data is not None and not data.file.is_file():
         raise UserInputError(
             f"{path} keeps its voxel data in {data.file}, which does not exist; put the data "
             "file beside the header (or fix the header's data file name)"
         )
+    problem = None if data is None else missing_data(path, data)
+    if problem is not None:
+        raise UserInputError(f"{problem} (a cut download or copy?); {_FIX}")
+
+
+def written_completely(path: Path) -> str | None:
+    """None when the file just written holds all its voxel data, else what is missing (ITK's
+    NIfTI writer reports success on a full disk, leaving a short file)."""
+    try:
+        data = voxel_data(path)
+    except _Incomplete as problem:
+        return str(problem)
+    if data is None or not data.file.is_file():
+        return None if data is None else f"{data.file} was not written"
+    return missing_data(path, data)
+
+
+def missing_data(path: Path, data: VoxelData) -> str | None:
+    """What ``path``'s voxel data ``data`` lacks, in words; None when it is all there."""
     which = path if data.file == path else f"{data.file} (the voxel data of {path})"
     available = data.file.stat().st_size - data.offset
     if data.encoding == "raw":
-        if available < data.size:
-            raise UserInputError(
-                f"{which} is incomplete: its header describes {data.size} bytes of voxel data "
-                f"but only {max(available, 0)} are there (a cut download or copy?); {_FIX}"
-            )
-        return
-    if data.compressed_size is not None:
-        if available < data.compressed_size:
-            raise UserInputError(
-                f"{which} is incomplete: its header records {data.compressed_size} bytes of "
-                f"compressed voxel data but only {max(available, 0)} are there (a cut download "
-                f"or copy?); {_FIX}"
-            )
-        return
-    if data.encoding == "gzip" and _gzip_trailer_matches(data):
-        return
-    inflated = _inflate_up_to(data)
-    if inflated < data.size:
-        raise UserInputError(
-            f"{which} is incomplete: its compressed voxel data ends after {inflated} of the "
-            f"{data.size} bytes its header describes (a cut download or copy?); {_FIX}"
+        if available >= data.size:
+            return None
+        return (
+            f"{which} is incomplete: its header describes {data.size} bytes of voxel data "
+            f"but only {max(available, 0)} are there"
         )
+    if data.compressed_size is not None:
+        if available >= data.compressed_size:
+            return None
+        return (
+            f"{which} is incomplete: its header records {data.compressed_size} bytes of "
+            f"compressed voxel data but only {max(available, 0)} are there"
+        )
+    if data.encoding == "gzip" and _gzip_trailer_matches(data):
+        return None
+    inflated = _inflate_up_to(data)
+    if inflated >= data.size:
+        return None
+    return (
+        f"{which} is incomplete: its compressed voxel data ends after {inflated} of the "
+        f"{data.size} bytes its header describes"
+    )
 
 
 def voxel_data(path: Path) -> VoxelData | None:
-    """The voxel data ``path``'s header describes; None for a header this module does not read."""
+    """The voxel data ``path``'s header describes; None for a header this module does not read.
+
+    Raises:
+        OSError, ValueError, struct.error: the header cannot be read.
+    """
     name = path.name.lower()
     if name.endswith(".nii"):
         return _nifti(path, compressed=False)
@@ -186,9 +213,8 @@ def _nifti(path: Path, compressed: bool) -> VoxelData | None:
         except EOFError:
             header = b""  # the stream ends inside the header
         if len(header) < 348:
-            raise UserInputError(
-                f"{path} is incomplete: its compressed data ends inside the NIfTI header (a cut "
-                f"download or copy?); {_FIX}"
+            raise _Incomplete(
+                f"{path} is incomplete: its compressed data ends inside the NIfTI header"
             )
     else:
         with path.open("rb") as f:

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .completeness import check_complete
-from .errors import UserInputError
+from .completeness import check_complete, written_completely
+from .errors import UserInputError, unwritable_errno
+from .native_stderr import native_stderr
 from .volume import ChannelSource, Geometry, Volume
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -160,15 +161,32 @@ def write_volume(
         raise UserInputError(
             f"cannot write {path}: unsupported file type; use one of {', '.join(SUPPORTED_SUFFIXES)}"
         )
-    image = to_sitk(np.asarray(array).astype(dtype, copy=False), geometry)
+    array = np.asarray(array).astype(dtype, copy=False)
+    image = to_sitk(array, geometry)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        sitk.WriteImage(image, str(path), useCompression=suffix in _COMPRESSED_SUFFIXES)
-    except RuntimeError as e:
+    with native_stderr() as printed:
+        try:
+            sitk.WriteImage(image, str(path), useCompression=suffix in _COMPRESSED_SUFFIXES)
+            error = None
+        except RuntimeError as e:
+            error = e
+    if error is not None:
+        code = unwritable_errno(f"{_reason(error)} {printed.text}", path, array.nbytes)
+        if code is not None:
+            raise OSError(code, os.strerror(code), str(path)) from error
         raise UserInputError(
-            f"could not write {path} ({_reason(e)}); check that the folder is writable "
+            f"could not write {path} ({_reason(error)}); check that the folder is writable "
             f"and that {suffix} supports pixel type {np.dtype(dtype).name}"
-        ) from e
+        ) from error
+    missing = written_completely(path)
+    if missing is not None:  # ITK's NIfTI writer reports success when the disk fills up
+        code = unwritable_errno(printed.text, path, array.nbytes)
+        if code is not None:
+            raise OSError(code, f"{os.strerror(code)} ({missing})", str(path))
+        raise UserInputError(
+            f"could not write {path} completely ({missing}); check the disk it is on and retry"
+        )
+    printed.echo()
     return path
 
 
@@ -231,23 +249,33 @@ def _read_image(path: Path) -> sitk.Image:
         return _read_dicom_series(path)
     if _supported_suffix(path) is None:
         raise UserInputError(f"{path} has an unsupported file type; use {_SUPPORTED_TEXT}")
+    if path.stat().st_size == 0:
+        raise UserInputError(f"{path} is an empty file (0 bytes); download or copy it again")
     check_complete(path)
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise UserInputError(
-            f"{path} could not be read as an image ({_reason(e)}); check that the file is "
-            "complete and not corrupted"
-        ) from e
+    with native_stderr() as printed:
+        try:
+            image = sitk.ReadImage(str(path))
+            error = None
+        except RuntimeError as e:
+            error = e
+    if error is None:
+        printed.echo()
+        return image
+    raise UserInputError(
+        f"{path} could not be read as an image ({_reason(error)}); check that the file is "
+        "complete and not corrupted"
+    ) from error
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    with native_stderr() as printed:  # GDCM warns on stderr when it finds no series
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise UserInputError(
             f"folder {folder} contains no DICOM series; pass the folder that directly holds "
             f"the DICOM files of one series, or an image file ({', '.join(SUPPORTED_SUFFIXES)})"
         )
+    printed.echo()
     if len(series_ids) > 1:
         raise UserInputError(
             f"folder {folder} contains {len(series_ids)} DICOM series ({', '.join(series_ids)}); "
@@ -255,13 +283,19 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
-    try:
-        return reader.Execute()
-    except RuntimeError as e:
-        raise UserInputError(
-            f"the DICOM series in {folder} could not be read ({_reason(e)}); check that "
-            "its files are complete"
-        ) from e
+    with native_stderr() as printed:
+        try:
+            image = reader.Execute()
+            error = None
+        except RuntimeError as e:
+            error = e
+    if error is None:
+        printed.echo()
+        return image
+    raise UserInputError(
+        f"the DICOM series in {folder} could not be read ({_reason(error)}); check that "
+        "its files are complete"
+    ) from error
 
 
 def _image_to_array(

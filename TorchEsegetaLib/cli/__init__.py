@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from .. import __version__
-from ..errors import CancelledError, UserInputError
+from ..errors import CancelledError, UserInputError, unwritable_error
 from . import batch, catalog, evaluate, explain
 from .catalog import methods_markdown, metrics_markdown
 from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, Parser, output_options
@@ -60,14 +60,26 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"torchesegeta: error: {e}", file=sys.stderr)
         return EXIT_USER
+    except OSError as e:  # a read-only disk, a full one, no permission: the user's to fix
+        message = unwritable_error(e)
+        if args.verbose or message is None:
+            return _internal_error(args, e)
+        print(f"torchesegeta: error: {message}", file=sys.stderr)
+        return EXIT_USER
     except (KeyboardInterrupt, CancelledError):
         print("torchesegeta: interrupted; no run folder was written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as e:  # an internal error: say so, keep the traceback for --verbose
-        if args.verbose:
-            raise
-        print(
-            f"torchesegeta: internal error: {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+    except Exception as e:
+        return _internal_error(args, e)
+
+
+def _internal_error(args: argparse.Namespace, error: Exception) -> int:
+    """Say it is an internal error; the traceback only with --verbose."""
+    if args.verbose:
+        raise error
+    print(
+        f"torchesegeta: internal error: {type(error).__name__}: {error} (rerun with --verbose "
+        "for the traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL

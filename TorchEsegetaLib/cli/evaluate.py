@@ -45,9 +45,18 @@ def print_evaluation(evaluation: Any) -> None:
     print(format_evaluation(evaluation))
 
 
+def _check_writable(run_folder: str, what: str) -> None:
+    """A read-only run folder fails now, before the work, not when the results are written."""
+    from ..destination import check_writable
+
+    if Path(run_folder).is_dir():
+        check_writable(Path(run_folder), f"{what} into {Path(run_folder).absolute()}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_run
 
+    _check_writable(args.run_folder, "the evaluation")
     metrics = metrics_from_args(args.metric, args.param)
     labels = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
     bar = progress_display(args.quiet, stage="evaluate")
@@ -66,6 +75,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..evaluation import read_record
     from ..report import missing_files, write_report
 
+    _check_writable(args.run_folder, "the report")
     path = write_report(args.run_folder)
     print(f"report: {path}")
     for name in missing_files(path.parent, read_record(path.parent)):
