@@ -202,3 +202,28 @@ def test_publish_takes_a_destination_and_save_run_a_plain_path_must_be_free(tmp_
     temporary = folder(tmp_path / ".tmp", result="new")
     publish(temporary, check_output_folder(tmp_path / "fresh", overwrite=False))
     assert contents(tmp_path / "fresh") == {"result": "new"}
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("EROFS", "cannot write the run folder R: /d is on a read-only file system; choose"),
+        (
+            "ENOSPC",
+            "cannot write the run folder R: no space is left on the disk (writing /d); free",
+        ),
+        ("EDQUOT", "cannot write the run folder R: the disk quota is exhausted (writing /d); free"),
+        ("EACCES", "cannot write the run folder R: permission denied for /d; fix its permissions"),
+        ("EPERM", "cannot write the run folder R: permission denied for /d; fix its permissions"),
+    ],
+)
+def test_each_unwritable_errno_gets_its_reason_and_fix_and_others_stay_errors(name, expected):
+    from TorchEsegetaLib.errors import unwritable_error
+
+    if not hasattr(errno, name):
+        pytest.skip(f"no {name} on this system")
+    code = getattr(errno, name)
+    error = OSError(code, os.strerror(code), "/d")
+    assert str(unwritable_error(error, "the run folder R")).startswith(expected)
+    assert unwritable_error(OSError(errno.EIO, "I/O error", "/d"), "R") is None
+    assert unwritable_error(ValueError("not an OSError"), "R") is None

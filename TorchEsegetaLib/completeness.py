@@ -18,7 +18,9 @@ what the file holds, before ITK reads it:
   as above.
 
 Headers this module does not understand (other encodings, file lists, odd layouts) are left to
-ITK: the check refuses only what it can prove incomplete.
+ITK: the check refuses only what it can prove incomplete. The same check verifies every image
+the library writes (:func:`written_completely`): ITK's NIfTI writer reports success on a full
+disk, leaving a short file.
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ _META_TYPES = {
 }
 
 
+_UNREADABLE = (OSError, EOFError, ValueError, struct.error, zlib.error)
+
+
 class _Incomplete(Exception):
     """The header itself is cut short (its text says so)."""
 
@@ -130,16 +135,16 @@ def check_complete(path: Path) -> None:
     """
     try:
         data = voxel_data(path)
-    except _Incomplete as problem:
-        raise UserInputError(f"{problem} (a cut download or copy?); {_FIX}") from None
-    except (OSError, EOFError, ValueError, struct.error, zlib.error):
+        if data is not None and not data.file.is_file():
+            raise UserInputError(
+                f"{path} keeps its voxel data in {data.file}, which does not exist; put the "
+                "data file beside the header (or fix the header's data file name)"
+            )
+        problem = None if data is None else missing_data(path, data)
+    except _Incomplete as incomplete:
+        problem = str(incomplete)
+    except _UNREADABLE:
         return  # not a header we can read: ITK's error message will name the problem
-    if data is not None and not data.file.is_file():
-        raise UserInputError(
-            f"{path} keeps its voxel data in {data.file}, which does not exist; put the data "
-            "file beside the header (or fix the header's data file name)"
-        )
-    problem = None if data is None else missing_data(path, data)
     if problem is not None:
         raise UserInputError(f"{problem} (a cut download or copy?); {_FIX}")
 
@@ -149,11 +154,15 @@ def written_completely(path: Path) -> str | None:
     NIfTI writer reports success on a full disk, leaving a short file)."""
     try:
         data = voxel_data(path)
+        if data is None:
+            return None
+        if not data.file.is_file():
+            return f"{data.file} was not written"
+        return missing_data(path, data)
     except _Incomplete as problem:
         return str(problem)
-    if data is None or not data.file.is_file():
-        return None if data is None else f"{data.file} was not written"
-    return missing_data(path, data)
+    except _UNREADABLE:
+        return f"the header of {path} cannot be read back"
 
 
 def missing_data(path: Path, data: VoxelData) -> str | None:

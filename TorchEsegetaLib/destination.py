@@ -8,11 +8,12 @@ result into a hidden temporary sibling; only when that is complete is it moved i
   POSIX ``rename`` silently replaces an empty folder, so the rename is Linux's ``renameat2``
   with ``RENAME_NOREPLACE`` (macOS: ``renamex_np`` with ``RENAME_EXCL``; Windows never
   replaces); where neither exists, ``mkdir`` claims the name first (atomic, fails when it is
-  taken) and the rename replaces only that empty claim;
+  taken) and the rename replaces only that empty claim (an empty folder is visible there for
+  that instant);
 * with ``overwrite``, the folder there at the start (its device, inode and modification
   time) is the only one replaced: what is at the name at publish time is moved aside, and if
-  it is not the same folder (another run published meanwhile) it is put back and the run
-  fails, keeping the other run's result.
+  it is not the same folder (another run published, or wrote into it, meanwhile) it is put
+  back and the run fails, keeping the other run's result.
 
 Errors writing (read-only file system, full disk, quota, permissions) become one line that
 names the place and the fix (:func:`.errors.unwritable_error`); the temporary folder is

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -164,12 +165,8 @@ def write_volume(
     array = np.asarray(array).astype(dtype, copy=False)
     image = to_sitk(array, geometry)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with native_stderr() as printed:
-        try:
-            sitk.WriteImage(image, str(path), useCompression=suffix in _COMPRESSED_SUFFIXES)
-            error = None
-        except RuntimeError as e:
-            error = e
+    compress = suffix in _COMPRESSED_SUFFIXES
+    _, error, printed = _itk(lambda: sitk.WriteImage(image, str(path), useCompression=compress))
     if error is not None:
         code = unwritable_errno(f"{_reason(error)} {printed.text}", path, array.nbytes)
         if code is not None:
@@ -186,7 +183,7 @@ def write_volume(
         raise UserInputError(
             f"could not write {path} completely ({missing}); check the disk it is on and retry"
         )
-    printed.echo()
+    printed.echo()  # the write is complete: what ITK printed was only a warning
     return path
 
 
@@ -252,14 +249,8 @@ def _read_image(path: Path) -> sitk.Image:
     if path.stat().st_size == 0:
         raise UserInputError(f"{path} is an empty file (0 bytes); download or copy it again")
     check_complete(path)
-    with native_stderr() as printed:
-        try:
-            image = sitk.ReadImage(str(path))
-            error = None
-        except RuntimeError as e:
-            error = e
+    image, error, _ = _itk(lambda: sitk.ReadImage(str(path)), echo=True)
     if error is None:
-        printed.echo()
         return image
     raise UserInputError(
         f"{path} could not be read as an image ({_reason(error)}); check that the file is "
@@ -268,8 +259,8 @@ def _read_image(path: Path) -> sitk.Image:
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
-    with native_stderr() as printed:  # GDCM warns on stderr when it finds no series
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    # GDCM warns on stderr when it finds no series: said in the message instead
+    series_ids, _, printed = _itk(lambda: sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not series_ids:
         raise UserInputError(
             f"folder {folder} contains no DICOM series; pass the folder that directly holds "
@@ -283,14 +274,8 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
-    with native_stderr() as printed:
-        try:
-            image = reader.Execute()
-            error = None
-        except RuntimeError as e:
-            error = e
+    image, error, _ = _itk(reader.Execute, echo=True)
     if error is None:
-        printed.echo()
         return image
     raise UserInputError(
         f"the DICOM series in {folder} could not be read ({_reason(error)}); check that "
@@ -324,6 +309,20 @@ def _image_to_array(
         )
     # The view does not keep ``image`` alive, so copy before returning.
     return np.array(array, dtype=dtype, order="C", copy=True), geometry_from_sitk(image)
+
+
+def _itk(call: Callable[[], Any], echo: bool = False) -> tuple[Any, RuntimeError | None, Any]:
+    """(result, None, printed) or (None, error, printed) of an ITK call whose native stderr
+    output is captured (see :mod:`.native_stderr`); ``echo``: print it when the call worked."""
+    result, error = None, None
+    with native_stderr() as printed:
+        try:
+            result = call()
+        except RuntimeError as e:
+            error = e
+    if echo and error is None:
+        printed.echo()
+    return result, error, printed
 
 
 def _channel_axis(image: sitk.Image) -> str:
