@@ -164,7 +164,9 @@ def render(
                 rgba = row.overlay.rgba(_display(row.overlays[c], axis))
                 ax.imshow(rgba, origin="lower", aspect=aspects[c], interpolation=_INTERPOLATION)
             for planes, colour, style in outlines:
-                _draw_outline(ax, _display(planes[c], axis), colour, style)
+                # Over a map the outline is fainter: the map's own colours matter more there.
+                faint = row.overlay is not None
+                _draw_outline(ax, _display(planes[c], axis), colour, style, faint)
             ax.set_xlim(-0.5, shown.shape[1] - 0.5)
             ax.set_ylim(-0.5, shown.shape[0] - 0.5)
             ax.set_xticks([])
@@ -256,15 +258,16 @@ def _draw_letters(ax, letters: dict[str, str]) -> None:
         )
 
 
-def _draw_outline(ax, mask: np.ndarray, colour: str, style: str) -> None:
+def _draw_outline(ax, mask: np.ndarray, colour: str, style: str, faint: bool) -> None:
     # contour() warns when the level is not crossed, so only draw where there is an edge.
     if mask.any() and not mask.all():
         ax.contour(
             mask.astype(np.float32),
             levels=[0.5],
             colors=colour,
-            linewidths=0.8,
+            linewidths=0.6 if faint else 0.8,
             linestyles=style,
+            alpha=0.6 if faint else 1.0,
         )
 
 
