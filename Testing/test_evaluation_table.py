@@ -110,7 +110,9 @@ def test_normalised_infidelity_comes_first_and_says_why():
     assert normalised < raw
     flat = " ".join(text.split())
     mark = re.search(r"Infidelity \(scale-normalised\) (\[\d\])", lines[normalised]).group(1)
-    assert f"{mark} Each map is first scaled by its best factor" in flat
+    assert (
+        f"{mark} The infidelity to rank methods by: the raw one depends on each map's scale" in flat
+    )
     assert "Grows with the square of the map's scale" in flat
     assert "on logits the area can be negative" in flat  # deletion and insertion's unit
 

@@ -153,7 +153,7 @@ class Deletion(_Ordering):
         "first: a faithful map makes the score fall fast."
     )
     direction = "lower"
-    unit = "score (area under it over the fraction removed, 0 to 1)"
+    unit = "score (area under the score curve, fraction removed 0 to 1)"
     caveat = "in the target score's units: a logit falls below 0 as the object is removed, so on logits the area can be negative (lower is still better)"
     curve_axes = ("fraction of voxels removed", "target score")
     params = _ordering_params("min")
@@ -168,7 +168,7 @@ class Insertion(_Ordering):
         "baseline, most important first: a faithful map makes the score rise fast."
     )
     direction = "higher"
-    unit = "score (area under it over the fraction inserted, 0 to 1)"
+    unit = "score (area under the score curve, fraction inserted 0 to 1)"
     caveat = "in the target score's units: the blurred start has a logit below 0, so on logits the area can be negative (higher is still better)"
     curve_axes = ("fraction of voxels inserted", "target score")
     insert = True

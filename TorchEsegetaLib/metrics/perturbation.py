@@ -103,7 +103,7 @@ class InfidelityNormalised(_Infidelity):
         "normalisation; captum's normalize=True): comparable between maps of different scales."
     )
     normalize = True
-    caveat = "each map is first scaled by its best factor, so maps of different scales compare: rank methods by this one, not by the raw infidelity"
+    caveat = "the infidelity to rank methods by: the raw one depends on each map's scale"
 
 
 @register
