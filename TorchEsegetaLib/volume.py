@@ -87,7 +87,7 @@ class Geometry:
         return (lps - np.asarray(self.origin)) @ inverse.T
 
     def anatomical_axes(self) -> list[AnatomicalAxis]:
-        """For each index axis (i, j, k), the patient axis it runs along, nearest first.
+        """For each index axis (i, j, k), the patient axis nearest to it.
 
         An oblique axis is named by the LPS axis with the largest direction cosine (as
         radiology viewers label oblique slices); ``obliquity_deg`` says how far off it is.
