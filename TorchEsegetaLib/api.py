@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from .errors import UserInputError
 from .job import Job, MethodSpec
 from .targets import TargetSpec
 from .volume import Geometry, Volume
+
+if TYPE_CHECKING:
+    from .engine import CancelToken
 
 
 def explain(
@@ -31,6 +34,8 @@ def explain(
     progress: ProgressHandler | None = None,
     precision: str = "float32",
     crop_margin: int | None = None,
+    metrics: Sequence[str | dict[str, Any]] = (),
+    cancel: CancelToken | None = None,
 ) -> ExplainResult:
     """Explain a segmentation model on one case.
 
@@ -46,65 +51,77 @@ def explain(
         precision: "float32", or "bfloat16" / "float16" autocast of the network.
         crop_margin: whole-volume models: explain on the target's box grown by this many
             voxels, an approximation measured in ``result.target["crop"]``.
+        metrics: evaluation metrics to score the maps with (``result.evaluation``).
+        cancel: a :class:`~TorchEsegetaLib.engine.CancelToken` that stops the run.
+
+    The settings are checked as a :class:`Job`'s fields are, before anything runs.
 
     Returns:
         An :class:`~TorchEsegetaLib.case.ExplainResult`: ``result.maps`` (label -> (I, J, K)
         float32 array), ``result.geometry``, ``result.labelmap``, ``result.probabilities``,
-        per-method status and timings.
+        per-method status and timings, and ``result.evaluation`` when metrics were asked for.
     """
-    from .destination import check_output_folder, save_run
     from .io import read_channels
-    from .models import LoadedModel, load_model, model_ref_from_string
-    from .run_folder import write_run_folder
-    from .runner import explain_volume
+    from .models import LoadedModel
 
-    volume = _as_volume(images, geometry, read_channels)
-    if isinstance(model, LoadedModel):
-        loaded = model
-    else:
-        reference = model_ref_from_string(model) if isinstance(model, (str, Path)) else model
-        loaded = load_model(reference, card)
-    if isinstance(target, str):
-        target = TargetSpec.parse(target)
-    elif isinstance(target, dict):
-        target = TargetSpec.from_dict(target)
-    specs = [MethodSpec.from_any(m) for m in methods]
-    claim = None if out is None else check_output_folder(Path(out), overwrite)
-    result = explain_volume(
-        volume,
-        loaded,
-        target,
-        specs,
+    loaded = model if isinstance(model, LoadedModel) else None
+    job = Job(
+        images=_image_names(images),
+        model=loaded.source if loaded is not None else model_reference(model),
+        card=card,
+        target=target,
+        methods=methods,
+        metrics=metrics,
+        output=None if out is None else str(Path(out).expanduser().absolute()),
+        overwrite=overwrite,
         device=device,
         seed=seed,
         max_batch=max_batch,
         method_budget_s=method_budget_s,
-        progress=progress,
         precision=precision,
         crop_margin=crop_margin,
     )
-    if claim is not None:
-        if isinstance(images, (Volume, np.ndarray)):
-            images_field = ["<array in memory>"]
-        elif isinstance(images, (list, tuple)):
-            images_field = [str(p) for p in images]
-        else:
-            images_field = [str(images)]
-        job = Job(
-            images=images_field,
-            model=loaded.source,
-            card=card,
-            target=target,
-            methods=specs,
-            output=str(claim.path),
-            device=device,
-            seed=seed,
-            precision=precision,
-            crop_margin=crop_margin,
-        )
-        record = {"job": job.to_dict(), "model": loaded.record()}
-        save_run(claim, lambda folder: write_run_folder(result, folder, record))
+    volume = _as_volume(images, geometry, read_channels)
+    return explain_job_in_memory(job, volume, loaded, progress, cancel)
+
+
+def explain_job_in_memory(
+    job: Job,
+    volume: Volume,
+    model: Any = None,
+    progress: ProgressHandler | None = None,
+    cancel: CancelToken | None = None,
+) -> ExplainResult:
+    """Run ``job`` on an image in memory (the job's ``images`` only describe it), with the
+    :class:`~TorchEsegetaLib.models.LoadedModel` ``model`` or, when None, the job's model;
+    write the job's run folder when it names one."""
+    from .models import load_model
+    from .runner import claim_output, explain_job, save_result
+
+    # an existing folder fails now, before any work
+    destination = claim_output(job) if job.output else None
+    if model is None:
+        model = load_model(job.model, job.card)
+    result = explain_job(job, volume, model, progress, cancel)
+    if destination is not None:
+        save_result(job, result, destination, {}, progress)
     return result
+
+
+def model_reference(model: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """The job's model reference for "demo", a model path, or a reference dict."""
+    from .models import model_ref_from_string
+
+    return model_ref_from_string(str(model)) if isinstance(model, (str, Path)) else model
+
+
+def _image_names(images: Any) -> list[str]:
+    """The job's ``images``: the files, or what stands for an image given in memory."""
+    if isinstance(images, (Volume, np.ndarray)):
+        return ["<array in memory>"]
+    if isinstance(images, (list, tuple)):
+        return [str(p) for p in images]
+    return [str(images)]
 
 
 def _as_volume(images: Any, geometry: Geometry | None, read_channels: Any) -> Volume:

@@ -15,6 +15,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .job import MethodSpec
+    from .metrics.results import Evaluation
     from .models import LoadedModel
     from .targets import TargetSpec
     from .volume import Geometry, Volume
@@ -150,6 +151,8 @@ class ExplainResult:
     model: LoadedModel | None = None
     target_spec: TargetSpec | None = None
     max_batch: int | None = None
+    #: the scores of the maps, when the job asked for metrics (:func:`.runner.explain_job`)
+    evaluation: Evaluation | None = None
 
     @property
     def maps(self) -> dict[str, np.ndarray]:

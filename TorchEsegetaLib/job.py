@@ -13,29 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserInputError
-from .registry import entry_fields
 from .targets import TargetSpec
+from .validation import check, check_job, job_field_schema, job_schema, plain, schema_path
 
-MAP_FORMATS = ("nii.gz", "nrrd", "mha")
-JOB_FIELDS = (
-    "images",
-    "model",
-    "card",
-    "target",
-    "methods",
-    "output",
-    "device",
-    "seed",
-    "format",
-    "figures",
-    "overwrite",
-    "max_batch",
-    "method_budget_s",
-    "metrics",
-    "precision",
-    "crop_margin",
-)
-PRECISION_CHOICES = ("float32", "bfloat16", "float16")
+#: The job's fields, in the schema's order (the schema is the one list of them).
+JOB_FIELDS = tuple(job_schema()["properties"])
+
+__all__ = ["JOB_FIELDS", "Job", "MethodSpec", "schema_path"]
 
 
 @dataclass
@@ -49,12 +33,9 @@ class MethodSpec:
     def __post_init__(self) -> None:
         from .methods import get_method
 
+        check(plain(self), job_field_schema("methods")["items"], "method entry")
         self.name = get_method(self.name).name
         self.label = self.label or self.name
-        if not self.label.replace("_", "").replace("-", "").isalnum():
-            raise UserInputError(
-                f"method label {self.label!r} must use only letters, digits, '-' and '_' (it names output files)"
-            )
 
     def create(self):
         from .methods import create_method
@@ -70,8 +51,8 @@ class MethodSpec:
             return value
         if isinstance(value, str):
             return cls(value)
-        entry = entry_fields(value, "method", "saliency", ("name", "params", "label"))
-        return cls(entry["name"], dict(entry.get("params") or {}), entry.get("label"))
+        check(value, job_field_schema("methods")["items"], "method entry")
+        return cls(value["name"], dict(value.get("params") or {}), value.get("label"))
 
 
 @dataclass
@@ -100,18 +81,14 @@ class Job:
     crop_margin: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.images, (str, Path)):
-            self.images = [str(self.images)]
-        self.images = [str(p) for p in self.images]
-        if not self.images:
-            raise UserInputError("the job has no input image; give at least one (--image FILE)")
+        # Every field against the shipped schema first, whichever front end built the job.
+        check_job({name: plain(getattr(self, name)) for name in JOB_FIELDS})
+        self.images = list(self.images)
         if isinstance(self.target, dict):
             self.target = TargetSpec.from_dict(self.target)
         elif isinstance(self.target, str):
             self.target = TargetSpec.parse(self.target)
         self.methods = [MethodSpec.from_any(m) for m in self.methods]
-        if not self.methods:
-            raise UserInputError("the job has no method; give at least one (--method saliency)")
         labels = [m.label for m in self.methods]
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
@@ -126,24 +103,6 @@ class Job:
             from .metrics import metric_specs
 
             self.metrics = metric_specs(list(self.metrics))
-        if self.format not in MAP_FORMATS:
-            raise UserInputError(
-                f"unknown map format {self.format!r}; use one of {', '.join(MAP_FORMATS)}"
-            )
-        if self.precision not in PRECISION_CHOICES:
-            raise UserInputError(
-                f"unknown precision {self.precision!r}; use one of {', '.join(PRECISION_CHOICES)}"
-            )
-        if self.crop_margin is not None and int(self.crop_margin) < 0:
-            raise UserInputError(f"crop_margin must be 0 or more voxels, got {self.crop_margin}")
-        if self.max_batch is not None and int(self.max_batch) < 1:
-            raise UserInputError(f"max_batch must be at least 1, got {self.max_batch}")
-        if self.method_budget_s is not None and float(self.method_budget_s) <= 0:
-            raise UserInputError(f"method_budget_s must be positive, got {self.method_budget_s}")
-        if not isinstance(self.model, dict) or "kind" not in self.model:
-            raise UserInputError(
-                'the job\'s model must be an object with a "kind" (demo, monai, torchscript or bundle)'
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -168,20 +127,10 @@ class Job:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> Job:
         """Build a Job from its dictionary form; relative paths resolve against ``base``."""
-        if not isinstance(data, dict):
-            raise UserInputError(
-                "a job file must hold one object (a mapping of field names to values)"
-            )
-        unknown = sorted(set(data) - set(JOB_FIELDS))
-        if unknown:
-            raise UserInputError(
-                f"unknown job field(s) {unknown}; known fields are {', '.join(JOB_FIELDS)}"
-            )
-        if "images" not in data:
-            raise UserInputError('the job has no "images" field: list the input image files')
+        check_job(data)  # before the paths are touched
         data = dict(data)
         if base is not None:
-            data["images"] = [_resolve(p, base) for p in _as_list(data["images"])]
+            data["images"] = [_resolve(p, base) for p in data["images"]]
             if data.get("output"):
                 data["output"] = _resolve(data["output"], base)
             model = dict(data.get("model") or {"kind": "demo"})
@@ -201,6 +150,7 @@ class Job:
         return cls.from_dict(read_job_file(path), base=path.parent)
 
 
+
 def read_job_file(path: str | Path) -> Any:
     """The contents of a .json, .yaml or .yml job (or job template) file, unvalidated."""
     path = Path(path)
@@ -215,12 +165,9 @@ def read_job_file(path: str | Path) -> Any:
         return json.loads(text)
     except Exception as e:
         raise UserInputError(
-            f"job file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {e}"
+            f"job file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: "
+            f"{_one_line(e)}"
         ) from e
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _resolve(value: Any, base: Path) -> str:
@@ -228,5 +175,15 @@ def _resolve(value: Any, base: Path) -> str:
     return str(path if path.is_absolute() else base / path)
 
 
-def schema_path() -> Path:
-    return Path(__file__).parent / "schema" / "job.schema.json"
+def _one_line(error: Exception) -> str:
+    """A parser's error in one line: YAML's span several, with the offending text underlined."""
+    problem = getattr(error, "problem", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    if "could not determine a constructor for the tag" in problem:
+        # safe_load refuses Python object tags (they would run code): say so plainly
+        return f"{problem}{where}; a job file holds plain data only: remove the tag"
+    context = getattr(error, "context", None)
+    return f"{context + ': ' if context else ''}{problem}{where}"

@@ -1,5 +1,5 @@
-"""What the method and metric registries share: declared parameters, their validation,
-registration and lookup by name, and the check of a job's method or metric entries.
+"""What the method and metric registries share: declared parameters, their validation (by the
+one validator, :mod:`.validation`), registration and lookup by name.
 
 A declared :class:`Param` list drives the CLI flags, the Slicer panel's forms, validation and the
 documentation of both methods and metrics, so they never drift apart.
@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import UserInputError
+from .validation import check
 
+_JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -42,36 +44,42 @@ class Param:
 
     def coerce(self, value: Any, owner: str) -> Any:
         """Validate ``value`` (also accepting its text form, as typed on a command line)."""
-        where = f"parameter {self.name!r} of {owner}"
-        try:
-            if self.kind == "bool":
-                if isinstance(value, str):
-                    if value.lower() not in _TRUE | _FALSE:
-                        raise ValueError(value)
-                    value = value.lower() in _TRUE
-                if not isinstance(value, bool):
-                    raise ValueError(value)
-            elif self.kind == "int":
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise ValueError(value)
-                value = int(value)
-            elif self.kind == "float":
-                if isinstance(value, bool):
-                    raise ValueError(value)
-                value = float(value)
-            else:
-                value = str(value)
-        except (TypeError, ValueError) as e:
-            raise UserInputError(f"{where} must be {_kind_phrase(self.kind)}, got {value!r}") from e
-        if self.kind == "choice" and value not in (self.choices or ()):
-            raise UserInputError(
-                f"{where} must be one of {', '.join(self.choices or ())}; got {value!r}"
-            )
-        if self.minimum is not None and value < self.minimum:
-            raise UserInputError(f"{where} must be at least {self.minimum:g}; got {value!r}")
-        if self.maximum is not None and value > self.maximum:
-            raise UserInputError(f"{where} must be at most {self.maximum:g}; got {value!r}")
+        value = self._from_text(value)
+        check(value, self.schema(), f"parameter {self.name!r} of {owner}")
         return value
+
+    def _from_text(self, value: Any) -> Any:
+        """``value`` in the parameter's type when it is that type's text ("3", "true") or an
+        integer given as a whole float; anything else as it is, for :func:`check` to judge."""
+        if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+            value = value.item()  # a NumPy scalar
+        if self.kind in ("str", "choice"):
+            return value if isinstance(value, (dict, list)) else str(value)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return value
+        if self.kind == "int" and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if self.kind == "float" and isinstance(value, int):
+            return float(value)
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        if self.kind == "bool":
+            return text in _TRUE if text in _TRUE | _FALSE else value
+        try:
+            return int(text) if self.kind == "int" else float(text)
+        except ValueError:
+            return value
+
+    def schema(self) -> dict[str, Any]:
+        """The parameter as a JSON schema fragment (what :meth:`coerce` checks)."""
+        if self.kind == "choice":
+            return {"enum": list(self.choices or ())}
+        fragment: dict[str, Any] = {"type": _JSON_TYPES[self.kind]}
+        for key in ("minimum", "maximum"):
+            if getattr(self, key) is not None:
+                fragment[key] = getattr(self, key)
+        return fragment
 
     def to_dict(self) -> dict[str, Any]:
         data = {"name": self.name, "type": self.kind, "default": self.default, "help": self.help}
@@ -79,10 +87,6 @@ class Param:
             if getattr(self, key) is not None:
                 data[key] = list(self.choices) if key == "choices" else getattr(self, key)
         return data
-
-
-def _kind_phrase(kind: str) -> str:
-    return {"bool": "true or false", "int": "an integer", "float": "a number"}.get(kind, "text")
 
 
 def configure(
@@ -127,17 +131,3 @@ def lookup(registry: dict[str, T], name: str, kind: str) -> T:
     close = difflib.get_close_matches(key, registry, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise UserInputError(f"unknown {kind} {name!r}; {hint}run `torchesegeta {kind}s` to list them")
-
-
-def entry_fields(value: Any, kind: str, example: str, fields: tuple[str, ...]) -> dict[str, Any]:
-    """``value``, a job's ``kind`` entry given as a dict, once checked: it has a name (as in
-    ``example``) and no field but ``fields``."""
-    if not isinstance(value, dict) or "name" not in value:
-        raise UserInputError(
-            f'a {kind} entry needs a name, e.g. {{"name": "{example}"}}; got {value!r}'
-        )
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        allowed = f"{', '.join(fields[:-1])} and {fields[-1]}"
-        raise UserInputError(f"unknown {kind} entry field(s) {unknown}; use {allowed}")
-    return value

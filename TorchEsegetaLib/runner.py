@@ -16,6 +16,7 @@ from .seeding import seed_everything
 from .targets import TargetSpec
 
 if TYPE_CHECKING:
+    from .destination import Destination
     from .engine import CancelToken
     from .models import LoadedModel
     from .volume import Volume
@@ -42,20 +43,17 @@ def explain_volume(
 ) -> ExplainResult:
     """Segment ``volume``, fix the target, and run each method; all results on the input grid.
 
-    ``crop_margin``: explain a whole-volume model on the target's box grown by this many voxels,
+    The arguments are those of a validated :class:`~TorchEsegetaLib.job.Job` (front ends go
+    through :func:`explain_job`). ``crop_margin``: explain a whole-volume model on the target's box grown by this many voxels,
     an approximation measured and recorded (see :mod:`TorchEsegetaLib.cropping`).
     """
     import torch
 
     from .engine import Context, measure_sample_bytes
-    from .inference import PRECISIONS, check_input, resolve_device, restore_input_grid
+    from .inference import check_input, resolve_device, restore_input_grid
     from .memory import PeakMemory
     from .methods import ScoreModel
 
-    if precision not in PRECISIONS:
-        raise UserInputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if crop_margin is not None and int(crop_margin) < 0:
-        raise UserInputError(f"crop_margin must be 0 or more voxels, got {crop_margin}")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     warnings = list(model.source.get("warnings", [])) + [
@@ -193,24 +191,15 @@ def explain_volume(
     )
 
 
-def run_job(
-    job: Job, progress: ProgressHandler | None = None, cancel: CancelToken | None = None
-) -> Path:
-    """Execute ``job`` and return its run folder. Nothing is left behind when it fails."""
-    from .destination import check_output_folder, save_run
-    from .io import read_channels
-    from .models import load_model
-    from .run_folder import write_run_folder
-
-    if not job.output:
-        raise UserInputError("the job has no output folder; give one (--out FOLDER)")
-    destination = check_output_folder(Path(job.output), job.overwrite)
-    out = destination.path
-    started = time.perf_counter()
-    _emit(progress, stage="load", fraction=0.0, message="reading inputs and model")
-    volume = read_channels(job.images)
-    model = load_model(job.model, job.card)
-    load_seconds = time.perf_counter() - started
+def explain_job(
+    job: Job,
+    volume: Volume,
+    model: LoadedModel,
+    progress: ProgressHandler | None = None,
+    cancel: CancelToken | None = None,
+) -> ExplainResult:
+    """Explain ``volume`` with ``model`` as ``job`` says, and evaluate the maps when the job
+    asks for metrics (``result.evaluation``); nothing is written."""
     result = explain_volume(
         volume,
         model,
@@ -225,23 +214,68 @@ def run_job(
         precision=job.precision,
         crop_margin=job.crop_margin,
     )
-    result.timings["load"] = load_seconds
-    _emit(progress, stage="write", fraction=0.0, message=f"writing {out}")
-    record = {
-        "title": f"{model.card.name}: {result.target.get('class')} ({job.target.kind})",
-        "job": job.to_dict(),
-        "model": model.record(),
-        "inputs": [str(Path(p).absolute()) for p in job.images],
-    }
+    if job.metrics:
+        from .evaluation import evaluate_result
+
+        result.evaluation = evaluate_result(result, job.metrics, progress=progress, cancel=cancel)
+    return result
+
+
+def claim_output(job: Job) -> Destination:
+    """The job's run folder as it is before any work: absent, or replaceable with
+    ``overwrite`` (see :func:`~TorchEsegetaLib.destination.check_output_folder`)."""
+    from .destination import check_output_folder
+
+    if not job.output:
+        raise UserInputError("the job has no output folder; give one (--out FOLDER)")
+    return check_output_folder(Path(job.output), job.overwrite)
+
+
+def save_result(
+    job: Job,
+    result: ExplainResult,
+    destination: Destination,
+    record: dict[str, Any],
+    progress: ProgressHandler | None = None,
+) -> Path:
+    """Write ``result`` as ``job``'s run folder, published only when complete."""
+    from .destination import save_run
+    from .run_folder import write_run_folder
+
+    _emit(progress, stage="write", fraction=0.0, message=f"writing {destination.path}")
+    model = result.model.record() if result.model is not None else {}
+    record = {"job": job.to_dict(), "model": model, **record}
 
     def write(folder: Path) -> None:
         document = write_run_folder(result, folder, record, job.format, job.figures)
-        if job.metrics:
-            from .evaluation import evaluate_result, write_evaluation
+        if result.evaluation is not None:
+            from .evaluation import write_evaluation
 
-            evaluation = evaluate_result(result, job.metrics, progress=progress, cancel=cancel)
-            write_evaluation(folder, evaluation, document)
+            write_evaluation(folder, result.evaluation, document)
 
     save_run(destination, write)
+    return destination.path
+
+
+def run_job(
+    job: Job, progress: ProgressHandler | None = None, cancel: CancelToken | None = None
+) -> Path:
+    """Execute ``job`` and return its run folder. Nothing is left behind when it fails."""
+    from .io import read_channels
+    from .models import load_model
+
+    destination = claim_output(job)
+    started = time.perf_counter()
+    _emit(progress, stage="load", fraction=0.0, message="reading inputs and model")
+    volume = read_channels(job.images)
+    model = load_model(job.model, job.card)
+    load_seconds = time.perf_counter() - started
+    result = explain_job(job, volume, model, progress, cancel)
+    result.timings["load"] = load_seconds
+    record = {
+        "title": f"{model.card.name}: {result.target.get('class')} ({job.target.kind})",
+        "inputs": [str(Path(p).absolute()) for p in job.images],
+    }
+    out = save_result(job, result, destination, record, progress)
     _emit(progress, stage="done", fraction=1.0, message=str(out))
     return out

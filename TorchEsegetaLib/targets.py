@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import UserInputError
+from .validation import check, job_field_schema, plain
 
 if TYPE_CHECKING:
     import torch
@@ -24,10 +25,10 @@ if TYPE_CHECKING:
     from .card import ModelCard
     from .volume import Geometry
 
-TARGET_KINDS = ("class", "mask", "roi", "voxel")
-SCORE_OUTPUTS = ("logits", "probabilities")
-REDUCTIONS = ("mean", "sum")
-COORDINATES = ("voxel", "lps", "ras")
+
+def target_schema() -> dict[str, Any]:
+    """The schema of a target object (the job schema's ``target`` in its object form)."""
+    return next(alt for alt in job_field_schema("target")["oneOf"] if alt.get("type") == "object")
 
 
 @dataclass
@@ -62,10 +63,7 @@ class TargetSpec:
     mask_array: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("target kind", self.kind, TARGET_KINDS)
-        _check_choice("target output", self.output, SCORE_OUTPUTS)
-        _check_choice("target reduction", self.reduction, REDUCTIONS)
-        _check_choice("target coordinates", self.coordinates, COORDINATES)
+        check(plain(self.to_dict()), target_schema(), "target field", root="the target")
         if self.kind == "mask" and self.mask is None and self.mask_array is None:
             raise UserInputError(
                 "a mask target needs a label volume: give its path (--target mask:FILE)"
@@ -90,15 +88,10 @@ class TargetSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TargetSpec:
+        check(plain(data), target_schema(), "target field", root="the target")
         data = dict(data)
         if "class" in data:
             data["class_"] = data.pop("class")
-        known = set(cls.__dataclass_fields__) - {"mask_array"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserInputError(
-                f"unknown target field(s) {unknown}; known fields are {sorted(known | {'class'} - {'class_'})}"
-            )
         return cls(**data)
 
     @classmethod
@@ -106,7 +99,7 @@ class TargetSpec:
         """Parse the CLI form: ``class``, ``mask:FILE[:LABEL]``, ``roi:A,B,C:D,E,F``, ``voxel:A,B,C``."""
         kind, _, rest = text.partition(":")
         kind = kind.strip().lower()
-        _check_choice("target kind", kind, TARGET_KINDS)
+        check(kind, target_schema()["properties"]["kind"], "target kind")
         if kind == "class":
             if rest:
                 extra.setdefault("class_", rest)
@@ -130,11 +123,6 @@ class TargetSpec:
         if len(corners) != 1:
             raise UserInputError(f"target {text!r} needs one position: voxel:i,j,k")
         return cls(kind="voxel", voxel=corners[0], **extra)
-
-
-def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserInputError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
 
 
 def _triple(value: Any, what: str) -> tuple[float, float, float]:

@@ -227,5 +227,5 @@ def test_precision_reaches_the_engine(scene, inputNode, tmp_path):
     # autocast moves the map a little, and only a little
     assert not np.array_equal(maps["float32"], maps["bfloat16"])
     assert np.corrcoef(maps["float32"].ravel(), maps["bfloat16"].ravel())[0, 1] > 0.9
-    with pytest.raises(UserInputError, match="unknown precision"):
+    with pytest.raises(UserInputError, match='"precision" must be one of float32'):
         explainNodes(scene, inputNode, model=reference, device="cpu", precision="float8")

@@ -70,7 +70,9 @@ def explainNodes(
         item, "skipped": {label: status}, "result": ExplainResult, "evaluation": Evaluation or
         None}``.
     """
-    from TorchEsegetaLib.api import explain
+    from TorchEsegetaLib.api import explain_job_in_memory, model_reference
+    from TorchEsegetaLib.job import Job
+    from TorchEsegetaLib.models import LoadedModel
     from TorchEsegetaLib.volume import Volume
 
     volumeNodes = _asList(volumeNodes)
@@ -78,26 +80,23 @@ def explainNodes(
         raise ValueError("give at least one input volume node")
     reference = volumeNodes[0]
     arrays, geometry = channelsOfNodes(volumeNodes)
-    loaded = loadedModel(model, card)
-    spec = targetFromNode(target, reference, targetClass, output, segmentId)
-    result = explain(
-        Volume(arrays, geometry),
-        model=loaded,
-        target=spec,
+    loaded = model if isinstance(model, LoadedModel) else None
+    job = Job(  # validates every setting before anything runs
+        images=[f"<volume node {node.GetName()!r}>" for node in volumeNodes],
+        model=loaded.source if loaded is not None else model_reference(model),
+        card=card,
+        target=targetFromNode(target, reference, targetClass, output, segmentId),
         methods=methods,
+        metrics=metrics,
         device=device,
         seed=seed,
-        max_batch=maxBatch,
         method_budget_s=methodBudgetSeconds,
+        max_batch=maxBatch,
         precision=precision,
         crop_margin=cropMargin,
-        progress=progress,
     )
-    evaluation = None
-    if metrics:
-        from TorchEsegetaLib.evaluation import evaluate_result
-
-        evaluation = evaluate_result(result, list(metrics), progress=progress)
+    result = explain_job_in_memory(job, Volume(arrays, geometry), loaded, progress)
+    evaluation = result.evaluation
     maps = {
         m.spec.label: MapResult(m.map, _title(m.spec), m.signed)
         for m in result.methods
@@ -108,7 +107,7 @@ def explainNodes(
         geometry,
         maps,
         labelmap=result.labelmap,
-        classNames=loaded.card.class_names,
+        classNames=result.model.card.class_names,
         evaluation=evaluation,
         folderName=folderName or f"TorchEsegeta {reference.GetName()}",
         referenceVolumeNode=reference,
@@ -151,12 +150,12 @@ def addDemoVolume(scene, name: str = "TorchEsegeta demo"):
 
 def loadedModel(model: Any, card: dict | None = None):
     """A loaded engine model from any of the forms :func:`explainNodes` accepts."""
-    from TorchEsegetaLib.models import LoadedModel, load_model, model_ref_from_string
+    from TorchEsegetaLib.api import model_reference
+    from TorchEsegetaLib.models import LoadedModel, load_model
 
     if isinstance(model, LoadedModel):
         return model
-    reference = model_ref_from_string(str(model)) if not isinstance(model, dict) else model
-    return load_model(reference, card)
+    return load_model(model_reference(model), card)
 
 
 def channelsOfNodes(volumeNodes) -> tuple[np.ndarray, Any]:

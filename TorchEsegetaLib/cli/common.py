@@ -1,5 +1,8 @@
 """What every subcommand shares: exit codes, the parser class, run options and the parsing of
-``--method``/``--metric``/``--param`` lists."""
+``--method``/``--metric``/``--param`` lists.
+
+The flags build a Job, which validates them (:mod:`TorchEsegetaLib.validation`); the choices of
+flags that are job fields come from the job schema, so the two cannot drift apart."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
+from ..validation import job_field_schema
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -39,7 +43,9 @@ def output_options(parser: argparse.ArgumentParser) -> None:
 def common_run_options(group: Any) -> None:
     """Options of every command that runs a job: device, seed, overwrite, precision."""
     group.add_argument(
-        "--device", default=None, help="auto (CUDA when available), cpu, cuda or cuda:N"
+        "--device",
+        default=None,
+        help=f"{job_field_schema('device')['title']} (default auto: CUDA when available)",
     )
     group.add_argument(
         "--seed", type=int, default=None, help="seed of every random draw (default 0)"
@@ -49,7 +55,7 @@ def common_run_options(group: Any) -> None:
     )
     group.add_argument(
         "--precision",
-        choices=("float32", "bfloat16", "float16"),
+        choices=job_field_schema("precision")["enum"],
         default=None,
         help="autocast precision of the network (default float32; a non-finite map is recomputed in float32)",
     )

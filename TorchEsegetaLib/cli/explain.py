@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
+from ..validation import job_field_schema
 from .common import (
     EXIT_OK,
     common_run_options,
@@ -120,7 +121,7 @@ def add_parsers(sub: Any) -> None:
     run.add_argument("--out", required=True, help="run folder to create")
     run.add_argument(
         "--format",
-        choices=("nii.gz", "nrrd", "mha"),
+        choices=job_field_schema("format")["enum"],
         default="nii.gz",
         help="file format of the maps (default nii.gz)",
     )

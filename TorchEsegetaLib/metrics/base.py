@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import UserInputError
-from ..registry import Param, add, configure, entry_fields, lookup
+from ..registry import Param, add, configure, lookup
+from ..validation import check, job_field_schema
 
 if TYPE_CHECKING:
     import torch
@@ -295,8 +296,8 @@ class MetricSpec:
             return value
         if isinstance(value, str):
             return cls(value)
-        entry = entry_fields(value, "metric", "deletion", ("name", "params"))
-        return cls(entry["name"], dict(entry.get("params") or {}))
+        check(value, job_field_schema("metrics")["items"], "metric entry")
+        return cls(value["name"], dict(value.get("params") or {}))
 
 
 def metric_specs(
