@@ -63,7 +63,8 @@ def run_folder(tmp_path_factory):
 def test_explain_with_evaluate_records_scores_and_peak_memory(run_folder):
     record = json.loads((run_folder / "run.json").read_text())
     assert set(record["metrics"]["scores"]["saliency"]) == {"deletion", "mass_in_target"}
-    assert record["job"]["metrics"][0] == {"name": "deletion", "params": {"steps": "5"}}
+    # as the metric reads it, as method parameters are: "5" from the command line becomes 5
+    assert record["job"]["metrics"][0] == {"name": "deletion", "params": {"steps": 5}}
     assert len(record["metrics"]["curves"]["deletion"]["gradcam"]["x"]) == 6
     for method in record["methods"]:
         assert "peak_memory_mb" in method and "memory_kind" in method

@@ -143,7 +143,7 @@ def test_the_python_api_and_the_job_share_the_validator():
         explain(volume, methods="saliency")
     with pytest.raises(UserInputError, match='"methods\\[0\\]" has unknown field'):
         explain(volume, methods=[{"name": "saliency", "steps": 3}])
-    with pytest.raises(UserInputError, match="parameter 'n_steps' of integrated_gradients"):
+    with pytest.raises(UserInputError, match="parameter 'n_steps' of method integrated_gradients"):
         explain(volume, methods=[{"name": "integrated_gradients", "params": {"n_steps": "x"}}])
 
 

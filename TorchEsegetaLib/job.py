@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserInputError
+from .registry import Registry, Spec
 from .targets import TargetSpec
-from .validation import check, check_job, job_field_schema, job_schema, plain, schema_path
+from .validation import check_job, job_schema, plain, schema_path
 
 #: The job's fields, in the schema's order (the schema is the one list of them).
 JOB_FIELDS = tuple(job_schema()["properties"])
@@ -23,36 +24,24 @@ __all__ = ["JOB_FIELDS", "Job", "MethodSpec", "schema_path"]
 
 
 @dataclass
-class MethodSpec:
+class MethodSpec(Spec):
     """One method of a run: its registry name, parameters, and the label its outputs are filed under."""
 
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
-
-    def __post_init__(self) -> None:
-        from .methods import get_method
-
-        check(plain(self), job_field_schema("methods")["items"], "method entry")
-        self.name = get_method(self.name).name
-        self.label = self.label or self.name
-
-    def create(self):
-        from .methods import create_method
-
-        return create_method(self.name, self.params)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "params": dict(self.params), "label": self.label}
+    job_field = "methods"
 
     @classmethod
-    def from_any(cls, value: str | dict[str, Any] | MethodSpec) -> MethodSpec:
-        if isinstance(value, MethodSpec):
-            return value
-        if isinstance(value, str):
-            return cls(value)
-        check(value, job_field_schema("methods")["items"], "method entry")
-        return cls(value["name"], dict(value.get("params") or {}), value.get("label"))
+    def registry(cls) -> Registry:
+        from .methods import REGISTRY
+
+        return REGISTRY
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.label = self.label or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "label": self.label}
 
 
 @dataclass
@@ -84,10 +73,7 @@ class Job:
         # Every field against the shipped schema first, whichever front end built the job.
         check_job({name: plain(getattr(self, name)) for name in JOB_FIELDS})
         self.images = list(self.images)
-        if isinstance(self.target, dict):
-            self.target = TargetSpec.from_dict(self.target)
-        elif isinstance(self.target, str):
-            self.target = TargetSpec.parse(self.target)
+        self.target = TargetSpec.from_any(self.target)
         self.methods = [MethodSpec.from_any(m) for m in self.methods]
         labels = [m.label for m in self.methods]
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
@@ -95,10 +81,6 @@ class Job:
             raise UserInputError(
                 f'method(s) {duplicates} appear twice; give each a distinct label ("label": "..." in the job)'
             )
-        for method in self.methods:
-            created = method.create()  # validates the parameters now, before any work
-            # keep them as the method reads them ("3" from a command line becomes 3)
-            method.params = {k: created.config.get(k, v) for k, v in method.params.items()}
         if self.metrics:
             from .metrics import metric_specs
 

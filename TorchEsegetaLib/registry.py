@@ -8,17 +8,15 @@ documentation of both methods and metrics, so they never drift apart.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 from .errors import UserInputError
-from .validation import check
+from .validation import check, job_field_schema, plain
 
 _JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-
-T = TypeVar("T", bound=type)
 
 
 @dataclass(frozen=True)
@@ -113,21 +111,118 @@ def configure(
     }
 
 
-def add(registry: dict[str, T], cls: T, kind: str, families: tuple[str, ...]) -> T:
-    """Add ``cls`` to ``registry`` under ``cls.name`` (``kind``: "method" or "metric")."""
-    if cls.family not in families:
-        raise ValueError(f"{cls.__name__}: unknown family {cls.family!r}")
-    if cls.name in registry:
-        raise ValueError(f"{kind} name {cls.name!r} registered twice")
-    registry[cls.name] = cls
-    return cls
+class Registered:
+    """What a method and a metric class share: its declared description and parameters.
+
+    Subclasses set the class attributes; an instance holds its validated parameters in
+    ``config``. :meth:`describe` is what the CLI, the Slicer panel and the docs read.
+    """
+
+    #: "method" or "metric": names the registry in messages
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    title: ClassVar[str]
+    summary: ClassVar[str]
+    family: ClassVar[str]
+    cost: ClassVar[str]
+    reference: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    #: the class attributes of this kind that :meth:`describe` lists after ``family``
+    described: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **values: Any) -> None:
+        owner = f"{self.kind} {self.name}"
+        self.config = configure(self.params, values, f"{self.kind} {self.name!r}", owner)
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "name": cls.name,
+            "title": cls.title,
+            "summary": cls.summary,
+            "family": cls.family,
+            **{attribute: getattr(cls, attribute) for attribute in cls.described},
+            "cost": cls.cost,
+            "reference": cls.reference,
+            "params": [p.to_dict() for p in cls.params],
+        }
 
 
-def lookup(registry: dict[str, T], name: str, kind: str) -> T:
-    """The class registered under ``name``, or a clear error with the closest names."""
-    key = str(name).strip().lower().replace("-", "_")
-    if key in registry:
-        return registry[key]
-    close = difflib.get_close_matches(key, registry, n=3)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise UserInputError(f"unknown {kind} {name!r}; {hint}run `torchesegeta {kind}s` to list them")
+R = TypeVar("R", bound=Registered)
+
+
+class Registry(dict[str, type[R]]):
+    """Classes by name, for one kind: "method" or "metric"."""
+
+    def __init__(self, kind: str, families: tuple[str, ...]):
+        super().__init__()
+        self.kind, self.families = kind, families
+
+    def register(self, cls: type[R]) -> type[R]:
+        """Class decorator adding ``cls`` under ``cls.name``."""
+        if cls.family not in self.families:
+            raise ValueError(f"{cls.__name__}: unknown family {cls.family!r}")
+        if cls.name in self:
+            raise ValueError(f"{self.kind} name {cls.name!r} registered twice")
+        self[cls.name] = cls
+        return cls
+
+    def lookup(self, name: str) -> type[R]:
+        """The class registered under ``name``, or a clear error with the closest names."""
+        key = str(name).strip().lower().replace("-", "_")
+        if key in self:
+            return self[key]
+        close = difflib.get_close_matches(key, self, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserInputError(
+            f"unknown {self.kind} {name!r}; {hint}run `torchesegeta {self.kind}s` to list them"
+        )
+
+    def create(self, name: str, params: dict[str, Any] | None = None) -> R:
+        return self.lookup(name)(**(params or {}))
+
+
+S = TypeVar("S", bound="Spec")
+
+
+@dataclass
+class Spec:
+    """One method or metric of a job: its registry name and parameters, validated when made
+    (the entry's shape against the job schema, the parameters against the declared Params)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    #: the job field that lists these entries ("methods" or "metrics")
+    job_field: ClassVar[str]
+
+    @classmethod
+    def registry(cls) -> Registry:
+        raise NotImplementedError
+
+    @classmethod
+    def _check_entry(cls, entry: Any) -> None:
+        check(
+            plain(entry), job_field_schema(cls.job_field)["items"], f"{cls.registry().kind} entry"
+        )
+
+    def __post_init__(self) -> None:
+        self._check_entry(self)
+        created = self.create()
+        self.name = created.name
+        # the parameters as the class reads them ("3" from a command line becomes 3)
+        self.params = {k: created.config.get(k, v) for k, v in self.params.items()}
+
+    def create(self) -> Any:
+        return self.registry().create(self.name, self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params)}
+
+    @classmethod
+    def from_any(cls: type[S], value: str | dict[str, Any] | S) -> S:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        cls._check_entry(value)
+        return cls(**value)

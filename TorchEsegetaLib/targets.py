@@ -95,6 +95,13 @@ class TargetSpec:
         return cls(**data)
 
     @classmethod
+    def from_any(cls, value: str | dict[str, Any] | TargetSpec) -> TargetSpec:
+        """A target from its CLI text, its dict form, or itself."""
+        if isinstance(value, str):
+            return cls.parse(value)
+        return cls.from_dict(value) if isinstance(value, dict) else value
+
+    @classmethod
     def parse(cls, text: str, **extra: Any) -> TargetSpec:
         """Parse the CLI form: ``class``, ``mask:FILE[:LABEL]``, ``roi:A,B,C:D,E,F``, ``voxel:A,B,C``."""
         kind, _, rest = text.partition(":")

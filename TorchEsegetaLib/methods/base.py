@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..registry import Param, add, configure, lookup
+from ..registry import Param, Registered, Registry  # noqa: F401  (the methods take Param from here)
 
 if TYPE_CHECKING:
     import torch
@@ -20,29 +20,21 @@ if TYPE_CHECKING:
 FAMILIES = ("gradient", "layer", "perturbation")
 
 
-class Method:
+class Method(Registered):
     """Base class: subclasses set the class attributes and implement :meth:`attribute`."""
 
-    name: ClassVar[str]
-    title: ClassVar[str]
-    summary: ClassVar[str]
-    family: ClassVar[str]
+    kind = "method"
+    described = ("signed", "quantity", "needs_layer", "needs_baseline", "shared_channels")
     signed: ClassVar[bool]
     #: What a value of the map measures, for colour-bar titles and legends, in terms of the
     #: target "score" and the input "intensity" (e.g. "d score / d intensity"). Families set it
     #: once; a method whose parameters change it sets it on the instance.
     quantity: ClassVar[str]
-    cost: ClassVar[str]
-    reference: ClassVar[str]
-    params: ClassVar[tuple[Param, ...]] = ()
     needs_layer: ClassVar[bool] = False
     needs_baseline: ClassVar[bool] = False
     #: True when the map is the same for every input channel (layer methods, occlusion of all
     #: channels at once): the run folder then writes it once instead of summing channels.
     shared_channels: ClassVar[bool] = False
-
-    def __init__(self, **values: Any) -> None:
-        self.config = configure(self.params, values, f"method {self.name!r}", self.name)
 
     def attribute(
         self,
@@ -61,41 +53,24 @@ class Method:
         explain this model (a missing layer, a TorchScript model it needs to see into), so a
         run fails before any method has spent time. Cheap: at most one window's pass."""
 
-    @classmethod
-    def describe(cls) -> dict[str, Any]:
-        return {
-            "name": cls.name,
-            "title": cls.title,
-            "summary": cls.summary,
-            "family": cls.family,
-            "signed": cls.signed,
-            "quantity": cls.quantity,
-            "needs_layer": cls.needs_layer,
-            "needs_baseline": cls.needs_baseline,
-            "shared_channels": cls.shared_channels,
-            "cost": cls.cost,
-            "reference": cls.reference,
-            "params": [p.to_dict() for p in cls.params],
-        }
 
-
-REGISTRY: dict[str, type[Method]] = {}
+REGISTRY: Registry[Method] = Registry("method", FAMILIES)
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator adding a method to the registry under ``cls.name``."""
     if not getattr(cls, "quantity", ""):
         raise ValueError(f"{cls.__name__}: declare the map's quantity (what a value measures)")
-    return add(REGISTRY, cls, "method", FAMILIES)
+    return REGISTRY.register(cls)
 
 
 def get_method(name: str) -> type[Method]:
     """The class registered under ``name``, or a clear error with the closest names."""
-    return lookup(REGISTRY, name, "method")
+    return REGISTRY.lookup(name)
 
 
 def create_method(name: str, params: dict[str, Any] | None = None) -> Method:
-    return get_method(name)(**(params or {}))
+    return REGISTRY.create(name, params)
 
 
 class ScoreModel:

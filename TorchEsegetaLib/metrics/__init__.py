@@ -17,7 +17,7 @@ from .randomisation import spearman, ssim3d
 
 
 def create_metric(name: str, params: dict | None = None) -> Metric:
-    return get_metric(name)(**(params or {}))
+    return REGISTRY.create(name, params)
 
 
 __all__ = [

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import UserInputError
-from ..registry import Param, add, configure, lookup
-from ..validation import check, job_field_schema
+from ..registry import Registered, Registry, Spec
 
 if TYPE_CHECKING:
     import torch
@@ -201,22 +200,17 @@ class Case:
         return generator
 
 
-class Metric:
+class Metric(Registered):
     """Base class: subclasses set the class attributes and implement :meth:`evaluate`."""
 
-    name: ClassVar[str]
-    title: ClassVar[str]
-    summary: ClassVar[str]
-    family: ClassVar[str]
+    kind = "metric"
+    described = ("direction", "unit", "caveat", "needs_model", "reruns_method", "default")
     direction: ClassVar[str]
     #: What the value is measured in, in words ("share of |map|, 0 to 1"; "score" is the
     #: target score of the run), shown with tables of scores.
     unit: ClassVar[str]
     #: What a reader must know before comparing values between methods (empty: nothing).
     caveat: ClassVar[str] = ""
-    cost: ClassVar[str]
-    reference: ClassVar[str]
-    params: ClassVar[tuple[Param, ...]] = ()
     #: runs the model (on the model grid); False: a function of the map alone (input grid).
     needs_model: ClassVar[bool] = True
     #: re-runs the attribution method: costs a multiple of the method's own time.
@@ -226,32 +220,11 @@ class Metric:
     #: (x title, y title) of the metric's curve, for metrics that record one (figures, plots).
     curve_axes: ClassVar[tuple[str, str] | None] = None
 
-    def __init__(self, **values: Any) -> None:
-        self.config = configure(self.params, values, f"metric {self.name!r}", f"metric {self.name}")
-
     def evaluate(self, case: Case, subject: Subject) -> Score:
         raise NotImplementedError
 
-    @classmethod
-    def describe(cls) -> dict[str, Any]:
-        return {
-            "name": cls.name,
-            "title": cls.title,
-            "summary": cls.summary,
-            "family": cls.family,
-            "direction": cls.direction,
-            "unit": cls.unit,
-            "caveat": cls.caveat,
-            "cost": cls.cost,
-            "needs_model": cls.needs_model,
-            "reruns_method": cls.reruns_method,
-            "default": cls.default,
-            "reference": cls.reference,
-            "params": [p.to_dict() for p in cls.params],
-        }
 
-
-REGISTRY: dict[str, type[Metric]] = {}
+REGISTRY: Registry[Metric] = Registry("metric", FAMILIES)
 
 
 def register(cls: type[Metric]) -> type[Metric]:
@@ -260,7 +233,7 @@ def register(cls: type[Metric]) -> type[Metric]:
         raise ValueError(f"{cls.__name__}: direction must be 'higher' or 'lower'")
     if not getattr(cls, "unit", ""):
         raise ValueError(f"{cls.__name__}: declare the unit of its values")
-    return add(REGISTRY, cls, "metric", FAMILIES)
+    return REGISTRY.register(cls)
 
 
 def ordered() -> list[type[Metric]]:
@@ -270,34 +243,18 @@ def ordered() -> list[type[Metric]]:
 
 def get_metric(name: str) -> type[Metric]:
     """The class registered under ``name``, or a clear error with the closest names."""
-    return lookup(REGISTRY, name, "metric")
+    return REGISTRY.lookup(name)
 
 
 @dataclass
-class MetricSpec:
+class MetricSpec(Spec):
     """One metric of an evaluation: its registry name and parameters (part of a Job)."""
 
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.name = get_metric(self.name).name
-        self.create()  # validates the parameters now, before any work
-
-    def create(self) -> Metric:
-        return get_metric(self.name)(**self.params)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "params": dict(self.params)}
+    job_field = "metrics"
 
     @classmethod
-    def from_any(cls, value: str | dict[str, Any] | MetricSpec) -> MetricSpec:
-        if isinstance(value, MetricSpec):
-            return value
-        if isinstance(value, str):
-            return cls(value)
-        check(value, job_field_schema("metrics")["items"], "metric entry")
-        return cls(value["name"], dict(value.get("params") or {}))
+    def registry(cls) -> Registry:
+        return REGISTRY
 
 
 def metric_specs(
