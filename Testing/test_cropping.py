@@ -99,8 +99,9 @@ def test_crop_on_the_stride_grid_is_exact_for_a_local_model(shape):
     # A model that sees only a few voxels around each output: with a margin wider than that,
     # the crop changes nothing, provided the crop keeps the stride grid of the whole volume
     # (odd shapes: the volume itself is padded by one voxel before the network).
-    card = ModelCard(in_channels=1, out_channels=2, size_divisible=2)
-    model = LoadedModel(local_network(), card, {"kind": "monai", "network": "local"}, None)
+    model = LoadedModel(
+        local_network(), ModelCard(in_channels=1, out_channels=2, size_divisible=2), {}, None
+    )
     rng = np.random.default_rng(1)
     volume = Volume(rng.random((1, *shape)).astype(np.float32), Geometry(shape))
     target = "roi:11,9,7:13,11,9"  # odd corners: off the stride grid

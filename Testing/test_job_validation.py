@@ -226,3 +226,22 @@ def test_the_schema_and_the_job_have_the_same_fields_and_defaults():
     for name, fragment in schema.items():
         if "default" in fragment:
             assert getattr(job, name) == fragment["default"], name
+
+
+def test_a_network_given_in_memory_is_recorded_as_a_null_model_that_a_job_file_cannot_run(
+    tmp_path, capsys
+):
+    import torch
+
+    from TorchEsegetaLib.card import ModelCard
+    from TorchEsegetaLib.models import LoadedModel
+
+    network = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    out = tmp_path / "run"
+    image = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    explain(image, LoadedModel(network, ModelCard(), {}, None), "voxel:3,3,3", out=out)
+    job = json.loads((out / "run.json").read_text())["job"]
+    assert job["model"] is None
+    (tmp_path / "job.json").write_text(json.dumps({**job, "images": ["a.nii.gz"]}))
+    assert main(["run", str(tmp_path / "job.json"), "--out", str(tmp_path / "again")]) == 2
+    assert "the job's model is null" in capsys.readouterr().err

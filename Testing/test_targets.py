@@ -8,11 +8,15 @@ import torch
 from helpers import LinearVoxelModel, tiny_input, tiny_unet
 
 from TorchEsegetaLib.card import ModelCard
-from TorchEsegetaLib.case import region_on_model_grid
 from TorchEsegetaLib.errors import UserInputError
 from TorchEsegetaLib.io import write_volume
 from TorchEsegetaLib.methods import ScoreModel, input_gradients
-from TorchEsegetaLib.targets import TargetSpec, bind_target, region_in_input_grid
+from TorchEsegetaLib.targets import (
+    TargetSpec,
+    bind_target,
+    region_in_input_grid,
+    region_on_model_grid,
+)
 from TorchEsegetaLib.volume import Geometry
 
 W0, W1, B0, B1 = 0.5, -2.0, 0.1, 0.3

@@ -12,6 +12,7 @@ from .case import ExplainResult, ProgressHandler
 from .errors import UserInputError
 from .job import Job, MethodSpec
 from .targets import TargetSpec
+from .validation import check, job_field_schema
 from .volume import Geometry, Volume
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def explain(
     loaded = model if isinstance(model, LoadedModel) else None
     job = Job(
         images=_image_names(images),
-        model=loaded.source if loaded is not None else model_reference(model),
+        model=job_model(model),
         card=card,
         target=target,
         methods=methods,
@@ -109,10 +110,24 @@ def explain_job_in_memory(
 
 
 def model_reference(model: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """The job's model reference for "demo", a model path, or a reference dict."""
+    """The model reference for "demo", a model path, or a reference dict."""
     from .models import model_ref_from_string
 
     return model_ref_from_string(str(model)) if isinstance(model, (str, Path)) else model
+
+
+def job_model(model: Any) -> dict[str, Any] | None:
+    """The job's ``model``: the reference of the model to load or of a model given loaded, or
+    None for a network given in memory that no model reference describes."""
+    from .models import LoadedModel
+
+    if not isinstance(model, LoadedModel):
+        return model_reference(model)
+    try:
+        check(model.source, job_field_schema("model"), "model")
+    except UserInputError:
+        return None
+    return model.source
 
 
 def _image_names(images: Any) -> list[str]:

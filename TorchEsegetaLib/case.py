@@ -25,35 +25,6 @@ if TYPE_CHECKING:
 ProgressHandler = Callable[[dict[str, Any]], None]
 
 
-def region_on_model_grid(region: np.ndarray, info: Any) -> np.ndarray:
-    """Map a bool input-grid region onto the model grid, never losing it to the resampling."""
-    if info.identity:
-        return region
-    import torch
-
-    from .errors import UserInputError
-    from .inference import ResampleInfo
-
-    mask = torch.from_numpy(region.astype(np.float32))[None, None]
-    resized = info.to_model_grid(mask)[0, 0].numpy()
-    for threshold in (0.5, 1e-6):
-        mapped = resized >= threshold
-        if mapped.any():
-            return mapped
-    model_shape = np.asarray(resized.shape)
-    mapped = np.zeros(resized.shape, dtype=bool)
-    if isinstance(info, ResampleInfo):
-        # A region smaller than a model voxel: keep the model voxel nearest to its centre.
-        centre = np.argwhere(region).mean(axis=0)
-        scale = (model_shape - 1) / np.maximum(np.asarray(info.input_shape) - 1, 1)
-        mapped[tuple(np.clip(np.round(centre * scale).astype(int), 0, model_shape - 1))] = True
-        return mapped
-    raise UserInputError(
-        "the target region lies outside what the model sees of the image (its preprocessing "
-        "crops it away); choose a region inside the model's field of view"
-    )
-
-
 @dataclass
 class PreparedCase:
     """One case ready to be explained or evaluated: the model-grid input, the frozen forward
@@ -74,23 +45,15 @@ def prepare_case(
     volume: Volume, model: LoadedModel, target: TargetSpec, torch_device: Any
 ) -> PreparedCase:
     """Segment ``volume``, fix the target on the unperturbed prediction, freeze the statistics."""
-    from .inference import SegmentationForward, restore_input_grid, segment
+    from .inference import SegmentationForward, segment
     from .intensity import statistics_on
-    from .targets import bind_target, region_in_input_grid, roi_box
+    from .targets import resolve_target, roi_box
 
     segmentation = segment(model, volume, torch_device)
     x, info = segmentation.input.x, segmentation.input.grid
-    if target.kind == "class":
-        model_region = None
-    else:
-        model_region = region_on_model_grid(region_in_input_grid(target, volume.geometry), info)
-    bound = bind_target(target, model.card, segmentation.logits, model_region)
-    if target.kind == "class":
-        input_region = np.asarray(
-            restore_input_grid(bound.region[None, None].float(), info)[0, 0] >= 0.5
-        )
-    else:
-        input_region = region_in_input_grid(target, volume.geometry)
+    bound, input_region = resolve_target(
+        target, model.card, segmentation.logits, volume.geometry, info
+    )
     target_info = {**target.to_dict(), **bound.describe(model.card)}
     warnings: list[str] = []
     if target.kind == "roi":

@@ -49,7 +49,8 @@ class Job:
     """A validated run description. See the README's "Job files" section for every field."""
 
     images: list[str]
-    model: dict[str, Any] = field(default_factory=lambda: {"kind": "demo"})
+    #: the model reference; None: a network given in memory (Python API, Slicer console)
+    model: dict[str, Any] | None = field(default_factory=lambda: {"kind": "demo"})
     card: dict[str, Any] | None = None
     target: TargetSpec = field(default_factory=TargetSpec)
     methods: list[MethodSpec] = field(default_factory=lambda: [MethodSpec("saliency")])
@@ -89,7 +90,7 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         return {
             "images": list(self.images),
-            "model": dict(self.model),
+            "model": None if self.model is None else dict(self.model),
             "card": self.card,
             "target": self.target.to_dict(),
             "methods": [m.to_dict() for m in self.methods],
@@ -115,11 +116,12 @@ class Job:
             data["images"] = [_resolve(p, base) for p in data["images"]]
             if data.get("output"):
                 data["output"] = _resolve(data["output"], base)
-            model = dict(data.get("model") or {"kind": "demo"})
-            for key in ("path", "checkpoint"):
-                if model.get(key):
-                    model[key] = _resolve(model[key], base)
-            data["model"] = model
+            if data.get("model"):
+                model = dict(data["model"])
+                for key in ("path", "checkpoint"):
+                    if model.get(key):
+                        model[key] = _resolve(model[key], base)
+                data["model"] = model
             target = data.get("target")
             if isinstance(target, dict) and target.get("mask"):
                 data["target"] = {**target, "mask": _resolve(target["mask"], base)}
@@ -130,7 +132,6 @@ class Job:
         """Read a job from a .json, .yaml or .yml file."""
         path = Path(path)
         return cls.from_dict(read_job_file(path), base=path.parent)
-
 
 
 def read_job_file(path: str | Path) -> Any:

@@ -357,3 +357,53 @@ def bind_target(
     return BoundTarget(
         class_index, region.to(logits.device), spec.output, card.activation, spec.reduction
     )
+
+
+def resolve_target(
+    spec: TargetSpec, card: ModelCard, logits: torch.Tensor, geometry: Geometry, info: Any
+) -> tuple[BoundTarget, np.ndarray]:
+    """The target bound on the unperturbed ``logits`` of the model grid, and its region on the
+    input grid (``info``: how the input grid maps onto the model grid, see
+    :func:`~TorchEsegetaLib.inference.resample_to_model_grid`).
+
+    A class target's region comes from the prediction on the model grid and is mapped back to
+    the input grid; a mask, ROI or voxel target's from the input grid, mapped onto the model's.
+    """
+    if spec.kind == "class":
+        from .inference import restore_input_grid
+
+        bound = bind_target(spec, card, logits)
+        restored = restore_input_grid(bound.region[None, None].float(), info)[0, 0]
+        return bound, np.asarray(restored.cpu() >= 0.5)
+    input_region = region_in_input_grid(spec, geometry)
+    bound = bind_target(spec, card, logits, region_on_model_grid(input_region, info))
+    return bound, input_region
+
+
+def region_on_model_grid(region: np.ndarray, info: Any) -> np.ndarray:
+    """Map a bool input-grid region onto the model grid, never losing it to the resampling."""
+    if info.identity:
+        return region
+    import torch
+
+    from .errors import UserInputError
+    from .inference import ResampleInfo
+
+    mask = torch.from_numpy(region.astype(np.float32))[None, None]
+    resized = info.to_model_grid(mask)[0, 0].numpy()
+    for threshold in (0.5, 1e-6):
+        mapped = resized >= threshold
+        if mapped.any():
+            return mapped
+    model_shape = np.asarray(resized.shape)
+    mapped = np.zeros(resized.shape, dtype=bool)
+    if isinstance(info, ResampleInfo):
+        # A region smaller than a model voxel: keep the model voxel nearest to its centre.
+        centre = np.argwhere(region).mean(axis=0)
+        scale = (model_shape - 1) / np.maximum(np.asarray(info.input_shape) - 1, 1)
+        mapped[tuple(np.clip(np.round(centre * scale).astype(int), 0, model_shape - 1))] = True
+        return mapped
+    raise UserInputError(
+        "the target region lies outside what the model sees of the image (its preprocessing "
+        "crops it away); choose a region inside the model's field of view"
+    )

@@ -70,7 +70,7 @@ def explainNodes(
         item, "skipped": {label: status}, "result": ExplainResult, "evaluation": Evaluation or
         None}``.
     """
-    from TorchEsegetaLib.api import explain_job_in_memory, model_reference
+    from TorchEsegetaLib.api import explain_job_in_memory, job_model
     from TorchEsegetaLib.job import Job
     from TorchEsegetaLib.models import LoadedModel
     from TorchEsegetaLib.volume import Volume
@@ -83,7 +83,7 @@ def explainNodes(
     loaded = model if isinstance(model, LoadedModel) else None
     job = Job(  # validates every setting before anything runs
         images=[f"<volume node {node.GetName()!r}>" for node in volumeNodes],
-        model=loaded.source if loaded is not None else model_reference(model),
+        model=job_model(model),
         card=card,
         target=targetFromNode(target, reference, targetClass, output, segmentId),
         methods=methods,
