@@ -8,8 +8,9 @@ Inside Slicer's batch mode::
         --out results --mrb
 
 It also runs with a plain Python interpreter where the ``slicer-core`` wheel is installed.
-Exit status: 0 when every case succeeded, 1 when some case failed (the others still run),
-2 for invalid arguments.
+A case whose run folder already holds the same job is skipped (so a rerun finishes what is
+missing); ``--overwrite`` recomputes it. Exit status: 0 when every case succeeded, 1 when some
+case failed (the others still run), 2 for invalid arguments.
 """
 
 import argparse
@@ -63,7 +64,11 @@ def parseArguments(argv):
     parser.add_argument("--budget", type=float, help="time budget per method, in seconds")
     parser.add_argument("--mrb", action="store_true", help="also save a styled .mrb scene per case")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing run folders")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute cases that have a run folder (default: skip those of the same job)",
+    )
     return parser.parse_args(argv)
 
 
@@ -119,7 +124,13 @@ def explainCase(name, files, args, scene):
         overwrite=args.overwrite,
         method_budget_s=args.budget,
     )
-    runFolder = run_job(job, progress=lambda event: print(f"{name}: {event.get('message', '')}"))
+    runFolder = out / name
+    if args.overwrite or not doneBefore(runFolder, job):
+        runFolder = run_job(
+            job, progress=lambda event: print(f"{name}: {event.get('message', '')}")
+        )
+    else:
+        print(f"{name}: done before (its run folder holds this job), skipped")
     if args.mrb:
         channels = []
         for index, path in enumerate(files):
@@ -131,6 +142,23 @@ def explainCase(name, files, args, scene):
         loadRunFolder(scene, runFolder, channels[0])
         saveSceneBundle(scene, out / f"{name}.mrb")
     return runFolder
+
+
+def doneBefore(runFolder, job):
+    """Whether ``runFolder`` is a run of ``job`` (as ``torchesegeta batch`` resumes); a folder of
+    another job is an error naming what differs, never replaced without --overwrite."""
+    from TorchEsegetaLib.cohort.plan import differences
+    from TorchEsegetaLib.evaluation import read_record
+
+    if not runFolder.exists():
+        return False
+    changed = differences(read_record(runFolder), {"job": job.to_dict()})
+    if changed:
+        raise ValueError(
+            f"{runFolder} holds a run of another job ({', '.join(changed)} differ); pass "
+            "--overwrite to replace it"
+        )
+    return True
 
 
 def main(argv=None):

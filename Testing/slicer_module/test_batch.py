@@ -135,3 +135,30 @@ def test_cases_and_methods_from_the_command_line(tmp_path):
         {"name": "saliency", "params": {}},
     ]
     assert batch.methodEntries(None) == [{"name": "saliency", "params": {}}]
+
+
+def test_batch_rerun_skips_cases_done_before(scene, tmp_path, capsys):
+    batch = batchModule()
+    write_volume(tinyImage(), GEOMETRY, tmp_path / "case.nii.gz")
+    out = tmp_path / "out"
+    arguments = [
+        "--input",
+        str(tmp_path / "case.nii.gz"),
+        *modelArguments(tmp_path),
+        "--target",
+        "voxel:8,8,8",
+        "--device",
+        "cpu",
+        "--no-figures",
+        "--out",
+        str(out),
+    ]
+    assert batch.main(arguments) == batch.EXIT_OK
+    written = (out / "case" / "run.json").stat().st_mtime_ns
+    assert batch.main(arguments) == batch.EXIT_OK  # the same job: skipped, not an error
+    assert "case: done before" in capsys.readouterr().out
+    assert (out / "case" / "run.json").stat().st_mtime_ns == written
+    # another job in the way: an error naming what differs, the folder kept
+    assert batch.main([*arguments, "--method", "input_x_gradient"]) == batch.EXIT_CASE_FAILED
+    assert "methods differ" in capsys.readouterr().err
+    assert (out / "case" / "run.json").stat().st_mtime_ns == written

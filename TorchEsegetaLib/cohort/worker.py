@@ -82,10 +82,15 @@ def main() -> int:
             case = None
             if state.stopping:  # the signal came as the case finished: it is kept, stop now
                 raise CancelledError("stopped")
+    except BrokenPipeError:  # the parent is gone: nobody to tell
+        return EXIT_CANCELLED
     except (CancelledError, KeyboardInterrupt):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        emit({"event": "cancelled", "case": case})
+        try:
+            emit({"event": "cancelled", "case": case})
+        except BrokenPipeError:
+            pass
         return EXIT_CANCELLED
     return 0
 
