@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,6 +60,9 @@ def ray_head(tmp_path_factory):
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
         "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
         "--include-dashboard", "false", "--temp-dir", str(temp), "--disable-usage-stats",
+        "--object-store-memory", str(100 * 2**20),  # results are small dicts: keep it light
+        # free ports, not Ray's fixed defaults, so that two test sessions can run side by side
+        "--ray-client-server-port", str(_free_port()), "--dashboard-port", str(_free_port()),
     ]  # fmt: skip
     with open(log, "w") as handle:
         head = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
@@ -73,6 +77,7 @@ def ray_head(tmp_path_factory):
     finally:
         head.terminate()
         head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
         if previous is None:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:

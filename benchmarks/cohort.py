@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -73,18 +74,20 @@ def main(argv: list[str] | None = None) -> int:
             import ray
 
             began = time.perf_counter()
+            ray_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths stay short
             ray.init(
                 address="local",
                 num_cpus=args.workers,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 log_to_driver=False,
-                _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"),
+                _temp_dir=ray_temp,
             )
             ray_start = time.perf_counter() - began
         rows.append(measure(engine, cohort, template, root / f"results-{engine}", args.workers))
         if engine == "ray":
             ray.shutdown()
+            shutil.rmtree(ray_temp, ignore_errors=True)
     print(f"{args.cases} cases of 24^3, {args.workers} parallel slots, {os.cpu_count()} cores")
     print("| engine | wall s | cases/min (wall) | cases/min (steady) |")
     print("|---|---|---|---|")
