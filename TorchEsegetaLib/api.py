@@ -37,6 +37,7 @@ def explain(
     crop_margin: int | None = None,
     metrics: Sequence[str | dict[str, Any]] = (),
     cancel: CancelToken | None = None,
+    warn_after_s: float | None = None,
 ) -> ExplainResult:
     """Explain a segmentation model on one case.
 
@@ -54,6 +55,8 @@ def explain(
             voxels, an approximation measured in ``result.target["crop"]``.
         metrics: evaluation metrics to score the maps with (``result.evaluation``).
         cancel: a :class:`~TorchEsegetaLib.engine.CancelToken` that stops the run.
+        warn_after_s: warn (progress event and ``result.warnings``) about a method estimated
+            to take longer (default 10 minutes); each method's estimate is in run.json.
 
     The settings are checked as a :class:`Job`'s fields are, before anything runs.
 
@@ -81,6 +84,7 @@ def explain(
         method_budget_s=method_budget_s,
         precision=precision,
         crop_margin=crop_margin,
+        warn_after_s=warn_after_s,
     )
     volume = _as_volume(images, geometry, read_channels)
     return explain_job_in_memory(job, volume, loaded, progress, cancel)

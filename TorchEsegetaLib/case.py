@@ -85,6 +85,8 @@ class MethodResult:
     message: str = ""
     #: {"peak_memory_mb", "memory_kind"} of the method's run (see :mod:`.memory`).
     memory: dict[str, Any] = field(default_factory=dict)
+    #: the cost estimated before the run (see :mod:`.cost`), beside the actual ``seconds``
+    estimate: dict[str, Any] = field(default_factory=dict)
 
     @property
     def map(self) -> np.ndarray | None:

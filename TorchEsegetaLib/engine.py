@@ -103,9 +103,12 @@ def free_memory_bytes(device: torch.device) -> float:
 
 
 def measure_sample_bytes(
-    score: Callable[[torch.Tensor], torch.Tensor], sample: torch.Tensor
+    score: Callable[[torch.Tensor], torch.Tensor], sample: torch.Tensor, times: Any = None
 ) -> float:
     """Memory of one forward + backward pass of ``score`` on one sample.
+
+    ``times``: a :class:`~.cost.PassTimes` that gets the seconds of the pass this measurement
+    ran (forward and backward on CUDA, a forward without gradients for eager CPU models).
 
     On CUDA the allocator's peak is measured. On the CPU, where PyTorch keeps no such count,
     it is estimated from the tensors the forward pass keeps for backward plus their gradients:
@@ -120,9 +123,13 @@ def measure_sample_bytes(
         torch.cuda.synchronize(sample.device)
         base = torch.cuda.memory_allocated(sample.device)
         torch.cuda.reset_peak_memory_stats(sample.device)
+        began = time.perf_counter()
         with torch.enable_grad():
             x = sample.clone().requires_grad_(True)
             score(x).sum().backward()
+        torch.cuda.synchronize(sample.device)
+        if times is not None:
+            times.record("backward", 1, time.perf_counter() - began)
         del x
         return float(torch.cuda.max_memory_allocated(sample.device) - base)
     network = getattr(getattr(score, "forward", None), "network", None)
@@ -131,7 +138,10 @@ def measure_sample_bytes(
     ):
         total = _saved_for_backward_bytes(score, sample)
     else:
+        began = time.perf_counter()
         total = _leaf_output_bytes(score, sample, network)
+        if times is not None:
+            times.record("forward", 1, time.perf_counter() - began)
     return float(2 * total + 4 * sample.numel() * sample.element_size())
 
 

@@ -69,6 +69,9 @@ class Job:
     #: whole-volume models: explain on the target's box grown by this many voxels (a measured,
     #: recorded approximation; None: the whole volume, exact)
     crop_margin: int | None = None
+    #: warn before the run about a method estimated to take longer than this (seconds; None:
+    #: 10 minutes)
+    warn_after_s: float | None = None
 
     def __post_init__(self) -> None:
         # Every field against the shipped schema first, whichever front end built the job.
@@ -105,6 +108,7 @@ class Job:
             "metrics": [m.to_dict() for m in self.metrics],
             "precision": self.precision,
             "crop_margin": self.crop_margin,
+            "warn_after_s": self.warn_after_s,
         }
 
     @classmethod

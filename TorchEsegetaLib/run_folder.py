@@ -60,6 +60,7 @@ def write_run_folder(
             "params": method.config,
             "status": m.status,
             "seconds": round(m.seconds, 4),
+            "estimate": m.estimate,
             **m.memory,
             "signed": m.signed,
             "quantity": method.quantity,

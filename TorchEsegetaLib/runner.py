@@ -27,6 +27,33 @@ def _emit(progress: ProgressHandler | None, **event: Any) -> None:
         progress(event)
 
 
+def _estimates(
+    specs: list[MethodSpec],
+    instances: list[Any],
+    score: Any,
+    x: Any,
+    times: Any,
+    context: Any,
+    warn_after_s: float,
+    hints: list[str],
+) -> list[Any]:
+    """Each method's cost from its declared passes and measured passes (see :mod:`.cost`)."""
+    from .cost import estimate, measure_pass_times
+
+    shape = tuple(x.shape[1:])
+    passes = [method.passes(shape, score.forward) for method in instances]
+    batches = {
+        kind: min(context.batch_limit(kind), max(getattr(p, kind) for p in passes))
+        for kind in ("forward", "backward")
+        if any(getattr(p, kind) for p in passes)
+    }
+    measure_pass_times(score, x, times, batches)
+    return [
+        estimate(spec.label, method, p, times, warn_after_s, hints)
+        for spec, method, p in zip(specs, instances, passes)
+    ]
+
+
 def explain_volume(
     volume: Volume,
     model: LoadedModel,
@@ -40,15 +67,20 @@ def explain_volume(
     cancel: CancelToken | None = None,
     precision: str = "float32",
     crop_margin: int | None = None,
+    warn_after_s: float | None = None,
 ) -> ExplainResult:
     """Segment ``volume``, fix the target, and run each method; all results on the input grid.
 
     The arguments are those of a validated :class:`~TorchEsegetaLib.job.Job` (front ends go
     through :func:`explain_job`). ``crop_margin``: explain a whole-volume model on the target's box grown by this many voxels,
     an approximation measured and recorded (see :mod:`TorchEsegetaLib.cropping`).
+    ``warn_after_s``: before the methods run, each one's cost is estimated (reported as
+    progress events of stage "estimate"); a method estimated to take longer is warned about,
+    with cheaper settings (default :data:`~.cost.WARN_AFTER_S`).
     """
     import torch
 
+    from .cost import WARN_AFTER_S, PassTimes, general_hints
     from .engine import Context, measure_sample_bytes
     from .inference import check_input, resolve_device, restore_input_grid
     from .memory import PeakMemory
@@ -101,9 +133,26 @@ def explain_volume(
     x_run, bound_run = (x, bound) if crop is None else (crop.take(x), crop.target(bound))
     forward_run = forward if crop is None else forward.on_crop(crop.padding)
     # One sample's memory, measured once, sizes every method's batches to the free memory.
-    sample_bytes = (
-        None if max_batch else measure_sample_bytes(ScoreModel(forward_run, bound_run), x_run)
+    score_run = ScoreModel(forward_run, bound_run)
+    times = PassTimes()
+    sample_bytes = None if max_batch else measure_sample_bytes(score_run, x_run, times)
+    began = time.perf_counter()
+    estimates = _estimates(
+        methods,
+        instances,
+        score_run,
+        x_run,
+        times,
+        Context(device=torch_device, max_batch=max_batch, sample_bytes=sample_bytes),
+        WARN_AFTER_S if warn_after_s is None else float(warn_after_s),
+        general_hints(torch_device, forward_run, target.kind, crop is not None),
     )
+    timings["estimate"] = time.perf_counter() - began
+    for found in estimates:
+        _emit(progress, stage="estimate", fraction=0.0, message=f"estimate {found.describe()}")
+        if found.too_long:
+            warnings.append(found.warning())
+            _emit(progress, stage="estimate", fraction=0.0, warning=True, message=found.warning())
     tuned: dict[str, int] = {}  # the fastest batch size, found by the first method, kept for all
 
     def on_input_grid(method: Any, context: Any) -> np.ndarray:
@@ -143,6 +192,7 @@ def explain_volume(
             seed_everything(seed + index)
             t0 = time.perf_counter()
             result = MethodResult(spec, "ok", 0.0, bool(method.signed), method.shared_channels)
+            result.estimate = estimates[index].record()
             try:
                 with PeakMemory(torch_device) as peak:
                     restored = on_input_grid(method, context)
@@ -213,6 +263,7 @@ def explain_job(
         cancel=cancel,
         precision=job.precision,
         crop_margin=job.crop_margin,
+        warn_after_s=job.warn_after_s,
     )
     if job.metrics:
         from .evaluation import evaluate_result

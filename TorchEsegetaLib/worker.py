@@ -72,7 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         from .runner import run_job
 
         job = Job.load(args[0])
-        progress = throttled(lambda e: emit({"event": "progress", **e}))
+        send = throttled(lambda e: emit({"event": "progress", **e}))
+
+        def progress(event: dict) -> None:
+            if event.get("stage") == "estimate":  # the cost estimate, as a line of the log
+                warning = "warning: " if event.get("warning") else ""
+                print(f"torchesegeta: {warning}{event.get('message', '')}", file=sys.stderr)
+            send(event)
+
         out = run_job(job, progress=progress, cancel=token)
     except UserInputError as e:
         emit({"event": "error", "kind": "input", "message": str(e)})

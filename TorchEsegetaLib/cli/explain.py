@@ -153,6 +153,14 @@ def add_parsers(sub: Any) -> None:
         "measured and recorded in run.json (sliding-window models already run only the "
         "target's windows, exactly)",
     )
+    run.add_argument(
+        "--warn-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="warn before the run about a method estimated to take longer (default 600); "
+        "every method's estimate is printed and kept in run.json",
+    )
     explain.set_defaults(handler=cmd_explain)
 
     run_job = sub.add_parser("run", help="run a job file (JSON or YAML) into its run folder")
@@ -230,6 +238,7 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         method_budget_s=args.method_budget,
         precision=args.precision or "float32",
         crop_margin=args.crop_margin,
+        warn_after_s=args.warn_after,
     )
 
 

@@ -7,7 +7,7 @@ Slicer panel's forms, validation and the documentation, so the three never drift
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ..registry import Param, Registered, Registry  # noqa: F401  (the methods take Param from here)
 
@@ -18,6 +18,20 @@ if TYPE_CHECKING:
     from ..targets import BoundTarget
 
 FAMILIES = ("gradient", "layer", "perturbation")
+
+
+class Passes(NamedTuple):
+    """What one example costs a method: network passes without gradient (``forward``) and
+    passes with their backward pass (``backward``), each on one example of the input's size."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def __add__(self, other: Any) -> Passes:
+        return Passes(self.forward + other.forward, self.backward + other.backward)
+
+    def __mul__(self, factor: Any) -> Passes:
+        return Passes(self.forward * int(factor), self.backward * int(factor))
 
 
 class Method(Registered):
@@ -45,6 +59,17 @@ class Method(Registered):
     ) -> torch.Tensor:
         """Attribute ``target(forward(inputs))`` to ``inputs``; returns a tensor of ``inputs.shape``."""
         raise NotImplementedError
+
+    def passes(self, shape: tuple[int, ...], forward: Any = None) -> Passes:
+        """The network passes one example of ``shape`` (C, *S) costs with this configuration
+        (``forward``: the model it will explain, for methods that skip parts of it). Each
+        method declares it beside its parameters; the run's cost estimate multiplies it by the
+        measured time of one pass (:mod:`TorchEsegetaLib.cost`)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no pass count")
+
+    def cheaper(self) -> list[str]:
+        """Settings of this method that cost less, named when a run would take long."""
+        return []
 
     def preflight(
         self, forward: torch.nn.Module, inputs: torch.Tensor, target: BoundTarget

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Param, register
+from .base import Param, Passes, register
 from .gradient import GuidedBackprop
 from .layer import LAYER, REDUCE, LayerMethod
 
@@ -113,6 +113,9 @@ class GuidedGradCAM(GradCAM):
     reference = "Selvaraju et al. 2017, arXiv:1610.02391"
     shared_channels = False
     params = (LAYER, REDUCE)
+
+    def layer_passes(self, shape):
+        return Passes(backward=2)  # Grad-CAM and guided backpropagation
 
     def __init__(self, **values):
         super().__init__(**values)

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .base import Method, Param, ScoreModel, register
+from .base import Method, Param, Passes, ScoreModel, register
 from .baselines import make_baseline
-from .features import FEATURE_PARAMS, feature_mask
+from .features import FEATURE_PARAMS, feature_count, feature_mask
 from .perturbation import BASELINE_PARAMS
 
 if TYPE_CHECKING:
@@ -70,6 +70,19 @@ class CoalitionMethod(Method):
     needs_baseline = True
     shared_channels = True
 
+    def passes(self, shape, forward=None):
+        return Passes(
+            forward=self.coalitions(feature_count(self.config, tuple(shape[1:]), self.name))
+        )
+
+    def coalitions(self, count: int) -> int:
+        """Forward passes for ``count`` features."""
+        raise NotImplementedError
+
+    def cheaper(self):
+        size = self.config["feature_size"]
+        return [f"larger features ({self.name}.feature_size={2 * size}: about 8 times fewer)"]
+
     def attribute(self, forward, inputs, target, context):
         import torch
 
@@ -110,6 +123,9 @@ class FeatureAblation(CoalitionMethod):
     reference = "captum FeatureAblation; Zeiler & Fergus 2014, arXiv:1311.2901"
     params = FEATURE_PARAMS + BASELINE_PARAMS
 
+    def coalitions(self, count):
+        return count + 1
+
     def feature_values(self, score, x, fill, mask, count, context, message):
         import torch
 
@@ -135,6 +151,9 @@ class ShapleyValueSampling(CoalitionMethod):
         *FEATURE_PARAMS,
         *BASELINE_PARAMS,
     )
+
+    def coalitions(self, count):
+        return self.config["n_samples"] * (count - 1) + 2
 
     def feature_values(self, score, x, fill, mask, count, context, message):
         import torch
@@ -185,6 +204,9 @@ class Lime(CoalitionMethod):
         *BASELINE_PARAMS,
     )
 
+    def coalitions(self, count):
+        return self.config["n_samples"]
+
     def feature_values(self, score, x, fill, mask, count, context, message):
         import torch
 
@@ -211,6 +233,9 @@ class KernelShap(CoalitionMethod):
         *FEATURE_PARAMS,
         *BASELINE_PARAMS,
     )
+
+    def coalitions(self, count):
+        return self.config["n_samples"] + 2
 
     def feature_values(self, score, x, fill, mask, count, context, message):
         import torch

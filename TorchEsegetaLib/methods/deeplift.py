@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Method, ScoreModel, register
+from .base import Method, Passes, ScoreModel, register
 from .baselines import BASELINE, BLUR_SIGMA, make_baseline
 
 if TYPE_CHECKING:
@@ -115,6 +115,9 @@ class DeepLift(Method):
     reference = "Shrikumar et al. 2017, arXiv:1704.02685"
     needs_baseline = True
     params = (BASELINE, BLUR_SIGMA)
+
+    def passes(self, shape, forward=None):
+        return Passes(forward=1, backward=1)  # the baseline, then the input
 
     def preflight(self, forward, inputs, target):
         from . import rules

@@ -105,6 +105,14 @@ def feature_mask(
     return mask, int(mask.max()) + 1
 
 
+def feature_count(config: dict[str, Any], spatial: tuple[int, ...], owner: str) -> int:
+    """How many features a method's configuration makes of an image of ``spatial`` shape
+    (supervoxels: the number of seeds, about the number SLIC keeps)."""
+    if config["features"] == "labels":
+        return int(_label_features(config["feature_labels"], spatial, owner).max()) + 1
+    return math.prod(math.ceil(n / config["feature_size"]) for n in spatial)
+
+
 def grid_features(spatial: tuple[int, ...], size: int, device: Any = "cpu") -> torch.Tensor:
     """Regular blocks of ``size`` voxels (the last block along an axis may be smaller)."""
     import torch

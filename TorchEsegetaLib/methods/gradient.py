@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .base import Method, Param, ScoreModel, input_gradients, register
+from .base import Method, Param, Passes, ScoreModel, input_gradients, register
 from .baselines import BASELINE, BLUR_SIGMA, intensity_range, make_baseline
 
 if TYPE_CHECKING:
@@ -89,6 +89,9 @@ class _PerSampleGradient(Method):
 
     family = "gradient"
     quantity = "d score / d intensity"
+
+    def passes(self, shape, forward=None):
+        return Passes(backward=1)
 
     def combine(self, inputs: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -219,6 +222,12 @@ class IntegratedGradients(Method):
         BLUR_SIGMA,
     )
 
+    def passes(self, shape, forward=None):
+        return Passes(backward=self.config["n_steps"])
+
+    def cheaper(self):
+        return ["fewer path points (integrated_gradients.n_steps=8 or 16)"]
+
     def attribute(self, forward, inputs, target, context):
         import torch
         from captum.attr._utils.approximation_methods import approximation_parameters
@@ -319,6 +328,12 @@ class SmoothGrad(Method):
 
     def preflight(self, forward, inputs, target):
         self.base.preflight(forward, inputs, target)
+
+    def passes(self, shape, forward=None):
+        return self.base.passes(shape, forward) * self.config["samples"]
+
+    def cheaper(self):
+        return ["fewer noisy copies (smoothgrad.samples=4 or 8)"] + self.base.cheaper()
 
     def noise_std(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.config["noise_level"] * intensity_range(inputs)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserInputError
-from .base import Method, Param, ScoreModel, register
+from .base import Method, Param, Passes, ScoreModel, register
 from .probe import LayerProbe
 
 if TYPE_CHECKING:
@@ -180,6 +180,15 @@ class LayerMethod(Method):
     streams = False
     #: :meth:`map_from` needs the score's gradient with respect to the layer
     needs_gradients = True
+
+    def passes(self, shape, forward=None):
+        # finding the default layer traces one forward pass
+        found = Passes() if self.config.get("layer") else Passes(forward=1)
+        return found + self.layer_passes(shape)
+
+    def layer_passes(self, shape: tuple[int, ...]) -> Passes:
+        """The passes of the map itself, once the layer is known."""
+        return Passes(backward=1) if self.needs_gradients else Passes(forward=1)
 
     def layer_name(self, forward: torch.nn.Module, inputs: torch.Tensor) -> str:
         import torch

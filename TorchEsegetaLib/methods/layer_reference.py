@@ -13,7 +13,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from ..errors import UserInputError
-from .base import Param, register
+from .base import Param, Passes, register
 from .baselines import BASELINE, BASELINES, BLUR_SIGMA, intensity_range, make_baseline
 from .gradient import n_steps_param, quadrature_param
 from .layer import LAYER, REDUCE, LayerMethod
@@ -89,6 +89,12 @@ class LayerConductance(_PathMethod):
         BLUR_SIGMA,
     )
 
+    def layer_passes(self, shape):
+        return Passes(backward=self.config["n_steps"] + 1)
+
+    def cheaper(self):
+        return ["fewer path points (layer_conductance.n_steps=8 or 16)"]
+
     def path_sum(self, probe, x, base, alphas, step_sizes, start, stop):
         total, previous = None, None
         for [(activation, grads)] in probe.points(
@@ -117,6 +123,12 @@ class InternalInfluence(_PathMethod):
         BASELINE,
         BLUR_SIGMA,
     )
+
+    def layer_passes(self, shape):
+        return Passes(backward=self.config["n_steps"])
+
+    def cheaper(self):
+        return ["fewer path points (internal_influence.n_steps=8 or 16)"]
 
     def path_sum(self, probe, x, base, alphas, step_sizes, start, stop):
         total = None
@@ -182,6 +194,9 @@ class LayerGradientShap(LayerMethod):
         seeds = torch.randint(2**62, (count,), generator=generator)
         return choice, alphas, seeds
 
+    def layer_passes(self, shape):
+        return Passes(forward=2, backward=1) * self.config["n_samples"]
+
     def compute(self, probe, inputs, context, emit):
         import torch
 
@@ -245,6 +260,9 @@ class LayerDeepLift(LayerMethod):
     cost = "1 forward of the baseline + 1 forward and 1 backward of the input"
     reference = "Shrikumar et al. 2017, arXiv:1704.02685"
     params = (LAYER, REDUCE, BASELINE, BLUR_SIGMA)
+
+    def layer_passes(self, shape):
+        return Passes(forward=1, backward=1)  # the baseline, then the input
 
     def preflight(self, forward, inputs, target):
         from . import rules

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from .base import Method, Param, ScoreModel, register
+from .base import Method, Param, Passes, ScoreModel, register
 from .baselines import baseline_params, make_baseline
 
 BASELINE_PARAMS = baseline_params(
@@ -62,26 +62,45 @@ class Occlusion(Method):
         ),
     )
 
-    def attribute(self, forward, inputs, target, context):
+    def boxes(self, spatial: tuple[int, ...], forward) -> tuple[list, list]:
+        """The occluding boxes that change the score, and those that cannot: a box that misses
+        every voxel the restricted forward reads (sliding-window models with a local target)
+        leaves the score as it is, so its drop is exactly zero."""
         import torch
 
-        score = ScoreModel(forward, target)
-        spatial = inputs.shape[2:]
         window, stride = self.config["window"], self.config["stride"]
         axes = [window_starts(n, window, stride, self.config["cover_edges"]) for n in spatial]
         boxes = [
             tuple(slice(s, s + min(window, n)) for s, n in zip(corner, spatial))
             for corner in itertools.product(*axes)
         ]
-        # A box that misses every voxel the restricted forward reads (sliding-window models with
-        # a local target) cannot change the score: its drop is exactly zero, so it is counted
-        # but never evaluated.
         support = forward.input_support(spatial) if hasattr(forward, "input_support") else None
-        skipped: list[tuple[slice, ...]] = []
-        if support is not None:
-            seen = torch.from_numpy(support)
-            skipped = [box for box in boxes if not bool(seen[box].any())]
-            boxes = [box for box in boxes if bool(seen[box].any())]
+        if support is None:
+            return boxes, []
+        seen = torch.from_numpy(support)
+        inside = [bool(seen[box].any()) for box in boxes]
+        return [b for b, i in zip(boxes, inside) if i], [b for b, i in zip(boxes, inside) if not i]
+
+    def passes(self, shape, forward=None):
+        boxes, _ = self.boxes(tuple(shape[1:]), forward)
+        return Passes(forward=len(boxes) + 1)  # each box, and the unoccluded input
+
+    def cheaper(self):
+        window, stride = self.config["window"], self.config["stride"]
+        return [
+            f"a larger occlusion window (occlusion.window={2 * window} "
+            f"occlusion.stride={2 * stride}: about 8 times fewer passes)",
+            "feature ablation over supervoxels (--method feature_ablation "
+            "--param feature_ablation.features=supervoxels)",
+        ]
+
+    def attribute(self, forward, inputs, target, context):
+        import torch
+
+        score = ScoreModel(forward, target)
+        spatial = inputs.shape[2:]
+        boxes, skipped = self.boxes(tuple(spatial), forward)
+        if skipped:
             context.notes.append(
                 f"{len(skipped)} of {len(skipped) + len(boxes)} boxes lie outside the target's windows and were not evaluated (their drop is exactly 0)"
             )
@@ -154,6 +173,12 @@ class Rise(Method):
         ),
         *BASELINE_PARAMS,
     )
+
+    def passes(self, shape, forward=None):
+        return Passes(forward=self.config["n_masks"])
+
+    def cheaper(self):
+        return ["fewer masks (rise.n_masks=100)"]
 
     def attribute(self, forward, inputs, target, context):
         import torch

@@ -49,7 +49,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .base import Method, Param, register
+from .base import Method, Param, Passes, register
 
 if TYPE_CHECKING:
     import torch
@@ -98,6 +98,9 @@ class LRP(Method):
             maximum=100.0,
         ),
     )
+
+    def passes(self, shape, forward=None):
+        return Passes(backward=1)
 
     def preflight(self, forward, inputs, target):
         from . import rules

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Method, Param, ScoreModel, input_gradients, register
+from .base import Method, Param, Passes, ScoreModel, input_gradients, register
 from .baselines import DISTRIBUTION, draw_baselines, draw_seeds, intensity_range
 from .deeplift import deeplift, note_incomplete
 
@@ -70,6 +70,12 @@ class DeepLiftShap(_SampledMethod):
     def count(self):
         return self.config["n_baselines"]
 
+    def passes(self, shape, forward=None):
+        return Passes(forward=1, backward=1) * self.count()  # each baseline, then the input
+
+    def cheaper(self):
+        return ["fewer baselines (deeplift_shap.n_baselines=2 or 4)"]
+
     def preflight(self, forward, inputs, target):
         from . import rules
 
@@ -116,6 +122,12 @@ class GradientShap(_SampledMethod):
 
     def count(self):
         return self.config["n_samples"]
+
+    def passes(self, shape, forward=None):
+        return Passes(backward=self.count())
+
+    def cheaper(self):
+        return ["fewer samples (gradient_shap.n_samples=4 or 8)"]
 
     def draws(
         self, x: torch.Tensor, seeds: torch.Tensor

@@ -1,0 +1,164 @@
+"""The cost estimate: each method's declared passes are the passes it makes, the run says what
+each method will cost before any method runs, warns about long ones with cheaper settings, and
+run.json keeps the estimate beside the actual time."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import centre_box_target, tiny_input, tiny_unet
+
+from TorchEsegetaLib.card import ModelCard
+from TorchEsegetaLib.cost import PassTimes, duration, estimate
+from TorchEsegetaLib.engine import Context
+from TorchEsegetaLib.inference import SegmentationForward
+from TorchEsegetaLib.methods import REGISTRY, create_method
+from TorchEsegetaLib.methods.base import Passes
+
+SMALL = {
+    "integrated_gradients": {"n_steps": 4},
+    "smoothgrad": {"samples": 3},
+    "occlusion": {"window": 8, "stride": 8},
+    "rise": {"n_masks": 5},
+    "feature_ablation": {"feature_size": 8},
+    "shapley_value_sampling": {"n_samples": 2, "feature_size": 8},
+    "lime": {"n_samples": 6, "feature_size": 8},
+    "kernel_shap": {"n_samples": 6, "feature_size": 8},
+    "gradient_shap": {"n_samples": 3},
+    "deeplift_shap": {"n_baselines": 3},
+    "layer_conductance": {"n_steps": 4},
+    "internal_influence": {"n_steps": 4},
+    "layer_gradient_shap": {"n_samples": 3},
+}
+
+
+class CountingNetwork(torch.nn.Module):
+    """Counts the samples the network runs on, and those a backward pass goes through."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+        self.calls = 0
+        self.backward = 0
+
+    def forward(self, x):
+        count = x.shape[0]
+        self.calls += count
+        out = self.network(x)
+        if out.requires_grad:
+
+            def backward(_grad, count=count):
+                self.backward += count
+
+            out.register_hook(backward)
+        return out
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_each_method_declares_the_passes_it_makes(name):
+    network = CountingNetwork(tiny_unet())
+    forward = SegmentationForward(network, ModelCard())
+    method = create_method(name, SMALL.get(name, {}))
+    x, target = tiny_input(), centre_box_target()
+    method.preflight(forward, x, target)
+    network.calls = network.backward = 0
+    method.attribute(forward, x, target, Context(max_batch=2))
+    declared = method.passes(tuple(x.shape[1:]), forward)
+    counted = Passes(network.calls - network.backward, network.backward)
+    if name == "layer_conductance":  # one more point per batch of path points: 2 batches here
+        assert counted == declared + Passes(backward=1)
+    else:
+        assert counted == declared
+
+
+def test_default_occlusion_of_a_brain_volume_is_warned_about_with_cheaper_settings():
+    occlusion = create_method("occlusion")
+    passes = occlusion.passes((1, 181, 217, 181))
+    assert passes == Passes(forward=22 * 27 * 22 + 1)  # window 16, stride 8, flush last boxes
+    times = PassTimes()
+    times.record("forward", 1, 0.5)
+    times.record("forward", 4, 1.2)
+    found = estimate("occlusion", occlusion, passes, times, 600.0, ["a GPU (--device cuda)"])
+    assert found.seconds == pytest.approx(13069 * 0.3)
+    assert found.too_long
+    warning = found.warning()
+    assert "occlusion.window=32" in warning and "supervoxels" in warning and "GPU" in warning
+    assert "1 h 5 min" in warning and "10 min" in warning
+
+
+def test_pass_times_scale_with_the_measured_batch():
+    times = PassTimes()
+    times.record("backward", 1, 2.0)
+    times.record("backward", 4, 4.0)
+    assert times.of("backward", 1) == 2.0
+    assert times.of("backward", 32) == pytest.approx(32.0)
+    assert times.of("forward", 10) == 0.0 and times.of("backward", 0) == 0.0
+    assert [duration(s) for s in (0.25, 42, 600, 3 * 3600 + 300)] == [
+        "0.2 s",
+        "42 s",
+        "10 min",
+        "3 h 5 min",
+    ]
+
+
+def test_the_estimate_comes_before_any_method_and_run_json_keeps_it(tmp_path):
+    from TorchEsegetaLib.io import write_volume
+    from TorchEsegetaLib.job import Job
+    from TorchEsegetaLib.runner import run_job
+    from TorchEsegetaLib.volume import Geometry
+
+    torch.save(tiny_unet().state_dict(), tmp_path / "unet.pt")
+    from helpers import TINY_UNET_KWARGS
+
+    image = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32) * 100
+    write_volume(image, Geometry((16, 16, 16)), tmp_path / "image.nii.gz")
+    job = Job(
+        images=[str(tmp_path / "image.nii.gz")],
+        model={
+            "kind": "monai",
+            "network": "UNet",
+            "kwargs": TINY_UNET_KWARGS,
+            "checkpoint": str(tmp_path / "unet.pt"),
+        },
+        methods=["saliency", {"name": "occlusion", "params": {"window": 8}}],
+        output=str(tmp_path / "run"),
+        figures=False,
+        warn_after_s=0,
+    )
+    events = []
+    run_job(job, progress=events.append)
+    stages = [e["stage"] for e in events]
+    assert "estimate" in stages and stages.index("estimate") < stages.index("method")
+    lines = [e["message"] for e in events if e["stage"] == "estimate"]
+    assert any(line.startswith("estimate occlusion: 9 forward passes") for line in lines)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    for method in record["methods"]:
+        assert method["estimate"]["seconds"] > 0 and method["seconds"] > 0
+    assert record["methods"][0]["estimate"]["backward_passes"] == 1
+    assert any("occlusion would take" in w and "cheaper" in w for w in record["warnings"])
+
+
+def test_the_cli_warns_before_the_run_even_when_quiet(tmp_path, capsys):
+    from TorchEsegetaLib.cli import main
+    from TorchEsegetaLib.io import write_volume
+    from TorchEsegetaLib.volume import Geometry
+
+    torch.jit.script(tiny_unet()).save(str(tmp_path / "unet.ts"))
+    image = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32) * 100
+    write_volume(image, Geometry((16, 16, 16)), tmp_path / "image.nii.gz")
+    args = [
+        "explain",
+        "--image",
+        str(tmp_path / "image.nii.gz"),
+        "--model",
+        str(tmp_path / "unet.ts"),
+    ]
+    code = main(
+        [*args, "--out", str(tmp_path / "run"), "--quiet", "--no-figures", "--warn-after", "0"]
+    )
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "warning: saliency would take about" in err and "a GPU (--device cuda)" in err
