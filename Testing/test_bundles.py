@@ -416,3 +416,26 @@ def test_untrusted_network_def_outside_monai_is_refused(tmp_path):
     (root / "configs" / "inference.json").write_text(json.dumps(config))
     with pytest.raises(UserInputError, match="outside MONAI.*--trust-bundle"):
         load_model({"kind": "bundle", "path": str(root)})
+
+
+@pytest.mark.parametrize("form", ["ts", "pt"])
+def test_the_demo_exports_run_as_the_demo_does(tmp_path, form):
+    from TorchEsegetaLib.demo import build_demo_network, demo_volume
+    from TorchEsegetaLib.demo.export import write_bundle, write_torchscript
+
+    volume, _ = demo_volume()
+    path = tmp_path / "mra.nii.gz"
+    write_volume(volume.array[0], volume.geometry, path)
+    root = write_bundle(tmp_path / "bundle", form)
+    labels, probabilities = monai_run(root, build_demo_network(), path)
+    ours = segment(load_model({"kind": "bundle", "path": str(root)}), read_volume(path))
+    np.testing.assert_array_equal(ours.labelmap, labels[0])
+    np.testing.assert_allclose(ours.probabilities, probabilities.numpy(), atol=1e-5, rtol=0)
+    demo = segment(load_model({"kind": "demo"}), read_volume(path))
+    assert dice(ours.labelmap, demo.labelmap) > 0.99  # the same network and preprocessing
+    scripted = load_model(
+        {"kind": "torchscript", "path": str(write_torchscript(tmp_path / "demo.ts"))},
+        card={"intensity": {"kind": "zscore", "channel_wise": True}},
+    )
+    assert scripted.card.size_divisible == 4  # measured: two stride-2 levels
+    np.testing.assert_array_equal(segment(scripted, read_volume(path)).labelmap, demo.labelmap)

@@ -18,12 +18,13 @@ from typing import Any
 
 from . import DEMO_NETWORK, DEMO_NETWORK_KWARGS, DEMO_SPACING, build_demo_network
 
-#: The demo network's preprocessing as a bundle writes it: RAS orientation, its training
-#: spacing, per-channel z-scoring, padding to the multiple of 4 its two down-samplings need.
+#: The demo network's preprocessing as a bundle writes it: the orientation and spacing of its
+#: training volumes (LPS axes, 0.6 x 0.6 x 0.8 mm), per-channel z-scoring, padding to the
+#: multiple of 4 its two down-samplings need.
 PREPROCESSING = [
     {"_target_": "LoadImaged", "keys": "image"},
     {"_target_": "EnsureChannelFirstd", "keys": "image"},
-    {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+    {"_target_": "Orientationd", "keys": "image", "axcodes": "LPS"},
     {"_target_": "Spacingd", "keys": "image", "pixdim": list(DEMO_SPACING), "mode": "bilinear"},
     {"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True},
     {"_target_": "DivisiblePadd", "keys": "image", "k": 4},
