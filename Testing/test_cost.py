@@ -133,7 +133,7 @@ def test_the_estimate_comes_before_any_method_and_run_json_keeps_it(tmp_path):
     stages = [e["stage"] for e in events]
     assert "estimate" in stages and stages.index("estimate") < stages.index("method")
     lines = [e["message"] for e in events if e["stage"] == "estimate"]
-    assert any(line.startswith("estimate occlusion: 9 forward passes") for line in lines)
+    assert any(line.startswith("estimate occlusion: 9 forward passes, about") for line in lines)
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     for method in record["methods"]:
         assert method["estimate"]["seconds"] > 0 and method["seconds"] > 0

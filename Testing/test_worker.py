@@ -62,7 +62,11 @@ def test_worker_emits_progress_lines_and_a_complete_run_folder(tmp_path):
     assert process.returncode == 0, err
     assert events[-1] == {"event": "done", "run_folder": str(tmp_path / "run")}
     progress = [e for e in events if e["event"] == "progress"]
-    assert {"load", "segment", "method", "write", "done"} <= {e["stage"] for e in progress}
+    assert {"load", "segment", "estimate", "method", "write", "done"} <= {
+        e["stage"] for e in progress
+    }
+    # the cost estimate is also a plain line of the log Slicer's panel shows
+    assert "torchesegeta: estimate integrated_gradients: 4 forward+backward passes" in err
     ig = [e["fraction"] for e in progress if e.get("method") == "integrated_gradients"]
     assert ig == sorted(ig) and ig[-1] == 1.0 and len(ig) >= 3
     assert all(0.0 <= e["fraction"] <= 1.0 for e in progress)

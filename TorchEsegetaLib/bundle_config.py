@@ -45,10 +45,7 @@ _INTENSITY = {
     "NormalizeIntensity": "zscore",
     "ScaleIntensity": "scale_intensity",
 }
-_POST = {"Activations", "AsDiscrete", "KeepLargestConnectedComponent", "FillHoles"} | {
-    "RemoveSmallObjects",
-    "LabelFilter",
-}
+_POST = {"Activations", "AsDiscrete", "KeepLargestConnectedComponent", "FillHoles", "LabelFilter"}
 _KNOWN = _NO_OPS | set(_GEOMETRIC) | set(_INTENSITY) | _POST | {"Lambda", "Invert"}
 #: Arguments of dictionary transforms that say where, not what.
 _DICT_ONLY = {

@@ -69,12 +69,15 @@ class Estimate:
 
     def describe(self) -> str:
         """One line: the passes, the time of each, the estimate."""
-        parts = []
-        if self.passes.forward:
-            parts.append(f"{self.passes.forward:,} forward")
-        if self.passes.backward:
-            parts.append(f"{self.passes.backward:,} forward+backward")
-        return f"{self.label}: {' + '.join(parts) or 'no'} passes, about {duration(self.seconds)}"
+        parts = [
+            f"{count:,} {what} pass{'' if count == 1 else 'es'}"
+            for count, what in (
+                (self.passes.forward, "forward"),
+                (self.passes.backward, "forward+backward"),
+            )
+            if count
+        ]
+        return f"{self.label}: {' + '.join(parts) or 'no passes'}, about {duration(self.seconds)}"
 
     def warning(self) -> str:
         return (

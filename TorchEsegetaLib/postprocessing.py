@@ -23,9 +23,10 @@ TRANSFORMS = (
     "AsDiscrete",
     "KeepLargestConnectedComponent",
     "FillHoles",
-    "RemoveSmallObjects",
     "LabelFilter",
 )
+#: The ones MONAI runs with scikit-image.
+_SCIKIT_IMAGE = {"KeepLargestConnectedComponent"}
 #: The ones whose output is a labelmap (the others keep probabilities or labels as they are).
 _DISCRETE = {"AsDiscrete"}
 
@@ -96,6 +97,13 @@ def make_transform(step: dict[str, Any]) -> Any:
         raise UserInputError(
             f"postprocessing transform {name!r} is not supported; use one of {', '.join(TRANSFORMS)}"
         )
+    if name in _SCIKIT_IMAGE:
+        import importlib.util
+
+        if importlib.util.find_spec("skimage") is None:
+            raise UserInputError(
+                f"the bundle's {name} postprocessing needs scikit-image: pip install scikit-image"
+            )
     try:
         return getattr(transforms, name)(**(step.get("args") or {}))
     except (TypeError, ValueError) as error:

@@ -152,7 +152,13 @@ def explain_volume(
         _emit(progress, stage="estimate", fraction=0.0, message=f"estimate {found.describe()}")
         if found.too_long:
             warnings.append(found.warning())
-            _emit(progress, stage="estimate", fraction=0.0, warning=True, message=found.warning())
+            _emit(
+                progress,
+                stage="estimate",
+                fraction=0.0,
+                warning=True,
+                message=f"warning: {found.warning()}",
+            )
     tuned: dict[str, int] = {}  # the fastest batch size, found by the first method, kept for all
 
     def on_input_grid(method: Any, context: Any) -> np.ndarray:

@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def progress(event: dict) -> None:
             if event.get("stage") == "estimate":  # the cost estimate, as a line of the log
-                warning = "warning: " if event.get("warning") else ""
-                print(f"torchesegeta: {warning}{event.get('message', '')}", file=sys.stderr)
+                print(f"torchesegeta: {event.get('message', '')}", file=sys.stderr)
             send(event)
 
         out = run_job(job, progress=progress, cancel=token)

@@ -24,7 +24,7 @@ class ProgressBar:
     def __call__(self, event: dict[str, Any]) -> None:
         if not self.enabled:
             if event.get("warning"):  # a long run is announced even without a progress bar
-                print(f"torchesegeta: warning: {event.get('message', '')}", file=self.stream)
+                print(f"torchesegeta: {event.get('message', '')}", file=self.stream)
             return
         if event.get("stage") == "evaluate" and self.stage != "evaluate":
             self.close()  # a second bar, one unit per (metric, method)
