@@ -59,7 +59,9 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        geometry = Geometry(volume.geometry.size, volume.geometry.spacing, (10.0, -20.0, 5.0), OBLIQUE)
+        geometry = Geometry(
+            volume.geometry.size, volume.geometry.spacing, (10.0, -20.0, 5.0), OBLIQUE
+        )
         image = root / "mra.nii.gz"
         write_volume(volume.array[0], geometry, image)
         for index, (name, (preprocessing, form)) in enumerate(BUNDLES.items()):

@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         volume, load_model({"kind": "demo"}), TargetSpec(), specs, device=args.device
     )
     print(f"demo volume {'x'.join(map(str, volume.spatial_shape))} on {result.device}")
-    print(f"{'method':<22} {'passes (fwd + fwd/bwd)':>22} {'estimate s':>11} {'measured s':>11} {'ratio':>6}")
+    print(
+        f"{'method':<22} {'passes (fwd + fwd/bwd)':>22} {'estimate s':>11} {'measured s':>11} {'ratio':>6}"
+    )
     for method in result.methods:
         estimate = method.estimate
         passes = f"{estimate['forward_passes']} + {estimate['backward_passes']}"
