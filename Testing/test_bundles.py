@@ -382,7 +382,7 @@ def test_only_affine_lambdas_are_read_without_trust(tmp_path):
 
 
 def test_recognised_lambdas():
-    from TorchEsegetaLib.bundle_config import affine_lambda, threshold_lambda
+    from TorchEsegetaLib.lambdas import affine_lambda, threshold_lambda
 
     assert affine_lambda("$lambda x: (x - 50) / 25") == (0.04, -2.0)
     assert affine_lambda("$lambda img: 2 * img + 1 - -3") == (2.0, 4.0)

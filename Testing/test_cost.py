@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from catalog import FAST_PARAMS
 from helpers import centre_box_target, tiny_input, tiny_unet
 
 from TorchEsegetaLib.card import ModelCard
@@ -17,22 +18,6 @@ from TorchEsegetaLib.engine import Context
 from TorchEsegetaLib.inference import SegmentationForward
 from TorchEsegetaLib.methods import REGISTRY, create_method
 from TorchEsegetaLib.methods.base import Passes
-
-SMALL = {
-    "integrated_gradients": {"n_steps": 4},
-    "smoothgrad": {"samples": 3},
-    "occlusion": {"window": 8, "stride": 8},
-    "rise": {"n_masks": 5},
-    "feature_ablation": {"feature_size": 8},
-    "shapley_value_sampling": {"n_samples": 2, "feature_size": 8},
-    "lime": {"n_samples": 6, "feature_size": 8},
-    "kernel_shap": {"n_samples": 6, "feature_size": 8},
-    "gradient_shap": {"n_samples": 3},
-    "deeplift_shap": {"n_baselines": 3},
-    "layer_conductance": {"n_steps": 4},
-    "internal_influence": {"n_steps": 4},
-    "layer_gradient_shap": {"n_samples": 3},
-}
 
 
 class CountingNetwork(torch.nn.Module):
@@ -61,7 +46,7 @@ class CountingNetwork(torch.nn.Module):
 def test_each_method_declares_the_passes_it_makes(name):
     network = CountingNetwork(tiny_unet())
     forward = SegmentationForward(network, ModelCard())
-    method = create_method(name, SMALL.get(name, {}))
+    method = create_method(name, FAST_PARAMS.get(name, {}))
     x, target = tiny_input(), centre_box_target()
     method.preflight(forward, x, target)
     network.calls = network.backward = 0

@@ -22,6 +22,7 @@ import torch
 
 from . import bundle_config
 from .errors import UserInputError
+from .lambdas import is_recognised_expression
 from .model_files import (
     existing_path,
     jit_load,
@@ -44,7 +45,7 @@ def config_expressions(config_file: Path) -> list[str]:
 
     def walk(value: Any) -> None:
         if isinstance(value, str) and value.startswith("$"):
-            if not bundle_config.is_recognised_expression(value):
+            if not is_recognised_expression(value):
                 found.append(value)
         elif isinstance(value, dict):
             for item in value.values():

@@ -79,7 +79,8 @@ class TransformGrid:
 
     def to_model_grid(self, t: torch.Tensor) -> torch.Tensor:
         """(B, K, *input shape) -> (B, K, *model shape), by the same transforms."""
-        return torch.stack([self._forward(sample).as_tensor() for sample in t]).to(t.dtype)
+        mapped = [self._forward(sample.cpu()).as_tensor() for sample in t]
+        return torch.stack(mapped).to(device=t.device, dtype=t.dtype)
 
     def to_input_grid(self, t: torch.Tensor, mode: str = "trilinear") -> torch.Tensor:
         """(B, K, *model shape) -> (B, K, *input shape) by the transforms' inverses; ``mode``
@@ -96,13 +97,13 @@ class TransformGrid:
         elif mode != "trilinear":
             raise UserInputError(f"unknown resampling mode {mode!r}; use 'trilinear' or 'nearest'")
         restored = []
-        for sample in t:
-            data = MetaTensor(sample.detach().float(), affine=self.model_affine)
+        for sample in t:  # on the CPU, where the transforms and their affines live
+            data = MetaTensor(sample.detach().float().cpu(), affine=self.model_affine)
             data.applied_operations = copy.deepcopy(trace)
             for transform in reversed(self.transforms):
                 data = transform.inverse({IMAGE_KEY: data})[IMAGE_KEY]
             restored.append(data.as_tensor())
-        out = torch.stack(restored)
+        out = torch.stack(restored).to(t.device)
         return out.round().to(t.dtype) if not t.dtype.is_floating_point else out.to(t.dtype)
 
     def _forward(self, sample: torch.Tensor) -> Any:
