@@ -27,12 +27,16 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=_DPI)
+    return buffer.getvalue()
+
+
 def _save(fig: Any, path: Path) -> Path:
     from .run_folder import atomic_write
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI)
-    atomic_write(path, buffer.getvalue())
+    atomic_write(path, _png(fig))
     return path
 
 
@@ -63,7 +67,19 @@ def metric_registry() -> dict[str, Any]:
     return REGISTRY
 
 
+def curves_png(evaluation: Evaluation) -> bytes | None:
+    """The deletion/insertion figure as PNG bytes (None without those curves), for a viewer
+    that shows it without writing into the run folder."""
+    if not any(evaluation.curves.get(name) for name in ("deletion", "insertion")):
+        return None
+    return _png(_curves_figure(evaluation, _colours(evaluation.methods)))
+
+
 def _curves(evaluation: Evaluation, colours: dict[str, Any], path: Path) -> Path:
+    return _save(_curves_figure(evaluation, colours), path)
+
+
+def _curves_figure(evaluation: Evaluation, colours: dict[str, Any]) -> Any:
     names = [n for n in ("deletion", "insertion") if evaluation.curves.get(n)]
     fig = _figure(5.0 * len(names), 4.0)
     for i, name in enumerate(names):
@@ -81,7 +97,7 @@ def _curves(evaluation: Evaluation, colours: dict[str, Any], path: Path) -> Path
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def _randomisation(evaluation: Evaluation, colours: dict[str, Any], path: Path) -> Path:

@@ -25,6 +25,7 @@ SEQUENTIAL_COLOR_NAME = "TorchEsegetaSequential"
 # Node attribute marking attribution maps (its value: the method label).
 MAP_ATTRIBUTE = "TorchEsegeta.method"
 DIVERGING_COLOR_NAME = "TorchEsegetaDiverging"
+LEGEND_LABEL_FORMAT = "%.3g"
 
 
 def styleAttributionNode(
@@ -158,5 +159,8 @@ def showColorLegend(colorLogic, volumeNode, visible: bool = True):
     legend = colorLogic.GetColorLegendDisplayNode(volumeNode)
     if legend is None:
         legend = colorLogic.AddDefaultColorLegendDisplayNode(volumeNode)
+        # Attributions are often far below 1 (a gradient is ~1e-3): Slicer's default "%.1f"
+        # would label every tick 0.0.
+        legend.SetLabelFormat(LEGEND_LABEL_FORMAT)
     legend.SetVisibility(visible)
     return legend

@@ -1,0 +1,264 @@
+"""The viewer: a trame server holding one trame-slicer scene, its views and the side panel.
+
+Browser actions change the trame state; each state change becomes one call of the Slicer
+module's display helpers (``showAsForeground``, ``setMapOpacity``, ``linkCompareViews``) on the
+scene, and trame-slicer streams the re-rendered views back as lossless PNG images, so the
+colours on screen are those of the colour tables.
+"""
+
+from __future__ import annotations
+
+import slicer
+from trame_rca.encoders import RcaImageEncoder
+from trame_slicer import module as trameSlicerModule
+from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+from TorchEsegetaSlicer.display import setMapOpacity, showAsForeground
+from TorchEsegetaSlicer.layouts import MAX_COMPARED, linkCompareViews
+
+from TorchEsegetaLib.metric_figures import format_value
+
+from . import panel, views
+from .caseScene import CaseNodes, loadCase, unloadCase
+from .httpFiles import addFileRoute, fileUrl
+from .metricsView import curvesDataUrl, metricsTable
+from .runSource import ViewerRun, openRun
+
+DEFAULT_OPACITY = 0.5  # the Slicer module's
+
+
+class ViewerApp:
+    """One viewer on ``server``: the cases it can show, by name (one for a single run folder).
+
+    Args:
+        server: a trame server (``trame.app.get_server(client_type="vue3")``).
+        cases: ``{name: run folder}``; the first is shown first.
+        images: input images that replace the runs' own (``--image``), or None.
+        fileRoot: the folder whose files the page may link to (the run or results folder).
+    """
+
+    def __init__(self, server, cases: dict, images=None, fileRoot=None):
+        self.server = server
+        self.cases = dict(cases)
+        self.images = images
+        self.case: CaseNodes | None = None
+        self.slicerApp = SlicerApp()
+        scene = self.scene = self.slicerApp.scene
+        # The glue's slicer.util calls find the scene here, as in the application.
+        slicer.mrmlScene = scene
+        # The colour legends of the Slicer module; the node class is the Colors module's.
+        scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+        self.colorLogic = slicer.vtkSlicerColorLogic()
+        server.enable_module(trameSlicerModule)
+        register_rca_factories(
+            self.slicerApp.view_manager,
+            server,
+            slice_view_ui_f=self._sliceViewUi,
+            rca_encoder=RcaImageEncoder.PNG,
+        )
+        self.layoutManager = LayoutManager(scene, self.slicerApp.view_manager, server)
+        self.layoutManager.register_layout(views.VIEWS_LAYOUT_ID, views.viewsLayout())
+        self.layoutManager.set_layout(views.VIEWS_LAYOUT_ID)
+        for name in views.MAIN_SLICE_VIEWS:
+            self.slicerApp.view_manager.get_view(name).set_visible_in_3d(True)
+        self.crosshair = views.linkCrosshair(scene, self._onCursorMoved)
+        if fileRoot is not None:
+            server.controller.on_server_bind.add(lambda wslink: addFileRoute(wslink.app, fileRoot))
+        self.fileRoot = fileRoot
+        self._initialState()
+        self.ui = panel.buildUi(server, self.layoutManager, cohort=len(self.cases) > 1)
+        self._bindState()
+        self.showCase(next(iter(self.cases)))
+
+    # --- cases ---------------------------------------------------------------------------------
+
+    def showCase(self, name: str) -> None:
+        """Replace the shown case (its scene nodes, panel and views) with ``name``."""
+        run = openRun(self.cases[name], self.images)
+        if self.case is not None:
+            unloadCase(self.scene, self.case)
+            self.case = None
+        self.case = loadCase(self.scene, self.colorLogic, run)
+        state = self.server.state
+        maps = self.case.maps
+        state.case = name
+        state.method_items = [
+            {"value": m.label, "title": f"{m.title} ({'signed' if m.signed else 'unsigned'})"}
+            for m in run.maps
+            if m.label in maps
+        ]
+        state.channel_items = [
+            {"value": index, "title": node.GetName()}
+            for index, node in enumerate(self.case.channels)
+        ]
+        state.channel = 0
+        state.method = next(iter(maps))
+        state.compare = list(maps)[:MAX_COMPARED]
+        state.metrics = metricsTable(run.evaluation)
+        state.curves_src = curvesDataUrl(run.evaluation)
+        state.run_info = _runInfo(run)
+        state.links = self._links(name, run)
+        state.skipped = [f"{label}: {status}" for label, status in run.skipped.items()]
+        self._showBackground(0)
+        self._showMethod(state.method)
+        self._showCompare()
+        self._setSegmentationVisible(state.outline)
+        views.centreCrosshair(self.crosshair, self.case.channels[0])
+        for view in self.slicerApp.view_manager.get_views():
+            view.reset_view()
+
+    # --- state -> scene ------------------------------------------------------------------------
+
+    def _initialState(self) -> None:
+        state = self.server.state
+        state.trame__title = "TorchEsegeta viewer"
+        state.cases = list(self.cases)
+        state.opacity = DEFAULT_OPACITY
+        state.outline = True
+        state.mode = "views"
+        state.compare_orientation = "Axial"
+        state.compare_titles = []
+        state.cursor = ""
+
+    def _bindState(self) -> None:
+        state = self.server.state
+
+        @state.change("case")
+        def caseChanged(case, **_):
+            if self.case is not None and case != self.case.run.folder.name and case in self.cases:
+                self.showCase(case)
+
+        @state.change("method")
+        def methodChanged(method, **_):
+            self._showMethod(method)
+
+        @state.change("opacity")
+        def opacityChanged(opacity, **_):
+            setMapOpacity(self.scene, float(opacity))
+            self._render()
+
+        @state.change("outline")
+        def outlineChanged(outline, **_):
+            self._setSegmentationVisible(outline)
+
+        @state.change("channel")
+        def channelChanged(channel, **_):
+            self._showBackground(int(channel))
+
+        @state.change("mode", "compare", "compare_orientation")
+        def compareChanged(**_):
+            if len(state.compare) > MAX_COMPARED:
+                state.compare = state.compare[:MAX_COMPARED]
+                return
+            self._showCompare()
+
+    def _showMethod(self, label: str) -> None:
+        if self.case is None or label not in self.case.maps:
+            return
+        mainViews = views.compositeNodesOf(self.scene, views.MAIN_SLICE_VIEWS)
+        showAsForeground(self.scene, self.case.maps[label], self.server.state.opacity, mainViews)
+        self._showLegends()
+        self._render()
+
+    def _showCompare(self) -> None:
+        state = self.server.state
+        labels = [label for label in state.compare if self.case and label in self.case.maps]
+        if state.mode != "compare" or not labels:
+            self.layoutManager.set_layout(views.VIEWS_LAYOUT_ID)
+            state.compare_titles = []
+        else:
+            self.layoutManager.register_layout(
+                views.COMPARE_LAYOUT_ID, views.compareLayout(len(labels), state.compare_orientation)
+            )
+            self.layoutManager.set_layout(views.COMPARE_LAYOUT_ID)
+            names = views.allCompareViewNames()[: len(labels)]
+            for name in names:
+                self.slicerApp.view_manager.get_view(name).set_orientation(
+                    state.compare_orientation
+                )
+            background = self.case.channels[int(state.channel)]
+            mapNodes = [self.case.maps[label] for label in labels]
+            linkCompareViews(self.scene, names, background, mapNodes, state.opacity)
+            titles = {m.label: m.title for m in self.case.run.maps}
+            state.compare_titles = [titles[label] for label in labels]
+        self._showLegends()
+        self._render()
+
+    def _showLegends(self) -> None:
+        state = self.server.state
+        shown = set(state.compare) if state.mode == "compare" else {state.method}
+        for label, legend in self.case.legends.items():
+            legend.SetVisibility(label in shown)
+
+    def _showBackground(self, channel: int) -> None:
+        if self.case is None or not 0 <= channel < len(self.case.channels):
+            return
+        background = self.case.channels[channel].GetID()
+        for index in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+            self.scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode").SetBackgroundVolumeID(
+                background
+            )
+        self._render()
+
+    def _setSegmentationVisible(self, visible: bool) -> None:
+        if self.case is not None and self.case.segmentation is not None:
+            self.case.segmentation.GetDisplayNode().SetVisibility(bool(visible))
+            self._render()
+
+    def _render(self) -> None:
+        for view in self.slicerApp.view_manager.get_views():
+            view.schedule_render()
+
+    # --- the views' overlays and the cursor readout ------------------------------------------
+
+    def _sliceViewUi(self, server, viewId, view) -> None:
+        create_vertical_slice_view_gutter_ui(server, viewId, view)
+        views.fitOnResize(view)
+        name = view.get_singleton_tag()
+        if views.isCompareView(name):
+            panel.compareViewTitle(views.compareIndex(name))
+
+    def _onCursorMoved(self, ras) -> None:
+        state = self.server.state
+        if ras is None or self.case is None:
+            text = ""
+        else:
+            image = views.valueAt(self.case.channels[int(state.channel)], ras)
+            mapNode = self.case.maps.get(state.method)
+            value = views.valueAt(mapNode, ras) if mapNode is not None else None
+            position = ", ".join(f"{c:.1f}" for c in ras)
+            text = f"RAS ({position}) mm   image {_number(image)}   {state.method} {_number(value)}"
+        if text != state.cursor:
+            with state:
+                state.cursor = text
+
+    def _links(self, name: str, run: ViewerRun) -> list[dict]:
+        if self.fileRoot is None:
+            return []
+        prefix = "" if len(self.cases) == 1 else f"{name}/"
+        names = ["report.html", "metrics.csv"] + [
+            f"figures/{p.name}" for p in sorted((run.folder / "figures").glob("*.png"))
+        ]
+        return [
+            {"title": n, "href": fileUrl(prefix + n)} for n in names if (run.folder / n).is_file()
+        ]
+
+
+def _runInfo(run: ViewerRun) -> list[dict]:
+    record = run.record
+    target = record.get("target") or {}
+    model = record.get("model") or {}
+    rows = [
+        ("run", run.title),
+        ("folder", str(run.folder)),
+        ("input", ", ".join(str(p) for p in run.images)),
+        ("target", ", ".join(f"{k} {v}" for k, v in target.items() if isinstance(v, (str, int)))),
+        ("model", str(model.get("kind") or model.get("name") or "")),
+    ]
+    rows += [("warning", str(w)) for w in record.get("warnings") or []]
+    return [{"key": key, "value": value} for key, value in rows if value]
+
+
+def _number(value) -> str:
+    return "-" if value is None else format_value(value)

@@ -1,0 +1,184 @@
+"""The page: views on the left, the side panel (map, opacity, outline, compare, cursor value,
+metrics table, curves, run facts) on the right. Widgets only; the state they bind is set by
+:mod:`.app`. Element ids (``tv-...``) are what the browser tests look for."""
+
+from __future__ import annotations
+
+from trame.ui.vuetify3 import VAppLayout
+from trame.widgets import client, html
+from trame.widgets import vuetify3 as v3
+
+from TorchEsegetaSlicer.layouts import MAX_COMPARED
+
+PANEL_WIDTH = 420
+_STYLE = """
+.tv-metrics td, .tv-metrics th { padding: 2px 6px !important; white-space: nowrap; }
+.tv-metrics tr.tv-selected td { background: rgba(255, 255, 255, 0.14); font-weight: 600; }
+.tv-metrics tbody tr { cursor: pointer; }
+.tv-compare-title { position: absolute; top: 4px; left: 50%; transform: translateX(-50%);
+  color: white; background: rgba(0, 0, 0, 0.55); padding: 0 8px; border-radius: 4px;
+  pointer-events: none; font-size: 13px; }
+"""
+
+
+def buildUi(server, layoutManager, cohort: bool) -> VAppLayout:
+    """The whole page; ``cohort`` adds the case picker."""
+    with VAppLayout(server, full_height=True, theme="dark") as layout:
+        # Vue drops <style> elements in templates; client.Style adds them to the page.
+        client.Style(_STYLE)
+        with v3.VAppBar(density="compact"):
+            v3.VToolbarTitle("TorchEsegeta viewer", classes="flex-grow-0 mr-4")
+            if cohort:
+                v3.VSelect(
+                    id="tv-case",
+                    label="case",
+                    items=("cases",),
+                    v_model=("case",),
+                    density="compact",
+                    hide_details=True,
+                    style="max-width: 280px",
+                )
+            v3.VSpacer()
+            with v3.VBtnToggle(v_model=("mode",), mandatory=True, density="compact", id="tv-mode"):
+                v3.VBtn("Views", value="views", id="tv-mode-views")
+                v3.VBtn("Compare", value="compare", id="tv-mode-compare")
+        with v3.VMain(), html.Div(style="display: flex; height: calc(100vh - 48px);"):
+            with html.Div(style="flex: 1; display: flex; min-width: 0;", id="tv-views"):
+                layoutManager.initialize_layout_grid(layout)
+            with html.Div(
+                id="tv-panel",
+                style=f"flex: 0 0 {PANEL_WIDTH}px; width: {PANEL_WIDTH}px; overflow: auto; "
+                "padding: 8px 12px; font-size: 13px;",
+            ):
+                _mapControls()
+                _compareControls()
+                _cursor()
+                _metrics()
+                _runFacts()
+    return layout
+
+
+def compareViewTitle(index: int) -> None:
+    """The method shown in compare view ``index`` (inside that view's overlay)."""
+    html.Div(
+        f"{{{{ compare_titles[{index}] }}}}",
+        v_if=f"compare_titles.length > {index}",
+        classes="tv-compare-title",
+    )
+
+
+def _mapControls() -> None:
+    v3.VSelect(
+        id="tv-method",
+        label="attribution map",
+        items=("method_items",),
+        v_model=("method",),
+        density="compact",
+        hide_details=True,
+        classes="mb-2",
+    )
+    v3.VSelect(
+        v_if="channel_items.length > 1",
+        label="image (input channel)",
+        items=("channel_items",),
+        v_model=("channel",),
+        density="compact",
+        hide_details=True,
+        classes="mb-2",
+    )
+    with html.Div(classes="d-flex align-center"):
+        html.Span("opacity", classes="mr-2")
+        v3.VSlider(
+            id="tv-opacity",
+            v_model=("opacity",),
+            min=0,
+            max=1,
+            step=0.05,
+            hide_details=True,
+            density="compact",
+            thumb_label=True,
+        )
+    v3.VSwitch(
+        id="tv-outline",
+        label="segmentation outline",
+        v_model=("outline",),
+        density="compact",
+        hide_details=True,
+    )
+
+
+def _compareControls() -> None:
+    with html.Div(v_if="mode === 'compare'", classes="mb-2"):
+        v3.VSelect(
+            id="tv-compare",
+            label=f"compare (up to {MAX_COMPARED})",
+            items=("method_items",),
+            v_model=("compare",),
+            multiple=True,
+            chips=True,
+            closable_chips=True,
+            density="compact",
+            hide_details=True,
+            classes="mb-2",
+        )
+        v3.VSelect(
+            label="compare orientation",
+            items=("['Axial', 'Coronal', 'Sagittal']",),
+            v_model=("compare_orientation",),
+            density="compact",
+            hide_details=True,
+        )
+
+
+def _cursor() -> None:
+    html.Div(
+        "{{ cursor || 'Move the mouse over a slice view; Shift + move jumps the other views.' }}",
+        id="tv-cursor",
+        classes="text-caption my-2",
+        style="min-height: 2.5em;",
+    )
+
+
+def _metrics() -> None:
+    with html.Div(v_if="metrics.rows.length", classes="mb-2"):
+        html.Div("Evaluation (click a row to show its map)", classes="text-subtitle-2")
+        with html.Div(style="overflow-x: auto;"):
+            with v3.VTable(density="compact", id="tv-metrics", classes="tv-metrics"):
+                with html.Thead(), html.Tr():
+                    html.Th(
+                        "{{ header.title }}", v_for="header in metrics.headers", key="header.key"
+                    )
+                with html.Tbody():
+                    with html.Tr(
+                        v_for="row in metrics.rows",
+                        key="row.method",
+                        click="method = row.method",
+                        classes=("row.method === method ? 'tv-selected' : ''",),
+                    ):
+                        html.Td("{{ cell }}", v_for="(cell, index) in row.cells", key="index")
+        html.Img(v_if="curves_src", src=("curves_src",), id="tv-curves", style="width: 100%;")
+    html.Div(
+        "This run has not been evaluated (torchesegeta evaluate RUN adds the metrics).",
+        v_if="!metrics.rows.length",
+        classes="text-caption my-2",
+    )
+
+
+def _runFacts() -> None:
+    with html.Div(classes="text-caption mt-2", id="tv-run"):
+        with html.Div(v_for="row in run_info", key="row.key + row.value"):
+            html.B("{{ row.key }}: ")
+            html.Span("{{ row.value }}")
+        with html.Div(v_if="skipped.length"):
+            html.B("not shown: ")
+            html.Span("{{ skipped.join(', ') }}")
+        with html.Div(v_if="links.length", classes="mt-1"):
+            html.B("files: ")
+            html.A(
+                "{{ link.title }} ",
+                v_for="link in links",
+                key="link.href",
+                href=("link.href",),
+                target="_blank",
+                classes="mr-2",
+            )
