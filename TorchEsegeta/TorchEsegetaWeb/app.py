@@ -9,13 +9,13 @@ colours on screen are those of the colour tables.
 from __future__ import annotations
 
 import slicer
+from TorchEsegetaSlicer.display import setMapOpacity, showAsForeground
+from TorchEsegetaSlicer.layouts import MAX_COMPARED, linkCompareViews
 from trame_rca.encoders import RcaImageEncoder
 from trame_slicer import module as trameSlicerModule
 from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
-from TorchEsegetaSlicer.display import setMapOpacity, showAsForeground
-from TorchEsegetaSlicer.layouts import MAX_COMPARED, linkCompareViews
 
 from TorchEsegetaLib.metric_figures import format_value
 

@@ -4,11 +4,10 @@ metrics table, curves, run facts) on the right. Widgets only; the state they bin
 
 from __future__ import annotations
 
+from TorchEsegetaSlicer.layouts import MAX_COMPARED
 from trame.ui.vuetify3 import VAppLayout
 from trame.widgets import client, html
 from trame.widgets import vuetify3 as v3
-
-from TorchEsegetaSlicer.layouts import MAX_COMPARED
 
 PANEL_WIDTH = 420
 _STYLE = """

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import slicer
 import vtk
+from TorchEsegetaSlicer.layouts import VIEW_NAME_PREFIX, compareLayoutXml, compareViewNames
 from trame_slicer.views import (
     Layout,
     LayoutDirection,
     ViewLayoutDefinition,
     slicer_layout_to_vue,
 )
-from TorchEsegetaSlicer.layouts import VIEW_NAME_PREFIX, compareLayoutXml, compareViewNames
 
 VIEWS_LAYOUT_ID = "views"
 COMPARE_LAYOUT_ID = "compare"
