@@ -22,11 +22,19 @@ def cmakeList(text: str, variable: str) -> list[str]:
     return [item.replace("${MODULE_NAME}", moduleName) for item in match.group(1).split()]
 
 
+# The web viewer sits beside the module (it reuses its helpers) but is the pip package's, not
+# the extension's: Slicer has its own views.
+NOT_IN_EXTENSION = ("TorchEsegetaWeb",)
+
+
 def moduleFiles(suffixes=None) -> set[str]:
     files = {
         path.relative_to(MODULE_FOLDER).as_posix()
         for path in MODULE_FOLDER.rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts and path.name != "CMakeLists.txt"
+        if path.is_file()
+        and "__pycache__" not in path.parts
+        and path.name != "CMakeLists.txt"
+        and path.relative_to(MODULE_FOLDER).parts[0] not in NOT_IN_EXTENSION
     }
     return {f for f in files if suffixes is None or f.endswith(suffixes)}
 
@@ -40,6 +48,7 @@ def test_every_script_and_resource_of_the_module_is_listed():
     assert set(resources) == moduleFiles() - moduleFiles(".py")
     assert "Resources/UI/TorchEsegeta.ui" in resources
     assert "Resources/Icons/TorchEsegeta.png" in resources
+    assert not [f for f in scripts + resources if f.startswith(NOT_IN_EXTENSION)]
 
 
 def test_module_cmake_follows_slicer_conventions():

@@ -8,7 +8,7 @@ slicer: :func:`missingPackages` tells the command line what is not installed.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 from TorchEsegetaSlicer import enginePath
 
@@ -27,9 +27,12 @@ REQUIRED_MODULES = {
 
 
 def missingPackages() -> list[str]:
-    """The distributions of the viewer's optional dependencies that are not installed."""
-    return [
-        distribution
-        for module, distribution in REQUIRED_MODULES.items()
-        if importlib.util.find_spec(module) is None
-    ]
+    """The distributions of the viewer's optional dependencies that cannot be imported
+    (not installed, or installed but broken, e.g. a binary built for another slicer-core)."""
+    missing = []
+    for module, distribution in REQUIRED_MODULES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(distribution)
+    return missing

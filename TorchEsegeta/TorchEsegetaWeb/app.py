@@ -8,12 +8,17 @@ colours on screen are those of the colour tables.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import slicer
 from TorchEsegetaSlicer.display import setMapOpacity, showAsForeground
 from TorchEsegetaSlicer.layouts import MAX_COMPARED, linkCompareViews
 from trame_rca.encoders import RcaImageEncoder
 from trame_slicer import module as trameSlicerModule
-from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui
+from trame_slicer.app.ui import (
+    create_vertical_slice_view_gutter_ui,
+    create_vertical_view_gutter_ui,
+)
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 
@@ -55,6 +60,7 @@ class ViewerApp:
             self.slicerApp.view_manager,
             server,
             slice_view_ui_f=self._sliceViewUi,
+            three_d_view_ui_f=self._threeDViewUi,
             rca_encoder=RcaImageEncoder.PNG,
         )
         self.layoutManager = LayoutManager(scene, self.slicerApp.view_manager, server)
@@ -82,7 +88,7 @@ class ViewerApp:
         self.case = loadCase(self.scene, self.colorLogic, run)
         state = self.server.state
         maps = self.case.maps
-        state.case = name
+        state.current_case = name
         state.method_items = [
             {"value": m.label, "title": f"{m.title} ({'signed' if m.signed else 'unsigned'})"}
             for m in run.maps
@@ -113,9 +119,10 @@ class ViewerApp:
     def _initialState(self) -> None:
         state = self.server.state
         state.trame__title = "TorchEsegeta viewer"
-        state.cases = list(self.cases)
+        state.case_items = list(self.cases)
         state.opacity = DEFAULT_OPACITY
         state.outline = True
+        state.legend = True
         state.mode = "views"
         state.compare_orientation = "Axial"
         state.compare_titles = []
@@ -124,10 +131,12 @@ class ViewerApp:
     def _bindState(self) -> None:
         state = self.server.state
 
-        @state.change("case")
-        def caseChanged(case, **_):
-            if self.case is not None and case != self.case.run.folder.name and case in self.cases:
-                self.showCase(case)
+        # "case" itself is a JavaScript keyword: the page's expressions cannot name it.
+        @state.change("current_case")
+        def caseChanged(current_case, **_):
+            if self.case is not None and current_case in self.cases:
+                if current_case != self.case.run.folder.name:
+                    self.showCase(current_case)
 
         @state.change("method")
         def methodChanged(method, **_):
@@ -145,6 +154,11 @@ class ViewerApp:
         @state.change("channel")
         def channelChanged(channel, **_):
             self._showBackground(int(channel))
+
+        @state.change("legend")
+        def legendChanged(**_):
+            self._showLegends()
+            self._render()
 
         @state.change("mode", "compare", "compare_orientation")
         def compareChanged(**_):
@@ -189,7 +203,7 @@ class ViewerApp:
         state = self.server.state
         shown = set(state.compare) if state.mode == "compare" else {state.method}
         for label, legend in self.case.legends.items():
-            legend.SetVisibility(label in shown)
+            legend.SetVisibility(bool(state.legend) and label in shown)
 
     def _showBackground(self, channel: int) -> None:
         if self.case is None or not 0 <= channel < len(self.case.channels):
@@ -216,8 +230,13 @@ class ViewerApp:
         create_vertical_slice_view_gutter_ui(server, viewId, view)
         views.fitOnResize(view)
         name = view.get_singleton_tag()
+        panel.viewMarker(name)
         if views.isCompareView(name):
             panel.compareViewTitle(views.compareIndex(name))
+
+    def _threeDViewUi(self, server, viewId, view) -> None:
+        create_vertical_view_gutter_ui(server, viewId, view)
+        panel.viewMarker(view.get_singleton_tag())
 
     def _onCursorMoved(self, ras) -> None:
         state = self.server.state
@@ -251,13 +270,22 @@ def _runInfo(run: ViewerRun) -> list[dict]:
     model = record.get("model") or {}
     rows = [
         ("run", run.title),
-        ("folder", str(run.folder)),
-        ("input", ", ".join(str(p) for p in run.images)),
+        ("folder", _shown(run.folder)),
+        ("input", ", ".join(_shown(p) for p in run.images)),
         ("target", ", ".join(f"{k} {v}" for k, v in target.items() if isinstance(v, (str, int)))),
         ("model", str(model.get("kind") or model.get("name") or "")),
     ]
     rows += [("warning", str(w)) for w in record.get("warnings") or []]
     return [{"key": key, "value": value} for key, value in rows if value]
+
+
+def _shown(path: Path) -> str:
+    """A path as the user gave it: relative to the working folder when inside it."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _number(value) -> str:

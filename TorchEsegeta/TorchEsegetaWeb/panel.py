@@ -31,8 +31,8 @@ def buildUi(server, layoutManager, cohort: bool) -> VAppLayout:
                 v3.VSelect(
                     id="tv-case",
                     label="case",
-                    items=("cases",),
-                    v_model=("case",),
+                    items=("case_items",),
+                    v_model=("current_case",),
                     density="compact",
                     hide_details=True,
                     style="max-width: 280px",
@@ -55,6 +55,11 @@ def buildUi(server, layoutManager, cohort: bool) -> VAppLayout:
                 _metrics()
                 _runFacts()
     return layout
+
+
+def viewMarker(viewName: str) -> None:
+    """An empty element beside a view's image, to find the view in the page (``tv-view-Red``)."""
+    html.Span(id=f"tv-view-{viewName}", style="display: none;")
 
 
 def compareViewTitle(index: int) -> None:
@@ -97,13 +102,21 @@ def _mapControls() -> None:
             density="compact",
             thumb_label=True,
         )
-    v3.VSwitch(
-        id="tv-outline",
-        label="segmentation outline",
-        v_model=("outline",),
-        density="compact",
-        hide_details=True,
-    )
+    with html.Div(classes="d-flex"):
+        v3.VSwitch(
+            id="tv-outline",
+            label="segmentation outline",
+            v_model=("outline",),
+            density="compact",
+            hide_details=True,
+        )
+        v3.VSwitch(
+            id="tv-legend",
+            label="colour legend",
+            v_model=("legend",),
+            density="compact",
+            hide_details=True,
+        )
 
 
 def _compareControls() -> None:

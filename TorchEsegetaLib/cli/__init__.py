@@ -1,5 +1,5 @@
-"""The ``torchesegeta`` command: explain | run | demo | batch | evaluate | report | methods |
-metrics | layers | schema.
+"""The ``torchesegeta`` command: explain | run | demo | batch | evaluate | report | view |
+methods | metrics | layers | schema.
 
 ``--verbose`` and ``--quiet`` go before or after the subcommand. Exit status: 0 success, 2 bad input (one line naming the problem and the fix), 1 internal error,
 130 interrupted. Tracebacks only with --verbose.
@@ -16,11 +16,11 @@ import sys
 
 from .. import __version__
 from ..errors import CancelledError, UserInputError, unwritable_error
-from . import batch, catalog, evaluate, explain
+from . import batch, catalog, evaluate, explain, view
 from .catalog import methods_markdown, metrics_markdown
 from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, Parser, output_options
 
-SUBCOMMANDS = (explain, batch, evaluate, catalog)
+SUBCOMMANDS = (explain, batch, evaluate, view, catalog)
 
 __all__ = [
     "EXIT_INTERNAL",

@@ -1,0 +1,117 @@
+"""Run folders for the web viewer's tests: a synthetic image and maps whose colours are known.
+
+The maps are piecewise constant on 12 x 12 voxel blocks of the axial plane (the same on every
+slice), with values chosen so that the Slicer module's robust window is exactly [0, 1] for the
+unsigned map and [-1, 1] for the signed one: the colour at a block's centre is then a sample of
+the colour table itself (``_INFERNO[2 * 4 v]``, ``_BLUE_WHITE_RED[4 (v + 1)]``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from TorchEsegetaLib.io import write_volume
+from TorchEsegetaLib.metrics.results import Evaluation
+from TorchEsegetaLib.volume import Geometry
+
+BLOCK = 12
+SIZE = (48, 48, 6)
+GEOMETRY = Geometry(
+    size=SIZE, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3).ravel()
+)
+# Block values (row = block along j, column = block along i); zeros on the diagonal are
+# transparent in the unsigned map (below the Slicer module's threshold).
+UNSIGNED_BLOCKS = np.array(
+    [[0.0, 0.25, 0.5, 0.75], [1.0, 0.0, 0.25, 0.5], [0.75, 1.0, 0.0, 0.25], [0.5, 0.75, 1.0, 0.0]]
+)
+SIGNED_BLOCKS = np.array(
+    [[-1.0, -0.5, 0.0, 0.5], [1.0, -1.0, -0.5, 0.0], [0.5, 1.0, -1.0, -0.5], [0.0, 0.5, 1.0, -1.0]]
+)
+# The segmentation: one block, (bi, bj) = (0, 2), i.e. voxels i in [0, 12), j in [24, 36).
+SEGMENT_BLOCK = (0, 2)
+SCORES = {
+    "blocks": {"deletion": 0.123, "insertion": 0.789},
+    "signed": {"deletion": 0.456, "insertion": 0.321},
+}
+
+
+def blockArray(blocks: np.ndarray) -> np.ndarray:
+    """(i, j, k) array holding ``blocks[bj, bi]`` on each block of the axial plane."""
+    plane = np.kron(blocks, np.ones((BLOCK, BLOCK))).T  # indexed (i, j)
+    return np.repeat(plane[:, :, None], SIZE[2], axis=2).astype(np.float32)
+
+
+def makeViewerRun(folder: Path, imageFolder: Path | None = None) -> Path:
+    """Write a complete run folder (two maps, a segmentation, an evaluation) and its input image."""
+    folder = Path(folder)
+    imageFolder = Path(imageFolder or folder.parent / f"{folder.name}-input")
+    i, j, _ = np.meshgrid(*(np.arange(n) for n in SIZE), indexing="ij")
+    image = write_volume((100.0 + i + j).astype(np.float32), GEOMETRY, imageFolder / "image.nii.gz")
+    write_volume(blockArray(UNSIGNED_BLOCKS), GEOMETRY, folder / "blocks.nii.gz")
+    write_volume(blockArray(SIGNED_BLOCKS), GEOMETRY, folder / "signed.nii.gz")
+    labels = np.zeros(SIZE, np.uint8)
+    bi, bj = SEGMENT_BLOCK
+    labels[bi * BLOCK : (bi + 1) * BLOCK, bj * BLOCK : (bj + 1) * BLOCK, :] = 1
+    write_volume(labels, GEOMETRY, folder / "segmentation.nii.gz", dtype=np.uint8)
+    (folder / "figures").mkdir()
+    (folder / "figures" / "note.png").write_bytes(b"\x89PNG not really")
+    record = {
+        "format_version": 1,
+        "status": "complete",
+        "title": "synthetic blocks: vessel (class)",
+        "inputs": [str(image.absolute())],
+        "model": {"kind": "demo", "card": {"class_names": ["background", "vessel"]}},
+        "target": {"kind": "class", "class": "vessel"},
+        "methods": [
+            _method("blocks", "Blocks", False),
+            _method("signed", "Signed blocks", True),
+            {"label": "slow", "name": "occlusion", "status": "timed out", "signed": False},
+        ],
+        "metrics": _evaluation().to_json(),
+        "warnings": [],
+    }
+    (folder / "run.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    return folder
+
+
+def folderSnapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and modification time (ns)."""
+    return {
+        str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for p in sorted(Path(folder).rglob("*"))
+    }
+
+
+def _method(label: str, title: str, signed: bool) -> dict:
+    return {
+        "label": label,
+        "name": "saliency",
+        "title": title,
+        "params": {},
+        "status": "ok",
+        "signed": signed,
+        "file": f"{label}.nii.gz",
+    }
+
+
+def _evaluation() -> Evaluation:
+    x = list(np.linspace(0.0, 1.0, 6))
+    info = {
+        "deletion": {"title": "Deletion AUC", "direction": "lower"},
+        "insertion": {"title": "Insertion AUC", "direction": "higher"},
+    }
+    return Evaluation(
+        metrics=info,
+        scores=SCORES,
+        curves={
+            "deletion": {"blocks": (x, [1 - v for v in x]), "signed": (x, [1 - v * v for v in x])},
+            "insertion": {"blocks": (x, x), "signed": (x, [v * v for v in x])},
+        },
+        method_info={
+            "blocks": {"seconds": 1.5, "peak_memory_mb": 10.0},
+            "signed": {"seconds": 2.5, "peak_memory_mb": 20.0},
+        },
+    )
