@@ -28,12 +28,13 @@ from viewer_runs import (
     SIGNED_BLOCKS,
     SIZE,
     UNSIGNED_BLOCKS,
+    expectedColour,
     folderSnapshot,
     makeViewerRun,
 )
 
 pytest.importorskip("trame_slicer", reason="the viewer tests need torchesegeta[view]")
-from TorchEsegetaSlicer.display import _BLUE_WHITE_RED, _INFERNO, DISTINCT_COLORS  # noqa: E402
+from TorchEsegetaSlicer.display import DISTINCT_COLORS  # noqa: E402
 
 TOLERANCE = 6  # 8-bit levels: the colour table's lookup is quantised, the frames are lossless PNG
 
@@ -63,6 +64,10 @@ def session(tmp_path_factory):
             viewer.stop()
 
 
+# A block the unsigned map shows (value 0.5, above the module's transparency threshold).
+SHOWN = (2, 0)
+
+
 def centre(pixels, bi, bj):
     return axialPixel(pixels, bi * BLOCK + BLOCK / 2 - 0.5, bj * BLOCK + BLOCK / 2 - 0.5, SIZE[0])
 
@@ -71,12 +76,6 @@ def blockColours(pixels):
     return {
         (bi, bj): patchColour(pixels, *centre(pixels, bi, bj)) for bi in range(4) for bj in range(4)
     }
-
-
-def tableColour(table, position):
-    """The colour node's colour at ``position`` in [0, 1], as 8-bit RGB (the samples are the
-    nodes' points, so block values sit exactly on them)."""
-    return np.array(table[round(position * (len(table) - 1))]) * 255.0
 
 
 def prepare(page, legend=False, opacity_key="End"):
@@ -105,17 +104,19 @@ def test_slice_view_shows_the_map_in_the_colour_tables_colours(session):
     page = session["page"]
     showMethod(page, "Blocks (unsigned)")
     prepare(page, opacity_key="Home")
-    imageAlone = waitForView(page, "Red", lambda p: _isGreyAt(p, 1, 0))
+    imageAlone = waitForView(page, "Red", lambda p: _isGreyAt(p, *SHOWN))
     prepare(page, opacity_key="End")
-    overlaid = waitForView(page, "Red", lambda p: not _isGreyAt(p, 1, 0))
+    overlaid = waitForView(page, "Red", lambda p: not _isGreyAt(p, *SHOWN))
     colours, alone = blockColours(overlaid), blockColours(imageAlone)
+    visible = {}
     for (bi, bj), colour in colours.items():
-        value = UNSIGNED_BLOCKS[bj, bi]
-        if value == 0:  # below the module's threshold: transparent, the image shows
-            np.testing.assert_allclose(colour, alone[bi, bj], atol=TOLERANCE)
-        else:
-            np.testing.assert_allclose(colour, tableColour(_INFERNO, value), atol=TOLERANCE)
-    inMap = UNSIGNED_BLOCKS.T.ravel() > 0
+        expected = expectedColour(UNSIGNED_BLOCKS, False, bi, bj)
+        visible[bi, bj] = expected is not None
+        # Below the module's threshold the map is transparent and the image shows.
+        reference = alone[bi, bj] if expected is None else expected
+        np.testing.assert_allclose(colour, reference, atol=TOLERANCE, err_msg=str((bi, bj)))
+    assert 0 < sum(visible.values()) < len(visible)
+    inMap = np.array([visible[bi, bj] for bi in range(4) for bj in range(4)])
     difference = np.abs(overlaid.astype(float) - imageAlone.astype(float)).sum(axis=2)
     perBlock = np.array(
         [difference[_rows(overlaid, bi, bj)].mean() for bi in range(4) for bj in range(4)]
@@ -127,12 +128,12 @@ def test_slice_view_shows_the_map_in_the_colour_tables_colours(session):
 def test_switching_method_changes_the_pixels(session):
     page = session["page"]
     prepare(page)
-    before = waitForView(page, "Red", lambda p: not _isGreyAt(p, 1, 0))
+    before = waitForView(page, "Red", lambda p: not _isGreyAt(p, *SHOWN))
     page.locator("#tv-metrics tbody tr", has_text="signed").click()  # the table switches too
     after = waitForView(page, "Red", lambda p: np.abs(p.astype(float) - before).mean() > 20)
     for (bi, bj), colour in blockColours(after).items():
-        expected = tableColour(_BLUE_WHITE_RED, (SIGNED_BLOCKS[bj, bi] + 1) / 2)
-        np.testing.assert_allclose(colour, expected, atol=TOLERANCE)
+        expected = expectedColour(SIGNED_BLOCKS, True, bi, bj)
+        np.testing.assert_allclose(colour, expected, atol=TOLERANCE, err_msg=str((bi, bj)))
     page.screenshot(path=str(session["shots"] / "viewer-signed.png"))
     showMethod(page, "Blocks (unsigned)")
     waitForView(page, "Red", lambda p: np.abs(p.astype(float) - before).mean() < 2)
@@ -142,15 +143,15 @@ def test_opacity_slider_blends_map_and_image(session):
     page = session["page"]
     showMethod(page, "Blocks (unsigned)")
     prepare(page, opacity_key="Home")
-    alone = waitForView(page, "Red", lambda p: _isGreyAt(p, 1, 0))
+    alone = waitForView(page, "Red", lambda p: _isGreyAt(p, *SHOWN))
     for _ in range(10):  # 10 steps of 0.05 from 0: opacity 0.5
         page.keyboard.press("ArrowRight")
-    x, y = centre(alone, 1, 0)
-    expected = 0.5 * tableColour(_INFERNO, UNSIGNED_BLOCKS[0, 1]) + 0.5 * patchColour(alone, x, y)
+    x, y = centre(alone, *SHOWN)
+    expected = 0.5 * expectedColour(UNSIGNED_BLOCKS, False, *SHOWN) + 0.5 * patchColour(alone, x, y)
     half = waitForView(
         page, "Red", lambda p: np.abs(patchColour(p, x, y) - expected).max() <= TOLERANCE
     )
-    assert not _isGreyAt(half, 1, 0)
+    assert not _isGreyAt(half, *SHOWN)
 
 
 def test_segmentation_outline_can_be_hidden(session):
@@ -231,19 +232,14 @@ def test_compare_shows_the_maps_side_by_side(session):
     page = session["page"]
     prepare(page)
     page.locator("#tv-mode-compare").click()
-    first = waitForView(page, "TorchEsegeta1", lambda p: not _isGreyAt(p, 1, 0))
+    first = waitForView(page, "TorchEsegeta1", lambda p: not _isGreyAt(p, *SHOWN))
     second = waitForView(page, "TorchEsegeta2", lambda p: p.std() > 5)
-    np.testing.assert_allclose(
-        patchColour(first, *centre(first, 1, 0)),
-        tableColour(_INFERNO, UNSIGNED_BLOCKS[0, 1]),
-        atol=TOLERANCE,
-    )
-    signed = (SIGNED_BLOCKS[0, 1] + 1) / 2
-    np.testing.assert_allclose(
-        patchColour(second, *centre(second, 1, 0)),
-        tableColour(_BLUE_WHITE_RED, signed),
-        atol=TOLERANCE,
-    )
+    for pixels, blocks, signed in ((first, UNSIGNED_BLOCKS, False), (second, SIGNED_BLOCKS, True)):
+        np.testing.assert_allclose(
+            patchColour(pixels, *centre(pixels, *SHOWN)),
+            expectedColour(blocks, signed, *SHOWN),
+            atol=TOLERANCE,
+        )
     titles = page.locator(".tv-compare-title").all_inner_texts()
     assert titles == ["Blocks", "Signed blocks"]
     page.screenshot(path=str(session["shots"] / "viewer-compare.png"))

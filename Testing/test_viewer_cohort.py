@@ -14,12 +14,19 @@ from viewer_browser import (
     slideTo,
     waitForView,
 )
-from viewer_runs import BLOCK, GEOMETRY, SIZE, UNSIGNED_BLOCKS, blockArray, makeViewerRun
+from viewer_runs import (
+    BLOCK,
+    GEOMETRY,
+    SIZE,
+    UNSIGNED_BLOCKS,
+    blockArray,
+    expectedColour,
+    makeViewerRun,
+)
 
 from TorchEsegetaLib.io import write_volume
 
 pytest.importorskip("trame_slicer", reason="the viewer tests need torchesegeta[view]")
-from TorchEsegetaSlicer.display import _INFERNO  # noqa: E402
 
 
 def colourAt(pixels, bi, bj):
@@ -46,15 +53,15 @@ def test_cohort_case_picker_switches_the_whole_case(tmp_path):
             page.wait_for_selector("#tv-case", state="attached")
             page.locator("#tv-legend").click()
             slideTo(page, "tv-opacity", "End")
-            expected = {
-                name: np.array(_INFERNO[round(v * 8)]) * 255
-                for name, v in (("a", UNSIGNED_BLOCKS[0, 1]), ("b", flipped[0, 1]))
-            }
-            waitForView(page, "Red", lambda p: np.abs(colourAt(p, 1, 0) - expected["a"]).max() < 6)
+            # Block (0, 1): 1.0 in case a's map, 0.5 in case b's; both shown.
+            expected = {"a": expectedColour(UNSIGNED_BLOCKS, False, 0, 1)}
+            expected["b"] = expectedColour(flipped, False, 0, 1)
+            assert np.abs(expected["a"] - expected["b"]).max() > 40
+            waitForView(page, "Red", lambda p: np.abs(colourAt(p, 0, 1) - expected["a"]).max() < 6)
             assert "case-a" in page.locator("#tv-run").inner_text()
             page.locator("#tv-case").click(force=True)
             page.locator(".v-overlay .v-list-item", has_text="case-b").first.click()
-            waitForView(page, "Red", lambda p: np.abs(colourAt(p, 1, 0) - expected["b"]).max() < 6)
+            waitForView(page, "Red", lambda p: np.abs(colourAt(p, 0, 1) - expected["b"]).max() < 6)
             page.wait_for_function("document.querySelector('#tv-run').innerText.includes('case-b')")
             context.close()
     finally:

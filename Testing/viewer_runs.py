@@ -115,3 +115,19 @@ def _evaluation() -> Evaluation:
             "signed": {"seconds": 2.5, "peak_memory_mb": 20.0},
         },
     )
+
+
+def expectedColour(blocks: np.ndarray, signed: bool, bi: int, bj: int) -> np.ndarray | None:
+    """The 8-bit RGB the Slicer module's styling gives block (bi, bj) of a map, or None where the
+    map is transparent: the module's window (``map_window``) placed on its colour table, whose
+    points are evenly spaced and linearly interpolated (a VTK colour transfer function)."""
+    from TorchEsegetaLib import display
+
+    lower, upper = display.map_window(blockArray(blocks), signed)
+    value = blocks[bj, bi]
+    if not signed and value < lower + display.TRANSPARENT_BELOW * (upper - lower):
+        return None
+    table = np.array(display.DIVERGING_COLOURS if signed else display.SEQUENTIAL_COLOURS)
+    position = np.clip((value - lower) / (upper - lower), 0.0, 1.0)
+    points = np.linspace(0.0, 1.0, len(table))
+    return np.array([np.interp(position, points, table[:, c]) for c in range(3)]) * 255.0

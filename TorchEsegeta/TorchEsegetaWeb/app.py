@@ -22,6 +22,7 @@ from trame_slicer.app.ui import (
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 
+from TorchEsegetaLib import display as engineDisplay
 from TorchEsegetaLib.metric_figures import format_value
 
 from . import panel, views
@@ -29,8 +30,6 @@ from .caseScene import CaseNodes, loadCase, unloadCase
 from .httpFiles import addFileRoute, fileUrl
 from .metricsView import curvesDataUrl, metricsTable
 from .runSource import ViewerRun, openRun
-
-DEFAULT_OPACITY = 0.5  # the Slicer module's
 
 
 class ViewerApp:
@@ -120,7 +119,7 @@ class ViewerApp:
         state = self.server.state
         state.trame__title = "TorchEsegeta viewer"
         state.case_items = list(self.cases)
-        state.opacity = DEFAULT_OPACITY
+        state.opacity = engineDisplay.MAP_OPACITY  # the Slicer module's and the figures'
         state.outline = True
         state.legend = True
         state.mode = "views"
