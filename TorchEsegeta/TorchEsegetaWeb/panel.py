@@ -10,6 +10,7 @@ from trame.widgets import client, html
 from trame.widgets import vuetify3 as v3
 
 PANEL_WIDTH = 420
+_COMPACT = {"density": "compact", "hide_details": True}
 _STYLE = """
 .tv-metrics td, .tv-metrics th { padding: 2px 6px !important; white-space: nowrap; }
 .tv-metrics tr.tv-selected td { background: rgba(255, 255, 255, 0.14); font-weight: 600; }
@@ -33,8 +34,7 @@ def buildUi(server, layoutManager, cohort: bool) -> VAppLayout:
                     label="case",
                     items=("case_items",),
                     v_model=("current_case",),
-                    density="compact",
-                    hide_details=True,
+                    **_COMPACT,
                     style="max-width: 280px",
                 )
             v3.VSpacer()
@@ -77,8 +77,7 @@ def _mapControls() -> None:
         label="attribution map",
         items=("method_items",),
         v_model=("method",),
-        density="compact",
-        hide_details=True,
+        **_COMPACT,
         classes="mb-2",
     )
     v3.VSelect(
@@ -86,8 +85,7 @@ def _mapControls() -> None:
         label="image (input channel)",
         items=("channel_items",),
         v_model=("channel",),
-        density="compact",
-        hide_details=True,
+        **_COMPACT,
         classes="mb-2",
     )
     with html.Div(classes="d-flex align-center"):
@@ -107,15 +105,13 @@ def _mapControls() -> None:
             id="tv-outline",
             label="segmentation outline",
             v_model=("outline",),
-            density="compact",
-            hide_details=True,
+            **_COMPACT,
         )
         v3.VSwitch(
             id="tv-legend",
             label="colour legend",
             v_model=("legend",),
-            density="compact",
-            hide_details=True,
+            **_COMPACT,
         )
 
 
@@ -129,16 +125,14 @@ def _compareControls() -> None:
             multiple=True,
             chips=True,
             closable_chips=True,
-            density="compact",
-            hide_details=True,
+            **_COMPACT,
             classes="mb-2",
         )
         v3.VSelect(
             label="compare orientation",
             items=("['Axial', 'Coronal', 'Sagittal']",),
             v_model=("compare_orientation",),
-            density="compact",
-            hide_details=True,
+            **_COMPACT,
         )
 
 
