@@ -99,7 +99,8 @@ def measure_pass_times(
 ) -> PassTimes:
     """Time the passes the run will make: for each kind in ``batches``, one pass of one sample
     (unless already measured) and one batch of ``batches[kind]`` samples, the size the engine
-    starts with (batched passes take less per sample, on CPUs too)."""
+    starts with (batched passes take less per sample, on CPUs too; the runner asks for a batch
+    only when a method makes at least four times as many passes)."""
     import torch
 
     from .engine import is_out_of_memory, synchronize

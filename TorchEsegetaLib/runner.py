@@ -42,11 +42,13 @@ def _estimates(
 
     shape = tuple(x.shape[1:])
     passes = [method.passes(shape, score.forward) for method in instances]
-    batches = {
-        kind: min(context.batch_limit(kind), max(getattr(p, kind) for p in passes))
-        for kind in ("forward", "backward")
-        if any(getattr(p, kind) for p in passes)
-    }
+    batches = {}
+    for kind in ("forward", "backward"):
+        most = max(getattr(p, kind) for p in passes)
+        if most:
+            batch = context.batch_limit(kind)
+            # a batch is timed only where it costs little next to the work it predicts
+            batches[kind] = batch if most >= 4 * batch else 1
     measure_pass_times(score, x, times, batches)
     return [
         estimate(spec.label, method, p, times, warn_after_s, hints)
