@@ -185,9 +185,13 @@ class SegmentationForward(WindowPasses, torch.nn.Module):
         return intensity.apply_all(self.intensity_steps, x, self.frozen_statistics, self.fills)
 
     def freeze_statistics(self, x: torch.Tensor) -> None:
-        """Fix the intensity statistics to those of ``x`` (the unperturbed input, batch of one)."""
+        """Fix the intensity statistics to those of ``x`` (the unperturbed input, batch of one);
+        a network with input-dependent steps of its own (nnU-Net's pipeline) fixes them too."""
         from .pipeline import staged_statistics
 
+        freeze = getattr(self.network, "freeze_statistics", None)
+        if callable(freeze):
+            freeze(x)
         self.frozen_statistics = staged_statistics(self.intensity_steps, x)
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
@@ -314,6 +318,9 @@ def segment(
 
     card = model.card
     check_input(volume, card)
+    bind = getattr(model.network, "bind_geometry", None)
+    if callable(bind):  # a pipeline whose resampling follows the input's spacing (nnU-Net)
+        bind(volume.geometry)
     target_device = resolve_device(device)
     prepared = prepared if prepared is not None else model_input(volume, card)
     model_shape = tuple(prepared.x.shape[2:])

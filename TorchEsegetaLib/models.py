@@ -6,6 +6,9 @@ A model reference is a small JSON-able dict (what a Job holds):
 * ``{"kind": "monai", "network": "UNet", "kwargs": {...}, "checkpoint": "model.pt" | null}``
 * ``{"kind": "torchscript", "path": "model.ts"}``
 * ``{"kind": "bundle", "path": "bundle_folder"}``
+* ``{"kind": "nnunet", "path": "Trainer__Plans__configuration", "folds": [0, 1] | null,
+  "checkpoint_name": "checkpoint_final.pth", "mirroring": true, "tile_step_size": 0.5,
+  "explain_fold": null}`` (:mod:`TorchEsegetaLib.nnunet`)
 
 Weights are read with ``torch.load(weights_only=True)`` only: unpickling arbitrary objects can
 run arbitrary code, so whole pickled models are refused with instructions to export a state
@@ -42,6 +45,15 @@ _REF_KEYS = {
     "monai": {"kind", "network", "kwargs", "checkpoint"},
     "torchscript": {"kind", "path"},
     "bundle": {"kind", "path", "trust"},
+    "nnunet": {
+        "kind",
+        "path",
+        "folds",
+        "checkpoint_name",
+        "mirroring",
+        "tile_step_size",
+        "explain_fold",
+    },
 }
 
 
@@ -84,6 +96,7 @@ def load_model(ref: dict, card: dict | ModelCard | None = None) -> LoadedModel:
         "monai": _load_monai,
         "torchscript": _load_torchscript,
         "bundle": load_bundle,
+        "nnunet": _load_nnunet,
     }
     network, card_defaults, source, sha = loaders[ref["kind"]](ref)
     if isinstance(card, ModelCard):
@@ -109,15 +122,19 @@ def model_ref_from_string(
     path = Path(text).expanduser()
     if not path.exists():
         raise UserInputError(
-            f"model {text!r} does not exist; give 'demo', a MONAI bundle folder, a TorchScript "
-            "file, or a state_dict checkpoint together with --network NAME"
+            f"model {text!r} does not exist; give 'demo', a MONAI bundle folder, an nnU-Net "
+            "model folder, a TorchScript file, or a state_dict checkpoint together with --network NAME"
         )
     if path.is_dir():
+        from .nnunet import is_nnunet_folder
+
+        kind = "nnunet" if is_nnunet_folder(path) else "bundle"
         if network:
             raise UserInputError(
-                f"{text} is a bundle folder, which defines its own network; drop --network {network}"
+                f"{text} is {'an nnU-Net' if kind == 'nnunet' else 'a bundle'} folder, which "
+                f"defines its own network; drop --network {network}"
             )
-        return {"kind": "bundle", "path": str(path)}
+        return {"kind": kind, "path": str(path)}
     if network:
         return {
             "kind": "monai",
@@ -258,3 +275,9 @@ def _build_network(network_class: type, kwargs: Any) -> torch.nn.Module:
             f"cannot build {network_class.__name__} from kwargs {dict(kwargs)} ({error}); "
             f"fix the network kwargs (accepted: {', '.join(accepted)})"
         ) from error
+
+
+def _load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str | None]:
+    from .nnunet.folder import load_nnunet
+
+    return load_nnunet(ref)

@@ -1,0 +1,251 @@
+"""nnU-Net v2 model folders: our pipeline against nnU-Net's own nnUNetPredictor.
+
+The model folder is made by nnU-Net's own code (raw dataset, fingerprint, planner, trainer
+initialisation and save_checkpoint; :mod:`TorchEsegetaLib.nnunet.example`), two folds with
+mirroring, tiny networks; the test image is anisotropic, obliquely oriented and has a zero slab
+that nnU-Net crops away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nnunetv2")
+
+from TorchEsegetaLib.errors import UserInputError  # noqa: E402
+from TorchEsegetaLib.volume import Geometry, Volume  # noqa: E402
+
+SHAPE = (12, 14, 18)
+SPACING = (2.3, 0.75, 0.62)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from TorchEsegetaLib.nnunet.example import build_model_folder, vessel_cases
+
+    root = tmp_path_factory.mktemp("nnunet")
+    return build_model_folder(
+        root,
+        vessel_cases(3, (10, 16, 18), (2.0, 0.7, 0.6)),
+        folds=(0, 1),
+        base_features=2,
+        max_features=8,
+    )
+
+
+@pytest.fixture(scope="module")
+def volume() -> Volume:
+    from TorchEsegetaLib.demo.synthetic import make_vessel_volume
+
+    image, _ = make_vessel_volume(SHAPE, 5)
+    image[:2] = 0  # nnU-Net crops to the nonzero box
+    c, s = np.cos(0.3), np.sin(0.3)
+    geometry = Geometry(SHAPE, SPACING, (3.0, -2.0, 5.0), (c, -s, 0, s, c, 0, 0, 0, 1))
+    return Volume(image, geometry)
+
+
+def nnunet_prediction(folder, volume, folds, mirroring):
+    """nnUNetPredictor's labelmap and probabilities, back in our (i, j, k) order."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        predictor = nnUNetPredictor(
+            use_mirroring=mirroring, device=torch.device("cpu"), allow_tqdm=False
+        )
+        predictor.initialize_from_trained_model_folder(str(folder), folds, "checkpoint_final.pth")
+        # SimpleITK's array order and spacing, as nnU-Net's reader gives them
+        image = np.ascontiguousarray(volume.array.transpose(0, 3, 2, 1))
+        spacing = {"spacing": list(volume.geometry.spacing[::-1])}
+        labels, probabilities = predictor.predict_single_npy_array(image, spacing, None, None, True)
+    return labels.transpose(2, 1, 0), probabilities.transpose(0, 3, 2, 1)
+
+
+@pytest.mark.parametrize(("folds", "mirroring"), [((0, 1), True), ((0,), False)])
+def test_segmentation_equals_nnunet_predictor(folder, volume, folds, mirroring):
+    from TorchEsegetaLib.inference import segment
+    from TorchEsegetaLib.models import load_model
+
+    model = load_model(
+        {"kind": "nnunet", "path": str(folder), "folds": list(folds), "mirroring": mirroring}
+    )
+    ours = segment(model, volume)
+    labels, probabilities = nnunet_prediction(folder, volume, folds, mirroring)
+    assert len(model.network.analyse(volume.array).windows) > 1  # several windows blended
+    assert np.array_equal(ours.labelmap, labels)
+    assert 0 < labels.sum() < labels.size
+    assert np.abs(ours.probabilities - probabilities).max() <= 1e-6
+
+
+def test_integrated_gradients_complete_through_the_whole_pipeline(folder, volume):
+    from TorchEsegetaLib.job import MethodSpec
+    from TorchEsegetaLib.methods import ScoreModel
+    from TorchEsegetaLib.methods.baselines import make_baseline
+    from TorchEsegetaLib.models import load_model
+    from TorchEsegetaLib.runner import explain_volume, prepare_case
+    from TorchEsegetaLib.targets import TargetSpec
+
+    model = load_model({"kind": "nnunet", "path": str(folder), "folds": [0, 1]})
+    target = TargetSpec.parse("class:vessel")
+    method = {"name": "integrated_gradients", "params": {"n_steps": 128}}
+    result = explain_volume(volume, model, target, [MethodSpec.from_any(method)], device="cpu")
+    case = prepare_case(volume, model, target, torch.device("cpu"))
+    score = ScoreModel(case.forward, case.bound)
+    with torch.no_grad():
+        delta = float(score(case.x) - score(make_baseline("zero", case.x)))
+    total = float(result.maps["integrated_gradients"].sum())
+    # LeakyReLU kinks and the resampling's clip make the path integrand rough: the sum
+    # converges as the steps grow (19% off at 16 steps, 2.7% at 64, 0.2% at 256 on this model)
+    assert abs(total - delta) <= 0.01 * abs(delta)
+
+
+def test_maps_come_back_on_the_input_grid(folder, volume):
+    import TorchEsegetaLib as te
+
+    result = te.explain(
+        volume,
+        model={"kind": "nnunet", "path": str(folder), "folds": [0, 1], "explain_fold": 1},
+        target="class:vessel",
+        methods=["saliency"],
+        device="cpu",
+    )
+    saliency = result.maps["saliency"]
+    assert saliency.shape == SHAPE and np.isfinite(saliency).all()
+    assert (saliency[:2] == 0).all()  # cropped away by nnU-Net: no influence
+    assert (saliency[2:] != 0).mean() > 0.5
+    assert any("fold 1 alone" in w for w in result.model.source["warnings"])
+
+
+def test_explained_function_is_the_segmentation_in_float32(folder, volume):
+    from TorchEsegetaLib.models import load_model
+
+    model = load_model({"kind": "nnunet", "path": str(folder), "folds": [0, 1]})
+    pipeline = model.network
+    pipeline.bind_geometry(volume.geometry)
+    x = torch.from_numpy(np.ascontiguousarray(volume.array[None]))
+    with torch.no_grad():
+        exact = pipeline(x)  # nnU-Net's numerics: float16 accumulation
+        pipeline.freeze_statistics(x)
+        smooth = pipeline(x)  # float32 throughout, the function explained
+    difference = (exact - smooth).abs()[:, :, 2:]  # inside nnU-Net's crop
+    # float16 rounding of logits of magnitude ~1 almost everywhere; more at the image's edges and
+    # corners, where only the faint tails of the windows' Gaussians reach and their float16 sums
+    # are subnormal (nnU-Net's own precision there)
+    assert float(difference.median()) < 1e-3
+    assert (exact.argmax(1) == smooth.argmax(1)).float().mean() >= 0.999
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "new_spacing", "order", "order_z"),
+    [
+        ((9, 11, 13), (1.0, 0.8, 0.9), (0.7, 0.7, 0.7), 3, 0),
+        ((8, 11, 13), (3.0, 0.8, 0.9), (1.5, 0.7, 0.7), 3, 0),
+        ((11, 7, 13), (0.8, 3.0, 0.9), (0.7, 1.5, 0.7), 3, 1),
+        ((9, 11, 13), (0.7, 0.7, 0.7), (1.0, 0.8, 0.9), 1, 0),
+    ],
+)
+def test_resampling_equals_nnunet(shape, spacing, new_spacing, order, order_z):
+    from nnunetv2.preprocessing.resampling.default_resampling import (
+        compute_new_shape,
+        resample_data_or_seg_to_shape,
+    )
+
+    from TorchEsegetaLib.nnunet.resampling import plan_resampling
+
+    data = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
+    kwargs = {"is_seg": False, "order": order, "order_z": order_z, "force_separate_z": None}
+    new_shape = tuple(int(s) for s in compute_new_shape(shape, spacing, new_spacing))
+    reference = resample_data_or_seg_to_shape(data, new_shape, spacing, new_spacing, **kwargs)
+    resampling = plan_resampling(
+        "resample_data_or_seg_to_shape", kwargs, shape, new_shape, spacing, new_spacing
+    )
+    ours = resampling(torch.from_numpy(data).double()[None])[0].float().numpy()
+    # the same float64 sums in another order: equal up to a float32 rounding
+    np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-7)
+    # differentiable, and linear where the clip is inactive: the gradient is the operator
+    x = torch.from_numpy(data).double()[None].requires_grad_(True)
+    resampling(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("scheme", "use_mask"),
+    [
+        ("ZScoreNormalization", False),
+        ("ZScoreNormalization", True),
+        ("CTNormalization", False),
+        ("RescaleTo01Normalization", False),
+        ("NoNormalization", False),
+        ("RGBTo01Normalization", False),
+    ],
+)
+def test_normalization_equals_nnunet(scheme, use_mask):
+    from nnunetv2.preprocessing.normalization import default_normalization_schemes as schemes
+
+    from TorchEsegetaLib.nnunet.normalization import channel_normalization
+
+    rng = np.random.default_rng(1)
+    image = rng.uniform(0, 255, size=(6, 7, 8)).astype(np.float32)
+    image[:2] = 0
+    nonzero = image != 0
+    properties = {"mean": 100.0, "std": 30.0, "percentile_00_5": 20.0, "percentile_99_5": 230.0}
+    normalizer = getattr(schemes, scheme)(
+        use_mask_for_norm=use_mask, intensityproperties=properties
+    )
+    reference = normalizer.run(image.copy(), np.where(nonzero, 0, -1))
+    ours = channel_normalization(scheme, use_mask, properties, image, nonzero)(
+        torch.from_numpy(image)
+    )
+    assert np.array_equal(ours.numpy(), reference)
+
+
+def test_folder_detection_checkpoint_and_fold_choice(folder):
+    from TorchEsegetaLib.models import load_model, model_ref_from_string
+
+    assert model_ref_from_string(str(folder)) == {"kind": "nnunet", "path": str(folder)}
+    with pytest.raises(UserInputError, match="checkpoint_best.pth does not exist"):
+        load_model(
+            {
+                "kind": "nnunet",
+                "path": str(folder),
+                "folds": [0],
+                "checkpoint_name": "checkpoint_best.pth",
+            }
+        )
+    with pytest.raises(UserInputError, match="fold_4"):
+        load_model({"kind": "nnunet", "path": str(folder), "folds": [4]})
+    with pytest.raises(UserInputError, match="explain_fold 1 is not among"):
+        load_model({"kind": "nnunet", "path": str(folder), "folds": [0], "explain_fold": 1})
+    model = load_model({"kind": "nnunet", "path": str(folder)})  # folds found like nnU-Net
+    assert model.source["folds"] == [0, 1] and model.card.class_names == ["background", "vessel"]
+    assert model.source["mirroring_axes"] == [0, 1, 2]
+
+
+class _Payload:
+    """Anything that is not a tensor, number or container: unpickling it could run code."""
+
+
+def test_checkpoints_with_pickled_objects_are_refused(folder, tmp_path):
+    from TorchEsegetaLib.nnunet.folder import load_checkpoint
+
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=True)
+    checkpoint["logging"] = {"ema_fg_dice": [np.float32(0.5)]}  # what training logs: allowed
+    torch.save(checkpoint, tmp_path / "numpy.pth")
+    assert load_checkpoint(tmp_path / "numpy.pth")["logging"]["ema_fg_dice"][0] == 0.5
+    checkpoint["init_args"] = {"configuration": "3d_fullres", "payload": _Payload()}
+    torch.save(checkpoint, tmp_path / "object.pth")
+    with pytest.raises(UserInputError, match="weights_only=True refused"):
+        load_checkpoint(tmp_path / "object.pth")
+
+
+def test_missing_nnunetv2_is_one_line(monkeypatch, folder):
+    from TorchEsegetaLib.models import load_model
+
+    monkeypatch.setitem(sys.modules, "nnunetv2", None)
+    with pytest.raises(UserInputError, match=r'pip install "torchesegeta\[nnunet\]"'):
+        load_model({"kind": "nnunet", "path": str(folder)})
