@@ -8,8 +8,6 @@ that nnU-Net crops away.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
 
 import numpy as np
@@ -50,32 +48,17 @@ def volume() -> Volume:
     return Volume(image, geometry)
 
 
-def nnunet_prediction(folder, volume, folds, mirroring):
-    """nnUNetPredictor's labelmap and probabilities, back in our (i, j, k) order."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        predictor = nnUNetPredictor(
-            use_mirroring=mirroring, device=torch.device("cpu"), allow_tqdm=False
-        )
-        predictor.initialize_from_trained_model_folder(str(folder), folds, "checkpoint_final.pth")
-        # SimpleITK's array order and spacing, as nnU-Net's reader gives them
-        image = np.ascontiguousarray(volume.array.transpose(0, 3, 2, 1))
-        spacing = {"spacing": list(volume.geometry.spacing[::-1])}
-        labels, probabilities = predictor.predict_single_npy_array(image, spacing, None, None, True)
-    return labels.transpose(2, 1, 0), probabilities.transpose(0, 3, 2, 1)
-
-
 @pytest.mark.parametrize(("folds", "mirroring"), [((0, 1), True), ((0,), False)])
 def test_segmentation_equals_nnunet_predictor(folder, volume, folds, mirroring):
     from TorchEsegetaLib.inference import segment
     from TorchEsegetaLib.models import load_model
+    from TorchEsegetaLib.nnunet.reference import nnunet_predict
 
     model = load_model(
         {"kind": "nnunet", "path": str(folder), "folds": list(folds), "mirroring": mirroring}
     )
     ours = segment(model, volume)
-    labels, probabilities = nnunet_prediction(folder, volume, folds, mirroring)
+    labels, probabilities = nnunet_predict(folder, volume, folds, mirroring)
     assert len(model.network.analyse(volume.array).windows) > 1  # several windows blended
     assert np.array_equal(ours.labelmap, labels)
     assert 0 < labels.sum() < labels.size
