@@ -104,6 +104,14 @@ def test_maps_come_back_on_the_input_grid(folder, volume):
     assert any("fold 1 alone" in w for w in result.model.source["warnings"])
 
 
+def test_layer_methods_are_refused_up_front(folder, volume):
+    import TorchEsegetaLib as te
+
+    model = {"kind": "nnunet", "path": str(folder), "folds": [0], "explain_fold": 0}
+    with pytest.raises(UserInputError, match="gradcam cannot explain this model: nnU-Net's layers"):
+        te.explain(volume, model=model, target="class:vessel", methods=["gradcam"], device="cpu")
+
+
 def test_explained_function_is_the_segmentation_in_float32(folder, volume):
     from TorchEsegetaLib.models import load_model
 

@@ -26,7 +26,7 @@ class TorchEsegeta(ScriptedLoadableModule):
         self.parent.contributors = ["TorchEsegeta developers"]
         self.parent.helpText = _(
             "Explain a 3D segmentation model: which voxels drove its decision. Pick the input "
-            "volume(s), a model (TorchScript, MONAI network + checkpoint, MONAI bundle, or the "
+            "volume(s), a model (TorchScript, MONAI network + checkpoint, MONAI bundle, nnU-Net v2 model folder, or the "
             "built-in demo), the class and region to explain and the attribution methods, then "
             "Apply. Each map becomes a volume over the input, coloured sequentially (unsigned "
             "maps) or blue-white-red around zero (signed maps), in one folder per run.<br><br>"
@@ -77,7 +77,7 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
 
         Args:
             volumeNodes: a scalar volume node, or one per model input channel.
-            model: "demo", a TorchScript file or MONAI bundle folder path, or a model reference
+            model: "demo", a TorchScript file, MONAI bundle folder or nnU-Net v2 model folder path, or a model reference
                 dict such as ``{"kind": "monai", "network": "UNet", "kwargs": {...},
                 "checkpoint": "model.pt"}``.
             methods: method names (``torchesegeta methods`` lists them) or

@@ -63,6 +63,9 @@ def prepare_case(
     x = x.to(torch_device)
     forward.frozen_statistics = statistics_on(segmentation.input.statistics, torch_device)
     forward.fills = {k: mask.to(torch_device) for k, mask in segmentation.input.fills.items()}
+    freeze = getattr(model.network, "freeze_statistics", None)
+    if callable(freeze):  # a network with input-dependent steps of its own (nnU-Net's pipeline)
+        freeze(x)
     # Sliding-window models: only the windows that touch the target run (exact; see windows.py).
     forward.restrict_to(bound.region.cpu().numpy())
     if forward.sliding:

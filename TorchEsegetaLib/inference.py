@@ -185,13 +185,9 @@ class SegmentationForward(WindowPasses, torch.nn.Module):
         return intensity.apply_all(self.intensity_steps, x, self.frozen_statistics, self.fills)
 
     def freeze_statistics(self, x: torch.Tensor) -> None:
-        """Fix the intensity statistics to those of ``x`` (the unperturbed input, batch of one);
-        a network with input-dependent steps of its own (nnU-Net's pipeline) fixes them too."""
+        """Fix the intensity statistics to those of ``x`` (the unperturbed input, batch of one)."""
         from .pipeline import staged_statistics
 
-        freeze = getattr(self.network, "freeze_statistics", None)
-        if callable(freeze):
-            freeze(x)
         self.frozen_statistics = staged_statistics(self.intensity_steps, x)
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:

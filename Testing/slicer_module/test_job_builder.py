@@ -24,6 +24,10 @@ def modelFiles(tmp_path):
     (tmp_path / "model.ts").write_bytes(b"torchscript")
     (tmp_path / "weights.pt").write_bytes(b"state dict")
     (tmp_path / "bundle").mkdir()
+    nnunet = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (nnunet / "fold_0").mkdir(parents=True)
+    for name in ("dataset.json", "plans.json"):
+        (nnunet / name).write_text("{}")
     return tmp_path
 
 
@@ -35,6 +39,10 @@ def modelCases(folder):
             {"path": folder / "model.ts"},
         ),
         "bundle": ({"kind": "bundle", "path": str(folder / "bundle")}, {"path": folder / "bundle"}),
+        "nnunet": (
+            {"kind": "nnunet", "path": str(folder / "nnUNetTrainer__nnUNetPlans__3d_fullres")},
+            {"path": folder / "nnUNetTrainer__nnUNetPlans__3d_fullres"},
+        ),
         "monai": (
             {
                 "kind": "monai",
@@ -97,6 +105,8 @@ def test_unset_pickers_and_bad_values_are_named(modelFiles):
         modelReference("torchscript", ".")
     with pytest.raises(PanelInputError, match="bundle folder"):
         modelReference("bundle", "")
+    with pytest.raises(PanelInputError, match="not an nnU-Net v2 model folder"):
+        modelReference("nnunet", modelFiles / "bundle")
     with pytest.raises(PanelInputError, match="does not exist"):
         modelReference("torchscript", modelFiles / "missing.ts")
     with pytest.raises(PanelInputError, match="not valid JSON"):

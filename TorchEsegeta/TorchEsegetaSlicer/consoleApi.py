@@ -43,7 +43,7 @@ def explainNodes(
     Args:
         scene: the scene holding the volumes; the results are added to it.
         volumeNodes: one scalar volume node per model input channel (or a single node).
-        model: "demo", a TorchScript file or MONAI bundle folder path, a model reference dict
+        model: "demo", a TorchScript file, MONAI bundle folder or nnU-Net v2 model folder path, a model reference dict
             (``{"kind": "monai", "network": ..., "kwargs": ..., "checkpoint": ...}``), or a
             loaded model (``TorchEsegetaLib.models.load_model``).
         methods: method names or ``{"name", "params", "label"}`` dicts (``torchesegeta methods``).

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-MODEL_KINDS = ("demo", "torchscript", "monai", "bundle")
+MODEL_KINDS = ("demo", "torchscript", "monai", "bundle", "nnunet")
+NNUNET_FILES = ("dataset.json", "plans.json")
 # What the panel's "Region" combo box offers, and the engine target kind each one becomes.
 REGION_KINDS = {
     "predicted mask": "class",
@@ -35,7 +36,9 @@ def modelReference(
 
     Args:
         kind: one of :data:`MODEL_KINDS`.
-        path: TorchScript file, state_dict checkpoint (kind "monai") or MONAI bundle folder.
+        path: TorchScript file, state_dict checkpoint (kind "monai"), MONAI bundle folder or
+            nnU-Net v2 model folder (``Trainer__Plans__configuration``, kind "nnunet": every
+            trained fold, with test-time mirroring, as nnU-Net predicts).
         network: a ``monai.networks.nets`` class name (kind "monai").
         networkKwargs: the network's keyword arguments as a JSON object (kind "monai").
     """
@@ -69,8 +72,17 @@ def modelReference(
             "checkpoint": str(path) if path else None,
         }
     if path is None:
-        what = "TorchScript file" if kind == "torchscript" else "MONAI bundle folder"
+        what = {
+            "torchscript": "TorchScript file",
+            "bundle": "MONAI bundle folder",
+            "nnunet": "nnU-Net model folder",
+        }[kind]
         raise PanelInputError(f"choose the {what} in the Model section")
+    if kind == "nnunet" and not all((path / name).is_file() for name in NNUNET_FILES):
+        raise PanelInputError(
+            f"{path} is not an nnU-Net v2 model folder (it needs {' and '.join(NNUNET_FILES)} "
+            "and fold_N/ folders); choose the Trainer__Plans__configuration folder"
+        )
     return {"kind": kind, "path": str(path)}
 
 

@@ -53,7 +53,8 @@ def showUnboundState(ui, p, running: bool) -> None:
         ui.networkKwargsLineEdit,
     ):
         widget.setVisible(p.modelKind == "monai")
-    kind = ctk.ctkPathLineEdit.Dirs if p.modelKind == "bundle" else ctk.ctkPathLineEdit.Files
+    folder = p.modelKind in ("bundle", "nnunet")
+    kind = ctk.ctkPathLineEdit.Dirs if folder else ctk.ctkPathLineEdit.Files
     ui.modelPathLineEdit.filters = kind | ctk.ctkPathLineEdit.Readable
     for region, widgets in (
         ("segment", (ui.targetSegmentLabel, ui.targetSegmentSelector)),

@@ -202,6 +202,10 @@ class LayerMethod(Method):
         return default_layer(forward, inputs, out_channels, self.nonnegative_layer)
 
     def preflight(self, forward, inputs, target):
+        # a network that tiles or resamples its input before its layers says why it cannot
+        refused = getattr(getattr(forward, "network", forward), "layer_maps_refused", None)
+        if refused:
+            raise UserInputError(f"{self.name} cannot explain this model: {refused}")
         self.probe(forward, inputs, target)  # finds and checks the layer
 
     def probe(

@@ -67,6 +67,13 @@ class Case:
 
 
 class NnUNetPipeline(torch.nn.Module):
+    #: why layer methods cannot map this model's layers onto the input grid (read by their preflight)
+    layer_maps_refused = (
+        "nnU-Net's layers see the image cropped, transposed, resampled and cut into mirrored "
+        "patches, so a layer's map has no place on the input grid; use a gradient or "
+        "perturbation method"
+    )
+
     """(B, C, I, J, K) raw intensities -> (B, K, I, J, K) logits, as nnUNetPredictor computes them.
 
     Args:
