@@ -83,8 +83,9 @@ def test_integrated_gradients_complete_through_the_whole_pipeline(folder, volume
         delta = float(score(case.x) - score(make_baseline("zero", case.x)))
     total = float(result.maps["integrated_gradients"].sum())
     # LeakyReLU kinks and the resampling's clip make the path integrand rough: the sum
-    # converges as the steps grow (19% off at 16 steps, 2.7% at 64, 0.2% at 256 on this model)
-    assert abs(total - delta) <= 0.01 * abs(delta)
+    # converges as the steps grow (on this model 3.7% off at 64 steps, 1.0% at 128; with one
+    # fold and no mirroring 19% at 16, 2.7% at 64, 0.2% at 256)
+    assert abs(total - delta) <= 0.02 * abs(delta)
 
 
 def test_maps_come_back_on_the_input_grid(folder, volume):
@@ -107,7 +108,7 @@ def test_maps_come_back_on_the_input_grid(folder, volume):
 def test_layer_methods_are_refused_up_front(folder, volume):
     import TorchEsegetaLib as te
 
-    model = {"kind": "nnunet", "path": str(folder), "folds": [0], "explain_fold": 0}
+    model = {"kind": "nnunet", "path": str(folder), "folds": [0, 1], "explain_fold": 0}
     with pytest.raises(UserInputError, match="gradcam cannot explain this model: nnU-Net's layers"):
         te.explain(volume, model=model, target="class:vessel", methods=["gradcam"], device="cpu")
 
@@ -240,3 +241,26 @@ def test_missing_nnunetv2_is_one_line(monkeypatch, folder):
     monkeypatch.setitem(sys.modules, "nnunetv2", None)
     with pytest.raises(UserInputError, match=r'pip install "torchesegeta\[nnunet\]"'):
         load_model({"kind": "nnunet", "path": str(folder)})
+
+
+def test_command_line_runs_an_nnunet_folder(folder, volume, tmp_path, capsys):
+    import json
+
+    from TorchEsegetaLib.cli import main
+    from TorchEsegetaLib.io import read_volume, write_volume
+
+    image = write_volume(volume.array[0], volume.geometry, tmp_path / "image.nii.gz")
+    out = tmp_path / "run"
+    arguments = ["explain", "--image", str(image), "--model", str(folder), "--folds", "0,1"]
+    arguments += ["--explain-fold", "0", "--method", "saliency", "--out", str(out), "--quiet"]
+    assert main(arguments + ["--no-figures"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["model"]["source"]["folds"] == [0, 1]
+    assert record["model"]["source"]["explain_fold"] == 0
+    saliency = read_volume(out / "saliency.nii.gz")
+    assert saliency.geometry.mismatch(volume.geometry) is None
+    # nnU-Net flags on another kind of model: one line, exit 2
+    assert (
+        main(["explain", "--image", str(image), "--folds", "0", "--out", str(tmp_path / "x")]) == 2
+    )
+    assert "apply to nnU-Net v2 model folders only" in capsys.readouterr().err

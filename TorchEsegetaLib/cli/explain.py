@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
+from ..nnunet import CHECKPOINTS as NNUNET_CHECKPOINTS
 from ..validation import job_field_schema
 from .common import (
     EXIT_OK,
@@ -47,7 +48,8 @@ def add_parsers(sub: Any) -> None:
     model.add_argument(
         "--model",
         default="demo",
-        help="'demo' (default), a TorchScript file, a MONAI bundle folder, or a checkpoint with --network",
+        help="'demo' (default), a TorchScript file, a MONAI bundle folder, an nnU-Net v2 model "
+        "folder, or a checkpoint with --network",
     )
     model.add_argument(
         "--network", help="MONAI network class for a state-dict checkpoint, e.g. UNet"
@@ -68,6 +70,29 @@ def add_parsers(sub: Any) -> None:
         "--card",
         default=None,
         help="model card fields as JSON or a JSON file (class_names, intensity, spacing, roi_size, ...)",
+    )
+    nnunet = explain.add_argument_group("nnU-Net v2 model folders")
+    nnunet.add_argument(
+        "--folds",
+        default=None,
+        help="folds to ensemble, e.g. 0,1 or all (default: every fold_N with the checkpoint)",
+    )
+    nnunet.add_argument(
+        "--checkpoint-name",
+        choices=NNUNET_CHECKPOINTS,
+        default=None,
+        help="checkpoint file of each fold (default checkpoint_final.pth)",
+    )
+    nnunet.add_argument(
+        "--disable-tta",
+        action="store_true",
+        help="no test-time mirroring (nnU-Net's --disable_tta), for segmentation and explanations",
+    )
+    nnunet.add_argument(
+        "--explain-fold",
+        default=None,
+        help="explain this fold alone without mirroring (faster); the segmentation and target "
+        "region still use every fold with mirroring",
     )
     target = explain.add_argument_group("target", "what part of the segmentation to explain")
     target.add_argument(
@@ -217,6 +242,7 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
     )
     if args.trust_bundle and model["kind"] == "bundle":
         model["trust"] = True
+    model.update(_nnunet_options(args, model["kind"]))
     method_params, metric_params = _split_params(args.param, args.evaluate)
     card = json_option(args.card, "--card")
     if args.allow_unapplied_preprocessing:
@@ -240,6 +266,36 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         crop_margin=args.crop_margin,
         warn_after_s=args.warn_after,
     )
+
+
+def _nnunet_options(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """The model reference entries of the nnU-Net flags (an error for other models)."""
+    options: dict[str, Any] = {}
+    if args.folds is not None:
+        options["folds"] = [
+            f.strip() if f.strip() == "all" else _fold(f, "--folds") for f in args.folds.split(",")
+        ]
+    if args.checkpoint_name is not None:
+        options["checkpoint_name"] = args.checkpoint_name
+    if args.disable_tta:
+        options["mirroring"] = False
+    if args.explain_fold is not None:
+        text = args.explain_fold.strip()
+        options["explain_fold"] = text if text == "all" else _fold(text, "--explain-fold")
+    if options and kind != "nnunet":
+        flags = {"folds": "--folds", "checkpoint_name": "--checkpoint-name"}
+        flags.update(mirroring="--disable-tta", explain_fold="--explain-fold")
+        raise UserInputError(
+            f"{', '.join(flags[k] for k in options)} apply to nnU-Net v2 model folders only; "
+            f"the model given is a {kind} model"
+        )
+    return options
+
+
+def _fold(text: str, flag: str) -> int:
+    if not text.strip().isdigit():
+        raise UserInputError(f"{flag} takes fold numbers (or all), e.g. {flag} 0,1; got {text!r}")
+    return int(text)
 
 
 def _run(job: Any, quiet: bool) -> Path:
