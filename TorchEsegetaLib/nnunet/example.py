@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         model = build_model_folder(
             Path(work),
-            vessel_cases(4, shape, spacing),
+            vessel_cases(5, shape, spacing),  # nnU-Net splits 5 folds
             folds=[int(f) if f != "all" else f for f in args.folds.split(",")],
             trainer_name="nnUNetTrainerNoMirroring" if args.no_mirroring else "nnUNetTrainer",
             train_iterations=args.train_iterations,
