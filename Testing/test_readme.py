@@ -33,7 +33,8 @@ def test_readme_opens_with_the_two_setup_commands():
         len(commands) == 2 and commands[0].endswith("torchesegeta demo") and "pytest" in commands[1]
     )
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
-    assert "ruff check ." in ci and "pytest" in ci and "torch==2.13.0" in ci
+    assert "mypy" in commands[1]
+    assert "ruff check ." in ci and "mypy" in ci and "pytest" in ci and "torch==2.13.0" in ci
 
 
 if __name__ == "__main__":

@@ -69,22 +69,24 @@ def explain(
     from .models import LoadedModel
 
     loaded = model if isinstance(model, LoadedModel) else None
-    job = Job(
-        images=_image_names(images),
-        model=job_model(model),
-        card=card,
-        target=target,
-        methods=methods,
-        metrics=metrics,
-        output=None if out is None else str(Path(out).expanduser().absolute()),
-        overwrite=overwrite,
-        device=device,
-        seed=seed,
-        max_batch=max_batch,
-        method_budget_s=method_budget_s,
-        precision=precision,
-        crop_margin=crop_margin,
-        warn_after_s=warn_after_s,
+    job = Job.from_dict(  # every setting checked here, as a job file's are
+        {
+            "images": _image_names(images),
+            "model": job_model(model),
+            "card": card,
+            "target": target,
+            "methods": methods,
+            "metrics": metrics,
+            "output": None if out is None else str(Path(out).expanduser().absolute()),
+            "overwrite": overwrite,
+            "device": device,
+            "seed": seed,
+            "max_batch": max_batch,
+            "method_budget_s": method_budget_s,
+            "precision": precision,
+            "crop_margin": crop_margin,
+            "warn_after_s": warn_after_s,
+        }
     )
     volume = _as_volume(images, geometry, read_channels)
     return explain_job_in_memory(job, volume, loaded, progress, cancel)
@@ -106,7 +108,7 @@ def explain_job_in_memory(
     # an existing folder fails now, before any work
     destination = claim_output(job) if job.output else None
     if model is None:
-        model = load_model(job.model, job.card)
+        model = load_model(job.model_to_load(), job.card)
     result = explain_job(job, volume, model, progress, cancel)
     if destination is not None:
         save_result(job, result, destination, {}, progress)

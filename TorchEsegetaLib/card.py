@@ -7,7 +7,7 @@ A card travels with every loaded model. It is plain data (JSON-serialisable thro
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -105,9 +105,9 @@ class ModelCard:
                 f"unknown intensity preprocessing {kind!r} in the model card; use one of {INTENSITY_KINDS}"
             )
         if self.spacing is not None:
-            self.spacing = tuple(float(s) for s in self.spacing)
+            self.spacing = cast("tuple[float, float, float]", tuple(float(s) for s in self.spacing))
         if self.roi_size is not None:
-            self.roi_size = tuple(int(s) for s in self.roi_size)
+            self.roi_size = cast("tuple[int, int, int]", tuple(int(s) for s in self.roi_size))
         if not 0 <= self.overlap < 1:
             raise UserInputError(f"sliding-window overlap {self.overlap} must lie in [0, 1)")
         self._check_steps()

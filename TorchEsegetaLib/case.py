@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -50,7 +50,10 @@ def prepare_case(
     from .targets import resolve_target, roi_box
 
     segmentation = segment(model, volume, torch_device)
-    x, info = segmentation.input.x, segmentation.input.grid
+    model_input = segmentation.input
+    if model_input is None:
+        raise ValueError("segment() gave no model input")
+    x, info = model_input.x, model_input.grid
     bound, input_region = resolve_target(
         target, model.card, segmentation.logits, volume.geometry, info
     )
@@ -61,8 +64,8 @@ def prepare_case(
         target_info["box"] = {"start": low, "end": high, "coordinates": "voxel"}
     forward = SegmentationForward(model.network, model.card).to(torch_device)
     x = x.to(torch_device)
-    forward.frozen_statistics = statistics_on(segmentation.input.statistics, torch_device)
-    forward.fills = {k: mask.to(torch_device) for k, mask in segmentation.input.fills.items()}
+    forward.frozen_statistics = statistics_on(model_input.statistics, torch_device)
+    forward.fills = {k: mask.to(torch_device) for k, mask in model_input.fills.items()}
     freeze = getattr(model.network, "freeze_statistics", None)
     if callable(freeze):  # a network with input-dependent steps of its own (nnU-Net's pipeline)
         freeze(x)
@@ -125,14 +128,14 @@ class ExplainResult:
     @property
     def maps(self) -> dict[str, np.ndarray]:
         """label -> (I, J, K) map for every method that succeeded."""
-        return {m.spec.label: m.map for m in self.methods if m.attribution is not None}
+        return {m.spec.label: m.map for m in self.methods if m.map is not None}
 
     def centre(self) -> tuple[int, int, int]:
         """Voxel at the centre of mass of the target region (for slices through it)."""
         points = np.argwhere(self.region)
         if len(points) == 0:
-            return tuple(s // 2 for s in self.region.shape)
+            return cast("tuple[int, int, int]", tuple(s // 2 for s in self.region.shape))
         centre = np.round(points.mean(axis=0)).astype(int)
         # The centroid of a curved region may fall outside it: take the region voxel nearest to it.
         nearest = points[np.argmin(((points - centre) ** 2).sum(axis=1))]
-        return tuple(int(v) for v in nearest)
+        return cast("tuple[int, int, int]", tuple(int(v) for v in nearest))

@@ -43,14 +43,16 @@ class Crop:
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
         """The box of a (B, C, *shape) tensor."""
-        return x[(slice(None), slice(None), *self.box)].contiguous()
+        index = (slice(None), slice(None), *self.box)
+        return x[index].contiguous()
 
     def paste(self, part: torch.Tensor) -> torch.Tensor:
         """A (B, C, *shape) tensor holding ``part`` in the box and zeros elsewhere."""
         import torch
 
         full = torch.zeros((*part.shape[:2], *self.shape), dtype=part.dtype, device=part.device)
-        full[(slice(None), slice(None), *self.box)] = part
+        index = (slice(None), slice(None), *self.box)
+        full[index] = part
         return full
 
     def target(self, bound: BoundTarget) -> BoundTarget:

@@ -123,9 +123,10 @@ def publish(temporary: Path, destination: Destination) -> None:
                 "replace it"
             ) from None
         return
-    aside = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    fresh = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    aside: Path | None = fresh
     try:
-        os.rename(out, aside)  # whatever is at the name now; ``aside`` is a fresh name
+        os.rename(out, fresh)  # whatever is at the name now; ``aside`` is a fresh name
     except FileNotFoundError:
         aside = None  # the old run was removed meanwhile: nothing left to replace
     if aside is not None and _identity(aside) != destination.previous:

@@ -281,7 +281,7 @@ def evaluate_run(
     ]
     job = Job.from_dict({k: v for k, v in record["job"].items() if k != "metrics"})
     volume = read_channels(record.get("inputs") or job.images)
-    model = load_model(job.model, job.card)
+    model = load_model(job.model_to_load(), job.card)
     recorded = (record.get("model") or {}).get("sha256")
     if recorded and model.sha256 != recorded:
         raise UserInputError(

@@ -10,12 +10,15 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import display
 from .volume import AnatomicalAxis
+
+if TYPE_CHECKING:
+    from matplotlib.typing import LineStyleType
 
 #: Array axis each column's view removes, in column order.
 VIEW_AXES = (2, 1, 0)
@@ -80,7 +83,7 @@ class Frame:
     spacing: tuple[float, float, float]
     shape: tuple[int, ...]
     axes: list[AnatomicalAxis]
-    legend: list[tuple[str, str, str]]
+    legend: list[tuple[str, LineStyleType, str]]
     note: str
     title: str
 
@@ -141,8 +144,8 @@ def render(
             va="top",
         )
 
-    def rect(x: float, y_from_top: float, w: float, h: float) -> list[float]:
-        return [x / fig_w, 1.0 - (y_from_top + h) / fig_h, w / fig_w, h / fig_h]
+    def rect(x: float, y_from_top: float, w: float, h: float) -> tuple[float, float, float, float]:
+        return (x / fig_w, 1.0 - (y_from_top + h) / fig_h, w / fig_w, h / fig_h)
 
     for r, row in enumerate(rows):
         y = top + r * (_PANEL_HEIGHT + _ROW_GAP)
@@ -160,7 +163,7 @@ def render(
                 aspect=aspects[c],
                 interpolation=_INTERPOLATION,
             )
-            if row.overlay is not None:
+            if row.overlay is not None and row.overlays is not None:
                 rgba = row.overlay.rgba(_display(row.overlays[c], axis))
                 ax.imshow(rgba, origin="lower", aspect=aspects[c], interpolation=_INTERPOLATION)
             for planes, colour, style in outlines:
@@ -179,15 +182,16 @@ def render(
 
         cax = fig.add_axes(rect(x - _PANEL_GAP + _COLORBAR_GAP, y, _COLORBAR_WIDTH, _PANEL_HEIGHT))
         if row.overlay is not None:
-            norm = Normalize(row.overlay.vmin, row.overlay.vmax)
-            mappable = ScalarMappable(norm=norm, cmap=row.overlay.cmap)
+            low, high = row.overlay.vmin, row.overlay.vmax
+            mappable = ScalarMappable(norm=Normalize(low, high), cmap=row.overlay.cmap)
         elif r == 0:
-            mappable = ScalarMappable(norm=Normalize(*row.background_range), cmap="gray")
+            low, high = row.background_range
+            mappable = ScalarMappable(norm=Normalize(low, high), cmap="gray")
         else:
             cax.set_axis_off()
             continue
         colorbar = fig.colorbar(mappable, cax=cax)
-        _explicit_ticks(colorbar, mappable.norm.vmin, mappable.norm.vmax)
+        _explicit_ticks(colorbar, low, high)
         colorbar.set_label(textwrap.fill(row.quantity, 32), fontsize=7, labelpad=2)
     return fig
 

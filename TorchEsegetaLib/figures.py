@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from .display import robust_range
 from .errors import UserInputError
 from .figure_panels import DPI, VIEW_AXES, Frame, Overlay, Row, render
 from .volume import AnatomicalAxis, Geometry
+
+if TYPE_CHECKING:
+    from matplotlib.typing import LineStyleType
 
 __all__ = ["MapInfo", "overview_figures", "robust_range", "write_overview_figures"]
 
@@ -141,7 +144,9 @@ def overview_figures(
         cuts = [np.take(values, centre[a], axis=a) for a in VIEW_AXES]
         quantity = f"{info[name].quantity}, signed" if info[name].signed else info[name].quantity
         slice_rows.append(
-            _map_row(info[name].title, quantity, cuts, values, info[name].signed, slice_rows[0])
+            _map_row(
+                info[name].title, quantity, cuts, values, bool(info[name].signed), slice_rows[0]
+            )
         )
     slices = render(
         slice_rows,
@@ -185,9 +190,11 @@ def _map_row(
     return Row(label, backgrounds, dimmed, quantity, planes, overlay)
 
 
-def _legend(outline: np.ndarray | None, target: np.ndarray | None) -> list[tuple[str, str, str]]:
+def _legend(
+    outline: np.ndarray | None, target: np.ndarray | None
+) -> list[tuple[str, LineStyleType, str]]:
     """(colour, line style, text) of each outline drawn."""
-    entries = []
+    entries: list[tuple[str, LineStyleType, str]] = []
     if outline is not None and outline.any():
         entries.append((_SEGMENTATION_COLOUR, "-", "predicted segmentation"))
     if target is not None:
@@ -241,7 +248,7 @@ def _checked_geometry(geometry: Geometry | Sequence[float], shape: tuple[int, ..
     values = tuple(float(s) for s in geometry)
     if len(values) != 3 or not all(np.isfinite(values)) or min(values) <= 0:
         raise UserInputError(f"spacing {tuple(geometry)} must be three positive millimetre values")
-    return Geometry(tuple(shape), values)
+    return Geometry(cast("tuple[int, int, int]", tuple(shape)), values)
 
 
 def _checked_centre(centre: Sequence[int], shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -143,7 +143,9 @@ class SegmentationForward(WindowPasses, torch.nn.Module):
             dtype,
         ):
             card = self.card
-            self._plan = WindowPlan(
+            if card.roi_size is None:
+                raise ValueError("a window plan needs the card's roi_size (a sliding-window model)")
+            plan = WindowPlan(
                 shape,
                 card.roi_size,
                 card.overlap,
@@ -154,8 +156,9 @@ class SegmentationForward(WindowPasses, torch.nn.Module):
             if self.region is not None:
                 region = np.zeros(shape, dtype=bool)
                 region[divisible_crop(self.region.shape, card.size_divisible)] = self.region
-                self._plan.restrict(self._plan.windows_touching(region))
-        return self._plan
+                plan.restrict(plan.windows_touching(region))
+            self._plan = plan
+        return plan
 
     def input_support(self, spatial_shape: Sequence[int]) -> np.ndarray | None:
         """Bool mask of the input voxels the restricted forward reads; None: all of them."""
@@ -260,12 +263,16 @@ def resample_to_model_grid(volume: Volume, card: ModelCard) -> tuple[torch.Tenso
         model_shape = input_shape
     else:
         target = [s if t <= 0 else t for s, t in zip(spacing, card.spacing)]
-        model_shape = tuple(
-            max(1, round(n * s / t)) for n, s, t in zip(input_shape, spacing, target)
+        model_shape = cast(
+            "tuple[int, int, int]",
+            tuple(max(1, round(n * s / t)) for n, s, t in zip(input_shape, spacing, target)),
         )
-    model_spacing = tuple(
-        s if n == m else ((n - 1) * s / (m - 1) if m > 1 else n * s)
-        for n, m, s in zip(input_shape, model_shape, spacing)
+    model_spacing = cast(
+        "tuple[float, float, float]",
+        tuple(
+            s if n == m else ((n - 1) * s / (m - 1) if m > 1 else n * s)
+            for n, m, s in zip(input_shape, model_shape, spacing)
+        ),
     )
     info = ResampleInfo(input_shape, model_shape, spacing, model_spacing)
     if not info.identity:

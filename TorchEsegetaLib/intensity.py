@@ -110,21 +110,20 @@ def apply(step: dict[str, Any], x: torch.Tensor, stats: Statistics | None) -> to
             x, step["a_min"], step["a_max"], step.get("b_min"), step.get("b_max"), step.get("clip")
         )
     if kind == "percentiles":
-        a_min, a_max = stats if stats is not None else statistics(step, x)
+        a_min, a_max = _measured(step, x, stats)
         b_min, b_max = step.get("b_min"), step.get("b_max")
         if step.get("relative"):
             lower, upper = float(step["lower"]), float(step["upper"])
-            b_min, b_max = (
-                (b_max - b_min) * (lower / 100.0) + b_min,
-                (b_max - b_min) * (upper / 100.0) + b_min,
-            )
+            out_min, out_span = float(step["b_min"]), float(step["b_max"]) - float(step["b_min"])
+            b_min = out_span * (lower / 100.0) + out_min
+            b_max = out_span * (upper / 100.0) + out_min
         return scale_range(x, a_min, a_max, b_min, b_max, step.get("clip"))
     if kind == "scale_intensity":
         minv, maxv = step.get("minv"), step.get("maxv")
         if minv is None and maxv is None:
             factor = step.get("factor")
             return x * (1 + factor) if factor is not None else x
-        low, high = stats if stats is not None else statistics(step, x)
+        low, high = _measured(step, x, stats)
         flat = low == high
         norm = (x - low) / torch.where(flat, torch.ones_like(high), high - low)
         if minv is not None and maxv is not None:
@@ -195,6 +194,14 @@ def scale_range(
     if clip and (b_min is not None or b_max is not None):
         scaled = torch.clamp(scaled, min=b_min, max=b_max)
     return scaled
+
+
+def _measured(step: dict[str, Any], x: torch.Tensor, stats: Statistics | None) -> Statistics:
+    """The step's statistics: the given (frozen) ones, or those of ``x``."""
+    measured = stats if stats is not None else statistics(step, x)
+    if measured is None:
+        raise ValueError(f"intensity step {step['kind']!r} has no statistics")
+    return measured
 
 
 def _zscore_statistics(data: torch.Tensor, step: dict[str, Any]) -> Statistics:

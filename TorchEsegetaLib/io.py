@@ -219,7 +219,7 @@ def geometry_from_sitk(image: sitk.Image) -> Geometry:
         size=image.GetSize()[:3],
         spacing=image.GetSpacing()[:3],
         origin=image.GetOrigin()[:3],
-        direction=direction,
+        direction=tuple(float(v) for v in direction.ravel()),
     )
 
 

@@ -27,7 +27,8 @@ __all__ = ["JOB_FIELDS", "Job", "MethodSpec", "schema_path"]
 class MethodSpec(Spec):
     """One method of a run: its registry name, parameters, and the label its outputs are filed under."""
 
-    label: str | None = None
+    #: names the method's output files; empty: the method's name
+    label: str = ""
     job_field = "methods"
 
     @classmethod
@@ -41,7 +42,7 @@ class MethodSpec(Spec):
         self.label = self.label or self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "label": self.label}
+        return {**super().to_dict(), "label": self.label or None}
 
 
 @dataclass
@@ -90,6 +91,15 @@ class Job:
 
             self.metrics = metric_specs(list(self.metrics))
 
+    def model_to_load(self) -> dict[str, Any]:
+        """The model reference to load; a job whose network was given in memory has none."""
+        if self.model is None:
+            raise UserInputError(
+                "the job's model is null (a network that was given in memory); name the model "
+                'to load, e.g. "model": {"kind": "torchscript", "path": "model.ts"}'
+            )
+        return self.model
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "images": list(self.images),
@@ -114,7 +124,7 @@ class Job:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> Job:
         """Build a Job from its dictionary form; relative paths resolve against ``base``."""
-        check_job(data)  # before the paths are touched
+        check_job(plain(data))  # before the paths are touched
         data = dict(data)
         if base is not None:
             data["images"] = [_resolve(p, base) for p in data["images"]]

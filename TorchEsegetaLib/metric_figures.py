@@ -144,7 +144,7 @@ def _ranking(evaluation: Evaluation, path: Path) -> Path:
         cells.append(
             [label, format_value(row["mean_rank"])] + [format_value(row[m]) for m in metrics]
         )
-        shades = ["white", "white"]
+        shades: list[Any] = ["white", "white"]  # colour names or RGBA tuples
         for m in metrics:
             rank, count = ranks.get(m, {}).get(label), len(ranks.get(m, {}))
             if rank is None:

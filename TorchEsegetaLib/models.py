@@ -270,7 +270,7 @@ def _build_network(network_class: type, kwargs: Any) -> torch.nn.Module:
     try:
         return network_class(**kwargs)
     except Exception as error:
-        accepted = [p for p in inspect.signature(network_class.__init__).parameters if p != "self"]
+        accepted = [p for p in inspect.signature(network_class).parameters if p != "self"]
         raise UserInputError(
             f"cannot build {network_class.__name__} from kwargs {dict(kwargs)} ({error}); "
             f"fix the network kwargs (accepted: {', '.join(accepted)})"

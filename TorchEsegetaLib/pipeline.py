@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -180,7 +180,7 @@ def model_input(volume: Volume, card: ModelCard) -> ModelInput:
     raw = grid._forward(image)
     grid.trace = copy.deepcopy(raw.applied_operations)
     grid.model_affine = raw.affine.clone()
-    grid.model_shape = tuple(int(n) for n in raw.shape[1:])
+    grid.model_shape = cast("tuple[int, int, int]", tuple(int(n) for n in raw.shape[1:]))
     x = raw.as_tensor()[None].float()
     fills: dict[int, torch.Tensor] = {}
     if statistics:

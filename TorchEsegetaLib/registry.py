@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from .errors import UserInputError
 from .validation import check, job_field_schema, plain
@@ -83,7 +83,8 @@ class Param:
         data = {"name": self.name, "type": self.kind, "default": self.default, "help": self.help}
         for key in ("minimum", "maximum", "choices"):
             if getattr(self, key) is not None:
-                data[key] = list(self.choices) if key == "choices" else getattr(self, key)
+                value = getattr(self, key)
+                data[key] = list(value) if key == "choices" else value
         return data
 
 
@@ -225,4 +226,4 @@ class Spec:
         if isinstance(value, str):
             return cls(value)
         cls._check_entry(value)
-        return cls(**value)
+        return cls(**cast("dict[str, Any]", value))

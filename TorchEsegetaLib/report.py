@@ -146,8 +146,8 @@ def _metrics_table(evaluation: Evaluation) -> str:
         ("seconds", "seconds"),
         ("peak_memory_mb", "peak memory (MB)"),
     ):
-        cells = "".join(f"<td class='num'>{_e(format_value(r[key]))}</td>" for r in rows)
-        lines.append(f"<tr><th>{title}</th>{cells}</tr>")
+        row_cells = "".join(f"<td class='num'>{_e(format_value(r[key]))}</td>" for r in rows)
+        lines.append(f"<tr><th>{title}</th>{row_cells}</tr>")
     for name, info in evaluation.metrics.items():
         per = ranks.get(name, {})
         cells = []

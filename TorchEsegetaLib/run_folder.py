@@ -68,7 +68,7 @@ def write_run_folder(
         }
         if m.message:
             entry["message"] = m.message
-        if m.attribution is not None:
+        if m.attribution is not None and m.map is not None:
             entry["file"] = f"{m.spec.label}{suffix}"
             write_volume(m.map, result.geometry, out / entry["file"], dtype=np.float32)
             if m.attribution.shape[0] > 1 and not m.shared_channels:

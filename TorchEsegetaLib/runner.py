@@ -324,15 +324,11 @@ def run_job(
     from .models import load_model
 
     destination = claim_output(job)
-    if job.model is None:
-        raise UserInputError(
-            "the job's model is null (a network that was given in memory); name the model to "
-            'load, e.g. "model": {"kind": "torchscript", "path": "model.ts"}'
-        )
+    reference = job.model_to_load()
     started = time.perf_counter()
     _emit(progress, stage="load", fraction=0.0, message="reading inputs and model")
     volume = read_channels(job.images)
-    model = load_model(job.model, job.card)
+    model = load_model(reference, job.card)
     load_seconds = time.perf_counter() - started
     result = explain_job(job, volume, model, progress, cancel)
     result.timings["load"] = load_seconds

@@ -12,7 +12,7 @@ identically zero.)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -118,7 +118,11 @@ class TargetSpec:
             return cls(kind="mask", mask=path, label=int(label) if label else None, **extra)
         parts = rest.split(":")
         try:
-            corners = [tuple(float(v) for v in p.split(",")) for p in parts]
+            # three values each: the spec checks their count
+            corners = [
+                cast("tuple[float, float, float]", tuple(float(v) for v in p.split(",")))
+                for p in parts
+            ]
         except ValueError as e:
             raise UserInputError(
                 f"could not read the numbers in target {text!r}; write e.g. roi:10,10,10:20,20,20"
@@ -246,6 +250,8 @@ def region_in_input_grid(spec: TargetSpec, geometry: Geometry) -> np.ndarray:
         else:
             from .io import read_label
 
+            if spec.mask is None:
+                raise ValueError("a mask target without its mask")
             labels = read_label(spec.mask, like=geometry)
         region = labels == spec.label if spec.label is not None else labels != 0
         where = f"label {spec.label} of the mask" if spec.label is not None else "the mask"
@@ -292,7 +298,9 @@ def roi_box(spec: TargetSpec, geometry: Geometry) -> tuple[list[int], list[int],
     notes = []
     axes = [
         name
-        for name, s, e in zip("ijk" if spec.coordinates == "voxel" else "xyz", spec.start, spec.end)
+        for name, s, e in zip(
+            "ijk" if spec.coordinates == "voxel" else "xyz", spec.start or (), spec.end or ()
+        )
         if s > e
     ]
     if axes:
@@ -309,8 +317,10 @@ def roi_box(spec: TargetSpec, geometry: Geometry) -> tuple[list[int], list[int],
 
 
 def _to_index(
-    point: tuple[float, float, float], coordinates: str, geometry: Geometry
+    point: tuple[float, float, float] | None, coordinates: str, geometry: Geometry
 ) -> np.ndarray:
+    if point is None:  # the spec's checks make every ROI and voxel target carry its points
+        raise ValueError("a target point is missing")
     point_array = np.asarray(point, dtype=np.float64)
     if coordinates == "voxel":
         return point_array

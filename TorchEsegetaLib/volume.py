@@ -14,6 +14,7 @@ Axis order and coordinate convention are fixed here once for the whole library:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -181,4 +182,4 @@ class Volume:
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.array.shape[1:])
+        return cast("tuple[int, int, int]", tuple(int(s) for s in self.array.shape[1:]))

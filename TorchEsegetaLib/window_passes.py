@@ -23,11 +23,26 @@ from .errors import UserInputError
 from .windows import PairedPass, WindowCanvas, divisible_crop, pad_to_multiple
 
 if TYPE_CHECKING:
+    from .card import ModelCard
     from .windows import WindowPlan
 
 
 class WindowPasses:
     """Window-by-window passes of a sliding-window forward (see the module docstring)."""
+
+    if TYPE_CHECKING:  # what SegmentationForward provides
+        card: ModelCard
+
+        def _network(self, x: torch.Tensor) -> torch.Tensor: ...
+
+        @property
+        def sliding(self) -> bool: ...
+
+        def preprocess(self, x: torch.Tensor) -> torch.Tensor: ...
+
+        def plan(self, padded: torch.Tensor) -> WindowPlan: ...
+
+        def _plan_of(self, spatial_shape: Sequence[int]) -> WindowPlan: ...
 
     def windows_per_pass(self, spatial_shape: Sequence[int]) -> int:
         """How many windows one example's pass runs (1 for whole-volume models)."""

@@ -120,7 +120,8 @@ class WindowPlan:
         return F.pad(x, pads)
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
-        return x[(slice(None), slice(None), *self._inner())]
+        index = (slice(None), slice(None), *self._inner())
+        return x[index]
 
     def _inner(self) -> tuple[slice, ...]:
         return tuple(slice(b, b + s) for b, s in zip(self.pad_before, self.input_shape))

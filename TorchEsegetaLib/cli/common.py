@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import UserInputError
 from ..validation import job_field_schema
@@ -19,7 +19,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own usage errors are input errors too
+    def error(self, message: str) -> NoReturn:  # argparse's own usage errors are input errors too
         self.print_usage(sys.stderr)
         print(f"torchesegeta: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USER)

@@ -226,7 +226,7 @@ def _split_params(params: list[str], evaluate: str | None) -> tuple[list[str], l
 
 
 def _job_from_explain(args: argparse.Namespace) -> Any:
-    from ..job import Job
+    from ..job import Job, MethodSpec
     from ..models import model_ref_from_string
     from ..targets import TargetSpec
 
@@ -252,7 +252,10 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         model=model,
         card=card,
         target=target,
-        methods=methods_from_args(args.method, method_params, default=DEFAULT_METHOD),
+        methods=[
+            MethodSpec.from_any(m)
+            for m in methods_from_args(args.method, method_params, default=DEFAULT_METHOD)
+        ],
         metrics=metrics_from_args([args.evaluate], metric_params) if args.evaluate else [],
         output=args.out,
         device=args.device or "auto",
@@ -357,15 +360,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..demo import demo_volume
     from ..io import write_volume
-    from ..job import Job
+    from ..job import Job, MethodSpec
+    from ..targets import TargetSpec
 
     out = Path(args.out).absolute()
     data = out.with_name(out.name + "-input")
     volume, truth = demo_volume()
     image = write_volume(volume.array[0], volume.geometry, data / "mra.nii.gz")
-    reference = write_volume(truth, volume.geometry, data / "vessels_truth.nii.gz", dtype="uint8")
+    reference = write_volume(truth, volume.geometry, data / "vessels_truth.nii.gz", dtype=np.uint8)
     methods = methods_from_args([args.method], [])
     for entry in methods:
         entry["params"].update(DEMO_PARAMS.get(entry["name"], {}))
@@ -377,8 +383,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     job = Job(
         images=[str(image)],
         model={"kind": "demo"},
-        target="class:vessel",
-        methods=methods,
+        target=TargetSpec.parse("class:vessel"),
+        methods=[MethodSpec.from_any(m) for m in methods],
         output=str(out),
         overwrite=True,
         metrics=metrics,

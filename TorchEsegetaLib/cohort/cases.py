@@ -162,7 +162,7 @@ def discover_cases(folder: Path) -> list[Case]:
             Case(
                 case_id,
                 tuple(str(found[c].absolute()) for c in order),
-                reference and str(reference),
+                None if reference is None else str(reference),
             )
         )
     return cases

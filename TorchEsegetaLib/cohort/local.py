@@ -58,7 +58,8 @@ class _Worker:
         env = dict(os.environ, OMP_NUM_THREADS=str(slot["threads"]))
         if slot["gpu"] is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot["gpu"]
-        self.index, self.slot, self.case = index, slot, None
+        self.index, self.slot = index, slot
+        self.case: str | None = None
         self.ready = False
         self.log: IO[str] = open(log, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self.process = subprocess.Popen(
@@ -203,7 +204,8 @@ class LocalEngine:
         how = (
             f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
         )
-        remove_partial_folders(out, worker.case)
+        if worker.case is not None:
+            remove_partial_folders(out, worker.case)
         return {
             "event": "done",
             "case": worker.case,

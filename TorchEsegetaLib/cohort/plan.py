@@ -150,14 +150,14 @@ def plan_cases(
             planned.append(PlannedCase(case, job, CHANGED, ", ".join(changed)))
         else:
             planned.append(PlannedCase(case, job, DONE, str(record.get("status", ""))))
-    changed = [p for p in planned if p.state == CHANGED]
-    if changed and not rerun_changed:
-        first = changed[0]
+    rerun = [p for p in planned if p.state == CHANGED]
+    if rerun and not rerun_changed:
+        first = rerun[0]
         raise UserInputError(
-            f"{len(changed)} case(s) in {out} were run with a different job ({first.case.case_id}: "
+            f"{len(rerun)} case(s) in {out} were run with a different job ({first.case.case_id}: "
             f"{first.detail} differ); pass --rerun-changed to recompute them, or choose another --out"
         )
-    for p in changed:
+    for p in rerun:
         p.job.overwrite = True  # replaced only when its new run folder is complete
     return planned
 
@@ -228,7 +228,7 @@ def _try_lock(handle: Any) -> bool:
         import msvcrt
 
         try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows only
             return True
         except OSError:
             return False

@@ -8,7 +8,7 @@ network is built, so importing this package stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,7 +38,7 @@ DEMO_SPACING = (0.6, 0.6, 0.8)
 DEMO_ORIGIN = (-19.2, -24.6, 31.5)
 
 DEMO_NETWORK = "UNet"
-DEMO_NETWORK_KWARGS = {
+DEMO_NETWORK_KWARGS: dict[str, Any] = {
     "spatial_dims": 3,
     "in_channels": 1,
     "out_channels": 2,
@@ -50,7 +50,7 @@ DEMO_NETWORK_KWARGS = {
     # No running statistics: train and eval modes compute the same function.
     "norm": "INSTANCE",
 }
-DEMO_INTENSITY = {"kind": "zscore", "nonzero": False, "channel_wise": True}
+DEMO_INTENSITY: dict[str, Any] = {"kind": "zscore", "nonzero": False, "channel_wise": True}
 
 
 def demo_volume() -> tuple[Volume, np.ndarray]:

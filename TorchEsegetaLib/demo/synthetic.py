@@ -6,6 +6,8 @@ exactly; the demo model is trained on some seeds and shown others.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 from scipy import ndimage
 
@@ -33,7 +35,7 @@ def make_vessel_volume(
     Returns:
         (image, label): float32 intensities roughly in [0, 1000] and a uint8 mask, 1 = vessel.
     """
-    shape = tuple(int(s) for s in shape)
+    shape = cast("tuple[int, int, int]", tuple(int(s) for s in shape))
     rng = np.random.default_rng(seed)
     segments = []
     for _ in range(rng.integers(4, 7)):
@@ -71,7 +73,7 @@ def _grow_tree(rng: np.random.Generator, shape: tuple[int, int, int]) -> list[np
             # Smooth curvature: the bending vector is itself a slow random walk.
             bend = 0.9 * bend + rng.normal(0.0, 0.015, 3)
             inward = size / 2.0 - point
-            direction = direction + bend + 0.01 * inward / max(np.linalg.norm(inward), 1.0)
+            direction = direction + bend + 0.01 * inward / max(float(np.linalg.norm(inward)), 1.0)
             direction /= np.linalg.norm(direction)
             new_point = point + STEP * direction
             new_radius = radius * RADIUS_DECAY_PER_STEP

@@ -6,7 +6,7 @@ Each weights a layer's channels by the gradient of the target score, on the shar
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from .base import Param, Passes, register
 from .gradient import GuidedBackprop
@@ -26,7 +26,7 @@ class _ClassActivationMap(LayerMethod):
     signed = False
     quantity = "gradient-weighted layer activation"
     cost = "1 forward + 1 backward"
-    params = (LAYER, REDUCE, RELU)
+    params: ClassVar[tuple[Param, ...]] = (LAYER, REDUCE, RELU)
 
     def __init__(self, **values):
         super().__init__(**values)

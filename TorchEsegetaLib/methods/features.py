@@ -194,17 +194,17 @@ def _connected(labels: np.ndarray, min_size: int) -> np.ndarray:
 
     structure = ndimage.generate_binary_structure(labels.ndim, 1)
     regions = np.zeros(labels.shape, dtype=np.int64)
-    owner, count = [-1], 0  # owner[r]: the cluster that region r (numbered from 1) came from
+    clusters, count = [-1], 0  # clusters[r]: the cluster that region r (numbered from 1) came from
     for cluster, box in enumerate(ndimage.find_objects(labels + 1)):
         if box is None:
             continue
         components, n = ndimage.label(labels[box] == cluster, structure)
         inside = components > 0
         regions[box][inside] = components[inside] + count
-        owner += [cluster] * n
+        clusters += [cluster] * n
         count += n
     sizes = np.bincount(regions.ravel(), minlength=count + 1)
-    owner = np.asarray(owner)
+    owner = np.asarray(clusters)
     by_size = np.lexsort((sizes, owner))  # grouped by cluster, largest region last
     largest = np.zeros(count + 1, dtype=bool)
     largest[by_size[np.r_[owner[by_size][1:] != owner[by_size][:-1], True]]] = True
@@ -212,14 +212,15 @@ def _connected(labels: np.ndarray, min_size: int) -> np.ndarray:
     while pending.any():
         # Every face between two regions, both ways; a pending fragment joins the settled
         # region it shares most faces with (two adjacent connected regions stay connected).
-        fragment, neighbour = [], []
+        faces_from: list[np.ndarray] = []
+        faces_to: list[np.ndarray] = []
         for axis in range(regions.ndim):
             along = np.moveaxis(regions, axis, 0)
             low, high = along[:-1], along[1:]
             differ = low != high
-            fragment += [low[differ], high[differ]]
-            neighbour += [high[differ], low[differ]]
-        fragment, neighbour = np.concatenate(fragment), np.concatenate(neighbour)
+            faces_from += [low[differ], high[differ]]
+            faces_to += [high[differ], low[differ]]
+        fragment, neighbour = np.concatenate(faces_from), np.concatenate(faces_to)
         settled = pending[fragment] & ~pending[neighbour]
         if not settled.any():  # fragments that only touch each other: keep them as regions
             break

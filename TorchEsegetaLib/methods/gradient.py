@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import Method, Param, Passes, ScoreModel, input_gradients, register
 from .baselines import BASELINE, BLUR_SIGMA, intensity_range, make_baseline
@@ -68,14 +68,14 @@ def relu_rule(module: torch.nn.Module, rule: str) -> Iterator[int]:
     relus = [m for m in module.modules() if isinstance(m, torch.nn.ReLU)]
     inplace = [relu.inplace for relu in relus]
     handles = []
+
+    def rule_of(_module: Any, grad_in: Any, grad_out: Any) -> tuple[torch.Tensor]:
+        return (torch.relu((grad_in, grad_out)[keep][0]),)
+
     try:
         for relu in relus:
             relu.inplace = False
-            handles.append(
-                relu.register_full_backward_hook(
-                    lambda _m, grad_in, grad_out: (torch.relu((grad_in, grad_out)[keep][0]),)
-                )
-            )
+            handles.append(relu.register_full_backward_hook(rule_of))
         yield len(relus)
     finally:
         for handle in handles:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import UserInputError
 from .base import Method, Param, Passes, ScoreModel, register
@@ -171,7 +171,7 @@ class LayerMethod(Method):
     quantity = "layer contribution to the score"
     needs_layer = True
     shared_channels = True
-    params = (LAYER, REDUCE)
+    params: ClassVar[tuple[Param, ...]] = (LAYER, REDUCE)
 
     #: the default layer must be non-negative (an activation's output), see :func:`default_layer`
     nonnegative_layer = False

@@ -120,7 +120,8 @@ class Occlusion(Method):
             ) -> None:
                 batch = x.repeat(stop - start, *[1] * (x.dim() - 1))
                 for row, box in enumerate(boxes[start:stop]):
-                    batch[(row, slice(None), *box)] = fill[(0, slice(None), *box)]
+                    target, source = (row, slice(None), *box), (0, slice(None), *box)
+                    batch[target] = fill[source]
                 with torch.no_grad():
                     drops = reference - score(batch)
                 for drop, box in zip(drops, boxes[start:stop]):
@@ -227,9 +228,8 @@ def smooth_masks(grids, shifts, cell, spatial, like):
     coarse = grids.unsqueeze(1).to(device=like.device, dtype=like.dtype)
     size = [g * cell for g in grids.shape[1:]]
     upsampled = F.interpolate(coarse, size=size, mode="trilinear", align_corners=False)[:, 0]
-    return torch.stack(
-        [
-            upsampled[(row, *(slice(o, o + s) for o, s in zip(shift.tolist(), spatial)))]
-            for row, shift in enumerate(shifts)
-        ]
-    )
+    windows = [
+        (row, *(slice(o, o + s) for o, s in zip(shift.tolist(), spatial)))
+        for row, shift in enumerate(shifts)
+    ]
+    return torch.stack([upsampled[window] for window in windows])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import UserInputError
 
@@ -124,7 +124,7 @@ class LayerProbe:
         """
         import torch
 
-        forward = self.score.forward
+        forward: Any = self.score.forward  # a SegmentationForward on sliding-window models
         windows = getattr(forward, "windows_per_pass", None)
         if self.sliding and windows is not None and windows(inputs[0].shape[2:]) > 1:
             self.windows = windows(inputs[0].shape[2:])
@@ -138,7 +138,9 @@ class LayerProbe:
                     yield [
                         (
                             torch.cat([part[i][0] for part in parts]),
-                            torch.cat([part[i][1] for part in parts]) if wanted else None,
+                            torch.cat([cast(torch.Tensor, part[i][1]) for part in parts])
+                            if wanted
+                            else None,
                         )
                         for i, wanted in enumerate(gradients)
                     ]
@@ -150,7 +152,7 @@ class LayerProbe:
         self, inputs: Sequence[torch.Tensor], gradients: Sequence[bool]
     ) -> Iterator[list[tuple[torch.Tensor, torch.Tensor | None]]]:
         """:meth:`points` with each input's whole pass (all its windows) in one graph."""
-        per_input = []
+        per_input: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         for x, wanted in zip(inputs, gradients):
             if wanted:
                 _, activation, grads = self.gradients(x)
@@ -185,8 +187,8 @@ class LayerProbe:
                 "the path from the input to the segmentation output"
             )
         # a window that does not reach the target gets no gradient: zero
-        grads = [torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads)]
-        return scores.detach(), torch.cat(outputs).detach(), torch.cat(grads)
+        filled = [torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads)]
+        return scores.detach(), torch.cat(outputs).detach(), torch.cat(filled)
 
     def to_input_grid(self, layer_map: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """(B * windows, 1, *s) on the layer's grid -> (B, 1, *input spatial shape).
@@ -202,7 +204,8 @@ class LayerProbe:
         spatial = tuple(shape[2:])
         mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[layer_map.dim()]
         if self.sliding and self.grid is not None:
-            return self.score.forward.blend_windows(
+            forward: Any = self.score.forward
+            return forward.blend_windows(
                 layer_map,
                 spatial,
                 lambda part: F.interpolate(part, size=self.grid, mode=mode, align_corners=False),
@@ -214,4 +217,5 @@ class LayerProbe:
         )
         up = F.interpolate(layer_map, size=grid, mode=mode, align_corners=False)
         crop = tuple(slice((g - n) // 2, (g - n) // 2 + n) for g, n in zip(grid, spatial))
-        return up[(slice(None), slice(None), *crop)]
+        index = (slice(None), slice(None), *crop)
+        return up[index]

@@ -179,7 +179,7 @@ def _network_input(forward: torch.nn.Module) -> Iterator:
     if preprocess is None or "preprocess" in vars(forward):
         yield lambda x: x
         return
-    forward.preprocess = lambda x: x
+    setattr(forward, "preprocess", lambda x: x)  # noqa: B010  (a method, shadowed on the instance)
     try:
         yield preprocess
     finally:

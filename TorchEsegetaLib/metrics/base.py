@@ -10,7 +10,7 @@ as the explanation; metrics of the map alone run on the input grid, the map the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -258,7 +258,7 @@ class MetricSpec(Spec):
 
 
 def metric_specs(
-    entries: list[str | dict[str, Any] | MetricSpec] | None,
+    entries: Sequence[str | dict[str, Any] | MetricSpec] | None,
 ) -> list[MetricSpec]:
     """Specs from names/dicts; None or "default" -> the default metrics, "all" -> every metric."""
     if entries is None:

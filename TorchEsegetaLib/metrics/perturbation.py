@@ -7,7 +7,7 @@ the map) are computed once per case and shared by every method.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..registry import Param
 from .base import Case, Metric, Score, Subject, register
@@ -81,7 +81,7 @@ class _Infidelity(Metric):
             ],
             dtype=torch.float64,
         )
-        details = {}
+        details: dict[str, Any] = {}
         if self.normalize:
             energy = float((explained * explained).sum())
             beta = float((explained * drops).sum()) / energy if energy > 0 else 0.0

@@ -146,17 +146,23 @@ class Evaluation:
         replace the old ones; everything else is kept."""
         merged = Evaluation.from_json(json.loads(json.dumps(older.to_json())))
         merged.metrics.update(self.metrics)
+        Table = dict[str, dict[str, Any]]
+        by_method: list[tuple[Table, Table]] = [
+            (merged.scores, self.scores),
+            (merged.notes, self.notes),
+        ]
+        by_metric: list[tuple[Table, Table]] = [
+            (self.curves, merged.curves),
+            (self.details, merged.details),
+            (self.method_seconds, merged.method_seconds),
+        ]
         for label in self.scores:
-            for table, mine in ((merged.scores, self.scores), (merged.notes, self.notes)):
+            for table, mine in by_method:
                 row = table.setdefault(label, {})
                 for name in self.metrics:
                     row.pop(name, None)
                 row.update(mine.get(label, {}))
-        for mine, theirs in (
-            (self.curves, merged.curves),
-            (self.details, merged.details),
-            (self.method_seconds, merged.method_seconds),
-        ):
+        for mine, theirs in by_metric:
             for name in self.metrics:
                 per = theirs.setdefault(name, {})
                 for label in self.scores:
