@@ -53,21 +53,13 @@ class Param:
             value = value.item()  # a NumPy scalar
         if self.kind in ("str", "choice"):
             return value if isinstance(value, (dict, list)) else str(value)
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            return value
+        if isinstance(value, str):
+            return _parsed(value, self.kind)
         if self.kind == "int" and isinstance(value, float) and value.is_integer():
             return int(value)
-        if self.kind == "float" and isinstance(value, int):
+        if self.kind == "float" and type(value) is int:
             return float(value)
-        if not isinstance(value, str):
-            return value
-        text = value.strip().lower()
-        if self.kind == "bool":
-            return text in _TRUE if text in _TRUE | _FALSE else value
-        try:
-            return int(text) if self.kind == "int" else float(text)
-        except ValueError:
-            return value
+        return value
 
     def schema(self) -> dict[str, Any]:
         """The parameter as a JSON schema fragment (what :meth:`coerce` checks)."""
@@ -86,6 +78,17 @@ class Param:
                 value = getattr(self, key)
                 data[key] = list(value) if key == "choices" else value
         return data
+
+
+def _parsed(text: str, kind: str) -> Any:
+    """``text`` as a bool, int or float (``kind``), or unchanged when it is not one."""
+    word = text.strip().lower()
+    if kind == "bool":
+        return word in _TRUE if word in _TRUE | _FALSE else text
+    try:
+        return int(word) if kind == "int" else float(word)
+    except ValueError:
+        return text
 
 
 def configure(

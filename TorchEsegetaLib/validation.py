@@ -124,15 +124,20 @@ def _check(value: Any, schema: dict[str, Any], where: _Where, path: Path_) -> No
     if "enum" in schema and value not in schema["enum"]:
         choices = ", ".join(str(c) for c in schema["enum"])
         raise UserInputError(f"{where.label(path)} must be one of {choices}; got {value!r}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        _check_range(value, schema, where.label(path))
-    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
-        what = schema.get("title") or f"text matching {schema['pattern']}"
-        raise UserInputError(f"{where.label(path)} must be {what}; got {value!r}")
     if isinstance(value, list):
         _check_items(value, schema, where, path)
-    if isinstance(value, dict):
+    elif isinstance(value, dict):
         _check_object(value, schema, where, path)
+    else:
+        _check_scalar(value, schema, where.label(path))
+
+
+def _check_scalar(value: Any, schema: dict[str, Any], label: str) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        _check_range(value, schema, label)
+    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
+        what = schema.get("title") or f"text matching {schema['pattern']}"
+        raise UserInputError(f"{label} must be {what}; got {value!r}")
 
 
 def _check_range(value: float, schema: dict[str, Any], label: str) -> None:
@@ -148,19 +153,21 @@ def _check_range(value: float, schema: dict[str, Any], label: str) -> None:
 
 
 def _check_items(value: list[Any], schema: dict[str, Any], where: _Where, path: Path_) -> None:
-    low, high = schema.get("minItems"), schema.get("maxItems")
-    label = where.label(path)
-    if low is not None and low == high and len(value) != low:
-        raise UserInputError(f"{label} needs {low} values; got {len(value)}")
-    if low is not None and len(value) < low:
-        if not value:
-            raise UserInputError(f"{label} is empty; give at least {'one' if low == 1 else low}")
-        raise UserInputError(f"{label} needs at least {low} items; got {len(value)}")
-    if high is not None and len(value) > high:
-        raise UserInputError(f"{label} takes at most {high} items; got {len(value)}")
+    _check_count(len(value), schema.get("minItems"), schema.get("maxItems"), where.label(path))
     if "items" in schema:
         for index, item in enumerate(value):
             _check(item, schema["items"], where, (*path, index))
+
+
+def _check_count(count: int, low: int | None, high: int | None, label: str) -> None:
+    if low is not None and low == high and count != low:
+        raise UserInputError(f"{label} needs {low} values; got {count}")
+    if low is not None and count < low:
+        if not count:
+            raise UserInputError(f"{label} is empty; give at least {'one' if low == 1 else low}")
+        raise UserInputError(f"{label} needs at least {low} items; got {count}")
+    if high is not None and count > high:
+        raise UserInputError(f"{label} takes at most {high} items; got {count}")
 
 
 def _check_object(
