@@ -70,7 +70,7 @@ def _in_process_pools() -> Iterator[None]:
     try:
         yield
     finally:
-        multiprocessing.get_context = original  # type: ignore[assignment]
+        multiprocessing.get_context = original
 
 
 def write_raw_dataset(

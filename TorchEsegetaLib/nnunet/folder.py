@@ -152,7 +152,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    allowed = [scalar, np.dtype] + [type(np.dtype(code)) for code in "?bhilqBHILQefdFD"]
+    allowed: list[Any] = [scalar, np.dtype]
+    allowed += [type(np.dtype(code)) for code in "?bhilqBHILQefdFD"]
     try:
         with torch.serialization.safe_globals(allowed):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -253,7 +254,7 @@ def _build_network(
     return network.eval()
 
 
-def trainer_class(name: str) -> type | None:
+def trainer_class(name: str) -> Any:
     """nnU-Net's trainer class of that name, found as nnU-Net finds it (None: unknown)."""
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class

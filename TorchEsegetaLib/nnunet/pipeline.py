@@ -99,7 +99,7 @@ class NnUNetPipeline(torch.nn.Module):
         self.mirror_axes = tuple(mirror_axes) if mirror_axes else None
         self.tile_step_size = float(tile_step_size)
         self.explain_fold = explain_fold
-        self.spacing: tuple[float, float, float] | None = None
+        self.spacing: tuple[float, ...] | None = None
         self.case: Case | None = None
 
     # -- engine hooks ---------------------------------------------------------------------
@@ -150,10 +150,11 @@ class NnUNetPipeline(torch.nn.Module):
         # nnU-Net's array: SimpleITK's (k, j, i) order, C-contiguous, then transpose_forward
         data = np.ascontiguousarray(image.transpose(0, 3, 2, 1), dtype=np.float32)
         data = data.transpose([0, *[t + 1 for t in plan.transpose_forward]])
-        spacing = [self.spacing[::-1][t] for t in plan.transpose_forward]
+        spacing = tuple(self.spacing[::-1][t] for t in plan.transpose_forward)
         nonzero = create_nonzero_mask(data)
         crop = bounding_box_to_slice(get_bbox_from_mask(nonzero))
-        cropped, nonzero = data[(slice(None), *crop)], nonzero[crop]
+        inside = (slice(None), *crop)
+        cropped, nonzero = data[inside], nonzero[crop]
         normalizations = [
             channel_normalization(
                 plan.normalization_schemes[c],
@@ -165,9 +166,9 @@ class NnUNetPipeline(torch.nn.Module):
             for c in range(cropped.shape[0])
         ]
         shape = tuple(cropped.shape[1:])
-        target = list(plan.spacing)
+        target = tuple(plan.spacing)
         if len(target) < len(shape):  # 2d configurations keep the slice spacing
-            target = [spacing[0], *target]
+            target = (spacing[0], *target)
         new_shape = tuple(int(s) for s in compute_new_shape(shape, spacing, target))
         to_model = plan_resampling(*plan.resampling_data, shape, new_shape, spacing, target)
         to_input = plan_resampling(
@@ -206,7 +207,8 @@ class NnUNetPipeline(torch.nn.Module):
     ) -> torch.Tensor:
         plan = self.plan
         data = x.permute(0, 1, 4, 3, 2).permute(0, 1, *[t + 2 for t in plan.transpose_forward])
-        data = data[(slice(None), slice(None), *case.crop)]
+        inside = (slice(None), slice(None), *case.crop)
+        data = data[inside]
         data = torch.stack([norm(data[:, c]) for c, norm in enumerate(case.normalizations)], dim=1)
         if exact:
             data = self._nnunet_resampling("data", data, case.to_model, case).to(x.dtype)
@@ -231,7 +233,8 @@ class NnUNetPipeline(torch.nn.Module):
         )
         if not plan.regions:
             full[:, 0] = 0.0
-        full[(slice(None), slice(None), *case.crop)] = logits
+        inside = (slice(None), slice(None), *case.crop)
+        full[inside] = logits
         full = full.permute(0, 1, *[t + 2 for t in plan.transpose_backward])
         return full.permute(0, 1, 4, 3, 2)
 
@@ -277,11 +280,12 @@ class NnUNetPipeline(torch.nn.Module):
         if not exact:
             gaussian = gaussian.to(data.dtype)
         heads = None
-        logits = counts = None
+        logits: torch.Tensor | None = None
+        counts: torch.Tensor | None = None
         for window in case.windows:
             index = (slice(None), slice(None), *window)
             prediction = self._mirrored(network, padded[index], mirror, exact)
-            if logits is None:
+            if logits is None or counts is None:
                 heads = prediction.shape[1]
                 logits = torch.zeros(
                     (data.shape[0], heads, *padded.shape[2:]), dtype=accumulate, device=data.device
@@ -301,7 +305,8 @@ class NnUNetPipeline(torch.nn.Module):
         else:
             logits = logits / counts
         inner = tuple(slice(b, n - a) for (b, a), n in zip(case.padding, padded.shape[2:]))
-        return logits[(slice(None), slice(None), *inner)]
+        index = (slice(None), slice(None), *inner)
+        return logits[index]
 
     @staticmethod
     def _mirrored(
