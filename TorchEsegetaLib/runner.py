@@ -115,23 +115,7 @@ def explain_volume(
     forward.precision = precision
     for method in instances:  # a method that cannot explain this model fails the run now
         method.preflight(forward, x, bound)
-    crop = None
-    if crop_margin is not None:
-        from .cropping import measure_crop, plan_crop
-
-        crop, why_not = plan_crop(forward, bound.region.cpu().numpy(), int(crop_margin))
-        if crop is None:
-            warnings.append(why_not)
-        else:
-            measured = measure_crop(crop, forward, x, bound, torch_device)
-            case.target_info["crop"] = measured
-            warnings.append(
-                f"approximation: explained on a crop of {crop.share:.0%} of the volume (target "
-                f"box + {crop.margin} voxels); the target score changes by "
-                f"{measured['score']['relative_change']:.1%} and the saliency map by "
-                f"{measured['saliency']['relative_l2']:.1%} (relative L2) against the whole "
-                "volume; maps are zero outside the crop"
-            )
+    crop = None if crop_margin is None else _crop(case, int(crop_margin), torch_device, warnings)
     x_run, bound_run = (x, bound) if crop is None else (crop.take(x), crop.target(bound))
     forward_run = forward if crop is None else forward.on_crop(crop.padding)
     # One sample's memory, measured once, sizes every method's batches to the free memory.
@@ -150,17 +134,7 @@ def explain_volume(
         general_hints(torch_device, forward_run, target.kind, crop is not None),
     )
     timings["estimate"] = time.perf_counter() - began
-    for found in estimates:
-        _emit(progress, stage="estimate", fraction=0.0, message=f"estimate {found.describe()}")
-        if found.too_long:
-            warnings.append(found.warning())
-            _emit(
-                progress,
-                stage="estimate",
-                fraction=0.0,
-                warning=True,
-                message=f"warning: {found.warning()}",
-            )
+    _report_estimates(estimates, progress, warnings)
     tuned: dict[str, int] = {}  # the fastest batch size, found by the first method, kept for all
 
     def on_input_grid(method: Any, context: Any) -> np.ndarray:
@@ -214,12 +188,7 @@ def explain_volume(
                         finally:
                             forward_run.precision = precision
                 result.memory = peak.record()
-                if not np.isfinite(restored).all():
-                    raise UserInputError(
-                        f"method {spec.label} produced NaN or Inf values; check the model and input, "
-                        "or lower the method's noise/step parameters"
-                    )
-                result.attribution = restored.astype(np.float32)
+                result.attribution = _finite(restored, spec.label)
             except BudgetExceededError as e:
                 result.status, result.message = "timed out", str(e)
             result.seconds = time.perf_counter() - t0
@@ -247,6 +216,55 @@ def explain_volume(
         target_spec=target,
         max_batch=max_batch,
     )
+
+
+def _crop(case: Any, margin: int, torch_device: Any, warnings: list[str]) -> Any:
+    """The crop that ``crop_margin`` asks for, measured against the whole volume (the
+    measurement goes to the target record, a warning says what it changes); None when the
+    model cannot be cropped (a warning says why)."""
+    from .cropping import measure_crop, plan_crop
+
+    forward, x, bound = case.forward, case.x, case.bound
+    crop, why_not = plan_crop(forward, bound.region.cpu().numpy(), margin)
+    if crop is None:
+        warnings.append(why_not)
+        return None
+    measured = measure_crop(crop, forward, x, bound, torch_device)
+    case.target_info["crop"] = measured
+    warnings.append(
+        f"approximation: explained on a crop of {crop.share:.0%} of the volume (target "
+        f"box + {crop.margin} voxels); the target score changes by "
+        f"{measured['score']['relative_change']:.1%} and the saliency map by "
+        f"{measured['saliency']['relative_l2']:.1%} (relative L2) against the whole "
+        "volume; maps are zero outside the crop"
+    )
+    return crop
+
+
+def _report_estimates(
+    estimates: list[Any], progress: ProgressHandler | None, warnings: list[str]
+) -> None:
+    """Each method's cost estimate as a progress event; those past the limit also warned."""
+    for found in estimates:
+        _emit(progress, stage="estimate", fraction=0.0, message=f"estimate {found.describe()}")
+        if found.too_long:
+            warnings.append(found.warning())
+            _emit(
+                progress,
+                stage="estimate",
+                fraction=0.0,
+                warning=True,
+                message=f"warning: {found.warning()}",
+            )
+
+
+def _finite(restored: np.ndarray, label: str) -> np.ndarray:
+    if not np.isfinite(restored).all():
+        raise UserInputError(
+            f"method {label} produced NaN or Inf values; check the model and input, "
+            "or lower the method's noise/step parameters"
+        )
+    return restored.astype(np.float32)
 
 
 def explain_job(
