@@ -130,3 +130,23 @@ def test_a_logged_occlusion_run_stays_within_a_line_budget(case, tmp_path):
     assert any("occlusion: starting" in line for line in lines)
     assert any("occlusion: ok in" in line for line in lines)
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sets a pipe's size (Linux)")
+def test_a_reader_that_stops_early_is_not_an_internal_error():
+    """`torchesegeta methods --json | head -1`: the command still writes when the reader has
+    gone (a one-page pipe makes sure of it)."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ
+    process = subprocess.Popen(
+        [sys.executable, "-m", "TorchEsegetaLib.cli", "methods", "--json"],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        assert reader.readline().strip() == b"["
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and b"error" not in err, err

@@ -12,6 +12,7 @@ parsed arguments returning the exit status). A new subcommand is a new module in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import __version__
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"torchesegeta: error: {e}", file=sys.stderr)
         return EXIT_USER
+    except BrokenPipeError:  # the reader stopped (`torchesegeta methods | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_OK
     except OSError as e:  # a read-only disk, a full one, no permission: the user's to fix
         message = unwritable_error(e)
         if args.verbose or message is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import textwrap
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserInputError
@@ -35,38 +36,41 @@ def add_parsers(sub: Any) -> None:
 def cmd_methods(args: argparse.Namespace) -> int:
     from ..methods import REGISTRY
 
-    described = [cls.describe() for cls in REGISTRY.values()]
-    if args.json:
-        print(json.dumps(described, indent=2))
-        return EXIT_OK
-    if args.markdown:
-        print(methods_markdown(), end="")
-        return EXIT_OK
-    for info in described:
-        print(
-            f"{info['name']}  ({info['title']}; {info['family']}; {'signed' if info['signed'] else 'unsigned'}; cost: {info['cost']})"
+    def heading(info: dict[str, Any]) -> str:
+        output = "signed" if info["signed"] else "unsigned"
+        return (
+            f"{info['name']}  ({info['title']}; {info['family']}; {output}; cost: {info['cost']})"
         )
-        _print_summary_and_params(info)
-    return EXIT_OK
+
+    return _catalog(args, [cls.describe() for cls in REGISTRY.values()], methods_markdown, heading)
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from ..metrics import ordered
 
-    described = [cls.describe() for cls in ordered()]
-    if args.json:
-        print(json.dumps(described, indent=2))
-        return EXIT_OK
-    if args.markdown:
-        print(metrics_markdown(), end="")
-        return EXIT_OK
-    for info in described:
+    def heading(info: dict[str, Any]) -> str:
         better = f"{info['direction']} is better"
         run = "default" if info["default"] else "opt-in"
-        print(
-            f"{info['name']}  ({info['title']}; {info['family']}; {better}; {run}; cost: {info['cost']})"
-        )
-        _print_summary_and_params(info)
+        return f"{info['name']}  ({info['title']}; {info['family']}; {better}; {run}; cost: {info['cost']})"
+
+    return _catalog(args, [cls.describe() for cls in ordered()], metrics_markdown, heading)
+
+
+def _catalog(
+    args: argparse.Namespace,
+    described: list[dict[str, Any]],
+    markdown: Callable[[], str],
+    heading: Callable[[dict[str, Any]], str],
+) -> int:
+    """A registry's entries as JSON (--json), the README's table (--markdown) or text."""
+    if args.json:
+        print(json.dumps(described, indent=2))
+    elif args.markdown:
+        print(markdown(), end="")
+    else:
+        for info in described:
+            print(heading(info))
+            _print_summary_and_params(info)
     return EXIT_OK
 
 
