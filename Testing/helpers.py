@@ -23,6 +23,20 @@ TINY_UNET_KWARGS = {
 }
 
 
+def tiny_unet_cli_args(checkpoint) -> list[str]:
+    """The command line's model options for a state dict of :func:`tiny_unet` saved at ``checkpoint``."""
+    import json
+
+    return [
+        "--model",
+        str(checkpoint),
+        "--network",
+        "UNet",
+        "--network-kwargs",
+        json.dumps(TINY_UNET_KWARGS),
+    ]
+
+
 def tiny_unet(
     in_channels: int = 1,
     out_channels: int = 2,

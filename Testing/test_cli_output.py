@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_UNET_KWARGS, tiny_unet
+from helpers import tiny_unet, tiny_unet_cli_args
 
 from TorchEsegetaLib.cli import build_parser, main
 from TorchEsegetaLib.cli.progress import ProgressLines
@@ -32,16 +32,12 @@ def case(tmp_path_factory):
 
 
 def explain_args(case, out, *extra):
+    image = str(case / "image.nii.gz")
     return [
         "explain",
         "--image",
-        str(case / "image.nii.gz"),
-        "--model",
-        str(case / "unet.pt"),
-        "--network",
-        "UNet",
-        "--network-kwargs",
-        json.dumps(TINY_UNET_KWARGS),
+        image,
+        *tiny_unet_cli_args(case / "unet.pt"),
         "--out",
         str(out),
         *extra,
