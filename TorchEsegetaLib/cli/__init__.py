@@ -17,11 +17,11 @@ import sys
 
 from .. import __version__
 from ..errors import CancelledError, UserInputError, unwritable_error
-from . import batch, catalog, evaluate, explain, view
+from . import batch, catalog, demo, evaluate, explain, view
 from .catalog import methods_markdown, metrics_markdown
 from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, Parser, output_options
 
-SUBCOMMANDS = (explain, batch, evaluate, view, catalog)
+SUBCOMMANDS = (explain, demo, batch, evaluate, view, catalog)
 
 __all__ = [
     "EXIT_INTERNAL",

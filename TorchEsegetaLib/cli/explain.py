@@ -1,4 +1,4 @@
-"""``torchesegeta explain | run | demo``: build or read a Job and run it into a run folder."""
+"""``torchesegeta explain | run``: build or read a Job and run it into a run folder."""
 
 from __future__ import annotations
 
@@ -22,17 +22,6 @@ from .progress import progress_display
 
 #: What `explain` runs without --method.
 DEFAULT_METHOD = "saliency"
-#: One or two methods of each family, chosen so the demo stays well under a minute on 2 cores.
-DEFAULT_DEMO_METHODS = (
-    "saliency,integrated_gradients,smoothgrad,guided_backprop,deeplift,lrp,gradcam,occlusion,"
-    "feature_ablation"
-)
-#: Demo settings that keep `torchesegeta demo` well under a minute on two CPU cores.
-DEMO_PARAMS: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {"n_steps": 32},
-    "smoothgrad": {"samples": 16, "noise_level": 0.1},
-    "occlusion": {"window": 8, "stride": 8},
-}
 
 
 def add_parsers(sub: Any) -> None:
@@ -195,23 +184,6 @@ def add_parsers(sub: Any) -> None:
     common_run_options(run_job)
     run_job.set_defaults(handler=cmd_run)
 
-    demo = sub.add_parser(
-        "demo", help="explain the built-in vessel model on the built-in MRA-like volume"
-    )
-    demo.add_argument(
-        "--out",
-        default="torchesegeta-demo",
-        help="run folder to create (default ./torchesegeta-demo)",
-    )
-    demo.add_argument(
-        "--method",
-        default=DEFAULT_DEMO_METHODS,
-        help=f"comma-separated methods (default {DEFAULT_DEMO_METHODS})",
-    )
-    evaluation_options(demo)
-    common_run_options(demo)
-    demo.set_defaults(handler=cmd_demo)
-
 
 def _split_params(params: list[str], evaluate: str | None) -> tuple[list[str], list[str]]:
     """(method parameters, metric parameters): a --param belongs to the metric it names."""
@@ -301,7 +273,7 @@ def _fold(text: str, flag: str) -> int:
     return int(text)
 
 
-def _run(job: Any, quiet: bool) -> Path:
+def run_and_summarise(job: Any, quiet: bool) -> Path:
     from ..runner import run_job
 
     bar = progress_display(quiet)
@@ -328,7 +300,8 @@ def _summarise(out: Path) -> None:
         print_evaluation(Evaluation.from_json(record["metrics"]))
 
 
-def _apply_overrides(job: Any, args: argparse.Namespace) -> Any:
+def apply_overrides(job: Any, args: argparse.Namespace) -> Any:
+    """The job with the run options given on the command line (device, seed, ...)."""
     for field_name, value in (
         ("device", args.device),
         ("seed", args.seed),
@@ -345,62 +318,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     job = _job_from_explain(args)
     if args.save_job:
         Path(args.save_job).write_text(json.dumps(job.to_dict(), indent=2), encoding="utf-8")
-    _run(job, args.quiet)
+    run_and_summarise(job, args.quiet)
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..job import Job
 
-    job = _apply_overrides(Job.load(args.job), args)
+    job = apply_overrides(Job.load(args.job), args)
     if args.evaluate:
         job.metrics = metrics_from_args([args.evaluate], [])
-    _run(job, args.quiet)
+    run_and_summarise(job, args.quiet)
     return EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..demo import demo_volume
-    from ..io import write_volume
-    from ..job import Job, MethodSpec
-    from ..targets import TargetSpec
-
-    out = Path(args.out).absolute()
-    data = out.with_name(out.name + "-input")
-    volume, truth = demo_volume()
-    image = write_volume(volume.array[0], volume.geometry, data / "mra.nii.gz")
-    reference = write_volume(truth, volume.geometry, data / "vessels_truth.nii.gz", dtype=np.uint8)
-    methods = methods_from_args([args.method], [])
-    for entry in methods:
-        entry["params"].update(DEMO_PARAMS.get(entry["name"], {}))
-    # The demo knows its ground truth: metrics that compare with a reference mask use it.
-    metrics = metrics_from_args([args.evaluate], []) if args.evaluate else []
-    for spec in metrics:
-        if spec.name in _reference_metrics():
-            spec.params["reference"] = str(reference)
-    job = Job(
-        images=[str(image)],
-        model={"kind": "demo"},
-        target=TargetSpec.parse("class:vessel"),
-        methods=[MethodSpec.from_any(m) for m in methods],
-        output=str(out),
-        overwrite=True,
-        metrics=metrics,
-    )
-    _apply_overrides(job, args)
-    job.output = str(out)
-    _run(job, args.quiet)
-    print(f"demo input: {image}; ground truth: {reference}")
-    if not args.evaluate:
-        params = " ".join(f"--param {m}.reference={reference}" for m in _reference_metrics())
-        print(f"evaluate the maps: torchesegeta evaluate {out} {params}")
-    return EXIT_OK
-
-
-def _reference_metrics() -> list[str]:
-    """The metrics that take a reference mask (a "reference" parameter)."""
-    from ..metrics import ordered
-
-    return [cls.name for cls in ordered() if any(p.name == "reference" for p in cls.params)]
