@@ -11,12 +11,11 @@ from monai.transforms import NormalizeIntensity, ScaleIntensityRange
 
 from TorchEsegetaLib.card import ModelCard
 from TorchEsegetaLib.errors import OutOfMemoryError, UserInputError
+from TorchEsegetaLib.grids import resample_to_model_grid, restore_input_grid
 from TorchEsegetaLib.inference import (
     SegmentationForward,
     labelmap_from_probabilities,
-    resample_to_model_grid,
     resolve_device,
-    restore_input_grid,
     segment,
 )
 from TorchEsegetaLib.models import LoadedModel

@@ -14,7 +14,7 @@ from helpers import centre_box_target, tiny_input, tiny_unet
 from scipy.stats import spearmanr
 
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.inference import ResampleInfo
+from TorchEsegetaLib.grids import ResampleInfo
 from TorchEsegetaLib.methods import ScoreModel, create_method
 from TorchEsegetaLib.metrics import (
     REGISTRY,

@@ -173,7 +173,7 @@ def test_cli_target_forms():
 
 
 def test_small_regions_survive_resampling_to_the_model_grid():
-    from TorchEsegetaLib.inference import ResampleInfo
+    from TorchEsegetaLib.grids import ResampleInfo
 
     Info = ResampleInfo((40, 40, 40), (10, 10, 10), (1.0, 1.0, 1.0), (4.0, 4.0, 4.0))
     region = np.zeros(Info.input_shape, dtype=bool)

@@ -3,12 +3,12 @@
 The pipeline, split so that explanations can attribute to the raw image intensities:
 
 1. :func:`~.pipeline.model_input` puts the raw image on the model's grid (outside the
-   differentiable forward pass): :func:`resample_to_model_grid` to the card's spacing, or a
+   differentiable forward pass): :func:`~.grids.resample_to_model_grid` to the card's spacing, or a
    bundle's geometric transforms (:mod:`.pipeline`); identity when the grids agree;
 2. :class:`SegmentationForward` turns raw intensities on that grid into logits: intensity
    preprocessing (:mod:`.intensity`), padding to ``size_divisible``, MONAI's sliding-window
    inferer;
-3. :func:`restore_input_grid` brings outputs back to the input grid, and
+3. :func:`~.grids.restore_input_grid` brings outputs back to the input grid, and
    :mod:`.postprocessing` makes the labelmap.
 """
 
@@ -18,11 +18,10 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import intensity
 from .card import ModelCard
@@ -202,92 +201,6 @@ class SegmentationForward(WindowPasses, torch.nn.Module):
         # deep-supervision networks may return several heads; the first is the prediction
         out = out[0] if isinstance(out, (list, tuple)) else out
         return out.float()
-
-
-@dataclass(frozen=True)
-class ResampleInfo:
-    """How the input grid maps onto the model grid.
-
-    The resize keeps the centres of the corner voxels fixed (``align_corners=True``), so the
-    model grid spans exactly the input's extent and both directions map the same physical
-    points onto each other; ``model_spacing`` is the resulting spacing, which differs slightly from the card's
-    target when the extent is not a whole number of target voxels.
-    """
-
-    input_shape: tuple[int, int, int]
-    model_shape: tuple[int, int, int]
-    input_spacing: tuple[float, float, float]
-    model_spacing: tuple[float, float, float]
-
-    @property
-    def identity(self) -> bool:
-        return self.input_shape == self.model_shape
-
-    def to_model_grid(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, K, *input shape) -> (B, K, *model shape), the same resize as the image's."""
-        if self.identity:
-            return t
-        return F.interpolate(t, size=self.model_shape, mode="trilinear", align_corners=True)
-
-    def to_input_grid(self, t: torch.Tensor, mode: str = "trilinear") -> torch.Tensor:
-        """(B, K, *model shape) -> (B, K, *input shape); the inverse of the resize.
-
-        ``mode`` is "trilinear" (probabilities, logits, attributions) or "nearest" (labels, any
-        dtype); both use the same corner-aligned mapping as :func:`resample_to_model_grid`.
-        """
-        if self.identity:
-            return t
-        if mode == "trilinear":
-            return F.interpolate(t, size=self.input_shape, mode="trilinear", align_corners=True)
-        if mode != "nearest":
-            raise UserInputError(f"unknown resampling mode {mode!r}; use 'trilinear' or 'nearest'")
-        for axis, (m, n) in enumerate(zip(self.model_shape, self.input_shape)):
-            if m != n:
-                position = torch.arange(n, dtype=torch.float64) * ((m - 1) / max(n - 1, 1))
-                index = position.round().long().clamp(0, m - 1).to(t.device)
-                t = t.index_select(axis + 2, index)
-        return t
-
-
-def resample_to_model_grid(volume: Volume, card: ModelCard) -> tuple[torch.Tensor, ResampleInfo]:
-    """The image as a (1, C, *S') float32 tensor on the model's grid, and how to undo it.
-
-    Identity when the card has no spacing or the target shape equals the input shape;
-    otherwise a trilinear resize to ``round(size * spacing / target)`` voxels per axis. A
-    non-positive target spacing keeps the input spacing along that axis (MONAI's pixdim rule).
-    """
-    x = torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32))[None]
-    input_shape = volume.spatial_shape
-    spacing = volume.geometry.spacing
-    if card.spacing is None:
-        model_shape = input_shape
-    else:
-        target = [s if t <= 0 else t for s, t in zip(spacing, card.spacing)]
-        model_shape = cast(
-            "tuple[int, int, int]",
-            tuple(max(1, round(n * s / t)) for n, s, t in zip(input_shape, spacing, target)),
-        )
-    model_spacing = cast(
-        "tuple[float, float, float]",
-        tuple(
-            s if n == m else ((n - 1) * s / (m - 1) if m > 1 else n * s)
-            for n, m, s in zip(input_shape, model_shape, spacing)
-        ),
-    )
-    info = ResampleInfo(input_shape, model_shape, spacing, model_spacing)
-    if not info.identity:
-        x = F.interpolate(x, size=model_shape, mode="trilinear", align_corners=True)
-    return x, info
-
-
-def restore_input_grid(t: torch.Tensor, info: Any, mode: str = "trilinear") -> torch.Tensor:
-    """(B, K, *S') on the model grid -> (B, K, *input shape): the inverse of the way onto the
-    model grid (a :class:`ResampleInfo` or a bundle's :class:`~.pipeline.TransformGrid`).
-
-    ``mode`` is "trilinear" (probabilities, logits, attributions: each transform's own
-    interpolation for a bundle) or "nearest" (labels, any dtype).
-    """
-    return info.to_input_grid(t, mode)
 
 
 @dataclass

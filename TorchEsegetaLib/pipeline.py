@@ -31,6 +31,7 @@ import torch
 from . import intensity
 from .card import GEOMETRIC_STEPS, INTENSITY_STEPS, ModelCard
 from .errors import UserInputError
+from .grids import resample_to_model_grid
 
 if TYPE_CHECKING:
     from .volume import Volume
@@ -129,7 +130,7 @@ class ModelInput:
 
     Attributes:
         x: (1, C, *model shape) raw intensities on the network's grid.
-        grid: :class:`TransformGrid` or the card-spacing resample (:class:`~.inference.ResampleInfo`).
+        grid: :class:`TransformGrid` or the card-spacing resample (:class:`~.grids.ResampleInfo`).
         statistics: per intensity step of the card, its statistics on the unperturbed image.
         fills: zero padding the bundle adds after intensity steps (see :func:`~.intensity.apply_all`).
         warnings: what differs from the model's own preprocessing (only when the card allows it).
@@ -145,8 +146,6 @@ class ModelInput:
 def model_input(volume: Volume, card: ModelCard) -> ModelInput:
     """The network's input for ``volume``, with its grid and frozen intensity statistics."""
     if not card.preprocessing:
-        from .inference import resample_to_model_grid
-
         x, info = resample_to_model_grid(volume, card)
         return ModelInput(x, info, staged_statistics(card.intensity_steps(), x))
     image = torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32))

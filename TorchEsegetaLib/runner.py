@@ -84,7 +84,8 @@ def explain_volume(
 
     from .cost import WARN_AFTER_S, PassTimes, general_hints
     from .engine import Context, measure_sample_bytes
-    from .inference import check_input, resolve_device, restore_input_grid
+    from .grids import restore_input_grid
+    from .inference import check_input, resolve_device
     from .memory import PeakMemory
     from .methods import ScoreModel
 

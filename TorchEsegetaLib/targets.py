@@ -374,13 +374,13 @@ def resolve_target(
 ) -> tuple[BoundTarget, np.ndarray]:
     """The target bound on the unperturbed ``logits`` of the model grid, and its region on the
     input grid (``info``: how the input grid maps onto the model grid, see
-    :func:`~TorchEsegetaLib.inference.resample_to_model_grid`).
+    :func:`~TorchEsegetaLib.grids.resample_to_model_grid`).
 
     A class target's region comes from the prediction on the model grid and is mapped back to
     the input grid; a mask, ROI or voxel target's from the input grid, mapped onto the model's.
     """
     if spec.kind == "class":
-        from .inference import restore_input_grid
+        from .grids import restore_input_grid
 
         bound = bind_target(spec, card, logits)
         restored = restore_input_grid(bound.region[None, None].float(), info)[0, 0]
@@ -397,7 +397,7 @@ def region_on_model_grid(region: np.ndarray, info: Any) -> np.ndarray:
     import torch
 
     from .errors import UserInputError
-    from .inference import ResampleInfo
+    from .grids import ResampleInfo
 
     mask = torch.from_numpy(region.astype(np.float32))[None, None]
     resized = info.to_model_grid(mask)[0, 0].numpy()
