@@ -101,6 +101,17 @@ def test_pickled_whole_model_is_refused_for_safety(tmp_path):
         load_model(monai_ref(tmp_path / "whole.pt"))
 
 
+def test_corrupt_and_cut_checkpoints_are_named_as_such(tmp_path):
+    torch.save(make_net().state_dict(), tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    for name in ("cut.pt", "noise.pt"):
+        with pytest.raises(UserInputError, match="corrupt.*cut short") as caught:
+            load_model(monai_ref(tmp_path / name))
+        assert "pickled" not in str(caught.value)  # not mistaken for a whole pickled model
+
+
 def test_bad_network_name_kwargs_and_references():
     with pytest.raises(UserInputError, match="did you mean.*UNet"):
         load_model({"kind": "monai", "network": "UNett", "kwargs": KWARGS, "checkpoint": None})

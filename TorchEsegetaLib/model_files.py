@@ -104,9 +104,12 @@ def _torch_load_weights(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only load failed" not in str(error).lower():
+        # weights_only refuses a pickled class as "Unsupported global"; random or cut bytes fail
+        # on the pickle stream itself ("Unsupported operand", invalid load key, ...)
+        if "unsupported global" not in str(error).lower():
             raise UserInputError(
-                f"{path} is not a PyTorch checkpoint ({error}); check the file"
+                f"{path} is not a PyTorch checkpoint: its contents are corrupt, cut short or of "
+                "another format; check the file, or download or copy it again"
             ) from error
         raise UserInputError(
             f"{path} holds pickled Python objects (e.g. a whole model saved with torch.save(model)), "
@@ -115,7 +118,8 @@ def _torch_load_weights(path: Path) -> Any:
         ) from error
     except Exception as error:
         raise UserInputError(
-            f"{path} is not a readable PyTorch checkpoint ({error}); check the file"
+            f"{path} is not a readable PyTorch checkpoint ({error}: corrupt or cut short?); "
+            "check the file, or download or copy it again"
         ) from error
 
 
