@@ -282,6 +282,23 @@ def test_every_bad_input_gets_one_clear_line_exit_2_and_no_output(case, tmp_path
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}")], what
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["explain", "--image", "x.nii.gz", "--format", "jpg"], "invalid choice: 'jpg'"),
+        (["explain", "--format", "nrrd"], "--image"),
+        (["explian"], "invalid choice: 'explian'"),
+    ],
+)
+def test_command_line_usage_errors_are_one_line_with_where_to_look(args, expected, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert expected in err and "--help" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 def test_a_method_that_cannot_explain_the_model_fails_the_run_before_any_method_runs(
     case, tmp_path, capsys, monkeypatch
 ):

@@ -19,9 +19,10 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # argparse's own usage errors are input errors too
-        self.print_usage(sys.stderr)
-        print(f"torchesegeta: error: {message}", file=sys.stderr)
+    def error(self, message: str) -> NoReturn:
+        # argparse's own usage errors are input errors too: one line, with where to look (the
+        # usage synopsis argparse prints first runs over a dozen lines for `explain`)
+        print(f"torchesegeta: error: {message}; see `{self.prog} --help`", file=sys.stderr)
         raise SystemExit(EXIT_USER)
 
 
