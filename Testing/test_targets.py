@@ -16,6 +16,7 @@ from TorchEsegetaLib.targets import (
     bind_target,
     region_in_input_grid,
     region_on_model_grid,
+    score_phrase,
 )
 from TorchEsegetaLib.volume import Geometry
 
@@ -193,3 +194,16 @@ def test_voxel_target_has_the_analytic_gradient_at_that_voxel_only(linear):
     expected = np.zeros((8, 8, 8))
     expected[3, 5, 2] = W1
     np.testing.assert_allclose(grad_of(model, x, target), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_score_phrase_names_the_unit_the_model_outputs():
+    record = {"class": "vessel", "kind": "class", "reduction": "mean", "region_voxels": 12}
+    assert score_phrase({**record, "output": "logits", "activation": "softmax"}) == (
+        "mean vessel logit over the predicted vessel mask (12 voxels)"
+    )
+    assert "vessel probability" in score_phrase({**record, "output": "probabilities"})
+    # a model that ends in its own softmax (activation "none") outputs probabilities already
+    assert "vessel probability" in score_phrase(
+        {**record, "output": "logits", "activation": "none"}
+    )
+    assert score_phrase({"class": "vessel", "kind": "voxel"}) == "vessel logit at the target voxel"

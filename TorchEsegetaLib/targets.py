@@ -202,6 +202,7 @@ class BoundTarget:
             "class": card.class_names[self.class_index],
             "class_index": self.class_index,
             "output": self.output,
+            "activation": self.activation,
             "reduction": self.reduction,
             "region_voxels": self.voxel_count,
         }
@@ -212,7 +213,9 @@ def score_phrase(target: dict[str, Any]) -> str:
     ``"target"``): "mean vessel logit over the predicted vessel mask (8358 voxels)"."""
     if not target:
         return ""
-    unit = "logit" if target.get("output", "logits") == "logits" else "probability"
+    # a model whose activation is "none" outputs probabilities already (its "logits" are them)
+    logits = target.get("output", "logits") == "logits" and target.get("activation") != "none"
+    unit = "logit" if logits else "probability"
     name = target.get("class")
     what = f"{name} {unit}" if name is not None else unit
     kind = target.get("kind", "class")
