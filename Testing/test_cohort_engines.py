@@ -48,6 +48,14 @@ def data(tmp_path_factory):
     }
 
 
+def _ray_client_installed() -> bool:
+    """Whether Ray Client's extra packages (`ray[client]`) are here; `ray start` refuses a client
+    port without them."""
+    from ray._private.utils import get_ray_client_dependency_error
+
+    return get_ray_client_dependency_error() is None
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A Ray head on loopback for this module (`ray start --block`; ended by its own pid)."""
@@ -62,8 +70,10 @@ def ray_head(tmp_path_factory):
         "--include-dashboard", "false", "--temp-dir", str(temp), "--disable-usage-stats",
         "--object-store-memory", str(100 * 2**20),  # results are small dicts: keep it light
         # free ports, not Ray's fixed defaults, so that two test sessions can run side by side
-        "--ray-client-server-port", str(_free_port()), "--dashboard-port", str(_free_port()),
+        "--dashboard-port", str(_free_port()),
     ]  # fmt: skip
+    if _ray_client_installed():  # plain `pip install ray` has no client server to place
+        command += ["--ray-client-server-port", str(_free_port())]
     with open(log, "w") as handle:
         head = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     previous = os.environ.get("RAY_AUTH_MODE")
