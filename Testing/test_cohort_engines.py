@@ -6,6 +6,7 @@ leave no partial run folder."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,12 @@ def data(tmp_path_factory):
     }
 
 
+@dataclass(frozen=True)
+class RayHead:
+    address: str  #: HOST:PORT, what `--address` takes to join as a driver on a node
+    client: str | None  #: ray://HOST:PORT (Ray Client), None without the ray[client] packages
+
+
 def _ray_client_installed() -> bool:
     """Whether Ray Client's extra packages (`ray[client]`) are here; `ray start` refuses a client
     port without them."""
@@ -72,8 +80,9 @@ def ray_head(tmp_path_factory):
         # free ports, not Ray's fixed defaults, so that two test sessions can run side by side
         "--dashboard-port", str(_free_port()),
     ]  # fmt: skip
-    if _ray_client_installed():  # plain `pip install ray` has no client server to place
-        command += ["--ray-client-server-port", str(_free_port())]
+    client_port = _free_port() if _ray_client_installed() else None
+    if client_port is not None:  # plain `pip install ray` has no client server to place
+        command += ["--ray-client-server-port", str(client_port)]
     with open(log, "w") as handle:
         head = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     previous = os.environ.get("RAY_AUTH_MODE")
@@ -83,7 +92,8 @@ def ray_head(tmp_path_factory):
         while "Ray runtime started" not in log.read_text():
             assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
+        client = None if client_port is None else f"ray://127.0.0.1:{client_port}"
+        yield RayHead(f"127.0.0.1:{port}", client)
     finally:
         head.terminate()
         head.wait(timeout=60)
@@ -153,7 +163,10 @@ def test_local_engine_runs_every_case_and_records_failures(data, local_run):
     assert report.count("data:image/png;base64,") == 3 and "http" not in report.replace(
         "http-equiv", ""
     )
-    assert json.loads((out / "cohort.json").read_text())["counts"]["failed"] == 2
+    record = json.loads((out / "cohort.json").read_text())
+    assert record["counts"]["failed"] == 2
+    assert record["template"] == str(data["template"]) and record["template_job"]["methods"]
+    assert html.escape(str(data["template"])) in report  # the report names the job template
 
 
 def test_resuming_skips_the_cases_with_a_run_folder(data, local_run):
@@ -173,7 +186,7 @@ def test_ray_engine_gives_the_local_engine_maps_and_metrics(data, local_run, ray
     local_out, local_result = local_run
     out = tmp_path / "results"
     result = run_cohort(
-        data["cohort"], data["template"], out, engine="ray", address=ray_head, progress=False
+        data["cohort"], data["template"], out, engine="ray", address=ray_head.address, progress=False
     )
     assert result.exit_status == 3 and result.counts["ok"] == CASES and result.counts["failed"] == 2
     assert hidden_leftovers(out) == []
@@ -188,6 +201,25 @@ def test_ray_engine_gives_the_local_engine_maps_and_metrics(data, local_run, ray
     assert errors == [(c["case"], c.get("error")) for c in local_result.cases]
 
 
+def test_a_ray_client_address_runs_the_cohort_as_a_remote_driver(data, local_run, ray_head, tmp_path):
+    """`--address ray://HOST:PORT`: the driver is a Ray Client, not a node of the cluster; the
+    cases run on the cluster and give the same maps as the local engine."""
+    if ray_head.client is None:
+        pytest.skip("Ray Client needs `pip install ray[client]`")
+    local_out, _ = local_run
+    out = tmp_path / "results"
+    cohort = write_cohort(data["folder"], data["ids"][:2], name="two.csv")
+    result = run_cohort(
+        cohort, data["template"], out, engine="ray", address=ray_head.client, progress=False
+    )
+    assert result.exit_status == 0 and result.counts["ok"] == 2
+    assert json.loads((out / "cohort.json").read_text())["engine"]["address"] == ray_head.client
+    for case in data["ids"][:2]:
+        a = read_volume(out / case / "saliency.nii.gz").array
+        np.testing.assert_array_equal(a, read_volume(local_out / case / "saliency.nii.gz").array)
+    assert hidden_leftovers(out) == []
+
+
 def test_interrupting_the_ray_engine_cancels_its_tasks(data, ray_head, tmp_path):
     out = tmp_path / "results"
     cohort = write_cohort(data["folder"], data["ids"], name="good.csv")
@@ -197,7 +229,7 @@ def test_interrupting_the_ray_engine_cancels_its_tasks(data, ray_head, tmp_path)
 
     with pytest.raises(CohortInterrupted) as stopped:
         run_cohort(
-            cohort, data["slow"], out, engine="ray", address=ray_head, progress=False,
+            cohort, data["slow"], out, engine="ray", address=ray_head.address, progress=False,
             on_event=ctrl_c_after_the_first_case,
         )  # fmt: skip
     result = stopped.value.result

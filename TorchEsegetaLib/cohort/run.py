@@ -137,17 +137,17 @@ def run_cohort(
     else:
         source, cases = "the case list", list(cohort)
         check_cases(cases, source)
-    template_ = Template.load(template)
-    if any(c.reference for c in cases) and not template_.reference_metrics:
+    job_template = Template.load(template)
+    if any(c.reference for c in cases) and not job_template.reference_metrics:
         print(
             "torchesegeta: note: the cohort's reference masks are used by relevance_rank_accuracy; "
-            "add it to the template_'s metrics to score them",
+            "add it to the template's metrics to score them",
             file=sys.stderr,
         )
-    model = load_model(template_.data["model"], template_.data.get("card"))
+    model = load_model(job_template.data["model"], job_template.data.get("card"))
     runner = make_engine(
         engine,
-        device or template_.data.get("device", "auto"),
+        device or job_template.data.get("device", "auto"),
         workers,
         address,
         cpus_per_case,
@@ -158,7 +158,7 @@ def run_cohort(
     with OutputLock(out):
         for case in cases:  # left by a run that was killed (nobody runs them: we hold the lock)
             remove_partial_folders(out, case.case_id)
-        planned = plan_cases(cases, template_, out, model.sha256, rerun_changed, device)
+        planned = plan_cases(cases, job_template, out, model.sha256, rerun_changed, device)
         todo = [p for p in planned if p.state != DONE]
         bar = CohortProgress(len(todo), enabled=progress)
         outcomes: dict[str, dict[str, Any]] = {}
@@ -182,9 +182,9 @@ def run_cohort(
         record = {
             "format_version": 1,
             "cohort": source,
-            "template_": template_.source,
-            "template_job": template_.data,
-            "template_sha256": _digest(template_.data, model.sha256),
+            "template": job_template.source,
+            "template_job": job_template.data,
+            "template_sha256": _digest(job_template.data, model.sha256),
             "model_sha256": model.sha256,
             "engine": runner.describe(len(todo)),
             "started": started,
