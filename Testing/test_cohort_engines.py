@@ -186,7 +186,12 @@ def test_ray_engine_gives_the_local_engine_maps_and_metrics(data, local_run, ray
     local_out, local_result = local_run
     out = tmp_path / "results"
     result = run_cohort(
-        data["cohort"], data["template"], out, engine="ray", address=ray_head.address, progress=False
+        data["cohort"],
+        data["template"],
+        out,
+        engine="ray",
+        address=ray_head.address,
+        progress=False,
     )
     assert result.exit_status == 3 and result.counts["ok"] == CASES and result.counts["failed"] == 2
     assert hidden_leftovers(out) == []
@@ -201,7 +206,9 @@ def test_ray_engine_gives_the_local_engine_maps_and_metrics(data, local_run, ray
     assert errors == [(c["case"], c.get("error")) for c in local_result.cases]
 
 
-def test_a_ray_client_address_runs_the_cohort_as_a_remote_driver(data, local_run, ray_head, tmp_path):
+def test_a_ray_client_address_runs_the_cohort_as_a_remote_driver(
+    data, local_run, ray_head, tmp_path
+):
     """`--address ray://HOST:PORT`: the driver is a Ray Client, not a node of the cluster; the
     cases run on the cluster and give the same maps as the local engine."""
     if ray_head.client is None:
