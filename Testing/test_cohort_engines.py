@@ -29,6 +29,7 @@ from cohort_cases import (
 )
 
 from TorchEsegetaLib.cohort import CohortInterrupted, run_cohort
+from TorchEsegetaLib.errors import UserInputError
 from TorchEsegetaLib.io import read_volume
 
 CASES = 5
@@ -225,6 +226,24 @@ def test_a_ray_client_address_runs_the_cohort_as_a_remote_driver(
         a = read_volume(out / case / "saliency.nii.gz").array
         np.testing.assert_array_equal(a, read_volume(local_out / case / "saliency.nii.gz").array)
     assert hidden_leftovers(out) == []
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_address_where_nothing_listens_is_one_line_at_once(data, ray_head, tmp_path, scheme):
+    """A mistyped --address fails in seconds, naming it (ray.init alone retries for minutes),
+    and leaves nothing behind: a later run in this process still connects."""
+    pytest.importorskip("ray")
+    address = f"{scheme}127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    with pytest.raises(UserInputError, match="no Ray cluster answers at --address") as refused:
+        run_cohort(data["cohort"], data["template"], tmp_path / "out", engine="ray",
+                   address=address, progress=False)  # fmt: skip
+    assert time.monotonic() - started < 60 and address in str(refused.value)
+    assert "nothing accepts connections" in str(refused.value) and "\n" not in str(refused.value)
+    cohort = write_cohort(data["folder"], data["ids"][:1], name="one.csv")
+    result = run_cohort(cohort, data["template"], tmp_path / "again", engine="ray",
+                        address=ray_head.address, progress=False)  # fmt: skip
+    assert result.exit_status == 0
 
 
 def test_interrupting_the_ray_engine_cancels_its_tasks(data, ray_head, tmp_path):

@@ -127,13 +127,21 @@ class RayEngine:
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
         if self.address == "local":
             kwargs["include_dashboard"] = False
+        fix = (
+            "start one with `ray start --head` or use --address local for a Ray instance on this "
+            "machine; a cluster with token authentication also needs RAY_AUTH_MODE=token here"
+        )
+        silent = _nothing_listens(self.address)
+        if silent:  # ray.init would retry for minutes before it gives up
+            raise UserInputError(
+                f"no Ray cluster answers at --address {self.address} ({silent}); {fix}"
+            )
         try:
             ray.init(address=self.address, **kwargs)
         except Exception as e:  # connection, address format, authentication: the setup's
+            ray.shutdown()  # a half-made connection would break this process's next ray.init
             raise UserInputError(
-                f"no Ray cluster answers at --address {self.address} ({_first_line(e)}); start one with "
-                "`ray start --head` or use --address local for a Ray instance on this machine; a "
-                "cluster with token authentication also needs RAY_AUTH_MODE=token here"
+                f"no Ray cluster answers at --address {self.address} ({_first_line(e)}); {fix}"
             ) from e
 
     def _options(self, ray: Any) -> dict[str, Any]:
@@ -264,6 +272,21 @@ class RayEngine:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return next((line for line in reversed(text) if line.strip()), type(error).__name__)[:300]
+
+
+def _nothing_listens(address: str, timeout_s: float = 5.0) -> str:
+    """Why nothing can answer at a HOST:PORT or ray://HOST:PORT address ("" when something
+    accepts a connection there, or the address names no port: "auto", "local")."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return ""
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return ""
+    except OSError as error:
+        return f"nothing accepts connections on {host}:{port}: {error.strerror or error}"
 
 
 def default_address() -> str:
