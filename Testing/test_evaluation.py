@@ -252,3 +252,35 @@ def test_evaluation_can_be_cancelled(explained):
     token.cancel()
     with pytest.raises(CancelledError):
         evaluate_result(explained, ["deletion"], cancel=token)
+
+
+def test_evaluation_figures_name_methods_by_their_titles(tmp_path):
+    """The curves' legends and the ranking table say "Integrated Gradients", not the method id."""
+    import matplotlib.image
+
+    from TorchEsegetaLib import metric_figures
+    from TorchEsegetaLib.metrics.results import Evaluation
+
+    labels = {"saliency": "Saliency", "ig64": "Integrated Gradients (ig64)"}
+    evaluation = Evaluation(
+        metrics={"deletion": {"direction": "lower"}, "sparseness": {"direction": "higher"}},
+        scores={
+            "saliency": {"deletion": 0.4, "sparseness": 0.2},
+            "ig64": {"deletion": 0.3, "sparseness": 0.5},
+        },
+        curves={"deletion": {k: ([0.0, 0.5, 1.0], [1.0, 0.6, 0.2]) for k in labels}},
+        method_info={k: {"title": title} for k, title in labels.items()},
+    )
+    figure = metric_figures._curves_figure(evaluation, metric_figures._colours(evaluation.methods))
+    legend = [t.get_text() for ax in figure.axes for t in ax.get_legend().get_texts()]
+    assert legend == ["Saliency (AUC 0.4)", "Integrated Gradients (ig64) (AUC 0.3)"]
+    path = metric_figures._ranking(evaluation, tmp_path / "ranking.png")
+    assert matplotlib.image.imread(path).shape[0] > 0
+    figure = metric_figures._ranking_figure(evaluation)
+    cells = {
+        c.get_text().get_text()
+        for ax in figure.axes
+        for t in ax.tables
+        for c in t.get_celld().values()
+    }
+    assert set(labels.values()) <= cells and not {"saliency", "ig64"} & cells

@@ -86,7 +86,8 @@ def _curves_figure(evaluation: Evaluation, colours: dict[str, Any]) -> Any:
         ax = fig.add_subplot(1, len(names), i + 1)
         for label, (x, y) in evaluation.curves[name].items():
             area = evaluation.scores.get(label, {}).get(name)
-            text = f"{label} (AUC {area:.3g})" if area is not None else label
+            shown = evaluation.title(label)
+            text = f"{shown} (AUC {area:.3g})" if area is not None else shown
             ax.plot(x, y, color=colours.get(label), label=text, linewidth=1.5)
         better = evaluation.metrics[name]["direction"]
         ax.set_title(f"{name} ({better} AUC is better)", fontsize=10)
@@ -112,7 +113,8 @@ def _randomisation(evaluation: Evaluation, colours: dict[str, Any], path: Path) 
         for label, (x, y) in curves.items():
             passed = details.get(label, {}).get("passed")
             verdict = "" if passed is None else (" pass" if passed else " FAIL")
-            ax.plot(x, y, marker="o", color=colours.get(label), label=label + verdict)
+            text = evaluation.title(label) + verdict
+            ax.plot(x, y, marker="o", color=colours.get(label), label=text)
         if threshold is not None:
             ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label="threshold")
         ax.set_title(f"model randomisation: {title}", fontsize=10)
@@ -127,6 +129,10 @@ def _randomisation(evaluation: Evaluation, colours: dict[str, Any], path: Path) 
 
 
 def _ranking(evaluation: Evaluation, path: Path) -> Path:
+    return _save(_ranking_figure(evaluation), path)
+
+
+def _ranking_figure(evaluation: Evaluation) -> Any:
     """A table: methods best first, one column per metric, cells coloured by rank."""
     from matplotlib import colormaps
 
@@ -142,7 +148,8 @@ def _ranking(evaluation: Evaluation, path: Path) -> Path:
     for row in rows:
         label = row["method"]
         cells.append(
-            [label, format_value(row["mean_rank"])] + [format_value(row[m]) for m in metrics]
+            [evaluation.title(label), format_value(row["mean_rank"])]
+            + [format_value(row[m]) for m in metrics]
         )
         shades: list[Any] = ["white", "white"]  # colour names or RGBA tuples
         for m in metrics:
@@ -169,4 +176,4 @@ def _ranking(evaluation: Evaluation, path: Path) -> Path:
     for (r, _), cell in table.get_celld().items():
         cell.set_height(share if r == 0 else (1 - share) / len(rows))
     fig.suptitle("methods ranked by mean rank over the metrics (green: better)", fontsize=10)
-    return _save(fig, path)
+    return fig
