@@ -423,3 +423,29 @@ def test_the_demo_exports_run_as_the_demo_does(tmp_path, form):
     )
     assert scripted.card.size_divisible == 4  # measured: two stride-2 levels
     np.testing.assert_array_equal(segment(scripted, read_volume(path)).labelmap, demo.labelmap)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in CASES if "largest component" in n or "sigmoid threshold" in n]
+)
+def test_a_class_target_explains_the_class_the_bundles_postprocessing_left(tmp_path, name):
+    """The class target's region is the class in MONAI's postprocessed labelmap (largest
+    component kept, holes filled; a sigmoid output's threshold), not the raw prediction."""
+    from TorchEsegetaLib.case import prepare_case
+    from TorchEsegetaLib.targets import TargetSpec, predicted_mask
+
+    pre, inferer, postprocessing, out_channels = CASES[name]
+    root, _ = bundle(tmp_path / "bundle", pre, inferer, postprocessing, "ts", out_channels)
+    path = image(tmp_path / "image.nii.gz", zero_border="crop" in name.lower())
+    labels, _ = monai_run(root, path)
+    model = load_model({"kind": "bundle", "path": str(root)})
+    case = prepare_case(read_volume(path), model, TargetSpec(kind="class"), torch.device("cpu"))
+
+    expected = labels[0] == 1  # the foreground class: label 1 in both forms
+    np.testing.assert_array_equal(case.input_region, expected)
+    assert (
+        case.bound.voxel_count > 0 and case.target_info["region_voxels"] == case.bound.voxel_count
+    )
+    if "largest component" in name:  # the raw prediction has more than the postprocessing kept
+        raw = predicted_mask(case.segmentation.logits, 1, model.card.activation)
+        assert int(raw.sum()) != case.bound.voxel_count

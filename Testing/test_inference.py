@@ -173,8 +173,29 @@ def test_sigmoid_labelmap_takes_the_highest_label_above_half():
     p = np.array(
         [[0.9, 0.2, 0.7], [0.6, 0.1, 0.4], [0.1, 0.3, 0.8]], dtype=np.float32
     )  # (K=3, 3 voxels)
-    assert labelmap_from_probabilities(p, "sigmoid").tolist() == [1, 0, 2]
+    # overlapping classes: label n + 1 is channel n, 0 where no channel is above 0.5
+    assert labelmap_from_probabilities(p, "sigmoid").tolist() == [2, 0, 3]
     assert labelmap_from_probabilities(p, "softmax").tolist() == [0, 2, 2]
+    names = ModelCard(out_channels=3, activation="sigmoid", class_names=["a", "b", "c"]).label_names
+    assert names == ["background", "a", "b", "c"]
+    assert ModelCard(out_channels=3, class_names=["bg", "b", "c"]).label_names == ["bg", "b", "c"]
+
+
+def test_a_one_channel_sigmoid_model_labels_its_foreground_one():
+    """A binary model with one output channel (sigmoid): foreground where p > 0.5 is label 1,
+    as MONAI's Activations(sigmoid) + AsDiscrete(threshold=0.5) gives, never an empty map."""
+
+    class Ramp(torch.nn.Module):
+        def forward(self, x):
+            return 10 * x - 5
+
+    card = ModelCard(in_channels=1, out_channels=1, activation="sigmoid", class_names=["vessel"])
+    image = volume()
+    result = segment(LoadedModel(Ramp(), card, {}, None), image)
+    foreground = result.probabilities[0] > 0.5
+    assert 0 < foreground.sum() < foreground.size
+    np.testing.assert_array_equal(result.labelmap, foreground.astype(np.uint8))
+    np.testing.assert_array_equal(result.class_mask(card, 0), foreground)
 
 
 def test_resolve_device():

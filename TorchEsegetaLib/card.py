@@ -140,6 +140,14 @@ class ModelCard:
             )
         return self.activation == "softmax"
 
+    @property
+    def label_names(self) -> list[str]:
+        """One name per value of the labelmap, 0 first: the class names for mutually exclusive
+        classes (label n is channel n, channel 0 the background); otherwise "background" and
+        then the channels' names (label n + 1 is channel n, as MONAI's 0.5 threshold of a
+        one-channel sigmoid output gives 1 for the foreground)."""
+        return list(self.class_names) if self.exclusive else ["background", *self.class_names]
+
     def intensity_steps(self) -> list[dict[str, Any]]:
         """The intensity steps the forward pass applies, in order."""
         if self.preprocessing:

@@ -55,7 +55,7 @@ def prepare_case(
         raise ValueError("segment() gave no model input")
     x, info = model_input.x, model_input.grid
     bound, input_region = resolve_target(
-        target, model.card, segmentation.logits, volume.geometry, info
+        target, model.card, segmentation.logits, volume.geometry, info, segmentation
     )
     target_info = {**target.to_dict(), **bound.describe(model.card)}
     warnings: list[str] = []

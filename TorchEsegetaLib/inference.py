@@ -28,6 +28,7 @@ from .card import ModelCard
 from .errors import OutOfMemoryError, UserInputError
 from .input_size import check_input_size, too_small_guard
 from .postprocessing import (  # noqa: F401  (part of this module's interface)
+    class_mask,
     labelmap_from_probabilities,
     probabilities_from_logits,
     segmentation_outputs,
@@ -211,15 +212,22 @@ class SegmentationResult:
         logits: (1, K, *S') on the model grid, detached, on the CPU.
         probabilities: (K, I, J, K) float32 on the input grid.
         labelmap: (I, J, K) uint8 on the input grid: the bundle's postprocessing, or argmax
-            for mutually exclusive classes, else the highest channel index with probability
-            > 0.5, 0 elsewhere.
+            for mutually exclusive classes, else 1 + the highest channel with probability
+            > 0.5, 0 elsewhere (names: :attr:`~.card.ModelCard.label_names`).
         input: the network's input it was computed from (grid and intensity statistics).
+        class_masks: (K, I, J, K) bool, each channel's mask after a bundle's postprocessing
+            where the classes may overlap; None where the labelmap holds every class.
     """
 
     logits: torch.Tensor
     probabilities: np.ndarray
     labelmap: np.ndarray
     input: ModelInput | None = None
+    class_masks: np.ndarray | None = None
+
+    def class_mask(self, card: ModelCard, class_index: int) -> np.ndarray:
+        """One class's (I, J, K) bool mask in this segmentation."""
+        return class_mask(self.labelmap, self.class_masks, card, class_index)
 
 
 def segment(
@@ -250,8 +258,8 @@ def segment(
             logits = _first_pass(forward, prepared.x.to(target_device)).float().cpu()
         finally:
             model.network.to("cpu")  # a LoadedModel stays on the CPU between runs
-    probabilities, labelmap = segmentation_outputs(logits, card, prepared.grid)
-    return SegmentationResult(logits, probabilities, labelmap, prepared)
+    probabilities, labelmap, masks = segmentation_outputs(logits, card, prepared.grid)
+    return SegmentationResult(logits, probabilities, labelmap, prepared, masks)
 
 
 def _first_pass(forward: SegmentationForward, x: torch.Tensor) -> torch.Tensor:

@@ -109,6 +109,7 @@ def write_run_folder(
         "target": result.target,
         "segmentation": {
             "file": f"segmentation{suffix}",
+            **({"label_names": result.model.card.label_names} if result.model else {}),
             "voxels_per_label": {
                 str(int(v)): int(c) for v, c in zip(*np.unique(result.labelmap, return_counts=True))
             },

@@ -231,6 +231,18 @@ def default_class(card: ModelCard) -> int:
     return 1 if card.exclusive and card.out_channels > 1 else 0
 
 
+def target_class(spec: TargetSpec, card: ModelCard) -> int:
+    """The output channel a target scores: its class, or the card's default foreground."""
+    return default_class(card) if spec.class_ is None else card.class_index(spec.class_)
+
+
+def _nothing_predicted(card: ModelCard, class_index: int, where: str = "") -> UserInputError:
+    return UserInputError(
+        f"the model predicts no voxel of class {card.class_names[class_index]!r} in this image{where}, "
+        "so there is nothing to explain; choose another class or target a mask, ROI or voxel"
+    )
+
+
 def predicted_mask(logits: torch.Tensor, class_index: int, activation: str) -> torch.Tensor:
     """The unperturbed prediction of one class, (*S) bool, from (1, K, *S) logits (for
     activation "none": probabilities, mutually exclusive when there are several channels)."""
@@ -344,19 +356,17 @@ def bind_target(
         spec: the user's target.
         card: the model card (class names, activation).
         logits: the model's unperturbed output on the model grid.
-        input_region: for mask/roi/voxel targets, the region already mapped onto the model grid
-            as a bool array of shape ``logits.shape[2:]``.
+        input_region: the region already mapped onto the model grid as a bool array of shape
+            ``logits.shape[2:]``: needed for mask/roi/voxel targets; for a class target, its
+            mask in the postprocessed segmentation (else the prediction of ``logits``).
     """
     import torch
 
-    class_index = default_class(card) if spec.class_ is None else card.class_index(spec.class_)
-    if spec.kind == "class":
+    class_index = target_class(spec, card)
+    if spec.kind == "class" and input_region is None:
         region = predicted_mask(logits, class_index, card.activation)
         if not bool(region.any()):
-            raise UserInputError(
-                f"the model predicts no voxel of class {card.class_names[class_index]!r} in this image, so "
-                "there is nothing to explain; choose another class or target a mask, ROI or voxel"
-            )
+            raise _nothing_predicted(card, class_index)
     else:
         if input_region is None:
             raise ValueError("mask, roi and voxel targets need their region on the model grid")
@@ -373,22 +383,36 @@ def bind_target(
 
 
 def resolve_target(
-    spec: TargetSpec, card: ModelCard, logits: torch.Tensor, geometry: Geometry, info: Any
+    spec: TargetSpec,
+    card: ModelCard,
+    logits: torch.Tensor,
+    geometry: Geometry,
+    info: Any,
+    segmentation: Any = None,
 ) -> tuple[BoundTarget, np.ndarray]:
     """The target bound on the unperturbed ``logits`` of the model grid, and its region on the
     input grid (``info``: how the input grid maps onto the model grid, see
     :func:`~TorchEsegetaLib.grids.resample_to_model_grid`).
 
     A class target's region comes from the prediction on the model grid and is mapped back to
-    the input grid; a mask, ROI or voxel target's from the input grid, mapped onto the model's.
+    the input grid; when the card has a bundle's postprocessing, from the class in the
+    postprocessed ``segmentation`` (an :class:`~.inference.SegmentationResult`) instead, so
+    that what is explained is the segmentation shown. A mask, ROI or voxel target's region
+    comes from the input grid, mapped onto the model's.
     """
-    if spec.kind == "class":
+    if spec.kind == "class" and card.postprocessing and segmentation is not None:
+        # the class as the bundle's postprocessing left it (largest component, holes filled, ...)
+        input_region = segmentation.class_mask(card, target_class(spec, card))
+        if not input_region.any():
+            raise _nothing_predicted(card, target_class(spec, card), " after its postprocessing")
+    elif spec.kind == "class":
         from .grids import restore_input_grid
 
         bound = bind_target(spec, card, logits)
         restored = restore_input_grid(bound.region[None, None].float(), info)[0, 0]
         return bound, np.asarray(restored.cpu() >= 0.5)
-    input_region = region_in_input_grid(spec, geometry)
+    else:
+        input_region = region_in_input_grid(spec, geometry)
     bound = bind_target(spec, card, logits, region_on_model_grid(input_region, info))
     return bound, input_region
 

@@ -386,6 +386,23 @@ def test_run_folder_off_the_reference_grid_is_refused_and_adds_nothing(scene, tm
     assert scene.GetNumberOfNodes() == nodeCount
 
 
+def test_segments_are_named_by_the_runs_label_names(scene, tmp_path):
+    """A model with overlapping (sigmoid) classes labels channel n as n + 1: run.json's
+    label_names name the segments, not the card's class names (one per channel)."""
+    makeRunFolder(tmp_path / "run")
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    run["card"] = {"class_names": ["liver", "tumour"], "activation": "sigmoid"}
+    run["segmentation"] = {"label_names": ["background", "liver", "tumour"]}
+    (tmp_path / "run" / "run.json").write_text(json.dumps(run))
+    reference = volumeNodeFromArray(scene, randomMap(), OBLIQUE, "CT")
+    loaded = loadRunFolder(scene, tmp_path / "run", reference)
+    segmentation = loaded["segmentation"].GetSegmentation()
+    for name, label in (("liver", 1), ("tumour", 2)):
+        segment = segmentation.GetSegmentIdBySegmentName(name)
+        mask = labelmapFromSegment(loaded["segmentation"], segment, reference)
+        np.testing.assert_array_equal(mask, (twoClassLabels() == label).astype(np.uint8))
+
+
 def test_unfinished_or_damaged_run_is_refused(scene, tmp_path):
     makeRunFolder(tmp_path / "running", status="running")
     with pytest.raises(ValueError, match="not 'complete'"):

@@ -107,7 +107,7 @@ def explainNodes(
         geometry,
         maps,
         labelmap=result.labelmap,
-        classNames=result.model.card.class_names,
+        classNames=result.model.card.label_names,
         evaluation=evaluation,
         folderName=folderName or f"TorchEsegeta {reference.GetName()}",
         referenceVolumeNode=reference,
@@ -131,7 +131,7 @@ def segmentNodes(scene, volumeNodes, loaded, device: str = "auto"):
         scene,
         result.labelmap,
         geometry,
-        loaded.card.class_names,
+        loaded.card.label_names,
         f"{volumeNodes[0].GetName()} segmentation",
     )
     node.SetAndObserveTransformNodeID(volumeNodes[0].GetTransformNodeID())

@@ -66,7 +66,7 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
             for label, (entry, volume) in maps.items()
         },
         labelmap=segmentation.array[0] if segmentation is not None else None,
-        classNames=runCard(run).get("class_names", []),
+        classNames=labelNames(run),
         evaluation=run.get("metrics"),
         folderName=runFolder.name,
         referenceVolumeNode=referenceVolumeNode,
@@ -78,6 +78,13 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
 def runCard(run: dict) -> dict:
     """The model card of a run: run.json keeps it under "model" (older files at the top)."""
     return run.get("card") or (run.get("model") or {}).get("card") or {}
+
+
+def labelNames(run: dict) -> list:
+    """One name per value of the run's segmentation, 0 first (run.json's label_names; a run
+    written before them has its card's class names, which are those of argmax labels)."""
+    names = (run.get("segmentation") or {}).get("label_names")
+    return list(names) if names else list(runCard(run).get("class_names", []))
 
 
 def _firstGeometry(maps: dict, segmentation):
