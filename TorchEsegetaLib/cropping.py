@@ -109,8 +109,8 @@ def plan_crop(forward: Any, region: np.ndarray, margin: int) -> tuple[Crop | Non
     befores = [((-n) % multiple) // 2 for n in shape]  # the whole volume's padding before
     lows, highs = [], []
     for axis, (n, before) in enumerate(zip(shape, befores)):
-        low = max(int(voxels[:, axis].min()) - margin, 0) + before
-        high = min(int(voxels[:, axis].max()) + 1 + margin, n) + before
+        low = max(int(np.min(voxels[:, axis])) - margin, 0) + before
+        high = min(int(np.max(voxels[:, axis])) + 1 + margin, n) + before
         lows.append(low // multiple * multiple)  # on the grid
         highs.append(-(-high // multiple) * multiple)
     _keep_two_voxels_deepest(lows, highs, [n + (-n) % multiple for n in shape], multiple)

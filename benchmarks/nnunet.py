@@ -1,6 +1,8 @@
 """Our nnU-Net pipeline against nnU-Net's own nnUNetPredictor, and its explanations.
 
-    python benchmarks/nnunet.py            # a few minutes on 2 cores
+    python benchmarks/nnunet.py                        # about 20 minutes on 2 cores
+    python benchmarks/nnunet.py --whole-steps 0        # agreement, speed, one fold: 5 minutes
+
 
 A 2-fold, mirrored nnU-Net v2 model folder is made with nnU-Net's own code (random weights,
 nnU-Net's planner with 8 to 32 features per stage) on synthetic vessel volumes, then run on an
@@ -8,7 +10,9 @@ anisotropic, obliquely oriented image (with a zero slab nnU-Net crops away) by n
 and by TorchEsegeta. Printed: Dice of the labelmaps, the largest probability difference, the
 segmentation time of each (best of three, same threads), and integrated gradients' completeness
 error (sum of the map against the score change from the zero baseline) through the whole
-pipeline (2 folds, mirroring) and through one fold without mirroring (``explain_fold``).
+pipeline (2 folds, mirroring; ``--whole-steps``, 0 skips it: each step runs every window of
+both folds in all mirrorings, forward and backward) and through one fold without mirroring
+(``explain_fold``, ``--fold-steps``).
 """
 
 from __future__ import annotations
@@ -71,7 +75,13 @@ def completeness(folder: Path, volume: Volume, steps: int, **ref) -> tuple[float
     return abs(total - delta) / abs(delta), seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--whole-steps", type=int, default=16, help="IG steps, whole pipeline")
+    parser.add_argument("--fold-steps", type=int, default=128, help="IG steps, explain_fold 0")
+    args = parser.parse_args(argv)
     volume = test_volume()
     with tempfile.TemporaryDirectory() as work:
         folder = build_model_folder(
@@ -105,9 +115,11 @@ def main() -> None:
             f"(ratio {ours_s / theirs_s:.2f})"
         )
         for label, ref, steps in (
-            ("whole pipeline (2 folds, mirroring)", {}, 128),
-            ("explain_fold 0 (one fold, no mirroring)", {"explain_fold": 0}, 128),
+            ("whole pipeline (2 folds, mirroring)", {}, args.whole_steps),
+            ("explain_fold 0 (one fold, no mirroring)", {"explain_fold": 0}, args.fold_steps),
         ):
+            if steps <= 0:
+                continue
             error, seconds = completeness(folder, volume, steps, **ref)
             print(
                 f"integrated gradients ({steps} steps), {label}: completeness error "

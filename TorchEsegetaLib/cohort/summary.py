@@ -54,8 +54,8 @@ def statistics(values: list[float]) -> dict[str, float | None]:
         "mean": float(array.mean()),
         "sd": float(array.std(ddof=1)) if len(array) > 1 else None,
         "median": float(np.median(array)),
-        "min": float(array.min()),
-        "max": float(array.max()),
+        "min": float(np.min(array)),
+        "max": float(np.max(array)),
     }
 
 

@@ -148,10 +148,13 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """An nnU-Net checkpoint read with ``weights_only=True`` (numpy scalars allowed, see above)."""
+    import importlib
+
     try:
-        from numpy._core.multiarray import scalar
+        multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    scalar = multiarray.scalar
     allowed: list[Any] = [scalar, np.dtype]
     allowed += [type(np.dtype(code)) for code in "?bhilqBHILQefdFD"]
     try:
