@@ -177,3 +177,58 @@ def test_ray_engine_without_ray_says_what_to_install(data, tmp_path, capsys, mon
     )
     assert status == 2
     assert 'pip install "torchesegeta[ray]"' in capsys.readouterr().err
+
+
+class FlakyRay:
+    """Stands in for the ray module: ``init`` fails the first ``failures`` times with ``error``."""
+
+    def __init__(self, failures: int, error: str):
+        self.failures, self.error, self.calls, self.shutdowns = failures, error, 0, 0
+
+    def init(self, address, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionAbortedError(self.error)
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+DIED = "Initialization failure from server:\nRuntimeError: Starting Ray client server failed. See x.err"
+ZOMBIE = (
+    'Initialization failure from server:\n  File "proxier.py", line 396, in start_specific_server\n'
+    "psutil.ZombieProcess: PID still exists but it's a zombie (pid=31784)"
+)
+
+
+@pytest.mark.parametrize(
+    "scheme, failures, error, connects",
+    [
+        ("ray://", 2, DIED, True),  # the head's per-client server died at its start: tried again
+        ("ray://", 1, ZOMBIE, True),  # ... or while the head's proxy was looking at it
+        ("ray://", 9, DIED, False),  # ... but not for ever
+        ("", 1, DIED, False),  # a node driver has no client server: a setup problem
+        ("ray://", 1, "authentication failed", False),  # a setup problem: said at once
+    ],
+)
+def test_a_ray_client_connection_is_retried_only_when_its_server_died(
+    scheme, failures, error, connects
+):
+    import socket
+
+    from TorchEsegetaLib.cohort.ray_engine import CLIENT_ATTEMPTS, RayEngine
+    from TorchEsegetaLib.errors import UserInputError
+
+    with socket.create_server(("127.0.0.1", 0)) as listening:  # something answers there
+        address = f"{scheme}127.0.0.1:{listening.getsockname()[1]}"
+        ray = FlakyRay(failures, error)
+        engine = RayEngine(address=address)
+        if connects:
+            engine._connect(ray)
+            assert ray.calls == failures + 1
+        else:
+            with pytest.raises(UserInputError, match="no Ray cluster answers"):
+                engine._connect(ray)
+            retried = scheme and error in (DIED, ZOMBIE)
+            assert ray.calls == (CLIENT_ATTEMPTS if retried else 1)
+        assert ray.shutdowns == min(failures, ray.calls)

@@ -57,6 +57,18 @@ class RayHead:
     client: str | None  #: ray://HOST:PORT (Ray Client), None without the ray[client] packages
 
 
+def _listens(port: int | None) -> bool:
+    """Whether something accepts connections on the loopback ``port`` (None: nothing to wait
+    for). The head's Ray Client proxy starts after "Ray runtime started" is printed."""
+    if port is None:
+        return True
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _ray_client_installed() -> bool:
     """Whether Ray Client's extra packages (`ray[client]`) are here; `ray start` refuses a client
     port without them."""
@@ -90,7 +102,7 @@ def ray_head(tmp_path_factory):
     os.environ["RAY_AUTH_MODE"] = "disabled"
     try:
         deadline = time.monotonic() + 180
-        while "Ray runtime started" not in log.read_text():
+        while "Ray runtime started" not in log.read_text() or not _listens(client_port):
             assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.5)
         client = None if client_port is None else f"ray://127.0.0.1:{client_port}"

@@ -136,13 +136,18 @@ class RayEngine:
             raise UserInputError(
                 f"no Ray cluster answers at --address {self.address} ({silent}); {fix}"
             )
-        try:
-            ray.init(address=self.address, **kwargs)
-        except Exception as e:  # connection, address format, authentication: the setup's
-            ray.shutdown()  # a half-made connection would break this process's next ray.init
-            raise UserInputError(
-                f"no Ray cluster answers at --address {self.address} ({_first_line(e)}); {fix}"
-            ) from e
+        for attempt in range(1, CLIENT_ATTEMPTS + 1):
+            try:
+                ray.init(address=self.address, **kwargs)
+                return
+            except Exception as e:  # connection, address format, authentication: the setup's
+                ray.shutdown()  # a half-made connection would break this process's next ray.init
+                if attempt < CLIENT_ATTEMPTS and _client_server_died(self.address, e):
+                    time.sleep(1.0)
+                    continue
+                raise UserInputError(
+                    f"no Ray cluster answers at --address {self.address} ({_first_line(e)}); {fix}"
+                ) from e
 
     def _options(self, ray: Any) -> dict[str, Any]:
         """The needs each case declares, checked against the largest node."""
@@ -272,6 +277,21 @@ class RayEngine:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return next((line for line in reversed(text) if line.strip()), type(error).__name__)[:300]
+
+
+#: Connections a Ray Client driver tries: the head's proxy forks a server per client, and that
+#: server dies at start now and then (gRPC's poller and fork(), ray-project/ray#63202).
+CLIENT_ATTEMPTS = 4
+
+
+def _client_server_died(address: str, error: BaseException) -> bool:
+    """Whether ``error`` is the Ray Client head's per-client server dying at its start (worth
+    another connection), not a setup problem."""
+    text = str(error)
+    return address.startswith("ray://") and (
+        "Starting Ray client server failed" in text  # it exited
+        or "start_specific_server" in text  # it died while the proxy was looking at it
+    )
 
 
 def _nothing_listens(address: str, timeout_s: float = 5.0) -> str:
