@@ -154,6 +154,7 @@ def _as_volume(images: Any, geometry: Geometry | None, read_channels: Any) -> Vo
             raise UserInputError(
                 f"an image array must be (I, J, K) or (C, I, J, K); got shape {images.shape}"
             )
-        return Volume(np.asarray(array, dtype=np.float32), geometry or Geometry(array.shape[1:]))
+        i, j, k = (int(n) for n in array.shape[1:])
+        return Volume(np.asarray(array, dtype=np.float32), geometry or Geometry((i, j, k)))
     paths = [images] if isinstance(images, (str, Path)) else list(images)
     return read_channels(paths)

@@ -67,7 +67,7 @@ def _grow_tree(rng: np.random.Generator, shape: tuple[int, int, int]) -> list[np
     segments: list[np.ndarray] = []
     while branches and len(segments) < MAX_SEGMENTS:
         point, direction, radius = branches.pop()
-        bend = np.zeros(3)
+        bend: np.ndarray = np.zeros(3)
         steps = 0
         while radius >= TIP_RADIUS and len(segments) < MAX_SEGMENTS:
             # Smooth curvature: the bending vector is itself a slow random walk.
