@@ -54,9 +54,7 @@ def prepare_case(
     if model_input is None:
         raise ValueError("segment() gave no model input")
     x, info = model_input.x, model_input.grid
-    bound, input_region = resolve_target(
-        target, model.card, segmentation.logits, volume.geometry, info, segmentation
-    )
+    bound, input_region = resolve_target(target, model.card, segmentation, volume.geometry)
     target_info = {**target.to_dict(), **bound.describe(model.card)}
     warnings: list[str] = []
     if target.kind == "roi":

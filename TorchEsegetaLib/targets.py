@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from .card import ModelCard
+    from .inference import SegmentationResult
     from .volume import Geometry
 
 
@@ -383,34 +384,32 @@ def bind_target(
 
 
 def resolve_target(
-    spec: TargetSpec,
-    card: ModelCard,
-    logits: torch.Tensor,
-    geometry: Geometry,
-    info: Any,
-    segmentation: Any = None,
+    spec: TargetSpec, card: ModelCard, segmentation: SegmentationResult, geometry: Geometry
 ) -> tuple[BoundTarget, np.ndarray]:
-    """The target bound on the unperturbed ``logits`` of the model grid, and its region on the
-    input grid (``info``: how the input grid maps onto the model grid, see
+    """The target bound on the unperturbed output of the model grid (``segmentation.logits``),
+    and its region on the input grid (``segmentation.input.grid`` maps one onto the other, see
     :func:`~TorchEsegetaLib.grids.resample_to_model_grid`).
 
     A class target's region comes from the prediction on the model grid and is mapped back to
     the input grid; when the card has a bundle's postprocessing, from the class in the
-    postprocessed ``segmentation`` (an :class:`~.inference.SegmentationResult`) instead, so
-    that what is explained is the segmentation shown. A mask, ROI or voxel target's region
-    comes from the input grid, mapped onto the model's.
+    postprocessed segmentation instead, so that what is explained is the segmentation shown.
+    A mask, ROI or voxel target's region comes from the input grid, mapped onto the model's.
     """
-    if spec.kind == "class" and card.postprocessing and segmentation is not None:
-        # the class as the bundle's postprocessing left it (largest component, holes filled, ...)
-        input_region = segmentation.class_mask(card, target_class(spec, card))
-        if not input_region.any():
-            raise _nothing_predicted(card, target_class(spec, card), " after its postprocessing")
-    elif spec.kind == "class":
+    if segmentation.input is None:
+        raise ValueError("a segmentation without its model input")
+    logits, info = segmentation.logits, segmentation.input.grid
+    if spec.kind == "class" and not card.postprocessing:
         from .grids import restore_input_grid
 
         bound = bind_target(spec, card, logits)
         restored = restore_input_grid(bound.region[None, None].float(), info)[0, 0]
         return bound, np.asarray(restored.cpu() >= 0.5)
+    if spec.kind == "class":
+        # the class as the bundle's postprocessing left it (largest component, holes filled, ...)
+        class_index = target_class(spec, card)
+        input_region = segmentation.class_mask(card, class_index)
+        if not input_region.any():
+            raise _nothing_predicted(card, class_index, " after its postprocessing")
     else:
         input_region = region_in_input_grid(spec, geometry)
     bound = bind_target(spec, card, logits, region_on_model_grid(input_region, info))
@@ -423,7 +422,6 @@ def region_on_model_grid(region: np.ndarray, info: Any) -> np.ndarray:
         return region
     import torch
 
-    from .errors import UserInputError
     from .grids import ResampleInfo
 
     mask = torch.from_numpy(region.astype(np.float32))[None, None]
