@@ -148,6 +148,10 @@ class ModelCard:
         one-channel sigmoid output gives 1 for the foreground)."""
         return list(self.class_names) if self.exclusive else ["background", *self.class_names]
 
+    def label_of(self, class_index: int) -> int:
+        """The labelmap value of an output channel (see :attr:`label_names`)."""
+        return class_index if self.exclusive else class_index + 1
+
     def intensity_steps(self) -> list[dict[str, Any]]:
         """The intensity steps the forward pass applies, in order."""
         if self.preprocessing:

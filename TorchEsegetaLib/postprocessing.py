@@ -74,7 +74,7 @@ def class_mask(
     """One class's (*S) bool mask in the segmentation (from :func:`segmentation_outputs`)."""
     if masks is not None:
         return masks[class_index]
-    return labelmap == (class_index if card.exclusive else class_index + 1)
+    return labelmap == card.label_of(class_index)
 
 
 def _follow(pred: torch.Tensor, card: ModelCard, grid: Any) -> tuple[np.ndarray, np.ndarray | None]:
