@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from TorchEsegetaLib.card import ModelCard
-from TorchEsegetaLib.inference import SegmentationForward
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import SegmentationForward
 
 #: Parameters that keep each method to a fraction of a second on 16^3 inputs.
 FAST_PARAMS: dict[str, dict] = {

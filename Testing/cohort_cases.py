@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from TorchEsegetaLib.demo.synthetic import make_vessel_volume
-from TorchEsegetaLib.io import write_volume
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.images import write_volume
+from TorchEsegetaLib.io.volume import Geometry
+from TorchEsegetaLib.models.demo.synthetic import make_vessel_volume
 
 SIZE = (24, 24, 24)
 GEOMETRY = Geometry(SIZE, (0.8, 0.8, 0.8), (4.0, -2.0, 1.0))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from TorchEsegetaLib.engine import Context
+from TorchEsegetaLib.engine.context import Context
 from TorchEsegetaLib.methods import create_method
-from TorchEsegetaLib.targets import BoundTarget
+from TorchEsegetaLib.targets.bound import BoundTarget
 
 #: The tiny MONAI UNet's kwargs, as a model reference gives them (JSON: lists, not tuples).
 TINY_UNET_KWARGS = {

@@ -13,12 +13,12 @@ import SimpleITK as sitk
 import torch
 from monai.networks.nets import UNet
 
-from TorchEsegetaLib.bundle_reference import dice, reference_inference
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.inference import segment
-from TorchEsegetaLib.io import read_volume, write_volume
-from TorchEsegetaLib.models import load_model
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.images import read_volume, write_volume
+from TorchEsegetaLib.io.volume import Geometry
+from TorchEsegetaLib.models.bundles.reference import dice, reference_inference
+from TorchEsegetaLib.models.inference import segment
+from TorchEsegetaLib.models.loading import load_model
 
 OBLIQUE = (0.6, 0.0, 0.8, 0.0, 1.0, 0.0, -0.8, 0.0, 0.6)
 NET = {"spatial_dims": 3, "channels": [4, 8, 8], "strides": [2, 2], "num_res_units": 0}
@@ -382,7 +382,7 @@ def test_only_affine_lambdas_are_read_without_trust(tmp_path):
 
 
 def test_recognised_lambdas():
-    from TorchEsegetaLib.lambdas import affine_lambda, threshold_lambda
+    from TorchEsegetaLib.models.bundles.lambdas import affine_lambda, threshold_lambda
 
     assert affine_lambda("$lambda x: (x - 50) / 25") == (0.04, -2.0)
     assert affine_lambda("$lambda img: 2 * img + 1 - -3") == (2.0, 4.0)
@@ -404,8 +404,8 @@ def test_untrusted_network_def_outside_monai_is_refused(tmp_path):
 
 @pytest.mark.parametrize("form", ["ts", "pt"])
 def test_the_demo_exports_run_as_the_demo_does(tmp_path, form):
-    from TorchEsegetaLib.demo import demo_volume
-    from TorchEsegetaLib.demo.export import write_bundle, write_torchscript
+    from TorchEsegetaLib.models.demo import demo_volume
+    from TorchEsegetaLib.models.demo.export import write_bundle, write_torchscript
 
     volume, _ = demo_volume()
     path = tmp_path / "mra.nii.gz"
@@ -431,8 +431,9 @@ def test_the_demo_exports_run_as_the_demo_does(tmp_path, form):
 def test_a_class_target_explains_the_class_the_bundles_postprocessing_left(tmp_path, name):
     """The class target's region is the class in MONAI's postprocessed labelmap (largest
     component kept, holes filled; a sigmoid output's threshold), not the raw prediction."""
-    from TorchEsegetaLib.case import prepare_case
-    from TorchEsegetaLib.targets import TargetSpec, predicted_mask
+    from TorchEsegetaLib.runs.case import prepare_case
+    from TorchEsegetaLib.targets.bound import predicted_mask
+    from TorchEsegetaLib.targets.spec import TargetSpec
 
     pre, inferer, postprocessing, out_channels = CASES[name]
     root, _ = bundle(tmp_path / "bundle", pre, inferer, postprocessing, "ts", out_channels)

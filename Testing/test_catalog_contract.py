@@ -11,12 +11,13 @@ import pytest
 import torch
 from catalog import FAST_PARAMS, RegionNet, forward_for, make_network
 
-from TorchEsegetaLib.card import ModelCard
-from TorchEsegetaLib.engine import Context
-from TorchEsegetaLib.inference import SegmentationForward
+from TorchEsegetaLib.engine.context import Context
+from TorchEsegetaLib.io.volume import Geometry
 from TorchEsegetaLib.methods import REGISTRY, create_method
-from TorchEsegetaLib.targets import TargetSpec, bind_target, region_in_input_grid
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import SegmentationForward
+from TorchEsegetaLib.targets.bound import bind_target, region_in_input_grid
+from TorchEsegetaLib.targets.spec import TargetSpec
 
 SIZE = 16
 NETWORKS = ("unet", "segresnet", "deconvnorm")

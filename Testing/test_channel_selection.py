@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from TorchEsegetaLib.card import ModelCard
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.inference import check_input
-from TorchEsegetaLib.io import read_channels, read_volume, to_sitk
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.images import read_channels, read_volume, to_sitk
+from TorchEsegetaLib.io.volume import Geometry
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import check_input
 
 GEOMETRY = Geometry((6, 5, 4), (0.5, 0.7, 1.2), (3.0, -2.0, 1.0))
 

@@ -16,8 +16,8 @@ import torch
 from helpers import TINY_UNET_KWARGS, tiny_unet
 
 from TorchEsegetaLib.cli import main
-from TorchEsegetaLib.io import read_volume, write_volume
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.images import read_volume, write_volume
+from TorchEsegetaLib.io.volume import Geometry
 
 OBLIQUE = (0.6, 0.0, 0.8, 0.0, 1.0, 0.0, -0.8, 0.0, 0.6)
 
@@ -313,7 +313,7 @@ def test_a_method_that_cannot_explain_the_model_fails_the_run_before_any_method_
 
 
 def test_out_of_memory_is_reported_and_leaves_nothing(case, tmp_path, capsys, monkeypatch):
-    from TorchEsegetaLib import engine
+    from TorchEsegetaLib.engine import context as engine
 
     def no_memory(self, total, compute, message=""):
         raise engine.OutOfMemoryError(

@@ -21,9 +21,9 @@ import torch
 from helpers import TINY_UNET_KWARGS, tiny_unet
 
 from TorchEsegetaLib.cli import main
-from TorchEsegetaLib.destination import PUBLISH_GATE_ENV
-from TorchEsegetaLib.io import to_sitk, write_volume
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.images import to_sitk, write_volume
+from TorchEsegetaLib.io.volume import Geometry
+from TorchEsegetaLib.runs.destination import PUBLISH_GATE_ENV
 
 GEOMETRY = Geometry((16, 16, 16), (0.8, 0.8, 1.0), (5.0, -3.0, 2.0))
 
@@ -201,7 +201,8 @@ def test_a_map_cut_short_by_a_full_disk_is_caught_though_itk_reports_success(
     case, earlier_run, capfd, monkeypatch
 ):
     """ITK's NIfTI writer returns normally when the disk fills up, leaving a short file."""
-    from TorchEsegetaLib import errors, io
+    from TorchEsegetaLib import errors
+    from TorchEsegetaLib.io import images as io
 
     out, before = earlier_run
     real_write = io.sitk.WriteImage
@@ -266,8 +267,8 @@ def test_a_read_only_mount_fails_before_the_work_and_keeps_the_earlier_run(case,
 def test_an_injected_unwritable_folder_fails_before_the_work(
     case, earlier_run, capfd, monkeypatch, code, expected
 ):
-    from TorchEsegetaLib import destination
     from TorchEsegetaLib.methods.gradient import Saliency
+    from TorchEsegetaLib.runs import destination
 
     out, before = earlier_run
     real_mkdir = os.mkdir

@@ -17,8 +17,8 @@ from helpers import tiny_unet, tiny_unet_cli_args
 from TorchEsegetaLib.cli import build_parser, main
 from TorchEsegetaLib.cli.progress import ProgressLines
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.io import write_volume
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.images import write_volume
+from TorchEsegetaLib.io.volume import Geometry
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from TorchEsegetaLib.cohort.cases import Case, discover_cases, read_cohort
 from TorchEsegetaLib.cohort.plan import CHANGED, DONE, TODO, Template, plan_cases
 from TorchEsegetaLib.cohort.summary import statistics, summarise
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.runner import run_job
+from TorchEsegetaLib.runs.runner import run_job
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from cohort_cases import (
 
 from TorchEsegetaLib.cohort import CohortInterrupted, run_cohort
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.io import read_volume
+from TorchEsegetaLib.io.images import read_volume
 
 CASES = 5
 #: Slow enough (a few seconds a case) that a kill or Ctrl-C lands mid-case.

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from TorchEsegetaLib import completeness
-from TorchEsegetaLib.completeness import check_complete, voxel_data
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.io import read_volume, to_sitk, write_volume
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io import completeness
+from TorchEsegetaLib.io.completeness import check_complete, voxel_data
+from TorchEsegetaLib.io.images import read_volume, to_sitk, write_volume
+from TorchEsegetaLib.io.volume import Geometry
 
 GEOMETRY = Geometry((12, 10, 9), (0.8, 0.9, 1.1))
 # (file name, compressed, the file holding the voxel data when it is detached)

@@ -12,12 +12,12 @@ import torch
 from catalog import FAST_PARAMS
 from helpers import centre_box_target, tiny_input, tiny_unet
 
-from TorchEsegetaLib.card import ModelCard
-from TorchEsegetaLib.cost import PassTimes, duration, estimate
-from TorchEsegetaLib.engine import Context
-from TorchEsegetaLib.inference import SegmentationForward
+from TorchEsegetaLib.engine.context import Context
 from TorchEsegetaLib.methods import REGISTRY, create_method
 from TorchEsegetaLib.methods.base import Passes
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import SegmentationForward
+from TorchEsegetaLib.runs.cost import PassTimes, duration, estimate
 
 
 class CountingNetwork(torch.nn.Module):
@@ -90,10 +90,10 @@ def test_pass_times_scale_with_the_measured_batch():
 
 
 def test_the_estimate_comes_before_any_method_and_run_json_keeps_it(tmp_path):
-    from TorchEsegetaLib.io import write_volume
-    from TorchEsegetaLib.job import Job
-    from TorchEsegetaLib.runner import run_job
-    from TorchEsegetaLib.volume import Geometry
+    from TorchEsegetaLib.io.images import write_volume
+    from TorchEsegetaLib.io.volume import Geometry
+    from TorchEsegetaLib.runs.job import Job
+    from TorchEsegetaLib.runs.runner import run_job
 
     torch.save(tiny_unet().state_dict(), tmp_path / "unet.pt")
     from helpers import TINY_UNET_KWARGS
@@ -128,8 +128,8 @@ def test_the_estimate_comes_before_any_method_and_run_json_keeps_it(tmp_path):
 
 def test_the_cli_warns_before_the_run_even_when_quiet(tmp_path, capsys):
     from TorchEsegetaLib.cli import main
-    from TorchEsegetaLib.io import write_volume
-    from TorchEsegetaLib.volume import Geometry
+    from TorchEsegetaLib.io.images import write_volume
+    from TorchEsegetaLib.io.volume import Geometry
 
     torch.jit.script(tiny_unet()).save(str(tmp_path / "unet.ts"))
     image = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32) * 100

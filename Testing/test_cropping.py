@@ -11,16 +11,16 @@ import pytest
 import torch
 from helpers import tiny_unet
 
-from TorchEsegetaLib.api import explain
-from TorchEsegetaLib.card import ModelCard
-from TorchEsegetaLib.cropping import plan_crop
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.inference import SegmentationForward
-from TorchEsegetaLib.job import JOB_FIELDS, Job
+from TorchEsegetaLib.io.volume import Geometry, Volume
 from TorchEsegetaLib.methods import create_method
-from TorchEsegetaLib.models import LoadedModel
-from TorchEsegetaLib.targets import BoundTarget
-from TorchEsegetaLib.volume import Geometry, Volume
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import SegmentationForward
+from TorchEsegetaLib.models.loading import LoadedModel
+from TorchEsegetaLib.runs.api import explain
+from TorchEsegetaLib.runs.cropping import plan_crop
+from TorchEsegetaLib.runs.job import JOB_FIELDS, Job
+from TorchEsegetaLib.targets.bound import BoundTarget
 
 SHAPE = (32, 28, 24)
 
@@ -66,7 +66,7 @@ def test_crop_runs_on_the_box_and_records_what_it_changes():
     region[12:17, 10:15, 8:13] = True
     target = BoundTarget(1, region, "logits", "softmax", "mean")
     saliency = create_method("saliency", {"abs": False})
-    from TorchEsegetaLib.engine import Context
+    from TorchEsegetaLib.engine.context import Context
 
     full = saliency.attribute(forward, x, target, Context()).double()
     cropped_target = BoundTarget(1, region[box], "logits", "softmax", "mean")
@@ -147,7 +147,7 @@ def test_crop_margin_is_validated_and_travels_through_job_files(tmp_path):
 
 
 def test_the_job_schema_lists_exactly_the_job_fields():
-    from TorchEsegetaLib.job import schema_path
+    from TorchEsegetaLib.runs.job import schema_path
 
     schema = json.loads(schema_path().read_text())
     assert set(schema["properties"]) == set(JOB_FIELDS)

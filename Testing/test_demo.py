@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from TorchEsegetaLib.demo import (
+from TorchEsegetaLib.models.demo import (
     DEMO_NETWORK_KWARGS,
     DEMO_SEED,
     DEMO_SHAPE,
@@ -21,7 +21,7 @@ from TorchEsegetaLib.demo import (
     demo_weights_path,
     make_vessel_volume,
 )
-from TorchEsegetaLib.demo.train import HELDOUT_SEEDS, TRAIN_SEEDS
+from TorchEsegetaLib.models.demo.train import HELDOUT_SEEDS, TRAIN_SEEDS
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +108,7 @@ def test_demo_network_segments_the_demo_volume(demo, record):
 
 
 def test_importing_the_demo_does_not_import_torch():
-    code = (
-        "import sys, TorchEsegetaLib.demo; print('torch' in sys.modules or 'monai' in sys.modules)"
-    )
+    code = "import sys, TorchEsegetaLib.models.demo; print('torch' in sys.modules or 'monai' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -123,7 +121,7 @@ def test_importing_the_demo_does_not_import_torch():
 
 def test_demo_scores_its_maps_against_its_ground_truth(tmp_path, capsys):
     from TorchEsegetaLib.cli import main
-    from TorchEsegetaLib.io import read_volume
+    from TorchEsegetaLib.io.images import read_volume
 
     out = tmp_path / "demo"
     command = ["demo", "--method", "saliency", "--evaluate", "relevance_rank_accuracy"]

@@ -9,14 +9,14 @@ import os
 
 import pytest
 
-from TorchEsegetaLib import destination as dest
-from TorchEsegetaLib.destination import (
+from TorchEsegetaLib.errors import UserInputError
+from TorchEsegetaLib.runs import destination as dest
+from TorchEsegetaLib.runs.destination import (
     check_output_folder,
     publish,
     rename_no_replace,
     save_run,
 )
-from TorchEsegetaLib.errors import UserInputError
 
 
 @pytest.fixture(params=["native", "mkdir"])

@@ -15,11 +15,11 @@ import pytest
 import torch
 from helpers import centre_box_target, close, tiny_input, tiny_unet
 
-from TorchEsegetaLib.card import ModelCard
-from TorchEsegetaLib.engine import Context, measure_sample_bytes
-from TorchEsegetaLib.inference import SegmentationForward
-from TorchEsegetaLib.intensity import statistics_on
+from TorchEsegetaLib.engine.context import Context, measure_sample_bytes
 from TorchEsegetaLib.methods import ScoreModel, create_method
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import SegmentationForward
+from TorchEsegetaLib.models.intensity import statistics_on
 
 DEVICE = os.environ.get("TORCHESEGETA_TEST_DEVICE", "cuda")
 
@@ -53,7 +53,7 @@ def _float32_convolutions():
 
 def on(device, forward, x, target):
     """The same forward, input and target on ``device``."""
-    from TorchEsegetaLib.targets import BoundTarget
+    from TorchEsegetaLib.targets.bound import BoundTarget
 
     moved = SegmentationForward(forward.network, forward.card).to(device)
     if forward.frozen_statistics is not None:
@@ -124,8 +124,8 @@ def test_sample_memory_is_measured_and_grows_with_the_input():
 
 
 def test_a_whole_run_on_the_device_matches_the_cpu_run():
-    from TorchEsegetaLib.api import explain
-    from TorchEsegetaLib.demo import demo_volume
+    from TorchEsegetaLib.models.demo import demo_volume
+    from TorchEsegetaLib.runs.api import explain
 
     volume, _ = demo_volume()
     methods = ["saliency", {"name": "integrated_gradients", "params": {"n_steps": 8}}]

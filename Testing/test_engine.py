@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from TorchEsegetaLib.engine import CancelToken, Context, measure_sample_bytes
+from TorchEsegetaLib.engine.context import CancelToken, Context, measure_sample_bytes
 from TorchEsegetaLib.errors import BudgetExceededError, CancelledError
 
 
@@ -76,9 +76,9 @@ def test_measured_sample_memory_grows_with_the_input():
 def test_sample_memory_of_a_torchscript_model_is_measured_without_module_hooks():
     from helpers import centre_box_target, tiny_unet
 
-    from TorchEsegetaLib.card import ModelCard
-    from TorchEsegetaLib.inference import SegmentationForward
     from TorchEsegetaLib.methods import ScoreModel
+    from TorchEsegetaLib.models.card import ModelCard
+    from TorchEsegetaLib.models.inference import SegmentationForward
 
     eager = tiny_unet()
     scripted = torch.jit.script(eager)

@@ -12,17 +12,17 @@ import pytest
 import torch
 from helpers import TINY_UNET_KWARGS, tiny_unet
 
-from TorchEsegetaLib.card import ModelCard
 from TorchEsegetaLib.cli import main
-from TorchEsegetaLib.engine import CancelToken
+from TorchEsegetaLib.engine.context import CancelToken
 from TorchEsegetaLib.errors import CancelledError, UserInputError
-from TorchEsegetaLib.evaluation import evaluate_result, rows_and_curves
-from TorchEsegetaLib.io import write_volume
-from TorchEsegetaLib.job import Job, MethodSpec
-from TorchEsegetaLib.models import LoadedModel
-from TorchEsegetaLib.runner import explain_volume
-from TorchEsegetaLib.targets import TargetSpec
-from TorchEsegetaLib.volume import Geometry, Volume
+from TorchEsegetaLib.io.images import write_volume
+from TorchEsegetaLib.io.volume import Geometry, Volume
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.loading import LoadedModel
+from TorchEsegetaLib.runs.evaluation import evaluate_result, rows_and_curves
+from TorchEsegetaLib.runs.job import Job, MethodSpec
+from TorchEsegetaLib.runs.runner import explain_volume
+from TorchEsegetaLib.targets.spec import TargetSpec
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +258,7 @@ def test_evaluation_figures_name_methods_by_their_titles(tmp_path):
     """The curves' legends and the ranking table say "Integrated Gradients", not the method id."""
     import matplotlib.image
 
-    from TorchEsegetaLib import metric_figures
+    from TorchEsegetaLib.figures import metric_figures
     from TorchEsegetaLib.metrics.results import Evaluation
 
     labels = {"saliency": "Saliency", "ig64": "Integrated Gradients (ig64)"}

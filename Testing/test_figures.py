@@ -7,8 +7,13 @@ import pytest
 from matplotlib.image import imread
 
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.figures import MapInfo, overview_figures, robust_range, write_overview_figures
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.figures.overview import (
+    MapInfo,
+    overview_figures,
+    robust_range,
+    write_overview_figures,
+)
+from TorchEsegetaLib.io.volume import Geometry
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning", "error::UserWarning")
 
@@ -272,8 +277,8 @@ def test_colour_bar_ticks_carry_their_magnitude_and_stay_inside_the_bar():
 
 
 def test_weak_values_are_transparent_and_strong_ones_opaque():
-    from TorchEsegetaLib import display
-    from TorchEsegetaLib.figure_panels import Overlay
+    from TorchEsegetaLib.figures import display
+    from TorchEsegetaLib.figures.panels import Overlay
 
     overlay = Overlay(0.0, 1.0, signed=False)
     alpha = overlay.rgba(np.array([0.0, display.TRANSPARENT_BELOW * 0.9, 0.5, 1.0, 5.0]))[:, 3]

@@ -9,17 +9,17 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 from monai.transforms import NormalizeIntensity, ScaleIntensityRange
 
-from TorchEsegetaLib.card import ModelCard
 from TorchEsegetaLib.errors import OutOfMemoryError, UserInputError
-from TorchEsegetaLib.grids import resample_to_model_grid, restore_input_grid
-from TorchEsegetaLib.inference import (
+from TorchEsegetaLib.io.volume import Geometry, Volume
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.grids import resample_to_model_grid, restore_input_grid
+from TorchEsegetaLib.models.inference import (
     SegmentationForward,
     labelmap_from_probabilities,
     resolve_device,
     segment,
 )
-from TorchEsegetaLib.models import LoadedModel
-from TorchEsegetaLib.volume import Geometry, Volume
+from TorchEsegetaLib.models.loading import LoadedModel
 
 
 def tiny_net(in_channels: int = 1) -> torch.nn.Module:
@@ -217,9 +217,9 @@ def test_reduced_precision_autocast_stays_close_to_fp32():
     import torch
     from helpers import tiny_unet
 
-    from TorchEsegetaLib.card import ModelCard
     from TorchEsegetaLib.errors import UserInputError
-    from TorchEsegetaLib.inference import SegmentationForward
+    from TorchEsegetaLib.models.card import ModelCard
+    from TorchEsegetaLib.models.inference import SegmentationForward
 
     net, card = tiny_unet(), ModelCard(size_divisible=2)
     x = torch.rand((1, 1, 16, 16, 16))
@@ -238,8 +238,8 @@ def test_a_non_finite_map_in_reduced_precision_is_recomputed_in_float32():
     import torch
 
     import TorchEsegetaLib as te
-    from TorchEsegetaLib.card import ModelCard
-    from TorchEsegetaLib.models import LoadedModel
+    from TorchEsegetaLib.models.card import ModelCard
+    from TorchEsegetaLib.models.loading import LoadedModel
 
     class Overflowing(torch.nn.Module):
         """Logits and gradients beyond float16's range (65504) once the convolution runs in float16."""

@@ -8,12 +8,12 @@ import pytest
 import torch
 from helpers import tiny_unet
 
-from TorchEsegetaLib.card import ModelCard
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.inference import segment
-from TorchEsegetaLib.input_size import check_input_size, too_small_guard
-from TorchEsegetaLib.models import LoadedModel
-from TorchEsegetaLib.volume import Geometry, Volume
+from TorchEsegetaLib.io.volume import Geometry, Volume
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import segment
+from TorchEsegetaLib.models.input_size import check_input_size, too_small_guard
+from TorchEsegetaLib.models.loading import LoadedModel
 
 STRIDE = 2  # the tiny UNet's strides [2]
 
@@ -93,8 +93,8 @@ def test_size_errors_of_other_layers_become_one_line_and_other_errors_pass():
 
 
 def test_a_crop_keeps_two_voxels_at_the_deepest_level():
-    from TorchEsegetaLib.cropping import plan_crop
-    from TorchEsegetaLib.inference import SegmentationForward
+    from TorchEsegetaLib.models.inference import SegmentationForward
+    from TorchEsegetaLib.runs.cropping import plan_crop
 
     net = model()
     forward = SegmentationForward(net.network, net.card)

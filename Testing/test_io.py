@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.io import (
+from TorchEsegetaLib.io.images import (
     SUPPORTED_SUFFIXES,
     check_finite,
     geometry_from_sitk,
@@ -19,7 +19,7 @@ from TorchEsegetaLib.io import (
     to_sitk,
     write_volume,
 )
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.volume import Geometry
 
 nib = pytest.importorskip("nibabel")
 

@@ -11,13 +11,13 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from TorchEsegetaLib.api import explain
 from TorchEsegetaLib.cli import main
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.job import JOB_FIELDS, Job
 from TorchEsegetaLib.methods import REGISTRY as METHODS
 from TorchEsegetaLib.metrics import REGISTRY as METRICS
-from TorchEsegetaLib.validation import KEYWORDS, check, job_schema
+from TorchEsegetaLib.runs.api import explain
+from TorchEsegetaLib.runs.job import JOB_FIELDS, Job
+from TorchEsegetaLib.schema.validation import KEYWORDS, check, job_schema
 
 VALID = {
     "images": ["t1.nii.gz", "t2.nii.gz"],
@@ -233,8 +233,8 @@ def test_a_network_given_in_memory_is_recorded_as_a_null_model_that_a_job_file_c
 ):
     import torch
 
-    from TorchEsegetaLib.card import ModelCard
-    from TorchEsegetaLib.models import LoadedModel
+    from TorchEsegetaLib.models.card import ModelCard
+    from TorchEsegetaLib.models.loading import LoadedModel
 
     network = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
     out = tmp_path / "run"

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from helpers import centre_box_target, close, ours, tiny_input, tiny_unet
 from monai.inferers import sliding_window_inference
 
-from TorchEsegetaLib.card import ModelCard
-from TorchEsegetaLib.inference import SegmentationForward
 from TorchEsegetaLib.methods import REGISTRY, default_layer, trace_layers
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import SegmentationForward
 
 SHAPE = (12, 10, 8)
 ROI = (8, 8, 8)
@@ -157,7 +157,7 @@ def test_every_layer_method_runs_per_window(name):
 
 
 def test_layer_deeplift_over_windows_sums_to_the_score_change():
-    from TorchEsegetaLib.engine import Context
+    from TorchEsegetaLib.engine.context import Context
     from TorchEsegetaLib.methods import ScoreModel, create_method
 
     forward, x, target = sliding("gaussian"), volume(7), box_target()

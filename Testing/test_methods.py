@@ -16,7 +16,7 @@ from captum.attr import (
 )
 from helpers import ScoreModule, centre_box_target, close, ours, tiny_input, tiny_unet
 
-from TorchEsegetaLib.engine import CancelToken, Context
+from TorchEsegetaLib.engine.context import CancelToken, Context
 from TorchEsegetaLib.errors import CancelledError, UserInputError
 from TorchEsegetaLib.methods import (
     REGISTRY,

@@ -24,13 +24,13 @@ from captum.attr import (
 from catalog import make_network
 from helpers import ScoreModule, centre_box_target, close, ours, tiny_input, tiny_unet
 
-from TorchEsegetaLib.card import ModelCard
-from TorchEsegetaLib.engine import Context
+from TorchEsegetaLib.engine.context import Context
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.inference import SegmentationForward
 from TorchEsegetaLib.methods import REGISTRY, ScoreModel, create_method
 from TorchEsegetaLib.methods.layer_reference import LayerGradientShap as OurLayerGradientShap
-from TorchEsegetaLib.targets import BoundTarget
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import SegmentationForward
+from TorchEsegetaLib.targets.bound import BoundTarget
 
 SIZE = 8  # voxels per axis: the layers compared are 4^3, upsampled x2
 LAYER_METHODS = sorted(name for name, cls in REGISTRY.items() if cls.family == "layer")

@@ -16,14 +16,14 @@ from helpers import centre_box_target, close, ours, tiny_input, tiny_unet
 from scipy import ndimage
 
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.io import write_volume
+from TorchEsegetaLib.io.images import write_volume
+from TorchEsegetaLib.io.volume import Geometry
 from TorchEsegetaLib.methods import ScoreModel
 from TorchEsegetaLib.methods.baselines import make_baseline
 from TorchEsegetaLib.methods.coalitions import shapley_regression, weighted_least_squares
 from TorchEsegetaLib.methods.features import feature_mask, grid_features, supervoxels
 from TorchEsegetaLib.methods.perturbation import smooth_masks
-from TorchEsegetaLib.targets import BoundTarget
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.targets.bound import BoundTarget
 
 SIZE = 16
 SPATIAL = (SIZE,) * 3

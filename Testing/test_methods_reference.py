@@ -16,13 +16,13 @@ from catalog import forward_for, make_network
 from helpers import LinearVoxelModel, ScoreModule, centre_box_target, close, tiny_input, tiny_unet
 from helpers import ours as _ours
 
-from TorchEsegetaLib.card import ModelCard
-from TorchEsegetaLib.engine import Context
+from TorchEsegetaLib.engine.context import Context
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.inference import SegmentationForward
 from TorchEsegetaLib.methods import ScoreModel, create_method
 from TorchEsegetaLib.methods.baselines import draw_seeds, make_baseline
-from TorchEsegetaLib.targets import BoundTarget
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import SegmentationForward
+from TorchEsegetaLib.targets.bound import BoundTarget
 
 ours = functools.partial(_ours, max_batch=4)
 

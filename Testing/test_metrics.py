@@ -14,7 +14,6 @@ from helpers import centre_box_target, tiny_input, tiny_unet
 from scipy.stats import spearmanr
 
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.grids import ResampleInfo
 from TorchEsegetaLib.methods import ScoreModel, create_method
 from TorchEsegetaLib.metrics import (
     REGISTRY,
@@ -27,7 +26,8 @@ from TorchEsegetaLib.metrics import (
     ssim3d,
 )
 from TorchEsegetaLib.metrics.perturbation import gaussian_perturbation, uniform_perturbation
-from TorchEsegetaLib.targets import BoundTarget
+from TorchEsegetaLib.models.grids import ResampleInfo
+from TorchEsegetaLib.targets.bound import BoundTarget
 
 SIZE = 16
 

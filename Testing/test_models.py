@@ -12,9 +12,9 @@ import yaml
 from monai.networks.nets import UNet
 
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.inference import segment
-from TorchEsegetaLib.models import load_model, model_ref_from_string
-from TorchEsegetaLib.volume import Geometry, Volume
+from TorchEsegetaLib.io.volume import Geometry, Volume
+from TorchEsegetaLib.models.inference import segment
+from TorchEsegetaLib.models.loading import load_model, model_ref_from_string
 
 KWARGS = {
     "spatial_dims": 3,
@@ -284,7 +284,7 @@ def test_bundle_code_runs_only_when_trusted(tmp_path):
         k: v for k, v in plain["network_def"].items() if not str(v).startswith("$")
     }
     plain_root = write_bundle(tmp_path / "plain", config=plain)
-    from TorchEsegetaLib.bundles import config_expressions
+    from TorchEsegetaLib.models.bundles.folder import config_expressions
 
     assert config_expressions(plain_root / "configs" / "inference.json") == []
     assert load_model({"kind": "bundle", "path": str(plain_root)}).card.roi_size == (8, 8, 8)
@@ -296,7 +296,7 @@ def test_not_a_bundle(tmp_path):
 
 
 def test_demo_loads(tmp_path, monkeypatch):
-    demo = pytest.importorskip("TorchEsegetaLib.demo")
+    demo = pytest.importorskip("TorchEsegetaLib.models.demo")
     if not demo.demo_weights_path().is_file():  # weights not trained yet: use random ones
         weights = tmp_path / "demo.pt"
         torch.save(UNet(**demo.DEMO_NETWORK_KWARGS).state_dict(), weights)

@@ -1,7 +1,7 @@
 """nnU-Net v2 model folders: our pipeline against nnU-Net's own nnUNetPredictor.
 
 The model folder is made by nnU-Net's own code (raw dataset, fingerprint, planner, trainer
-initialisation and save_checkpoint; :mod:`TorchEsegetaLib.nnunet.example`), two folds with
+initialisation and save_checkpoint; :mod:`TorchEsegetaLib.models.nnunet.example`), two folds with
 mirroring, tiny networks; the test image is anisotropic, obliquely oriented and has a zero slab
 that nnU-Net crops away.
 """
@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("nnunetv2")
 
 from TorchEsegetaLib.errors import UserInputError  # noqa: E402
-from TorchEsegetaLib.volume import Geometry, Volume  # noqa: E402
+from TorchEsegetaLib.io.volume import Geometry, Volume  # noqa: E402
 
 SHAPE = (12, 14, 18)
 SPACING = (2.3, 0.75, 0.62)
@@ -25,7 +25,7 @@ SPACING = (2.3, 0.75, 0.62)
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from TorchEsegetaLib.nnunet.example import build_model_folder, vessel_cases
+    from TorchEsegetaLib.models.nnunet.example import build_model_folder, vessel_cases
 
     root = tmp_path_factory.mktemp("nnunet")
     return build_model_folder(
@@ -39,7 +39,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def volume() -> Volume:
-    from TorchEsegetaLib.demo.synthetic import make_vessel_volume
+    from TorchEsegetaLib.models.demo.synthetic import make_vessel_volume
 
     image, _ = make_vessel_volume(SHAPE, 5)
     image[:2] = 0  # nnU-Net crops to the nonzero box
@@ -50,9 +50,9 @@ def volume() -> Volume:
 
 @pytest.mark.parametrize(("folds", "mirroring"), [((0, 1), True), ((0,), False)])
 def test_segmentation_equals_nnunet_predictor(folder, volume, folds, mirroring):
-    from TorchEsegetaLib.inference import segment
-    from TorchEsegetaLib.models import load_model
-    from TorchEsegetaLib.nnunet.reference import nnunet_predict
+    from TorchEsegetaLib.models.inference import segment
+    from TorchEsegetaLib.models.loading import load_model
+    from TorchEsegetaLib.models.nnunet.reference import nnunet_predict
 
     model = load_model(
         {"kind": "nnunet", "path": str(folder), "folds": list(folds), "mirroring": mirroring}
@@ -66,12 +66,12 @@ def test_segmentation_equals_nnunet_predictor(folder, volume, folds, mirroring):
 
 
 def test_integrated_gradients_complete_through_the_whole_pipeline(folder, volume):
-    from TorchEsegetaLib.job import MethodSpec
     from TorchEsegetaLib.methods import ScoreModel
     from TorchEsegetaLib.methods.baselines import make_baseline
-    from TorchEsegetaLib.models import load_model
-    from TorchEsegetaLib.runner import explain_volume, prepare_case
-    from TorchEsegetaLib.targets import TargetSpec
+    from TorchEsegetaLib.models.loading import load_model
+    from TorchEsegetaLib.runs.job import MethodSpec
+    from TorchEsegetaLib.runs.runner import explain_volume, prepare_case
+    from TorchEsegetaLib.targets.spec import TargetSpec
 
     model = load_model({"kind": "nnunet", "path": str(folder), "folds": [0, 1]})
     target = TargetSpec.parse("class:vessel")
@@ -114,7 +114,7 @@ def test_layer_methods_are_refused_up_front(folder, volume):
 
 
 def test_explained_function_is_the_segmentation_in_float32(folder, volume):
-    from TorchEsegetaLib.models import load_model
+    from TorchEsegetaLib.models.loading import load_model
 
     model = load_model({"kind": "nnunet", "path": str(folder), "folds": [0, 1]})
     pipeline = model.network
@@ -147,7 +147,7 @@ def test_resampling_equals_nnunet(shape, spacing, new_spacing, order, order_z):
         resample_data_or_seg_to_shape,
     )
 
-    from TorchEsegetaLib.nnunet.resampling import plan_resampling
+    from TorchEsegetaLib.models.nnunet.resampling import plan_resampling
 
     data = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
     kwargs = {"is_seg": False, "order": order, "order_z": order_z, "force_separate_z": None}
@@ -179,7 +179,7 @@ def test_resampling_equals_nnunet(shape, spacing, new_spacing, order, order_z):
 def test_normalization_equals_nnunet(scheme, use_mask):
     from nnunetv2.preprocessing.normalization import default_normalization_schemes as schemes
 
-    from TorchEsegetaLib.nnunet.normalization import channel_normalization
+    from TorchEsegetaLib.models.nnunet.normalization import channel_normalization
 
     rng = np.random.default_rng(1)
     image = rng.uniform(0, 255, size=(6, 7, 8)).astype(np.float32)
@@ -197,7 +197,7 @@ def test_normalization_equals_nnunet(scheme, use_mask):
 
 
 def test_folder_detection_checkpoint_and_fold_choice(folder):
-    from TorchEsegetaLib.models import load_model, model_ref_from_string
+    from TorchEsegetaLib.models.loading import load_model, model_ref_from_string
 
     assert model_ref_from_string(str(folder)) == {"kind": "nnunet", "path": str(folder)}
     with pytest.raises(UserInputError, match="checkpoint_best.pth does not exist"):
@@ -223,7 +223,7 @@ class _Payload:
 
 
 def test_checkpoints_with_pickled_objects_are_refused(folder, tmp_path):
-    from TorchEsegetaLib.nnunet.folder import load_checkpoint
+    from TorchEsegetaLib.models.nnunet.folder import load_checkpoint
 
     checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=True)
     checkpoint["logging"] = {"ema_fg_dice": [np.float32(0.5)]}  # what training logs: allowed
@@ -236,7 +236,7 @@ def test_checkpoints_with_pickled_objects_are_refused(folder, tmp_path):
 
 
 def test_missing_nnunetv2_is_one_line(monkeypatch, folder):
-    from TorchEsegetaLib.models import load_model
+    from TorchEsegetaLib.models.loading import load_model
 
     monkeypatch.setitem(sys.modules, "nnunetv2", None)
     with pytest.raises(UserInputError, match=r'pip install "torchesegeta\[nnunet\]"'):
@@ -247,7 +247,7 @@ def test_command_line_runs_an_nnunet_folder(folder, volume, tmp_path, capsys):
     import json
 
     from TorchEsegetaLib.cli import main
-    from TorchEsegetaLib.io import read_volume, write_volume
+    from TorchEsegetaLib.io.images import read_volume, write_volume
 
     image = write_volume(volume.array[0], volume.geometry, tmp_path / "image.nii.gz")
     out = tmp_path / "run"

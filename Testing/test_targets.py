@@ -7,18 +7,13 @@ import pytest
 import torch
 from helpers import LinearVoxelModel, tiny_input, tiny_unet
 
-from TorchEsegetaLib.card import ModelCard
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.io import write_volume
+from TorchEsegetaLib.io.images import write_volume
+from TorchEsegetaLib.io.volume import Geometry
 from TorchEsegetaLib.methods import ScoreModel, input_gradients
-from TorchEsegetaLib.targets import (
-    TargetSpec,
-    bind_target,
-    region_in_input_grid,
-    region_on_model_grid,
-    score_phrase,
-)
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.targets.bound import bind_target, region_in_input_grid, region_on_model_grid
+from TorchEsegetaLib.targets.spec import TargetSpec, score_phrase
 
 W0, W1, B0, B1 = 0.5, -2.0, 0.1, 0.3
 CARD = ModelCard(in_channels=1, out_channels=2, class_names=["background", "vessel"])
@@ -174,7 +169,7 @@ def test_cli_target_forms():
 
 
 def test_small_regions_survive_resampling_to_the_model_grid():
-    from TorchEsegetaLib.grids import ResampleInfo
+    from TorchEsegetaLib.models.grids import ResampleInfo
 
     Info = ResampleInfo((40, 40, 40), (10, 10, 10), (1.0, 1.0, 1.0), (4.0, 4.0, 4.0))
     region = np.zeros(Info.input_shape, dtype=bool)

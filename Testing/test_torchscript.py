@@ -13,8 +13,8 @@ import torch
 from helpers import TINY_UNET_KWARGS, tiny_unet
 
 from TorchEsegetaLib.cli import main
-from TorchEsegetaLib.io import write_volume
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.images import write_volume
+from TorchEsegetaLib.io.volume import Geometry
 
 METHODS = {
     "gradient": ["saliency", "integrated_gradients", "smoothgrad", "gradient_shap"],

@@ -24,7 +24,7 @@ from viewer_runs import (
     makeViewerRun,
 )
 
-from TorchEsegetaLib.io import write_volume
+from TorchEsegetaLib.io.images import write_volume
 
 pytest.importorskip("trame_slicer", reason="the viewer tests need torchesegeta[view]")
 

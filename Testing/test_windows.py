@@ -12,11 +12,11 @@ import torch
 from helpers import TINY_UNET_KWARGS, tiny_unet
 from monai.inferers import sliding_window_inference
 
-from TorchEsegetaLib.card import ModelCard
-from TorchEsegetaLib.inference import SegmentationForward
+from TorchEsegetaLib.engine.windows import WindowPlan
 from TorchEsegetaLib.methods import ScoreModel, input_gradients
-from TorchEsegetaLib.targets import BoundTarget
-from TorchEsegetaLib.windows import WindowPlan
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import SegmentationForward
+from TorchEsegetaLib.targets.bound import BoundTarget
 
 
 def card(mode="constant", roi=(16, 16, 16), overlap=0.25, intensity=None):
@@ -112,7 +112,7 @@ def test_restricting_to_a_local_target_keeps_the_score_and_the_gradient_exactly(
 
 def test_explaining_a_local_target_of_a_sliding_window_model_runs_only_its_windows(tmp_path):
     import TorchEsegetaLib as te
-    from TorchEsegetaLib.volume import Geometry, Volume
+    from TorchEsegetaLib.io.volume import Geometry, Volume
 
     torch.save(tiny_unet().state_dict(), tmp_path / "unet.pt")
     model = {
@@ -150,7 +150,7 @@ def test_explaining_a_local_target_of_a_sliding_window_model_runs_only_its_windo
 
 
 def test_occlusion_of_a_local_target_skips_boxes_outside_its_windows_with_an_identical_map():
-    from TorchEsegetaLib.engine import Context
+    from TorchEsegetaLib.engine.context import Context
     from TorchEsegetaLib.methods import create_method
 
     net, x = tiny_unet(), volume((64, 48, 32))
@@ -184,7 +184,7 @@ def _one_long_pass():
 
 @pytest.mark.parametrize("name", ["saliency", "deeplift", "lrp", "gradcam"])
 def test_one_pass_over_many_windows_moves_the_progress_bar(name):
-    from TorchEsegetaLib.engine import Context
+    from TorchEsegetaLib.engine.context import Context
     from TorchEsegetaLib.methods import create_method
 
     forward, x, target = _one_long_pass()
@@ -198,7 +198,7 @@ def test_one_pass_over_many_windows_moves_the_progress_bar(name):
 
 
 def test_cancel_and_budget_stop_a_pass_between_window_batches():
-    from TorchEsegetaLib.engine import CancelToken, Context
+    from TorchEsegetaLib.engine.context import CancelToken, Context
     from TorchEsegetaLib.errors import BudgetExceededError, CancelledError
     from TorchEsegetaLib.methods import create_method
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from helpers import TINY_UNET_KWARGS, tiny_unet
 
-from TorchEsegetaLib.io import write_volume
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.images import write_volume
+from TorchEsegetaLib.io.volume import Geometry
 
 
 def make_job(tmp_path, methods, **extra):
@@ -43,7 +43,7 @@ def make_job(tmp_path, methods, **extra):
 
 def start(job_file):
     return subprocess.Popen(
-        [sys.executable, "-m", "TorchEsegetaLib.worker", str(job_file)],
+        [sys.executable, "-m", "TorchEsegetaLib.runs.worker", str(job_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -108,7 +108,7 @@ def test_terminating_the_worker_mid_run_leaves_no_run_folder(tmp_path):
 
 
 def test_progress_is_throttled_but_keeps_every_start_end_and_step():
-    from TorchEsegetaLib.worker import throttled
+    from TorchEsegetaLib.runs.worker import throttled
 
     now = [0.0]
     sent = []

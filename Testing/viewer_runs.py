@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from TorchEsegetaLib.io import write_volume
+from TorchEsegetaLib.io.images import write_volume
+from TorchEsegetaLib.io.volume import Geometry
 from TorchEsegetaLib.metrics.results import Evaluation
-from TorchEsegetaLib.volume import Geometry
 
 BLOCK = 12
 SIZE = (48, 48, 6)
@@ -121,7 +121,7 @@ def expectedColour(blocks: np.ndarray, signed: bool, bi: int, bj: int) -> np.nda
     """The 8-bit RGB the Slicer module's styling gives block (bi, bj) of a map, or None where the
     map is transparent: the module's window (``map_window``) placed on its colour table, whose
     points are evenly spaced and linearly interpolated (a VTK colour transfer function)."""
-    from TorchEsegetaLib import display
+    from TorchEsegetaLib.figures import display
 
     lower, upper = display.map_window(blockArray(blocks), signed)
     value = blocks[bj, bi]

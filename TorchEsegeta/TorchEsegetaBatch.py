@@ -107,10 +107,10 @@ def explainCase(name, files, args, scene):
     """Run one case; returns its run folder (and writes ``<name>.mrb`` with --mrb)."""
     from TorchEsegetaSlicer import loadRunFolder, saveSceneBundle, volumeNodeFromArray
 
-    from TorchEsegetaLib.io import read_volume
-    from TorchEsegetaLib.job import Job
-    from TorchEsegetaLib.models import model_ref_from_string
-    from TorchEsegetaLib.runner import run_job
+    from TorchEsegetaLib.io.images import read_volume
+    from TorchEsegetaLib.models.loading import model_ref_from_string
+    from TorchEsegetaLib.runs.job import Job
+    from TorchEsegetaLib.runs.runner import run_job
 
     out = Path(args.out).expanduser().absolute()
     job = Job(
@@ -148,7 +148,7 @@ def doneBefore(runFolder, job):
     """Whether ``runFolder`` is a run of ``job`` (as ``torchesegeta batch`` resumes); a folder of
     another job is an error naming what differs, never replaced without --overwrite."""
     from TorchEsegetaLib.cohort.plan import differences
-    from TorchEsegetaLib.evaluation import read_record
+    from TorchEsegetaLib.runs.evaluation import read_record
 
     if not runFolder.exists():
         return False

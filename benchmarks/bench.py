@@ -31,11 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from TorchEsegetaLib.card import ModelCard  # noqa: E402
-from TorchEsegetaLib.engine import Context, measure_sample_bytes  # noqa: E402
-from TorchEsegetaLib.inference import SegmentationForward  # noqa: E402
+from TorchEsegetaLib.engine.context import Context, measure_sample_bytes  # noqa: E402
 from TorchEsegetaLib.methods import ScoreModel, create_method  # noqa: E402
-from TorchEsegetaLib.targets import BoundTarget  # noqa: E402
+from TorchEsegetaLib.models.card import ModelCard  # noqa: E402
+from TorchEsegetaLib.models.inference import SegmentationForward  # noqa: E402
+from TorchEsegetaLib.targets.bound import BoundTarget  # noqa: E402
 
 
 @dataclass

@@ -17,13 +17,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from TorchEsegetaLib.bundle_reference import dice, reference_inference  # noqa: E402
-from TorchEsegetaLib.demo import demo_volume  # noqa: E402
-from TorchEsegetaLib.demo.export import PREPROCESSING, write_bundle  # noqa: E402
-from TorchEsegetaLib.inference import segment  # noqa: E402
-from TorchEsegetaLib.io import read_volume, write_volume  # noqa: E402
-from TorchEsegetaLib.models import load_model  # noqa: E402
-from TorchEsegetaLib.volume import Geometry  # noqa: E402
+from TorchEsegetaLib.io.images import read_volume, write_volume  # noqa: E402
+from TorchEsegetaLib.io.volume import Geometry  # noqa: E402
+from TorchEsegetaLib.models.bundles.reference import dice, reference_inference  # noqa: E402
+from TorchEsegetaLib.models.demo import demo_volume  # noqa: E402
+from TorchEsegetaLib.models.demo.export import PREPROCESSING, write_bundle  # noqa: E402
+from TorchEsegetaLib.models.inference import segment  # noqa: E402
+from TorchEsegetaLib.models.loading import load_model  # noqa: E402
 
 #: 30 degrees about the second axis.
 OBLIQUE = (0.866025, 0.0, 0.5, 0.0, 1.0, 0.0, -0.5, 0.0, 0.866025)

@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from TorchEsegetaLib.api import explain  # noqa: E402
-from TorchEsegetaLib.card import ModelCard  # noqa: E402
-from TorchEsegetaLib.models import LoadedModel  # noqa: E402
-from TorchEsegetaLib.volume import Geometry, Volume  # noqa: E402
+from TorchEsegetaLib.io.volume import Geometry, Volume  # noqa: E402
+from TorchEsegetaLib.models.card import ModelCard  # noqa: E402
+from TorchEsegetaLib.models.loading import LoadedModel  # noqa: E402
+from TorchEsegetaLib.runs.api import explain  # noqa: E402
 
 MARGINS = (8, 16)
 
@@ -62,7 +62,7 @@ def untrained(norm: str) -> None:
 
 
 def demo() -> None:
-    from TorchEsegetaLib.demo import demo_volume
+    from TorchEsegetaLib.models.demo import demo_volume
 
     volume, truth = demo_volume()
     vessels = np.argwhere(truth > 0)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from TorchEsegetaLib.demo import demo_volume  # noqa: E402
-from TorchEsegetaLib.job import MethodSpec  # noqa: E402
-from TorchEsegetaLib.models import load_model  # noqa: E402
-from TorchEsegetaLib.runner import explain_volume  # noqa: E402
-from TorchEsegetaLib.targets import TargetSpec  # noqa: E402
+from TorchEsegetaLib.models.demo import demo_volume  # noqa: E402
+from TorchEsegetaLib.models.loading import load_model  # noqa: E402
+from TorchEsegetaLib.runs.job import MethodSpec  # noqa: E402
+from TorchEsegetaLib.runs.runner import explain_volume  # noqa: E402
+from TorchEsegetaLib.targets.spec import TargetSpec  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,17 +27,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from TorchEsegetaLib.demo.synthetic import make_vessel_volume  # noqa: E402
-from TorchEsegetaLib.inference import segment  # noqa: E402
-from TorchEsegetaLib.job import MethodSpec  # noqa: E402
+from TorchEsegetaLib.io.volume import Geometry, Volume  # noqa: E402
 from TorchEsegetaLib.methods import ScoreModel  # noqa: E402
 from TorchEsegetaLib.methods.baselines import make_baseline  # noqa: E402
-from TorchEsegetaLib.models import load_model  # noqa: E402
-from TorchEsegetaLib.nnunet.example import build_model_folder, vessel_cases  # noqa: E402
-from TorchEsegetaLib.nnunet.reference import nnunet_predict  # noqa: E402
-from TorchEsegetaLib.runner import explain_volume, prepare_case  # noqa: E402
-from TorchEsegetaLib.targets import TargetSpec  # noqa: E402
-from TorchEsegetaLib.volume import Geometry, Volume  # noqa: E402
+from TorchEsegetaLib.models.demo.synthetic import make_vessel_volume  # noqa: E402
+from TorchEsegetaLib.models.inference import segment  # noqa: E402
+from TorchEsegetaLib.models.loading import load_model  # noqa: E402
+from TorchEsegetaLib.models.nnunet.example import build_model_folder, vessel_cases  # noqa: E402
+from TorchEsegetaLib.models.nnunet.reference import nnunet_predict  # noqa: E402
+from TorchEsegetaLib.runs.job import MethodSpec  # noqa: E402
+from TorchEsegetaLib.runs.runner import explain_volume, prepare_case  # noqa: E402
+from TorchEsegetaLib.targets.spec import TargetSpec  # noqa: E402
 
 SHAPE = (24, 40, 44)
 SPACING = (2.2, 0.7, 0.62)

@@ -26,8 +26,8 @@ from TorchEsegetaSlicer import (
     volumeNodeFromArray,
 )
 
-from TorchEsegetaLib.io import write_volume
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.images import write_volume
+from TorchEsegetaLib.io.volume import Geometry
 
 SIZE = (7, 9, 5)
 

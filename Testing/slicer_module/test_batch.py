@@ -14,7 +14,7 @@ from moduleFiles import MODULE_FOLDER
 from mrml_environment import makeScene
 from tinyModel import GEOMETRY, tinyImage, tinyModelReference
 
-from TorchEsegetaLib.io import write_volume
+from TorchEsegetaLib.io.images import write_volume
 
 BATCH_SCRIPT = MODULE_FOLDER / "TorchEsegetaBatch.py"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tinyModel import GEOMETRY, tinyImage, tinyModelReference
 
-from TorchEsegetaLib.targets import region_in_input_grid
+from TorchEsegetaLib.targets.bound import region_in_input_grid
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_unusable_targets_are_refused_with_a_reason(scene, inputNode):
 def test_channels_must_share_the_grid(scene, inputNode, tmp_path):
     from TorchEsegetaSlicer import explainNodes, volumeNodeFromArray
 
-    from TorchEsegetaLib.volume import Geometry
+    from TorchEsegetaLib.io.volume import Geometry
 
     shifted = Geometry(GEOMETRY.size, GEOMETRY.spacing, (0.0, 0.0, 0.0), GEOMETRY.direction)
     other = volumeNodeFromArray(scene, tinyImage(1), shifted, "T2")
@@ -155,7 +155,7 @@ def test_demo_explained_with_named_segments(scene):
     from TorchEsegetaSlicer import explainNodes
     from TorchEsegetaSlicer.consoleApi import addDemoVolume
 
-    from TorchEsegetaLib.demo import demo_volume
+    from TorchEsegetaLib.models.demo import demo_volume
 
     node = addDemoVolume(scene, "demo")
     assert node.GetSpacing() == pytest.approx(demo_volume()[0].geometry.spacing)

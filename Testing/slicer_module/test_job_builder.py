@@ -16,7 +16,7 @@ from TorchEsegetaSlicer.jobBuilder import (
 )
 
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.job import Job
+from TorchEsegetaLib.runs.job import Job
 
 
 @pytest.fixture

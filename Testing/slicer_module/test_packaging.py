@@ -173,4 +173,4 @@ def test_cmake_configures_against_a_stand_in_slicer(tmp_path):
     for path in ENGINE_FOLDER.rglob("*.py"):
         if "__pycache__" not in path.parts:
             assert (copied / path.relative_to(ENGINE_FOLDER)).is_file(), path
-    assert (copied / "demo" / "weights" / "demo_unet.pt").is_file()
+    assert (copied / "models" / "demo" / "weights" / "demo_unet.pt").is_file()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.volume import Geometry
 
 SIZE = (16, 16, 16)
 _ANGLE = np.radians(25)

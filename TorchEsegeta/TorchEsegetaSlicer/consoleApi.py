@@ -45,7 +45,7 @@ def explainNodes(
         volumeNodes: one scalar volume node per model input channel (or a single node).
         model: "demo", a TorchScript file, MONAI bundle folder or nnU-Net v2 model folder path, a model reference dict
             (``{"kind": "monai", "network": ..., "kwargs": ..., "checkpoint": ...}``), or a
-            loaded model (``TorchEsegetaLib.models.load_model``).
+            loaded model (``TorchEsegetaLib.models.loading.load_model``).
         methods: method names or ``{"name", "params", "label"}`` dicts (``torchesegeta methods``).
         target: what to explain (see :func:`targetNodes.targetFromNode`): None for the
             predicted mask of ``targetClass``, a segmentation node, a markups ROI or point list,
@@ -70,10 +70,10 @@ def explainNodes(
         item, "skipped": {label: status}, "result": ExplainResult, "evaluation": Evaluation or
         None}``.
     """
-    from TorchEsegetaLib.api import explain_job_in_memory, job_model
-    from TorchEsegetaLib.job import Job
-    from TorchEsegetaLib.models import LoadedModel
-    from TorchEsegetaLib.volume import Volume
+    from TorchEsegetaLib.io.volume import Volume
+    from TorchEsegetaLib.models.loading import LoadedModel
+    from TorchEsegetaLib.runs.api import explain_job_in_memory, job_model
+    from TorchEsegetaLib.runs.job import Job
 
     volumeNodes = _asList(volumeNodes)
     if not volumeNodes:
@@ -119,8 +119,8 @@ def explainNodes(
 def segmentNodes(scene, volumeNodes, loaded, device: str = "auto"):
     """Segment ``volumeNodes`` with a loaded model; returns a new segmentation node whose
     segments are named and coloured by class, under the input's transform."""
-    from TorchEsegetaLib.inference import segment
-    from TorchEsegetaLib.volume import Volume
+    from TorchEsegetaLib.io.volume import Volume
+    from TorchEsegetaLib.models.inference import segment
 
     from .segmentations import segmentationNodeFromLabelmap
 
@@ -140,7 +140,7 @@ def segmentNodes(scene, volumeNodes, loaded, device: str = "auto"):
 
 def addDemoVolume(scene, name: str = "TorchEsegeta demo"):
     """Add the demo's synthetic MRA-like volume (the demo model segments its vessels)."""
-    from TorchEsegetaLib.demo import demo_volume
+    from TorchEsegetaLib.models.demo import demo_volume
 
     from .volumeNodes import volumeNodeFromArray
 
@@ -150,8 +150,8 @@ def addDemoVolume(scene, name: str = "TorchEsegeta demo"):
 
 def loadedModel(model: Any, card: dict | None = None):
     """A loaded engine model from any of the forms :func:`explainNodes` accepts."""
-    from TorchEsegetaLib.api import model_reference
-    from TorchEsegetaLib.models import LoadedModel, load_model
+    from TorchEsegetaLib.models.loading import LoadedModel, load_model
+    from TorchEsegetaLib.runs.api import model_reference
 
     if isinstance(model, LoadedModel):
         return model

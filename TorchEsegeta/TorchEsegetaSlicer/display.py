@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import slicer
 
-from TorchEsegetaLib import display as engineDisplay
+from TorchEsegetaLib.figures import display as engineDisplay
 
 # Distinct, colour-blind-friendly colours for segments and plot series (Tableau 10), used in label order.
 DISTINCT_COLORS = (
@@ -35,7 +35,7 @@ def styleAttributionNode(
     robustPercentiles=engineDisplay.ROBUST_PERCENTILES,
     transparentBelow: float = engineDisplay.TRANSPARENT_BELOW,
 ):
-    """Colour an attribution map as the run folder's figures do (``TorchEsegetaLib.display``),
+    """Colour an attribution map as the run folder's figures do (``TorchEsegetaLib.figures.display``),
     so that outliers do not wash it out.
 
     Unsigned maps get a sequential colour map windowed between the two percentiles of their

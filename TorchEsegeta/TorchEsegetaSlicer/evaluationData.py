@@ -20,7 +20,7 @@ def evaluationTables(metrics: Any) -> tuple[list[dict], dict[str, tuple[dict, st
         return [], {}
     evaluation = metrics if hasattr(metrics, "rows") else None
     if evaluation is None and isinstance(metrics, dict) and "scores" in metrics:
-        from TorchEsegetaLib.evaluation import Evaluation
+        from TorchEsegetaLib.runs.evaluation import Evaluation
 
         evaluation = Evaluation.from_json(metrics)
     if evaluation is None:

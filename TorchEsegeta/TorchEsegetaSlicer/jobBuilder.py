@@ -191,7 +191,7 @@ def buildJob(
         PanelInputError: a panel value the engine cannot run (the message says which).
         UserInputError: the engine's own validation (unknown method, bad parameter...).
     """
-    from TorchEsegetaLib.job import Job
+    from TorchEsegetaLib.runs.job import Job
 
     if not images:
         raise PanelInputError("choose the input volume(s) in the Inputs section")

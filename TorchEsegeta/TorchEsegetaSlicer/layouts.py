@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from xml.sax.saxutils import quoteattr
 
-from TorchEsegetaLib.display import MAP_OPACITY
+from TorchEsegetaLib.figures.display import MAP_OPACITY
 
 MAX_COMPARED = 4
 # A custom layout needs an id of its own; Slicer's built-in layouts stay far below this one.

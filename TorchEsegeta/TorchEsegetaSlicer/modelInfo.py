@@ -56,14 +56,14 @@ def classChoices(card) -> dict[str, str]:
 
 def defaultClass(card) -> str:
     """The class the engine explains by default (the first foreground class)."""
-    from TorchEsegetaLib.targets import default_class
+    from TorchEsegetaLib.targets.bound import default_class
 
     return card.class_names[default_class(card)] if card else ""
 
 
 def demoCard():
     """The demo model's card, without loading torch."""
-    from TorchEsegetaLib.demo import demo_card
+    from TorchEsegetaLib.models.demo import demo_card
 
     return demo_card()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from TorchEsegetaLib.io import write_volume
+from TorchEsegetaLib.io.images import write_volume
 
 from . import enginePath
 from .jobBuilder import PanelInputError, buildJob, targetDict, writeJob

@@ -12,7 +12,7 @@ from slicer import (
 )
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from TorchEsegetaLib.display import MAP_OPACITY
+from TorchEsegetaLib.figures.display import MAP_OPACITY
 
 from .jobBuilder import MODEL_KINDS, OUTPUTS, PRECISIONS, REGION_KINDS
 

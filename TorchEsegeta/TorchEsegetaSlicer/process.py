@@ -1,6 +1,6 @@
 """Run a Job in a worker process and follow its JSON-line protocol. Pure Python: no slicer, no Qt.
 
-The worker (``python -m TorchEsegetaLib.worker JOB.json``, see its docstring) prints one JSON
+The worker (``python -m TorchEsegetaLib.runs.worker JOB.json``, see its docstring) prints one JSON
 object per line: progress events, then one "done" or "error" event. :class:`WorkerProtocol` turns
 those lines into the panel's state (progress fraction, message, run folder or error);
 :class:`WorkerProcess` starts the worker and hands its lines to the protocol whenever
@@ -153,7 +153,7 @@ class WorkerProcess:
             )
         env["PYTHONUNBUFFERED"] = "1"
         self._process = subprocess.Popen(
-            [self.python, "-m", "TorchEsegetaLib.worker", str(self.jobFile)],
+            [self.python, "-m", "TorchEsegetaLib.runs.worker", str(self.jobFile)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from TorchEsegetaLib.io import read_volume
+from TorchEsegetaLib.io.images import read_volume
 
 from .resultNodes import MapResult, addResultNodes
 from .volumeNodes import geometryFromVolumeNode

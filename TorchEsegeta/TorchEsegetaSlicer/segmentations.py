@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import slicer
 
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.volume import Geometry
 
 from .display import DISTINCT_COLORS
 from .volumeNodes import arrayAndGeometryFromVolumeNode, volumeNodeFromArray

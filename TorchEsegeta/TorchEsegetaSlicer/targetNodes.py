@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import vtk
 
-from TorchEsegetaLib.targets import TargetSpec
+from TorchEsegetaLib.targets.spec import TargetSpec
 
 from .segmentations import labelmapFromSegment
 

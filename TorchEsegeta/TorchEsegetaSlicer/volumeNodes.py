@@ -1,6 +1,6 @@
 """Engine arrays and geometry <-> MRML volume nodes.
 
-The engine indexes arrays (i, j, k) with LPS geometry (see TorchEsegetaLib.volume); Slicer
+The engine indexes arrays (i, j, k) with LPS geometry (see TorchEsegetaLib.io.volume); Slicer
 stores voxels (k, j, i) and places them in RAS. Both conversions happen here only.
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 import slicer
 import vtk
 
-from TorchEsegetaLib.volume import Geometry
+from TorchEsegetaLib.io.volume import Geometry
 
 # Slicer's world is RAS, the engine's (like DICOM and ITK) is LPS: the two differ by the sign
 # of their first two axes. Flipping the rows of the direction cosines and the origin is the

@@ -22,8 +22,8 @@ from trame_slicer.app.ui import (
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 
-from TorchEsegetaLib import display as engineDisplay
-from TorchEsegetaLib.metric_figures import format_value
+from TorchEsegetaLib.figures import display as engineDisplay
+from TorchEsegetaLib.figures.metric_figures import format_value
 
 from . import panel, views
 from .caseScene import CaseNodes, loadCase, unloadCase

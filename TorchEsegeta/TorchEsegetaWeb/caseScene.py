@@ -15,7 +15,7 @@ from TorchEsegetaSlicer.runFolder import loadRunFolder
 from TorchEsegetaSlicer.volumeNodes import volumeNodeFromArray
 
 from TorchEsegetaLib.errors import UserInputError
-from TorchEsegetaLib.io import read_channels
+from TorchEsegetaLib.io.images import read_channels
 
 from .runSource import ViewerRun
 

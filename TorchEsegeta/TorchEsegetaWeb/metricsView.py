@@ -9,7 +9,7 @@ from typing import Any
 
 from TorchEsegetaSlicer.evaluationData import evaluationTables
 
-from TorchEsegetaLib.metric_figures import curves_png, format_value
+from TorchEsegetaLib.figures.metric_figures import curves_png, format_value
 
 _ARROWS = {"higher": "\u2191", "lower": "\u2193"}
 _FIXED_COLUMNS = {
@@ -42,7 +42,7 @@ def curvesDataUrl(evaluation: dict[str, Any] | None) -> str:
     """The deletion/insertion figure as a ``data:`` URL, or "" when the run has no such curves."""
     if not evaluation or "scores" not in evaluation:
         return ""
-    from TorchEsegetaLib.evaluation import Evaluation
+    from TorchEsegetaLib.runs.evaluation import Evaluation
 
     png = curves_png(Evaluation.from_json(evaluation))
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else ""

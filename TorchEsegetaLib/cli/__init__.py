@@ -7,6 +7,8 @@ methods | metrics | layers | schema.
 Each module of :data:`SUBCOMMANDS` adds its subcommands with ``add_parsers(subparsers)``, and
 each subcommand's parser names its handler (``set_defaults(handler=cmd_x)``, a function of the
 parsed arguments returning the exit status). A new subcommand is a new module in this list.
+
+The top of the dependency rule: may import every other package of the library.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: Any) -> None:
-    from ..metric_figures import format_value
+    from ..figures.metric_figures import format_value
 
     c = result.counts
     print(

@@ -134,9 +134,9 @@ def metrics_markdown() -> str:
 def cmd_layers(args: argparse.Namespace) -> int:
     import torch
 
-    from ..inference import SegmentationForward
     from ..methods.layer import default_layer, trace_layers
-    from ..models import load_model, model_ref_from_string
+    from ..models.inference import SegmentationForward
+    from ..models.loading import load_model, model_ref_from_string
 
     model = load_model(
         model_ref_from_string(
@@ -166,7 +166,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from ..job import schema_path
+    from ..runs.job import schema_path
 
     print(schema_path().read_text(encoding="utf-8"))
     return EXIT_OK

@@ -1,7 +1,7 @@
 """What every subcommand shares: exit codes, the parser class, run options and the parsing of
 ``--method``/``--metric``/``--param`` lists.
 
-The flags build a Job, which validates them (:mod:`TorchEsegetaLib.validation`); the choices of
+The flags build a Job, which validates them (:mod:`TorchEsegetaLib.schema.validation`); the choices of
 flags that are job fields come from the job schema, so the two cannot drift apart."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import UserInputError
-from ..validation import job_field_schema
+from ..schema.validation import job_field_schema
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -50,10 +50,10 @@ def add_parsers(sub: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..demo import demo_volume
-    from ..io import write_volume
-    from ..job import Job, MethodSpec
-    from ..targets import TargetSpec
+    from ..io.images import write_volume
+    from ..models.demo import demo_volume
+    from ..runs.job import Job, MethodSpec
+    from ..targets.spec import TargetSpec
 
     out = Path(args.out).absolute()
     data = out.with_name(out.name + "-input")

@@ -47,14 +47,14 @@ def print_evaluation(evaluation: Any) -> None:
 
 def _check_writable(run_folder: str, what: str) -> None:
     """A read-only run folder fails now, before the work, not when the results are written."""
-    from ..destination import check_writable
+    from ..runs.destination import check_writable
 
     if Path(run_folder).is_dir():
         check_writable(Path(run_folder), f"{what} into {Path(run_folder).absolute()}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate_run
+    from ..runs.evaluation import evaluate_run
 
     _check_writable(args.run_folder, "the evaluation")
     metrics = metrics_from_args(args.metric, args.param)
@@ -72,8 +72,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..evaluation import read_record
-    from ..report import missing_files, write_report
+    from ..runs.evaluation import read_record
+    from ..runs.report import missing_files, write_report
 
     _check_writable(args.run_folder, "the report")
     path = write_report(args.run_folder)

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
-from ..nnunet import CHECKPOINTS as NNUNET_CHECKPOINTS
-from ..validation import job_field_schema
+from ..models.nnunet import CHECKPOINTS as NNUNET_CHECKPOINTS
+from ..schema.validation import job_field_schema
 from .common import (
     EXIT_OK,
     common_run_options,
@@ -198,9 +198,9 @@ def _split_params(params: list[str], evaluate: str | None) -> tuple[list[str], l
 
 
 def _job_from_explain(args: argparse.Namespace) -> Any:
-    from ..job import Job, MethodSpec
-    from ..models import model_ref_from_string
-    from ..targets import TargetSpec
+    from ..models.loading import model_ref_from_string
+    from ..runs.job import Job, MethodSpec
+    from ..targets.spec import TargetSpec
 
     target = TargetSpec.parse(
         args.target,
@@ -274,7 +274,7 @@ def _fold(text: str, flag: str) -> int:
 
 
 def run_and_summarise(job: Any, quiet: bool) -> Path:
-    from ..runner import run_job
+    from ..runs.runner import run_job
 
     bar = progress_display(quiet)
     try:
@@ -294,7 +294,7 @@ def _summarise(out: Path) -> None:
     for warning in record.get("warnings", []):
         print(f"  warning: {warning}")
     if record.get("metrics"):
-        from ..evaluation import Evaluation
+        from ..runs.evaluation import Evaluation
         from .evaluate import print_evaluation
 
         print_evaluation(Evaluation.from_json(record["metrics"]))
@@ -323,7 +323,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..job import Job
+    from ..runs.job import Job
 
     job = apply_overrides(Job.load(args.job), args)
     if args.evaluate:

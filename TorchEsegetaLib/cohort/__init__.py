@@ -4,6 +4,8 @@
 into ``out`` and a summary over the cases; see :mod:`.cases` for cohort files and folders,
 :mod:`.plan` for resuming, :mod:`.local` and :mod:`.ray_engine` for the engines and
 :mod:`.summary` for the files written. Importing this package does not import torch or Ray.
+
+May import: :mod:`TorchEsegetaLib.runs` and what it may import; never :mod:`TorchEsegetaLib.cli`.
 """
 
 from __future__ import annotations

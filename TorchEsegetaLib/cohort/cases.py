@@ -217,7 +217,7 @@ def _references(folder: Path) -> dict[str, Path]:
 
 
 def _image_suffix(path: Path) -> str | None:
-    from ..io import SUPPORTED_SUFFIXES
+    from ..io.images import SUPPORTED_SUFFIXES
 
     name = path.name.lower()
     return next((suffix for suffix in SUPPORTED_SUFFIXES if name.endswith(suffix)), None)

@@ -41,8 +41,8 @@ def execute_case(task: dict[str, Any], cancel: Any = None, progress: Any = None)
 
             # The same thread count gives the same float reductions, so the engines agree bitwise.
             torch.set_num_threads(int(task["threads"]))
-        from ..job import Job
-        from ..runner import run_job
+        from ..runs.job import Job
+        from ..runs.runner import run_job
 
         folder = run_job(Job.from_dict(task["job"]), progress=progress, cancel=cancel)
         record = json.loads((Path(folder) / "run.json").read_text(encoding="utf-8"))

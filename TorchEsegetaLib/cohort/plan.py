@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
-from ..job import Job, read_job_file
+from ..runs.job import Job, read_job_file
 from .cases import Case
 
 #: Job fields that say where or on what device a case runs, not what it computes.
@@ -83,7 +83,7 @@ class Template:
         if device:
             data["device"] = device
         if case.target:
-            from ..targets import TargetSpec
+            from ..targets.spec import TargetSpec
 
             template = data["target"]
             keep = {k: template[k] for k in ("output", "coordinates", "reduction") if k in template}

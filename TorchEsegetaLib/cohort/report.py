@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..evaluation import atomic_write
-from ..metric_figures import _colours, _figure, format_value
-from ..report import _STYLE
+from ..figures.metric_figures import _colours, _figure, format_value
+from ..io.atomic import atomic_write
+from ..runs.report import _STYLE
 
 
 def _e(value: Any) -> str:

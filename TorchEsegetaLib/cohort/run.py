@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
-from ..job import Job
+from ..runs.job import Job
 from .cases import Case, check_cases, read_cohort
 from .plan import DONE, OutputLock, Template, comparable, plan_cases, remove_partial_folders
 
@@ -125,7 +125,7 @@ def run_cohort(
         UserInputError: the cohort, template, model or output folder is unusable (nothing ran).
         CohortInterrupted: Ctrl-C; the summary of what finished is written first.
     """
-    from ..models import load_model
+    from ..models.loading import load_model
     from .progress import CohortProgress
     from .summary import write_summary
 

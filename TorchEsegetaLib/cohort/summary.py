@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..evaluation import atomic_write
+from ..io.atomic import atomic_write
 
 FORMAT_VERSION = 1
 SECONDS = "seconds"

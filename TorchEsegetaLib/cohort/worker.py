@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from ..errors import CancelledError
-from ..worker import emit, throttled
+from ..runs.worker import emit, throttled
 
 EXIT_CANCELLED = 130
 
@@ -61,8 +61,12 @@ def main() -> int:
         # Imported before "ready", so that a case's time is its own.
         import monai.networks.nets  # noqa: F401
 
-        from .. import evaluation, figures, inference, methods, metrics, models, runner  # noqa: F401
-        from ..engine import CancelToken
+        from .. import methods, metrics  # noqa: F401
+        from ..engine.context import CancelToken
+        from ..figures import overview as figures  # noqa: F401
+        from ..models import inference  # noqa: F401
+        from ..models import loading as models  # noqa: F401
+        from ..runs import evaluation, runner  # noqa: F401
         from .execute import execute_case
 
         emit({"event": "ready", "pid": os.getpid()})

@@ -1,4 +1,9 @@
-"""Attribution methods by name: ``create_method("integrated_gradients", {"n_steps": 64})``."""
+"""Attribution methods by name: ``create_method("integrated_gradients", {"n_steps": 64})``.
+
+One small class per method, grouped by mechanism (gradient, layer, perturbation, reference,
+relevance), each declaring its parameters. May import: :mod:`TorchEsegetaLib.targets` and what it
+may import (models, engine, io, schema, errors).
+"""
 
 # The import order is the order in which `torchesegeta methods` and the panel list the methods.
 # isort: off

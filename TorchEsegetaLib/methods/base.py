@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-from ..registry import Param, Registered, Registry  # noqa: F401  (the methods take Param from here)
+from ..schema.registry import Param, Registered, Registry  # noqa: F401  (the methods take Param from here)
 
 if TYPE_CHECKING:
     import torch
 
-    from ..engine import Context
-    from ..targets import BoundTarget
+    from ..engine.context import Context
+    from ..targets.bound import BoundTarget
 
 FAMILIES = ("gradient", "layer", "perturbation")
 
@@ -64,7 +64,7 @@ class Method(Registered):
         """The network passes one example of ``shape`` (C, *S) costs with this configuration
         (``forward``: the model it will explain, for methods that skip parts of it). Each
         method declares it beside its parameters; the run's cost estimate multiplies it by the
-        measured time of one pass (:mod:`TorchEsegetaLib.cost`)."""
+        measured time of one pass (:mod:`TorchEsegetaLib.runs.cost`)."""
         raise NotImplementedError(f"{type(self).__name__} declares no pass count")
 
     def cheaper(self) -> list[str]:

@@ -11,7 +11,7 @@ from .base import Param
 if TYPE_CHECKING:
     import torch
 
-    from ..engine import Context
+    from ..engine.context import Context
 
 BASELINES = ("zero", "min", "mean", "blur")
 

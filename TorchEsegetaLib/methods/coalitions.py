@@ -27,7 +27,7 @@ from .perturbation import BASELINE_PARAMS
 if TYPE_CHECKING:
     import torch
 
-    from ..engine import Context
+    from ..engine.context import Context
 
 
 def _samples_param(default: int, what: str) -> Param:

@@ -25,7 +25,7 @@ from .baselines import BASELINE, BLUR_SIGMA, make_baseline
 if TYPE_CHECKING:
     import torch
 
-    from ..engine import Context
+    from ..engine.context import Context
 
 
 def deeplift(

@@ -240,7 +240,7 @@ def _connected(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 def _label_features(path: str, spatial: tuple[int, ...], owner: str) -> np.ndarray:
     """One feature per label value of the file at ``path``, checked against the input's shape."""
-    from ..io import read_label, read_volume
+    from ..io.images import read_label, read_volume
 
     if not path:
         raise UserInputError(

@@ -18,7 +18,7 @@ from .baselines import BASELINE, BLUR_SIGMA, intensity_range, make_baseline
 if TYPE_CHECKING:
     import torch
 
-    from ..engine import Context
+    from ..engine.context import Context
 
 RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 

@@ -32,8 +32,8 @@ from .probe import LayerProbe
 if TYPE_CHECKING:
     import torch
 
-    from ..engine import Context
-    from ..targets import BoundTarget
+    from ..engine.context import Context
+    from ..targets.bound import BoundTarget
 
 REDUCTIONS = ("sum", "mean", "max")
 LAYER = Param(

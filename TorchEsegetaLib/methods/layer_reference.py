@@ -241,10 +241,10 @@ class LayerGradientShap(LayerMethod):
 
 @register
 class LayerDeepLift(LayerMethod):
-    """DeepLIFT (rescale rule) to a layer, on the rules of :mod:`.reference`.
+    """DeepLIFT (rescale rule) to a layer, on the rules of :mod:`.rules`.
 
     The baseline's pass records each non-linear operation, the input's pass replays it with
-    DeepLIFT's rule (:func:`~.reference.paired_pass`); the multipliers of the score with
+    DeepLIFT's rule (:func:`~.deeplift.paired_pass`); the multipliers of the score with
     respect to the layer's output, times the layer's change from the baseline, sum over the
     layer to the score's change. captum's LayerDeepLift hooks activation modules: it fails on an
     activation module called twice and treats instance and group normalisation as linear, so

@@ -12,7 +12,7 @@ from .deeplift import deeplift, note_incomplete
 if TYPE_CHECKING:
     import torch
 
-    from ..engine import Context
+    from ..engine.context import Context
 
 
 class _SampledMethod(Method):

@@ -1,4 +1,7 @@
-"""Evaluation metrics by name: ``create_metric("deletion", {"steps": 10})``; see ``torchesegeta metrics``."""
+"""Evaluation metrics by name: ``create_metric("deletion", {"steps": 10})``; see ``torchesegeta metrics``.
+
+May import: :mod:`TorchEsegetaLib.methods` and what it may import.
+"""
 
 from . import localisation, ordering, perturbation, randomisation  # noqa: F401  (registers them)
 from .base import (

@@ -3,7 +3,7 @@
 Every metric answers one call, ``evaluate(case, subject) -> Score``: ``case`` is the explained
 case as every method saw it (model-grid input, frozen forward, bound target, target region),
 ``subject`` one method's explanation. Metrics that need the model run on the model grid with the
-same :class:`~TorchEsegetaLib.inference.SegmentationForward`, frozen statistics and bound target
+same :class:`~TorchEsegetaLib.models.inference.SegmentationForward`, frozen statistics and bound target
 as the explanation; metrics of the map alone run on the input grid, the map the user sees.
 """
 
@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import UserInputError
-from ..registry import Registered, Registry, Spec
+from ..schema.registry import Registered, Registry, Spec
 
 if TYPE_CHECKING:
     import torch
 
-    from ..card import ModelCard
-    from ..engine import CancelToken, Context
+    from ..engine.context import CancelToken, Context
+    from ..io.volume import Geometry
     from ..methods.base import Method
-    from ..targets import BoundTarget
-    from ..volume import Geometry
+    from ..models.card import ModelCard
+    from ..targets.bound import BoundTarget
 
 FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "randomisation")
 DIRECTIONS = ("higher", "lower")
@@ -96,7 +96,7 @@ class Subject:
         target: BoundTarget | None = None,
     ) -> torch.Tensor:
         """Run the method again, with the run's seed, on other inputs, model or target."""
-        from ..seeding import seed_everything
+        from ..engine.seeding import seed_everything
 
         seed_everything(case.seed + self.index)
         context = case.context(case.seed + self.index)
@@ -151,7 +151,7 @@ class Case:
         return self.x.device
 
     def context(self, seed: int | None = None) -> Context:
-        from ..engine import Context
+        from ..engine.context import Context
 
         return Context(
             device=self.device,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserInputError
-from ..registry import Param
+from ..schema.registry import Param
 from .base import Case, Metric, Score, Subject, register
 
 
@@ -124,7 +124,7 @@ class RelevanceRankAccuracy(_MapMetric):
 
     def reference_mask(self, case: Case) -> np.ndarray | None:
         if self.config["reference"]:
-            from ..io import read_label
+            from ..io.images import read_label
 
             if case.geometry is None:
                 raise UserInputError("a reference mask file needs the image geometry of the case")

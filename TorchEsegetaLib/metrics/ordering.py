@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..methods.baselines import BASELINES, make_baseline
-from ..registry import Param
+from ..schema.registry import Param
 from .base import Case, Metric, Score, Subject, register
 
 if TYPE_CHECKING:

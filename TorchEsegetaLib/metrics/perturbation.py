@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..registry import Param
+from ..schema.registry import Param
 from .base import Case, Metric, Score, Subject, register
 
 if TYPE_CHECKING:

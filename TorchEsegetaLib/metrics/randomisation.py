@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..registry import Param
+from ..schema.registry import Param
 from .base import Case, Metric, Score, Subject, register
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ class RandomTarget(Metric):
     def evaluate(self, case: Case, subject: Subject) -> Score:
         import torch
 
-        from ..targets import BoundTarget
+        from ..targets.bound import BoundTarget
 
         target = case.target
         classes = int(case.cached("classes", lambda: self._classes(case)))

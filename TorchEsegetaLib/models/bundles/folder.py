@@ -1,0 +1,188 @@
+"""MONAI bundles: the network, its weights, and a model card read from the bundle's configs.
+
+The bundle's ``preprocessing``, ``inferer`` and ``postprocessing`` become the card
+(:mod:`.config`), so that the segmentation equals MONAI's own bundle inference and the
+explanations explain exactly that function.
+
+A bundle's config is code: its ``$`` expressions are Python that MONAI's parser evaluates, and
+a ``_target_`` outside MONAI names code of the bundle. So a bundle whose config holds either is
+loaded only when the reference says it is trusted (``"trust": true``, ``--trust-bundle`` on the
+command line); the lambdas of an intensity scaling or a foreground threshold are read from their
+syntax, never run, and need no trust. Weights are always read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...errors import UserInputError
+from ..files import (
+    existing_path,
+    jit_load,
+    load_state_dict_file,
+    network_size_divisible,
+    sha256_file,
+)
+from . import config as bundle_config
+from .lambdas import is_recognised_expression
+
+
+def config_expressions(config_file: Path) -> list[str]:
+    """The ``$`` expressions of a bundle config (JSON or YAML) that loading would execute."""
+    text = config_file.read_text(encoding="utf-8")
+    if config_file.suffix == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and value.startswith("$"):
+            if not is_recognised_expression(value):
+                found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(data)
+    return found
+
+
+def load_bundle(ref: dict) -> tuple[torch.nn.Module, dict, dict, str | None]:
+    from monai.bundle import ConfigParser
+
+    root = existing_path(ref.get("path"), "bundle folder")
+    configs = [root / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")]
+    config_file = next((c for c in configs if c.is_file()), None)
+    if not root.is_dir() or config_file is None:
+        raise UserInputError(
+            f"{root} is not a MONAI bundle: configs/inference.json (or .yaml) is missing; "
+            "give the bundle's top folder"
+        )
+    expressions = config_expressions(config_file)
+    if expressions and not ref.get("trust"):
+        raise UserInputError(
+            f"bundle {root.name}'s config holds {len(expressions)} Python expression(s) (e.g. "
+            f"{expressions[0][:60]!r}) that loading would execute; if you trust the bundle's "
+            'source, pass --trust-bundle (in a job: "trust": true in the model reference)'
+        )
+    metadata = _bundle_metadata(root)
+    parser = ConfigParser()
+    parser.read_meta(metadata)  # configs may refer to @_meta_::network_data_format...
+    parser.read_config(str(config_file))
+    parser.set(str(root), "bundle_root")
+    source: dict[str, Any] = {"kind": "bundle", "path": str(root), "config": str(config_file)}
+    weights = root / "models" / "model.pt"
+    if weights.is_file():
+        network = _bundle_network(parser, root, bool(ref.get("trust")))
+        load_state_dict_file(network, weights)
+        source["network"] = str(parser.get("network_def", {}).get("_target_", "?"))
+    elif (root / "models" / "model.ts").is_file():
+        weights = root / "models" / "model.ts"
+        network = jit_load(weights)
+        source["network"] = "torchscript"
+    else:
+        raise UserInputError(
+            f"bundle {root} has no weights: put models/model.pt (state dict) or models/model.ts there"
+        )
+    source["weights"] = str(weights)
+    warnings: list[str] = []
+    defaults = bundle_card(parser, metadata, warnings)
+    defaults.setdefault("name", root.name)
+    if warnings:
+        source["warnings"] = warnings
+    return network, defaults, source, sha256_file(weights)
+
+
+def bundle_card(parser: Any, metadata: dict, warnings: list[str]) -> dict:
+    """Card entries from a bundle: metadata, preprocessing, inferer, postprocessing."""
+    card: dict[str, Any] = {"ignored_preprocessing": []}
+    formats = metadata.get("network_data_format", {})
+    image = _first(formats.get("inputs", {}), "image")
+    pred = _first(formats.get("outputs", {}), "pred")
+    for key in ("in_channels", "out_channels"):
+        value = bundle_config.arg_or_none(parser, "network_def", key)
+        if isinstance(value, int):
+            card[key] = value
+    if "num_channels" in image:
+        card["in_channels"] = int(image["num_channels"])
+    if "num_channels" in pred:
+        card["out_channels"] = int(pred["num_channels"])
+    names = pred.get("channel_def") or {}
+    if len(names) == card.get("out_channels", -1):
+        card["class_names"] = [str(names[k]) for k in sorted(names, key=int)]
+    if metadata.get("name"):
+        card["name"] = str(metadata["name"])
+    probabilities = str(pred.get("type", "")).lower() == "probabilities"
+    bundle_config.postprocessing_steps(parser, card, warnings, probabilities)
+    bundle_config.preprocessing_steps(parser, card)
+    bundle_config.inferer_settings(parser, card)
+    if card.get("roi_size", "whole") is not None:
+        return card  # sliding windows: the windows have the network's size, as in MONAI
+    network_def = parser.get("network_def")
+    if "size_divisible" not in card and isinstance(network_def, dict):
+        args = {
+            k: bundle_config.arg_or_none(parser, "network_def", k)
+            for k in ("strides", "blocks_down")
+        }
+        name = str(network_def.get("_target_", "")).split(".")[-1]
+        card["size_divisible"] = network_size_divisible(
+            name, {k: v for k, v in args.items() if v is not None}
+        )
+    card.setdefault("size_divisible", None)  # unknown: measured on the network (models.py)
+    return card
+
+
+def _bundle_network(parser: Any, root: Path, trusted: bool) -> torch.nn.Module:
+    if "network_def" not in parser:
+        raise UserInputError(
+            f"bundle {root} has models/model.pt but its inference config defines no network_def; "
+            "add network_def or provide models/model.ts"
+        )
+    target = str((parser.get("network_def") or {}).get("_target_", ""))
+    if not trusted and "." in target and not target.startswith("monai."):
+        raise UserInputError(
+            f"bundle {root.name}'s network_def is {target!r}, code outside MONAI that building "
+            "it would run; if you trust the bundle's source, pass --trust-bundle"
+        )
+    sys.path.insert(0, str(root))  # network_def may name a class in the bundle's scripts/
+    try:
+        network = parser.get_parsed_content("network_def", instantiate=True)
+    except Exception as error:
+        raise UserInputError(
+            f"cannot build the network_def of bundle {root} ({error}); fix its configs/inference file"
+        ) from error
+    finally:
+        sys.path.remove(str(root))
+    if not isinstance(network, torch.nn.Module):
+        raise UserInputError(
+            f"network_def of bundle {root} is not a torch.nn.Module; fix the config"
+        )
+    return network
+
+
+def _bundle_metadata(root: Path) -> dict:
+    metadata: dict = {}
+    for path in (root / "metadata.json", root / "configs" / "metadata.json"):
+        if path.is_file():
+            try:
+                metadata.update(json.loads(path.read_text()))
+            except (OSError, ValueError) as error:
+                raise UserInputError(f"cannot read {path} ({error}); fix or remove it") from error
+    return metadata
+
+
+def _first(entries: dict, preferred: str) -> dict:
+    if preferred in entries:
+        return entries[preferred]
+    return next(iter(entries.values()), {}) if entries else {}

@@ -1,0 +1,176 @@
+"""What each method of a run will cost, said before the run starts.
+
+Each method declares the network passes it needs as a function of its parameters and the
+input (:meth:`~TorchEsegetaLib.methods.base.Method.passes`, beside its parameters). The runner measures one
+pass of this model on this input and device, without and with a backward pass, exactly as the
+methods will run it (the sliding windows a local target needs, a crop), and multiplies. The
+measured pass is of one sample: batched passes on a GPU take less per sample, so the estimate
+errs long there. A method estimated to take longer than ``warn_after_s`` is warned about with
+the settings that would make it cheaper.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..methods.base import Method, Passes
+
+#: Default threshold of the long-run warning, in seconds (``--warn-after``, ``warn_after_s``).
+WARN_AFTER_S = 600.0
+
+
+@dataclass
+class PassTimes:
+    """Measured seconds of one pass, per kind ("forward": without gradients, "backward": with
+    its backward pass) and batch size: {kind: {batch: seconds of the whole batch}}."""
+
+    seconds: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def record(self, kind: str, batch: int, seconds: float) -> None:
+        self.seconds.setdefault(kind, {})[batch] = seconds
+
+    def of(self, kind: str, passes: int) -> float:
+        """Estimated seconds of ``passes`` passes of ``kind``, run in batches as large as the
+        largest measured (a single pass at the time of one)."""
+        measured = self.seconds.get(kind, {})
+        if not passes or not measured:
+            return 0.0
+        if passes == 1 and 1 in measured:
+            return measured[1]
+        batch = max(measured)
+        return passes * measured[batch] / batch
+
+
+@dataclass
+class Estimate:
+    """One method's estimated cost.
+
+    Attributes:
+        label: the method's label in the run.
+        passes: its forward-only and forward+backward passes.
+        seconds: the estimated time.
+        cheaper: settings that cost less (empty unless the estimate passes the threshold).
+    """
+
+    label: str
+    passes: Passes
+    seconds: float
+    warn_after_s: float
+    cheaper: list[str] = field(default_factory=list)
+
+    @property
+    def too_long(self) -> bool:
+        return self.seconds > self.warn_after_s
+
+    def describe(self) -> str:
+        """One line: the passes, the time of each, the estimate."""
+        parts = [
+            f"{count:,} {what} pass{'' if count == 1 else 'es'}"
+            for count, what in (
+                (self.passes.forward, "forward"),
+                (self.passes.backward, "forward+backward"),
+            )
+            if count
+        ]
+        return f"{self.label}: {' + '.join(parts) or 'no passes'}, about {duration(self.seconds)}"
+
+    def warning(self) -> str:
+        return (
+            f"{self.label} would take about {duration(self.seconds)}, more than the "
+            f"{duration(self.warn_after_s)} of --warn-after; cheaper: {'; '.join(self.cheaper)}"
+        )
+
+    def record(self) -> dict[str, Any]:
+        """What run.json keeps of the estimate."""
+        return {
+            "seconds": round(self.seconds, 3),
+            "forward_passes": self.passes.forward,
+            "backward_passes": self.passes.backward,
+        }
+
+
+def measure_pass_times(
+    score: Any, x: torch.Tensor, times: PassTimes, batches: dict[str, int]
+) -> PassTimes:
+    """Time the passes the run will make: for each kind in ``batches``, one pass of one sample
+    (unless already measured) and one batch of ``batches[kind]`` samples, the size the engine
+    starts with (batched passes take less per sample, on CPUs too; the runner asks for a batch
+    only when a method makes at least four times as many passes)."""
+    import torch
+
+    from ..engine.context import is_out_of_memory, synchronize
+    from ..methods import input_gradients
+
+    def run(kind: str, batch: int) -> None:
+        data = x[:1].detach().expand(batch, *x.shape[1:]).contiguous()
+        synchronize(data.device)
+        began = time.perf_counter()
+        if kind == "forward":
+            with torch.no_grad():
+                score(data)
+        else:
+            input_gradients(score, data)
+        synchronize(data.device)
+        times.record(kind, batch, time.perf_counter() - began)
+
+    for kind, batch in batches.items():
+        for size in sorted({1, max(1, batch)}):
+            if size in times.seconds.get(kind, {}):
+                continue
+            try:
+                run(kind, size)
+            except Exception as error:  # a batch too large to time: the engine will halve it
+                if not is_out_of_memory(error) or size == 1:
+                    raise
+    return times
+
+
+def estimate(
+    label: str,
+    method: Method,
+    passes: Passes,
+    times: PassTimes,
+    warn_after_s: float,
+    hints: list[str],
+) -> Estimate:
+    """The estimate of one method from its passes and the measured times."""
+    seconds = times.of("forward", passes.forward) + times.of("backward", passes.backward)
+    result = Estimate(label, passes, seconds, warn_after_s)
+    if result.too_long:
+        result.cheaper = method.cheaper() + hints
+    return result
+
+
+def general_hints(device: torch.device, forward: Any, target_kind: str, cropped: bool) -> list[str]:
+    """Cheaper settings of the run itself (any method): a smaller target, a GPU."""
+    hints = []
+    if getattr(forward, "sliding", False):
+        if target_kind == "class":
+            hints.append(
+                "an ROI target (--target roi:i0,j0,k0:i1,j1,k1): only the sliding windows that "
+                "touch it run"
+            )
+    elif not cropped:
+        hints.append(
+            "--crop-margin 16: explain a crop around the target (a measured approximation)"
+        )
+    if device.type != "cuda":
+        hints.append("a GPU (--device cuda)")
+    return hints
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` for people: "0.4 s", "12 s", "7 min", "3 h 5 min"."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min"
