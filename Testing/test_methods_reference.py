@@ -345,6 +345,9 @@ def test_the_model_is_restored_after_each_method_even_on_error(x, name):
         def voxel_scores(self, logits):
             raise RuntimeError("target failed")
 
+        def channel_scores(self, logits):  # where LRP starts
+            raise RuntimeError("target failed")
+
     broken = centre_box_target()
     broken.__class__ = Broken
     with pytest.raises(RuntimeError, match="target failed"):

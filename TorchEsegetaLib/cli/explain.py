@@ -88,7 +88,9 @@ def add_parsers(sub: Any) -> None:
         "--target",
         default="class",
         help="class[:NAME] (default: the predicted mask of a class) | mask:FILE[:LABEL] | "
-        "roi:i0,j0,k0:i1,j1,k1 | voxel:i,j,k",
+        "roi:i0,j0,k0:i1,j1,k1 | voxel:i,j,k | component:i,j,k (the connected object of the "
+        "predicted class holding the voxel) | boundary[:CLASS[:WIDTH]] (the band of WIDTH voxels "
+        "each side of the class's surface) | contrast:A,B (class A's score minus B's over A)",
     )
     target.add_argument(
         "--class",
@@ -106,7 +108,7 @@ def add_parsers(sub: Any) -> None:
         "--coordinates",
         choices=("voxel", "lps", "ras"),
         default="voxel",
-        help="coordinates of roi/voxel targets (default voxel)",
+        help="coordinates of roi/voxel/component targets (default voxel)",
     )
     target.add_argument(
         "--reduction",

@@ -147,15 +147,10 @@ def propagate(forward, inputs, target, config) -> tuple[torch.Tensor, set[str]]:
                 unhandled.update(mode.unhandled)
                 return prediction
 
-            def start_of(logits):
-                start = torch.zeros_like(logits)
-                start[:, target.class_index] = target.voxel_scores(logits)
-                return start
-
             with _marking_output_layers(forward, relevance):
                 result = windowed(
                     network_input,
-                    start_of,
+                    target.channel_scores,
                     call,
                     lambda z: relevance.stabilise(z, relevance.epsilon),
                 )
@@ -165,8 +160,7 @@ def propagate(forward, inputs, target, config) -> tuple[torch.Tensor, set[str]]:
             x = network_input.requires_grad_(True)
             with relevance.mode() as mode:
                 logits = forward(x)
-            start = torch.zeros_like(logits)
-            start[:, target.class_index] = target.voxel_scores(logits.detach())
+            start = target.channel_scores(logits.detach())
             (result,) = torch.autograd.grad(logits, x, start)
     return result.detach(), mode.unhandled
 

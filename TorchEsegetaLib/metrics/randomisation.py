@@ -246,17 +246,14 @@ class RandomTarget(Metric):
     def evaluate(self, case: Case, subject: Subject) -> Score:
         import torch
 
-        from ..targets.bound import BoundTarget
-
         target = case.target
         classes = int(case.cached("classes", lambda: self._classes(case)))
         others = [c for c in range(classes) if c != target.class_index]
         if not others:
             return Score.skipped("the model has a single output channel: no other class to explain")
         other = others[int(torch.randint(len(others), (1,), generator=case.generator(6)))]
-        swapped = BoundTarget(
-            other, target.region, target.output, target.activation, target.reduction
-        )
+        # the other class alone on the same region (a contrast's class B dropped too)
+        swapped = target.replace(class_index=other, versus_index=None)
         reference = subject.reference_rerun(case)
         similar = similarity(
             reference, subject.rerun(case, target=swapped), self.config["absolute"]

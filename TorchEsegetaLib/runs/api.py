@@ -47,7 +47,8 @@ def explain(
         model: "demo", a path (TorchScript file or MONAI bundle folder), a model reference
             dict (see the README) or a :class:`~TorchEsegetaLib.models.loading.LoadedModel`.
         target: "class", "class:NAME", "mask:FILE", "roi:i0,j0,k0:i1,j1,k1", "voxel:i,j,k",
-            a dict of :class:`TargetSpec` fields, or a TargetSpec.
+            "component:i,j,k", "boundary:NAME[:WIDTH]", "contrast:A,B", a dict of
+            :class:`TargetSpec` fields, or a TargetSpec.
         methods: method names, ``{"name", "params", "label"}`` dicts or MethodSpecs.
         out: when given, also write a run folder there (as ``torchesegeta run`` does).
         precision: "float32", or "bfloat16" / "float16" autocast of the network.

@@ -150,7 +150,7 @@ def general_hints(device: torch.device, forward: Any, target_kind: str, cropped:
     """Cheaper settings of the run itself (any method): a smaller target, a GPU."""
     hints = []
     if getattr(forward, "sliding", False):
-        if target_kind == "class":
+        if target_kind in ("class", "contrast", "boundary"):  # regions across the image
             hints.append(
                 "an ROI target (--target roi:i0,j0,k0:i1,j1,k1): only the sliding windows that "
                 "touch it run"

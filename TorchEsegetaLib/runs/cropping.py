@@ -57,15 +57,7 @@ class Crop:
 
     def target(self, bound: BoundTarget) -> BoundTarget:
         """The same target on the crop (its whole region lies inside the box)."""
-        from ..targets.bound import BoundTarget
-
-        return BoundTarget(
-            bound.class_index,
-            bound.region[self.box],
-            bound.output,
-            bound.activation,
-            bound.reduction,
-        )
+        return bound.replace(region=bound.region[self.box])
 
     @property
     def share(self) -> float:

@@ -6,11 +6,16 @@ model's output grid, and how to score it. The region is fixed once, from the unp
 prediction, so perturbed or interpolated inputs are all scored on the same voxels; the score is
 a masked mean (or sum) of logits or probabilities, which is smooth in the input. (Thresholding
 inside the forward pass, as the original TorchEsegeta wrapper did, makes every input gradient
-identically zero.)
+identically zero.) A contrast target scores one class minus another on the same region.
+
+Where a kind's region comes from: :data:`PREDICTED_REGION_KINDS` use the class's prediction
+(as a class target), :mod:`.objects` builds the object targets' regions from the segmentation,
+and :func:`region_in_input_grid` the mask, ROI and voxel targets' from what the user gave.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,37 +31,73 @@ if TYPE_CHECKING:
     from ..models.inference import SegmentationResult
 
 
-class BoundTarget:
-    """A target fixed on the unperturbed prediction: ``target(logits) -> (B,)`` scores."""
+#: Target kinds whose region is the prediction of their class (``class_``).
+PREDICTED_REGION_KINDS = ("class", "contrast")
 
-    def __init__(
-        self, class_index: int, region: torch.Tensor, output: str, activation: str, reduction: str
-    ):
-        self.class_index = class_index
-        self.region = region
-        self.output = output
-        self.activation = activation
-        self.reduction = reduction
+
+@dataclasses.dataclass(eq=False)
+class BoundTarget:
+    """A target fixed on the unperturbed prediction: ``target(logits) -> (B,)`` scores.
+
+    Attributes:
+        class_index: the output channel scored.
+        region: (*S) bool, the voxels of the model grid the score is taken over.
+        output: "logits" or "probabilities".
+        activation: the model's ("softmax", "sigmoid" or "none").
+        reduction: "mean" or "sum" over the region.
+        versus_index: a contrast target's class B, whose score is subtracted; None otherwise.
+        facts: what run.json keeps about the region (a component's seed and size, a band's width).
+    """
+
+    class_index: int
+    region: torch.Tensor
+    output: str
+    activation: str
+    reduction: str
+    versus_index: int | None = None
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
         self._weights: torch.Tensor | None = None
 
     @property
     def voxel_count(self) -> int:
         return int(self.region.sum())
 
+    def replace(self, **changes: Any) -> BoundTarget:
+        """The same target with some fields changed (a crop's region, another class)."""
+        return dataclasses.replace(self, **changes)
+
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         return self.voxel_scores(logits).flatten(1).sum(dim=1)
 
     def voxel_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Each voxel's share of the score, (B, *S): the scored value times the region weight."""
+        values = self._scored(logits, self.class_index)
+        if self.versus_index is not None:
+            values = values - self._scored(logits, self.versus_index)
+        return values * self.region_weights(values.device, values.dtype)
+
+    def channel_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """The score split over the output channels, (B, K, *S), summing to it: where relevance
+        starts (LRP). Class A's part, and for a contrast minus class B's."""
+        import torch
+
+        start = torch.zeros_like(logits)
+        weights = self.region_weights(logits.device, logits.dtype)
+        start[:, self.class_index] = self._scored(logits, self.class_index) * weights
+        if self.versus_index is not None:
+            start[:, self.versus_index] = -self._scored(logits, self.versus_index) * weights
+        return start
+
+    def _scored(self, logits: torch.Tensor, channel: int) -> torch.Tensor:
         import torch
 
         if self.output == "logits" or self.activation == "none":
-            values = logits[:, self.class_index]  # "none": the outputs are probabilities
-        elif self.activation == "softmax":
-            values = torch.softmax(logits, dim=1)[:, self.class_index]
-        else:
-            values = torch.sigmoid(logits[:, self.class_index])
-        return values * self.region_weights(values.device, values.dtype)
+            return logits[:, channel]  # "none": the outputs are probabilities
+        if self.activation == "softmax":
+            return torch.softmax(logits, dim=1)[:, channel]
+        return torch.sigmoid(logits[:, channel])
 
     def output_gradient(
         self, channels: int, device: torch.device, dtype: torch.dtype
@@ -70,6 +111,8 @@ class BoundTarget:
         weights = self.region_weights(device, dtype)
         gradient = torch.zeros((1, channels, *weights.shape), device=device, dtype=dtype)
         gradient[0, self.class_index] = weights
+        if self.versus_index is not None:
+            gradient[0, self.versus_index] = -weights
         return gradient
 
     def region_weights(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -81,13 +124,21 @@ class BoundTarget:
         return self._weights
 
     def describe(self, card: ModelCard) -> dict[str, Any]:
+        versus = {}
+        if self.versus_index is not None:
+            versus = {
+                "versus": card.class_names[self.versus_index],
+                "versus_index": self.versus_index,
+            }
         return {
             "class": card.class_names[self.class_index],
             "class_index": self.class_index,
+            **versus,
             "output": self.output,
             "activation": self.activation,
             "reduction": self.reduction,
             "region_voxels": self.voxel_count,
+            **self.facts,
         }
 
 
@@ -100,7 +151,20 @@ def target_class(spec: TargetSpec, card: ModelCard) -> int:
     return default_class(card) if spec.class_ is None else card.class_index(spec.class_)
 
 
-def _nothing_predicted(card: ModelCard, class_index: int, where: str = "") -> UserInputError:
+def versus_class(spec: TargetSpec, card: ModelCard, class_index: int) -> int | None:
+    """A contrast target's class B (checked to differ from A), else None."""
+    if spec.kind != "contrast" or spec.versus is None:
+        return None
+    versus = card.class_index(spec.versus)
+    if versus == class_index:
+        raise UserInputError(
+            f"a contrast target needs two different classes, got {card.class_names[versus]!r} "
+            "twice; write contrast:A,B with B another class"
+        )
+    return versus
+
+
+def nothing_predicted(card: ModelCard, class_index: int, where: str = "") -> UserInputError:
     return UserInputError(
         f"the model predicts no voxel of class {card.class_names[class_index]!r} in this image{where}, "
         "so there is nothing to explain; choose another class or target a mask, ROI or voxel"
@@ -144,15 +208,21 @@ def region_in_input_grid(spec: TargetSpec, geometry: Geometry) -> np.ndarray:
         region = np.zeros(shape, dtype=bool)
         region[low[0] : high[0] + 1, low[1] : high[1] + 1, low[2] : high[2] + 1] = True
         return region
+    region = np.zeros(shape, dtype=bool)
+    region[voxel_index(spec, geometry)] = True
+    return region
+
+
+def voxel_index(spec: TargetSpec, geometry: Geometry) -> tuple[int, int, int]:
+    """A voxel or component target's position as the index of the input voxel holding it."""
+    shape = geometry.size
     index = np.floor(_to_index(spec.voxel, spec.coordinates, geometry) + 0.5).astype(int)
     if np.any(index < 0) or np.any(index >= np.asarray(shape)):
         raise UserInputError(
             f"the voxel {spec.voxel} ({spec.coordinates}) lies outside the image (size {tuple(shape)}); "
             "give a position inside the image"
         )
-    region = np.zeros(shape, dtype=bool)
-    region[tuple(index)] = True
-    return region
+    return (int(index[0]), int(index[1]), int(index[2]))
 
 
 def roi_box(spec: TargetSpec, geometry: Geometry) -> tuple[list[int], list[int], list[str]]:
@@ -213,6 +283,7 @@ def bind_target(
     card: ModelCard,
     logits: torch.Tensor,
     input_region: np.ndarray | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> BoundTarget:
     """Fix the target on the unperturbed ``logits`` (1, K, *S) of the model grid.
 
@@ -221,19 +292,21 @@ def bind_target(
         card: the model card (class names, activation).
         logits: the model's unperturbed output on the model grid.
         input_region: the region already mapped onto the model grid as a bool array of shape
-            ``logits.shape[2:]``: needed for mask/roi/voxel targets; for a class target, its
-            mask in the postprocessed segmentation (else the prediction of ``logits``).
+            ``logits.shape[2:]``: needed for every kind but class and contrast targets; for
+            those, their class's mask in the postprocessed segmentation (else the prediction
+            of ``logits``).
+        facts: what run.json keeps about the region (see :mod:`.objects`).
     """
     import torch
 
     class_index = target_class(spec, card)
-    if spec.kind == "class" and input_region is None:
+    if spec.kind in PREDICTED_REGION_KINDS and input_region is None:
         region = predicted_mask(logits, class_index, card.activation)
         if not bool(region.any()):
-            raise _nothing_predicted(card, class_index)
+            raise nothing_predicted(card, class_index)
     else:
         if input_region is None:
-            raise ValueError("mask, roi and voxel targets need their region on the model grid")
+            raise ValueError(f"a {spec.kind} target needs its region on the model grid")
         region = torch.as_tensor(np.asarray(input_region, dtype=bool))
         if tuple(region.shape) != tuple(logits.shape[2:]):
             raise ValueError(
@@ -242,7 +315,13 @@ def bind_target(
         if not bool(region.any()):
             raise UserInputError("the target region is empty; give a non-empty mask, ROI or voxel")
     return BoundTarget(
-        class_index, region.to(logits.device), spec.output, card.activation, spec.reduction
+        class_index,
+        region.to(logits.device),
+        spec.output,
+        card.activation,
+        spec.reduction,
+        versus_index=versus_class(spec, card, class_index),
+        facts=dict(facts or {}),
     )
 
 
@@ -261,21 +340,30 @@ def resolve_target(
     if segmentation.input is None:
         raise ValueError("a segmentation without its model input")
     logits, info = segmentation.logits, segmentation.input.grid
-    if spec.kind == "class" and not card.postprocessing:
+    predicted = spec.kind in PREDICTED_REGION_KINDS
+    if predicted and not card.postprocessing:
         from ..models.grids import restore_input_grid
 
         bound = bind_target(spec, card, logits)
         restored = restore_input_grid(bound.region[None, None].float(), info)[0, 0]
         return bound, np.asarray(restored.cpu() >= 0.5)
-    if spec.kind == "class":
+    facts: dict[str, Any] = {}
+    if predicted:
         # the class as the bundle's postprocessing left it (largest component, holes filled, ...)
         class_index = target_class(spec, card)
         input_region = segmentation.class_mask(card, class_index)
         if not input_region.any():
-            raise _nothing_predicted(card, class_index, " after its postprocessing")
-    else:
+            raise nothing_predicted(card, class_index, " after its postprocessing")
+    elif spec.kind in ("mask", "roi", "voxel"):
         input_region = region_in_input_grid(spec, geometry)
-    bound = bind_target(spec, card, logits, region_on_model_grid(input_region, info))
+    else:
+        from .objects import REGIONS
+
+        input_region, facts = REGIONS[spec.kind](spec, card, segmentation, geometry)
+        if "class_index" in facts:  # a component's class, read where the user clicked
+            spec = dataclasses.replace(spec, class_=facts.pop("class_index"))
+    region = region_on_model_grid(input_region, info)
+    bound = bind_target(spec, card, logits, region, facts)
     return bound, input_region
 
 

@@ -88,24 +88,26 @@ def _patches(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray):
     return np.ascontiguousarray(batch_images), np.ascontiguousarray(batch_labels)
 
 
-def train(iterations: int = ITERATIONS, output: Path | None = None) -> dict:
-    """Train the demo network, save its weights and record; returns the record."""
-    import monai
-    import torch
-    from monai.losses import DiceCELoss
-    from monai.networks.nets import UNet
-
-    torch.set_num_threads(THREADS)
-    torch.manual_seed(SEED)
-    torch.use_deterministic_algorithms(True)
-    rng = np.random.default_rng(SEED)
-    output = Path(output) if output is not None else demo_weights_path()
-
+def training_set() -> tuple[np.ndarray, np.ndarray]:
+    """The z-scored training images (N, 1, *DEMO_SHAPE) and their labels, as :func:`fit` takes them."""
     volumes = [make_vessel_volume(DEMO_SHAPE, seed) for seed in TRAIN_SEEDS]
     images = np.stack([zscore(image) for image, _ in volumes])
     labels = np.stack([label[None].astype(np.int64) for _, label in volumes])
+    return images, labels
 
-    network = UNet(**DEMO_NETWORK_KWARGS)
+
+def fit(network, iterations: int = ITERATIONS, data: tuple | None = None) -> float:
+    """Train ``network`` (2 output channels) as the demo is trained; returns the seconds it took.
+
+    The patch sampler is seeded with :data:`SEED`; call :func:`seed_training` before building
+    the network so that its initial weights are reproducible too. ``benchmarks/artefacts.py``
+    trains other architectures with it.
+    """
+    import torch
+    from monai.losses import DiceCELoss
+
+    rng = np.random.default_rng(SEED)
+    images, labels = data if data is not None else training_set()
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=iterations)
@@ -123,7 +125,29 @@ def train(iterations: int = ITERATIONS, output: Path | None = None) -> dict:
         schedule.step()
         if iteration % 50 == 0 or iteration == iterations:
             print(f"iteration {iteration}/{iterations}: loss {loss.item():.4f}", flush=True)
-    training_seconds = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def seed_training() -> None:
+    """The demo training's torch settings: its seed, deterministic algorithms, its threads."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(SEED)
+    torch.use_deterministic_algorithms(True)
+
+
+def train(iterations: int = ITERATIONS, output: Path | None = None) -> dict:
+    """Train the demo network, save its weights and record; returns the record."""
+    import monai
+    import torch
+    from monai.networks.nets import UNet
+
+    seed_training()
+    output = Path(output) if output is not None else demo_weights_path()
+    data = training_set()
+    network = UNet(**DEMO_NETWORK_KWARGS)
+    training_seconds = fit(network, iterations, data)
 
     heldout = evaluate(network, HELDOUT_SEEDS)
     demo = evaluate(network, [DEMO_SEED])[DEMO_SEED]
