@@ -83,10 +83,12 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
             methods: method names (``torchesegeta methods`` lists them) or
                 ``{"name": ..., "params": {...}}`` dicts.
             target: None (the predicted mask of ``targetClass``), a segmentation node
-                (``segmentId=`` picks the segment), a markups ROI node, a markups point list,
-                or an engine target such as "voxel:32,30,20".
+                (``segmentId=`` picks the segment), a markups ROI node, a markups point list
+                (``pointTarget="component"``: the whole object under the point), or an engine
+                target such as "voxel:32,30,20", "boundary:vessel:2" or "contrast:A,B".
             show: overlay the first map on the input and compare up to four side by side.
-            options: metrics, targetClass, segmentId, output ("logits" or "probabilities"),
+            options: metrics, targetClass, segmentId, pointTarget ("voxel" or "component"),
+                output ("logits" or "probabilities"),
                 card, device, seed, methodBudgetSeconds, maxBatch, precision ("float32",
                 "bfloat16" or "float16"), cropMargin (whole-volume models: explain on the
                 target's box grown by this many voxels, a measured approximation), folderName.

@@ -119,6 +119,34 @@ def test_points_follow_the_input_volume_under_a_transform(scene, inputNode):
     assert list(zip(*np.nonzero(region))) == [(5, 6, 7)]
 
 
+def test_a_point_explains_the_whole_object_under_it_with_point_target_component(
+    scene, inputNode, tmp_path
+):
+    from scipy import ndimage
+    from TorchEsegetaSlicer import explainNodes
+
+    model = tinyModelReference(tmp_path)
+    first = explainNodes(scene, inputNode, model, ["saliency"], device="cpu")["result"]
+    objects, _ = ndimage.label(first.labelmap == 1, structure=np.ones((3, 3, 3)))
+    voxel = tuple(int(v) for v in np.argwhere(objects == objects.max())[0])
+    pointNode = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    pointNode.AddControlPoint(*(GEOMETRY.affine_ras() @ np.array([*voxel, 1.0]))[:3])
+    result = explainNodes(
+        scene,
+        inputNode,
+        model,
+        ["saliency"],
+        target=pointNode,
+        pointTarget="component",
+        device="cpu",
+    )["result"]
+    assert result.target["kind"] == "component" and result.target["class_index"] == 1
+    assert result.target["component"]["seed"] == list(voxel)
+    np.testing.assert_array_equal(result.region, objects == objects[voxel])
+    saliency = result.maps["saliency"]
+    assert np.abs(saliency).sum() > 0
+
+
 def test_unusable_targets_are_refused_with_a_reason(scene, inputNode):
     from TorchEsegetaSlicer import targetFromNode
 
@@ -128,6 +156,11 @@ def test_unusable_targets_are_refused_with_a_reason(scene, inputNode):
         targetFromNode(scene.AddNewNodeByClass("vtkMRMLModelNode", "surface"), inputNode)
     assert targetFromNode(None, inputNode, className="vessel").class_ == "vessel"
     assert targetFromNode("voxel:1,2,3", inputNode).kind == "voxel"
+    assert targetFromNode("boundary:vessel:2", inputNode).width == 2
+    pointNode = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    pointNode.AddControlPoint(0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="pointTarget"):
+        targetFromNode(pointNode, inputNode, pointTarget="segment")
 
 
 def test_channels_must_share_the_grid(scene, inputNode, tmp_path):

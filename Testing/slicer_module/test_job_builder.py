@@ -70,6 +70,12 @@ TARGETS = {
         {"pointRas": (-1.5, 2, 30)},
         {"kind": "voxel", "voxel": [-1.5, 2.0, 30.0], "coordinates": "ras"},
     ),
+    "object at point": (
+        {"pointRas": (-1.5, 2, 30)},
+        {"kind": "component", "voxel": [-1.5, 2.0, 30.0], "coordinates": "ras"},
+    ),
+    "boundary": ({"width": 3}, {"kind": "boundary", "width": 3}),
+    "versus class": ({"versusClass": "background"}, {"kind": "contrast", "versus": "background"}),
 }
 
 
@@ -124,6 +130,11 @@ def test_unset_pickers_and_bad_values_are_named(modelFiles):
         targetDict("point")
     with pytest.raises(PanelInputError, match="three coordinates"):
         targetDict("point", pointRas=(1, 2))
+    with pytest.raises(PanelInputError, match="point"):
+        targetDict("object at point")
+    with pytest.raises(PanelInputError, match="Versus"):
+        targetDict("versus class", className="vessel", versusClass="")
+    assert targetDict("boundary")["width"] == 1
     assert targetDict("predicted mask", className="")["class"] is None
 
 

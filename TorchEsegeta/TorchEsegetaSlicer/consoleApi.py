@@ -27,6 +27,7 @@ def explainNodes(
     metrics: Sequence[str | dict] = (),
     targetClass: str | int | None = None,
     segmentId: str | None = None,
+    pointTarget: str = "voxel",
     output: str = "logits",
     card: dict | None = None,
     device: str = "auto",
@@ -49,11 +50,13 @@ def explainNodes(
         methods: method names or ``{"name", "params", "label"}`` dicts (``torchesegeta methods``).
         target: what to explain (see :func:`targetNodes.targetFromNode`): None for the
             predicted mask of ``targetClass``, a segmentation node, a markups ROI or point list,
-            or an engine target.
+            or an engine target ("component:i,j,k", "boundary:vessel:2", "contrast:A,B", ...).
         metrics: evaluation metrics to score every map (``torchesegeta metrics`` lists them):
             a table node and plot charts join the results.
         targetClass: the class to explain, by name or output index.
         segmentId: which segment of a segmentation node target.
+        pointTarget: what a markups point target explains: "voxel" (its voxel) or
+            "component" (the connected object of the predicted segmentation under it).
         output: score "logits" or "probabilities".
         card: model card entries overriding what the model says.
         device, seed, methodBudgetSeconds, maxBatch: as in the engine's Job.
@@ -85,7 +88,7 @@ def explainNodes(
         images=[f"<volume node {node.GetName()!r}>" for node in volumeNodes],
         model=job_model(model),
         card=card,
-        target=targetFromNode(target, reference, targetClass, output, segmentId),
+        target=targetFromNode(target, reference, targetClass, output, segmentId, pointTarget),
         methods=methods,
         metrics=metrics,
         device=device,

@@ -19,7 +19,13 @@ REGION_KINDS = {
     "segment": "mask",
     "ROI": "roi",
     "point": "voxel",
+    # object targets: the object under a markups point, the class's edge, one class versus another
+    "object at point": "component",
+    "boundary": "boundary",
+    "versus class": "contrast",
 }
+#: the regions whose target is a markups point
+POINT_REGIONS = ("point", "object at point")
 OUTPUTS = ("logits", "probabilities")
 PRECISIONS = ("float32", "float16", "bfloat16")
 BASE_DEVICES = ("auto", "cpu")
@@ -94,17 +100,22 @@ def targetDict(
     roiStart: Sequence[float] | None = None,
     roiEnd: Sequence[float] | None = None,
     pointRas: Sequence[float] | None = None,
+    width: int = 1,
+    versusClass: str | int | None = None,
 ) -> dict[str, Any]:
     """The engine's target for the panel's Target section.
 
     Args:
         region: one of :data:`REGION_KINDS`.
         className: the class to explain (name or output index); empty means the model's
-            first foreground class.
+            first foreground class (for "object at point": the class under the point).
         output: "logits" or "probabilities".
         maskFile: label file of the segment on the input grid (region "segment").
         roiStart, roiEnd: the ROI's box in voxel indices of the input (region "ROI").
-        pointRas: the point in the input volume's RAS coordinates (region "point").
+        pointRas: the point in the input volume's RAS coordinates (regions "point" and
+            "object at point").
+        width: the band's half-width in voxels (region "boundary").
+        versusClass: the class whose score is subtracted (region "versus class").
     """
     if region not in REGION_KINDS:
         raise PanelInputError(
@@ -125,10 +136,16 @@ def targetDict(
         if roiStart is None or roiEnd is None:
             raise PanelInputError("choose a markups ROI for the target region")
         target.update(start=_triple(roiStart), end=_triple(roiEnd), coordinates="voxel")
-    elif region == "point":
+    elif region in POINT_REGIONS:
         if pointRas is None:
             raise PanelInputError("choose a markups point list with at least one point")
         target.update(voxel=_triple(pointRas), coordinates="ras")
+    elif region == "boundary":
+        target["width"] = int(width)
+    elif region == "versus class":
+        if versusClass in ("", None):
+            raise PanelInputError("choose the class to contrast with in Versus")
+        target["versus"] = versusClass
     return target
 
 

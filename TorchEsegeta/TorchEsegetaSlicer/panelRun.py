@@ -21,7 +21,7 @@ import numpy as np
 from TorchEsegetaLib.io.images import write_volume
 
 from . import enginePath
-from .jobBuilder import PanelInputError, buildJob, targetDict, writeJob
+from .jobBuilder import POINT_REGIONS, PanelInputError, buildJob, targetDict, writeJob
 from .process import CANCELLED, DONE, WorkerProcess
 from .runFolder import loadRunFolder
 from .targetNodes import pointVolumeRas, roiVoxelBox, segmentMask
@@ -43,6 +43,8 @@ class RunRequest:
     segmentId: str | None = None
     roiNode: Any = None
     pointNode: Any = None
+    width: int = 1
+    versusClass: str | int | None = None
     device: str = "auto"
     precision: str = "float32"
     budgetSeconds: float = 0.0
@@ -134,6 +136,8 @@ def requestFromPanel(p, volumeNodes, model, defaultOutputFolder) -> RunRequest:
         segmentId=p.targetSegmentId,
         roiNode=p.targetRoi,
         pointNode=p.targetPoint,
+        width=p.targetWidth,
+        versusClass=p.targetVersus,
         device=p.device,
         precision=p.precision,
         budgetSeconds=p.timeBudget,
@@ -225,8 +229,8 @@ def _target(request: RunRequest, reference, geometry, workFolder: Path) -> dict[
             raise PanelInputError("choose the markups ROI that is the target")
         start, end = roiVoxelBox(request.roiNode, reference)
         return targetDict(**common, roiStart=start, roiEnd=end)
-    if request.region == "point":
+    if request.region in POINT_REGIONS:
         if request.pointNode is None:
             raise PanelInputError("choose the markups point list whose first point is the target")
         return targetDict(**common, pointRas=pointVolumeRas(request.pointNode, reference))
-    return targetDict(**common)
+    return targetDict(**common, width=request.width, versusClass=request.versusClass)

@@ -28,6 +28,9 @@ def showModelDependent(ui, p, card, offeredMethods) -> None:
     if p.targetClass not in classes.values():
         p.targetClass = modelInfo.defaultClass(card)
     fillComboBox(ui.targetClassComboBox, classes, p.targetClass)
+    if p.targetVersus not in classes.values() or p.targetVersus == p.targetClass:
+        p.targetVersus = next((c for c in classes.values() if c != p.targetClass), "")
+    fillComboBox(ui.targetVersusComboBox, classes, p.targetVersus)
     devices = jobBuilder.deviceChoices(jobBuilder.installedCudaDeviceCount())
     if p.device not in devices:
         p.device = "auto"
@@ -56,13 +59,15 @@ def showUnboundState(ui, p, running: bool) -> None:
     folder = p.modelKind in ("bundle", "nnunet")
     kind = ctk.ctkPathLineEdit.Dirs if folder else ctk.ctkPathLineEdit.Files
     ui.modelPathLineEdit.filters = kind | ctk.ctkPathLineEdit.Readable
-    for region, widgets in (
-        ("segment", (ui.targetSegmentLabel, ui.targetSegmentSelector)),
-        ("ROI", (ui.targetRoiLabel, ui.targetRoiSelector)),
-        ("point", (ui.targetPointLabel, ui.targetPointSelector)),
+    for regions, widgets in (
+        (("segment",), (ui.targetSegmentLabel, ui.targetSegmentSelector)),
+        (("ROI",), (ui.targetRoiLabel, ui.targetRoiSelector)),
+        (jobBuilder.POINT_REGIONS, (ui.targetPointLabel, ui.targetPointSelector)),
+        (("boundary",), (ui.targetWidthLabel, ui.targetWidthSpinBox)),
+        (("versus class",), (ui.targetVersusLabel, ui.targetVersusComboBox)),
     ):
         for widget in widgets:
-            widget.setVisible(p.targetRegion == region)
+            widget.setVisible(p.targetRegion in regions)
     ui.targetSegmentSelector.setCurrentNode(p.segmentation)
     if p.targetSegmentId:
         ui.targetSegmentSelector.setCurrentSegmentID(p.targetSegmentId)

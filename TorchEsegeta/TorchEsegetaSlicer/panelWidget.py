@@ -45,6 +45,7 @@ class PanelWidget(VTKObservationMixin):
             listWidget.connect("itemChanged(QListWidgetItem*)", self.onCheckedChanged)
             listWidget.connect("currentRowChanged(int)", self.onCurrentItemChanged)
         self.ui.targetClassComboBox.connect("currentIndexChanged(int)", self.onTargetClassChanged)
+        self.ui.targetVersusComboBox.connect("currentIndexChanged(int)", self.onTargetVersusChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.targetSegmentSelector.connect(
             "currentSegmentChanged(QString)", self.onTargetSegmentChanged
@@ -169,6 +170,11 @@ class PanelWidget(VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to set the class.")):
             if index >= 0:
                 self._parameterNode.targetClass = self.ui.targetClassComboBox.itemData(index)
+
+    def onTargetVersusChanged(self, index):
+        with slicer.util.tryWithErrorDisplay(_("Failed to set the class to contrast with.")):
+            if index >= 0:
+                self._parameterNode.targetVersus = self.ui.targetVersusComboBox.itemData(index)
 
     def onDeviceChanged(self, index):
         with slicer.util.tryWithErrorDisplay(_("Failed to set the device.")):

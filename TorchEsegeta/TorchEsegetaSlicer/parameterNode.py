@@ -35,6 +35,10 @@ class TorchEsegetaParameterNode:
     targetSegmentId: str = ""
     targetRoi: vtkMRMLMarkupsROINode
     targetPoint: vtkMRMLMarkupsFiducialNode
+    #: the boundary band's half-width in voxels (region "boundary")
+    targetWidth: Annotated[int, WithinRange(1, 64)] = 1
+    #: the class subtracted (region "versus class")
+    targetVersus: str = ""
     targetOutput: Annotated[str, Choice(list(OUTPUTS))] = "logits"
     methods: list[str]
     methodParameters: str = "{}"

@@ -1,4 +1,5 @@
-"""What to explain, from scene nodes: a segment, a markups ROI or a markups point -> engine target.
+"""What to explain, from scene nodes: a segment, a markups ROI or a markups point (its voxel, or
+the object of the segmentation under it) -> engine target.
 
 Positions are taken in world coordinates and brought into the input volume's own RAS frame
 (undoing its parent transform), then into its voxel grid, so a target is right for oblique and
@@ -23,6 +24,7 @@ def targetFromNode(
     className=None,
     output: str = "logits",
     segmentId: str | None = None,
+    pointTarget: str = "voxel",
 ) -> TargetSpec:
     """The engine target for ``target``.
 
@@ -30,11 +32,14 @@ def targetFromNode(
         target: None or "class" (the predicted mask of ``className``); a segmentation node
             (segment ``segmentId``, default its first segment); a markups ROI node; a markups
             point list (its first point); a TargetSpec, its dict, or its text form
-            ("voxel:i,j,k", ...).
+            ("voxel:i,j,k", "component:i,j,k", "boundary:vessel:2", "contrast:A,B", ...).
         referenceVolumeNode: the (first) input volume the target refers to.
-        className: the class to explain, by name or output index (None: first foreground).
+        className: the class to explain, by name or output index (None: first foreground;
+            for a component, the class under the point).
         output: score "logits" or "probabilities".
         segmentId: the segment of a segmentation node.
+        pointTarget: what a markups point explains: "voxel" (that voxel's score) or
+            "component" (the whole object of the predicted segmentation under it).
 
     Raises:
         ValueError: an unusable node (empty point list, unknown segment, non-linear transform).
@@ -55,8 +60,10 @@ def targetFromNode(
         start, end = roiVoxelBox(target, referenceVolumeNode)
         return TargetSpec(kind="roi", start=start, end=end, coordinates="voxel", **common)
     if target.IsA("vtkMRMLMarkupsNode"):
+        if pointTarget not in ("voxel", "component"):
+            raise ValueError(f'pointTarget must be "voxel" or "component", got {pointTarget!r}')
         return TargetSpec(
-            kind="voxel",
+            kind=pointTarget,
             voxel=pointVolumeRas(target, referenceVolumeNode),
             coordinates="ras",
             **common,
