@@ -20,7 +20,7 @@ import sys
 from .. import __version__
 from ..errors import CancelledError, UserInputError, unwritable_error
 from . import batch, catalog, demo, evaluate, explain, view
-from .catalog import methods_markdown, metrics_markdown
+from .catalog import method_pages_markdown, methods_markdown, metrics_markdown
 from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, Parser, output_options
 
 SUBCOMMANDS = (explain, demo, batch, evaluate, view, catalog)
@@ -33,6 +33,7 @@ __all__ = [
     "SUBCOMMANDS",
     "build_parser",
     "main",
+    "method_pages_markdown",
     "methods_markdown",
     "metrics_markdown",
 ]

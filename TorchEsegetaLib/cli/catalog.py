@@ -13,14 +13,26 @@ from .common import EXIT_OK, json_option
 
 
 def add_parsers(sub: Any) -> None:
-    methods = sub.add_parser("methods", help="list every attribution method with its parameters")
+    methods = sub.add_parser(
+        "methods",
+        help="list every attribution method with its parameters, or one method's page",
+    )
+    methods.add_argument(
+        "name",
+        nargs="?",
+        default=None,
+        help="a method's page: what its maps answer, what red and blue mean, how they mislead, "
+        "what they cannot show",
+    )
     methods.add_argument("--json", action="store_true", help="machine-readable output")
-    methods.add_argument("--markdown", action="store_true", help="the README's method table")
+    methods.add_argument(
+        "--markdown", action="store_true", help="the docs' method table (with NAME: its page)"
+    )
     methods.set_defaults(handler=cmd_methods)
 
     metrics = sub.add_parser("metrics", help="list every evaluation metric with its parameters")
     metrics.add_argument("--json", action="store_true", help="machine-readable output")
-    metrics.add_argument("--markdown", action="store_true", help="the README's metric table")
+    metrics.add_argument("--markdown", action="store_true", help="the docs' metric table")
     metrics.set_defaults(handler=cmd_metrics)
 
     layers = sub.add_parser("layers", help="list the layers a layer method (Grad-CAM) can use")
@@ -35,6 +47,14 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from ..methods import REGISTRY
+
+    if args.name:
+        info = REGISTRY.lookup(args.name).describe()
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(method_page_markdown(info) if args.markdown else method_page_text(info), end="")
+        return EXIT_OK
 
     def heading(info: dict[str, Any]) -> str:
         output = "signed" if info["signed"] else "unsigned"
@@ -62,7 +82,7 @@ def _catalog(
     markdown: Callable[[], str],
     heading: Callable[[dict[str, Any]], str],
 ) -> int:
-    """A registry's entries as JSON (--json), the README's table (--markdown) or text."""
+    """A registry's entries as JSON (--json), the docs' table (--markdown) or text."""
     if args.json:
         print(json.dumps(described, indent=2))
     elif args.markdown:
@@ -77,19 +97,28 @@ def _catalog(
 def _print_summary_and_params(info: dict[str, Any]) -> None:
     print(textwrap.indent(textwrap.fill(info["summary"], 92), "    "))
     print(f"    reference: {info['reference']}")
+    for line in _param_lines(info):
+        print(line)
+    print()
+
+
+def _param_lines(info: dict[str, Any]) -> list[str]:
+    """Each declared parameter as its ``--param`` flag (type, default, choices, range) and help."""
+    lines = []
     for p in info["params"]:
         extra = f" choices: {', '.join(p['choices'])}" if "choices" in p else ""
         if "minimum" in p or "maximum" in p:
             extra += f" range: [{p.get('minimum', '')}, {p.get('maximum', '')}]"
-        print(
+        lines.append(
             f"    --param {info['name']}.{p['name']}=<{p['type']}> (default {p['default']!r}){extra}"
         )
-        print(textwrap.indent(textwrap.fill(p["help"], 88), "        "))
-    print()
+        lines.append(textwrap.indent(textwrap.fill(p["help"], 88), "        "))
+    return lines
 
 
 def methods_markdown() -> str:
-    """The README's table of methods, generated from the registry so the two never drift."""
+    """The docs' table of methods (docs/methods.md), generated from the registry so the two
+    never drift."""
     from ..methods import REGISTRY
 
     families = {"gradient": 0, "layer": 1, "perturbation": 2}
@@ -107,13 +136,96 @@ def methods_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _values(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the map's values mean: (colour, meaning) pairs."""
+    guide = info["guide"]
+    if not info["signed"]:
+        return [("bright (high)", guide["positive"])]
+    values = [("red (positive)", guide["positive"])]
+    if guide["negative"]:
+        values.append(("blue (negative)", guide["negative"]))
+    return values
+
+
+def method_page_text(info: dict[str, Any]) -> str:
+    """``torchesegeta methods NAME``: one method's page for the terminal."""
+
+    def paragraph(text: str, indent: str = "  ") -> str:
+        return textwrap.fill(text, 96, initial_indent=indent, subsequent_indent=indent)
+
+    def points(items: list[str]) -> list[str]:
+        return [
+            textwrap.fill(item, 96, initial_indent="    - ", subsequent_indent="      ")
+            for item in items
+        ]
+
+    guide = info["guide"]
+    signed = "signed" if info["signed"] else "unsigned"
+    lines = [
+        f"{info['title']} ({info['name']}): {info['family']} method",
+        paragraph(info["summary"]),
+        "",
+        "  What it answers:",
+        paragraph(guide["answers"], "    "),
+        f"  Map value: {info['quantity']}, {signed}",
+        *(paragraph(f"{colour}: {meaning}", "    ") for colour, meaning in _values(info)),
+        "  Known failure modes:",
+        *points(guide["failure_modes"]),
+        "  What it cannot show:",
+        *points(guide["cannot_show"]),
+        f"  Cost: {info['cost']}",
+        paragraph(f"Reference: {info['reference']}"),
+    ]
+    if info["params"]:
+        lines += ["  Parameters:", *_param_lines(info)]
+    return "\n".join(lines) + "\n"
+
+
+def method_page_markdown(info: dict[str, Any]) -> str:
+    """One method's page for the docs (docs/methods-FAMILY.md), from the same description."""
+    guide = info["guide"]
+    signed = "signed" if info["signed"] else "unsigned"
+    values = "; ".join(f"{colour}: {meaning}" for colour, meaning in _values(info))
+    params = "; ".join(
+        f"`{p['name']}` (default `{p['default']!r}`): {p['help']}" for p in info["params"]
+    )
+    lines = [
+        f"### {info['title']} (`{info['name']}`)",
+        "",
+        f"{info['summary']} *Cost: {info['cost']}. Reference: {info['reference']}.*",
+        "",
+        f"**What it answers.** {guide['answers']}",
+        "",
+        f"**Map value.** {_cell(info['quantity'])}, {signed}. {_cell(values[0].upper() + values[1:])}.",
+        "",
+        "**Known failure modes.**",
+        *(f"- {item}" for item in guide["failure_modes"]),
+        "",
+        "**What it cannot show.**",
+        *(f"- {item}" for item in guide["cannot_show"]),
+        "",
+        f"**Parameters.** {params or 'none'}",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def method_pages_markdown(family: str) -> str:
+    """Every method page of one family, in the order ``torchesegeta methods`` lists them."""
+    from ..methods import REGISTRY
+
+    return "".join(
+        method_page_markdown(cls.describe()) for cls in REGISTRY.values() if cls.family == family
+    )
+
+
 def _cell(text: str) -> str:
     """Text for a markdown table cell: a "|" (as in |map|) would end the cell."""
     return text.replace("|", "\\|")
 
 
 def metrics_markdown() -> str:
-    """The README's table of metrics, generated from the registry."""
+    """The docs' table of metrics (docs/evaluation.md), generated from the registry."""
     from ..metrics import ordered
 
     lines = [

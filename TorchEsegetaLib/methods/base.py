@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from ..schema.registry import Param, Registered, Registry  # noqa: F401  (the methods take Param from here)
+from .guides import FAMILY_CANNOT_SHOW, GUIDES
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +51,22 @@ class Method(Registered):
     #: channels at once): the run folder then writes it once instead of summing channels.
     shared_channels: ClassVar[bool] = False
 
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """The registry's description plus the method's page: what a map of it answers, what
+        its values mean, how it is known to mislead and what it cannot show (:mod:`.guides`)."""
+        page = GUIDES[cls.name]
+        return {
+            **super().describe(),
+            "guide": {
+                "answers": page.answers,
+                "positive": page.positive,
+                "negative": page.negative,
+                "failure_modes": list(page.failure_modes),
+                "cannot_show": [*page.cannot_show, *FAMILY_CANNOT_SHOW[cls.family]],
+            },
+        }
+
     def attribute(
         self,
         forward: torch.nn.Module,
@@ -86,6 +103,10 @@ def register(cls: type[Method]) -> type[Method]:
     """Class decorator adding a method to the registry under ``cls.name``."""
     if not getattr(cls, "quantity", ""):
         raise ValueError(f"{cls.__name__}: declare the map's quantity (what a value measures)")
+    if cls.name not in GUIDES:
+        raise ValueError(
+            f"{cls.__name__}: write its page (what a map can and cannot show) in guides.py"
+        )
     return REGISTRY.register(cls)
 
 
