@@ -1,6 +1,6 @@
 """The web viewer on the built-in demo's run folder, in headless Chromium (slow: it runs the demo).
 
-With ``TORCHESEGETA_README_SCREENSHOT=docs/viewer.png`` it also writes the README's picture.
+With ``TORCHESEGETA_README_SCREENSHOT=docs/viewer.png`` it also writes docs/viewer.md's picture.
 """
 
 from __future__ import annotations

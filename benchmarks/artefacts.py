@@ -3,6 +3,7 @@ come from: experiments that separate the network, the integration rule, the base
 
     python benchmarks/artefacts.py                 # the demo network: a few minutes on 2 cores
     python benchmarks/artefacts.py --train         # + 5 down/up-sampling variants, trained as the demo
+    python benchmarks/artefacts.py --variants-only --iterations 200   # table 5 alone, shorter training
     python benchmarks/artefacts.py --quick         # the checks the test suite runs (DeepLIFT only)
 
 The measure: a **stripe index** along an axis is the Pearson correlation, over a set of voxels,
@@ -255,12 +256,11 @@ class SamplingUNet(torch.nn.Module):
 
 
 VARIANTS = [
-    ("conv3s2", "convT3s2"),
-    ("conv3s2", "linear"),
-    ("conv2s2", "convT2s2"),
-    ("pool", "convT3s2"),
-    ("pool", "linear"),
-    ("avgpool", "linear"),
+    ("conv3s2", "convT3s2"),  # the demo's sampling
+    ("conv3s2", "linear"),  # the up-sampling changed
+    ("pool", "convT3s2"),  # the down-sampling changed
+    ("avgpool", "linear"),  # both changed
+    ("conv2s2", "convT2s2"),  # kernels the size of the stride: every voxel seen once
 ]
 
 
@@ -315,10 +315,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="DeepLIFT only (the test suite's run)")
     parser.add_argument("--train", action="store_true", help="also train and compare the variants")
+    parser.add_argument(
+        "--variants-only", action="store_true", help="only table 5 (implies --train)"
+    )
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--cache", type=Path, default=Path("artefact-variants"))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
+    if args.variants_only:
+        table_variants(args.cache, args.iterations)
+        return {}
     case = prepare()
     maps = table_methods(case, args.quick)
     shifts = table_shift(case, args.quick)

@@ -20,7 +20,12 @@ import sys
 from .. import __version__
 from ..errors import CancelledError, UserInputError, unwritable_error
 from . import batch, catalog, demo, evaluate, explain, view
-from .catalog import method_pages_markdown, methods_markdown, metrics_markdown
+from .catalog import (
+    ground_truth_markdown,
+    method_pages_markdown,
+    methods_markdown,
+    metrics_markdown,
+)
 from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER, Parser, output_options
 
 SUBCOMMANDS = (explain, demo, batch, evaluate, view, catalog)
@@ -32,6 +37,7 @@ __all__ = [
     "EXIT_USER",
     "SUBCOMMANDS",
     "build_parser",
+    "ground_truth_markdown",
     "main",
     "method_pages_markdown",
     "methods_markdown",

@@ -54,7 +54,7 @@ _INTERACTIONS = (
     "never shown as a pair."
 )
 _CONTRIBUTION = "this voxel's change from the baseline raised the score"
-_AGAINST = "it lowered the score"
+_AGAINST = "this voxel's change from the baseline lowered the score"
 #: Share of |map| inside the box of the ground-truth test (a network that sees only a known
 #: 8^3 box of a 16^3 volume), for the methods below the 0.95 every other method reaches (guided
 #: Grad-CAM's map is all zero there). ``Testing/test_catalog_contract.py`` measures it and holds
@@ -122,7 +122,7 @@ GUIDES: dict[str, Guide] = {
         answers="To first order, how much would the score change if this voxel's intensity "
         "went to zero?",
         positive="this voxel's intensity, times the score's sensitivity to it, raises the score",
-        negative=_AGAINST,
+        negative="it lowers the score",
         failure_modes=(
             "Bright voxels dominate and the map resembles the image; voxels of intensity zero get "
             "zero whatever the model does with them.",
@@ -335,7 +335,7 @@ GUIDES: dict[str, Guide] = {
         answers="DeepLIFT's contributions at a layer: how much of the score's difference from "
         "the baseline each position of the layer accounts for.",
         positive=_CONTRIBUTION.replace("voxel", "position"),
-        negative=_AGAINST,
+        negative=_AGAINST.replace("voxel", "position"),
         failure_modes=(
             _ground_truth("layer_deeplift", "units in the box's rim and biases share it."),
         ),

@@ -45,7 +45,7 @@ def explain(
         images: image file(s) (one per model input channel), a :class:`Volume`, or an array
             (C, I, J, K) / (I, J, K) with ``geometry`` (identity geometry when omitted).
         model: "demo", a path (TorchScript file or MONAI bundle folder), a model reference
-            dict (see the README) or a :class:`~TorchEsegetaLib.models.loading.LoadedModel`.
+            dict (see docs/models.md) or a :class:`~TorchEsegetaLib.models.loading.LoadedModel`.
         target: "class", "class:NAME", "mask:FILE", "roi:i0,j0,k0:i1,j1,k1", "voxel:i,j,k",
             "component:i,j,k", "boundary:NAME[:WIDTH]", "contrast:A,B", a dict of
             :class:`TargetSpec` fields, or a TargetSpec.

@@ -47,7 +47,7 @@ class MethodSpec(Spec):
 
 @dataclass
 class Job:
-    """A validated run description. See the README's "Job files" section for every field."""
+    """A validated run description. See docs/reference.md ("Job files") for every field."""
 
     images: list[str]
     #: the model reference; None: a network given in memory (Python API, Slicer console)

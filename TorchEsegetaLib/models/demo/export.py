@@ -1,8 +1,8 @@
 """The demo network as the other kinds of model: a TorchScript file and a MONAI bundle.
 
-``python -m TorchEsegetaLib.models.demo.export --torchscript demo.ts --bundle demo_bundle/`` writes them
-from the committed demo weights, with nothing downloaded, so the README's examples for those
-kinds of model run anywhere. The bundle is laid out as MONAI's model zoo lays bundles out
+``python -m TorchEsegetaLib.models.demo.export --torchscript demo.ts --bundle demo_bundle/`` writes
+them from the committed demo weights, with nothing downloaded, so the examples of the README and
+docs/models.md for those kinds of model run anywhere. The bundle is laid out as MONAI's model zoo lays bundles out
 (``configs/inference.json``, ``configs/metadata.json``, ``models/model.ts`` or
 ``models/model.pt``), with the preprocessing the demo network was trained with written as
 MONAI transforms.

@@ -33,5 +33,5 @@ def require_nnunetv2() -> None:
     except ImportError as error:
         raise UserInputError(
             'nnU-Net model folders need nnU-Net v2: pip install "torchesegeta[nnunet]" '
-            "(see the README's nnU-Net section to keep your PyTorch build)"
+            "(see docs/nnunet.md to keep your PyTorch build)"
         ) from error
