@@ -23,6 +23,10 @@ def target_schema() -> dict[str, Any]:
     return next(alt for alt in job_field_schema("target")["oneOf"] if alt.get("type") == "object")
 
 
+#: Fields only some kinds use, written into a job only when set.
+OPTIONAL_FIELDS = ("width", "versus")
+
+
 @dataclass
 class TargetSpec:
     """The user's choice of what to explain.
@@ -88,6 +92,9 @@ class TargetSpec:
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "mask_array"}
         data["class"] = data.pop("class_")
+        for key in OPTIONAL_FIELDS:  # left out unset, so jobs recorded before them compare equal
+            if data[key] is None:
+                del data[key]
         if self.mask_array is not None:
             data["mask"] = data["mask"] or "<array>"
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
