@@ -70,6 +70,8 @@ def panelValues(inputNode, model, tmp_path, **values):
         "targetSegmentId": "",
         "targetRoi": None,
         "targetPoint": None,
+        "targetWidth": 1,
+        "targetVersus": "",
         "targetOutput": "logits",
         "methods": ["saliency"],
         "methodParameters": "{}",
@@ -145,6 +147,34 @@ def test_logic_runs_the_panel_settings_through_the_worker(module, scene, tmp_pat
     failing = panelValues(inputNode, model, tmp_path, targetRegion="point", targetPoint=None)
     with pytest.raises(ValueError, match="markups point"):
         logic.startRun(failing)
+
+
+def test_the_object_target_regions_reach_the_job(scene, tmp_path):
+    from TorchEsegetaSlicer import volumeNodeFromArray
+    from TorchEsegetaSlicer.panelRun import _target, requestFromPanel
+
+    inputNode = volumeNodeFromArray(scene, tinyImage(), GEOMETRY, "T1")
+    pointNode = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    ras = GEOMETRY.affine_ras() @ np.array([5.0, 6.0, 7.0, 1.0])
+    pointNode.AddControlPoint(*ras[:3])
+    model = tinyModelReference(tmp_path)
+
+    def target(**values):
+        p = panelValues(inputNode, model, tmp_path, targetPoint=pointNode, **values)
+        request = requestFromPanel(p, [inputNode], model, tmp_path)
+        return _target(request, inputNode, GEOMETRY, tmp_path)
+
+    component = target(targetRegion="object at point")
+    assert component["kind"] == "component" and component["coordinates"] == "ras"
+    np.testing.assert_allclose(component["voxel"], ras[:3], atol=1e-6)
+    assert target(targetRegion="boundary", targetClass="vessel", targetWidth=3) == {
+        "kind": "boundary",
+        "class": "vessel",
+        "output": "logits",
+        "width": 3,
+    }
+    versus = target(targetRegion="versus class", targetClass="vessel", targetVersus="background")
+    assert versus["kind"] == "contrast" and versus["versus"] == "background"
 
 
 def test_the_crop_margin_box_reaches_the_run_request_only_when_set(scene, tmp_path):
