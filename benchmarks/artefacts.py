@@ -3,23 +3,24 @@ come from: experiments that separate the network, the integration rule, the base
 
     python benchmarks/artefacts.py                 # the demo network: a few minutes on 2 cores
     python benchmarks/artefacts.py --train         # + 5 down/up-sampling variants, trained as the demo
-    python benchmarks/artefacts.py --variants-only --iterations 200   # table 5 alone, shorter training
+    python benchmarks/artefacts.py --variants-only --iterations 100   # table 5 alone, as quoted
     python benchmarks/artefacts.py --quick         # the checks the test suite runs (DeepLIFT only)
 
 The measure: a **stripe index** along an axis is the Pearson correlation, over a set of voxels,
 between a map and (-1)^index along that axis: 0 when the map has no period-2 pattern tied to the
 voxel grid, +-1 for pure alternating stripes. It is taken inside the predicted vessels (where
 the stripes show) and over the background (where LRP's checkerboard shows). For LRP the
-**checkerboard ratio** is the mean |relevance| of background voxels with an odd index along an
+**odd/even ratio** is the mean |relevance| of background voxels with an odd index along an
 axis over that of voxels with an even one (1: no checkerboard).
 
-What each table tests (the findings are written up in docs/methods.md, "Artefacts"):
+What each table tests (the findings are written up in docs/artefacts.md):
 1. the integration rule, the number of steps and the baseline (integrated gradients), and
    captum's integrated gradients on the same model (is it our code?);
 2. the gradient on the images along the path (where does the pattern enter the integral?);
 3. the input shifted by one voxel (does the pattern follow the anatomy or the network's grid?);
 4. LRP's background relevance by the parity of the voxel index;
-5. (--train) the same methods on networks that differ only in how they down- and up-sample.
+5. (--train) the same methods on networks that differ only in how they down- and up-sample
+   (trained networks are kept in --cache, so a second run only explains).
 """
 
 from __future__ import annotations

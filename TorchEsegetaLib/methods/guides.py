@@ -35,10 +35,10 @@ class Guide:
 
 _STRIPES = (
     "Stripes of period 2 locked to the network's voxel grid, inside bright structures, on "
-    "networks whose first layer down-samples with a 3^3 convolution of stride 2 (MONAI's "
-    "UNet, the demo): the model's own gradients on the dim images along the path from the "
-    "baseline, not anatomy and not the integration; read the map at the scale of 2 voxels "
-    "(docs/artefacts.md)."
+    "networks that down- and up-sample with learnt kernels of stride 2 (MONAI's UNet, the "
+    "demo): the model's own gradients on the dim images along the path from the baseline, not "
+    "anatomy and not the integration (the rule, the steps, the baseline and captum's code give "
+    "the same); read the map at the scale of 2 voxels (docs/artefacts.md)."
 )
 _RANDOMISATION = (
     "Multiplying by the image's difference from the baseline makes the map resemble the image: "
@@ -238,10 +238,11 @@ GUIDES: dict[str, Guide] = {
         positive="relevance for the score",
         negative="relevance against it",
         failure_modes=(
-            "A checkerboard of period 2 over the background on networks whose first layer is a "
-            "3^3 convolution of stride 2: a voxel with an odd index along an axis gets "
-            "relevance from two outputs of that layer, one with an even index from one "
-            "(the model's sampling, not a bug; docs/artefacts.md).",
+            "A checkerboard of period 2 over the background on networks that down-sample with "
+            "3^3 convolutions of stride 2 (MONAI's UNet, the demo): a voxel with an odd index "
+            "along an axis gets relevance from two of that layer's windows, one with an even "
+            "index from one (the model's sampling, not a bug; max pooling turns it over, average "
+            "pooling has none; docs/artefacts.md).",
             "Biases absorb relevance, so the map sums to the score only approximately.",
             "The rules (composite) change the picture; operations without a rule are listed in "
             "the run's notes.",
