@@ -63,6 +63,9 @@ def test_a_component_is_exactly_the_26_connected_object_holding_the_voxel():
         "voxels": int(a.sum()),
         "components_of_class": 2,
     }
+    assert "vessel logit over the connected vessel component at voxel (3, 3, 3) (" in score_phrase(
+        case.target_info
+    )
     # the second cube's voxel belongs to the same object; the bar is another
     assert np.array_equal(prepared(TargetSpec.parse("component:6,6,6")).input_region, a)
     assert np.array_equal(prepared(TargetSpec.parse("component:12,4,10")).input_region, b)
