@@ -138,7 +138,7 @@ def test_the_readmes_model_examples_run_as_written(kind, tmp_path):
     (tmp_path / "TorchEsegetaLib").symlink_to(ROOT / "TorchEsegetaLib")
     torchesegeta = shutil.which("torchesegeta")
     assert torchesegeta, "the torchesegeta command is not installed"
-    demo = [torchesegeta, "--quiet", "demo", "--method", "saliency", "--no-figures"]
+    demo = [torchesegeta, "--quiet", "demo", "--method", "saliency"]
     subprocess.run(demo, cwd=tmp_path, check=True, timeout=900)
     # a pip line installs what the test environment already has
     commands = "\n".join(
