@@ -160,6 +160,9 @@ def test_contrast_scores_class_a_minus_class_b_over_a_region():
     )
     with pytest.raises(UserInputError, match="two different classes"):
         prepared(TargetSpec.parse("contrast:vessel,1"))
+    # class A's region is empty: nothing to contrast
+    with pytest.raises(UserInputError, match="predicts no voxel of class 'vessel'"):
+        prepared(TargetSpec.parse("contrast:vessel,background"), np.zeros(SHAPE, np.float32))
 
 
 def unet_case(spec_text: str):

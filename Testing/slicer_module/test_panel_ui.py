@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import ast
 import re
+import xml.etree.ElementTree as ElementTree
 
 import pytest
 from moduleFiles import MODULE_FOLDER
-from uiLoading import childWidgets, loadUi, parameterBindings, sceneConnections, widgetClasses
+from uiLoading import (
+    UI_FILE,
+    childWidgets,
+    loadUi,
+    parameterBindings,
+    sceneConnections,
+    widgetClasses,
+)
 
 MODULE_FILE = MODULE_FOLDER / "TorchEsegeta.py"
 # The module's widget is the panel mixin of panelWidget.py; its state is parameterNode.py's wrapper.
@@ -107,9 +115,30 @@ def test_choice_defaults_are_among_the_choices():
 def test_every_mrml_widget_receives_the_scene():
     classes = widgetClasses()
     mrmlWidgets = {
-        name for name, cls in classes.items() if cls.startswith("qMRML") and name != "TorchEsegeta"
+        name
+        for name, cls in classes.items()
+        if cls.startswith(("qMRML", "qSlicer")) and name != "TorchEsegeta"
     }
     assert mrmlWidgets and mrmlWidgets <= sceneConnections()
+
+
+def test_a_click_places_the_point_of_the_chosen_point_list(uiWidgets):
+    """The place button beside the point list places into the list the selector shows, and it
+    is shown and hidden with it (both regions that take a point)."""
+    assert widgetClasses()["targetPointPlaceWidget"] == "qSlicerMarkupsPlaceWidget"
+    root = ElementTree.parse(UI_FILE).getroot()
+    links = {
+        (c.findtext("sender"), c.findtext("signal"), c.findtext("receiver"), c.findtext("slot"))
+        for c in root.iter("connection")
+    }
+    assert (
+        "targetPointSelector",
+        "currentNodeChanged(vtkMRMLNode*)",
+        "targetPointPlaceWidget",
+        "setCurrentNode(vtkMRMLNode*)",
+    ) in links
+    view = (MODULE_FOLDER / "TorchEsegetaSlicer" / "panelView.py").read_text(encoding="utf-8")
+    assert re.search(r"POINT_REGIONS,\s*\([^)]*ui\.targetPointPlaceWidget", view)
 
 
 def test_every_user_action_is_wrapped_in_try_with_error_display():

@@ -62,7 +62,10 @@ def showUnboundState(ui, p, running: bool) -> None:
     for regions, widgets in (
         (("segment",), (ui.targetSegmentLabel, ui.targetSegmentSelector)),
         (("ROI",), (ui.targetRoiLabel, ui.targetRoiSelector)),
-        (jobBuilder.POINT_REGIONS, (ui.targetPointLabel, ui.targetPointSelector)),
+        (
+            jobBuilder.POINT_REGIONS,
+            (ui.targetPointLabel, ui.targetPointSelector, ui.targetPointPlaceWidget),
+        ),
         (("boundary",), (ui.targetWidthLabel, ui.targetWidthSpinBox)),
         (("versus class",), (ui.targetVersusLabel, ui.targetVersusComboBox)),
     ):

@@ -50,6 +50,10 @@ class PanelWidget(VTKObservationMixin):
         self.ui.targetSegmentSelector.connect(
             "currentSegmentChanged(QString)", self.onTargetSegmentChanged
         )
+        # a point target is one point: each click places one (the list's first is the target)
+        self.ui.targetPointPlaceWidget.placeMultipleMarkups = (
+            slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+        )
         self.ui.evaluationCollapsibleButton.setVisible(methodForms.evaluationAvailable())
         self.initializeParameterNode()
 
