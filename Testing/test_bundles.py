@@ -398,7 +398,9 @@ def test_untrusted_network_def_outside_monai_is_refused(tmp_path):
     config = json.loads((root / "configs" / "inference.json").read_text())
     config["network_def"]["_target_"] = "scripts.net.Net"
     (root / "configs" / "inference.json").write_text(json.dumps(config))
-    with pytest.raises(UserInputError, match="network_def::_target_: 'scripts.net.Net'.*--trust-model"):
+    with pytest.raises(
+        UserInputError, match="network_def::_target_: 'scripts.net.Net'.*--trust-model"
+    ):
         load_model({"kind": "bundle", "path": str(root)})
 
 

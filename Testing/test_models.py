@@ -287,7 +287,9 @@ def test_bundle_code_runs_only_when_trusted(tmp_path):
     from TorchEsegetaLib.models.bundles.analysis import analyse_bundle
 
     files = [plain_root / "configs" / "metadata.json"]
-    assert analyse_bundle(plain_root, plain_root / "configs" / "inference.json", files).findings == []
+    assert (
+        analyse_bundle(plain_root, plain_root / "configs" / "inference.json", files).findings == []
+    )
     assert load_model({"kind": "bundle", "path": str(plain_root)}).card.roi_size == (8, 8, 8)
 
 

@@ -119,7 +119,9 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
         layouts.showResults(slicer.mrmlScene, nodes, backgroundNode, opacity, compare)
 
     def modelReference(self, p):
-        return jobBuilder.modelReference(p.modelKind, p.modelPath, p.networkName, p.networkKwargs)
+        return jobBuilder.modelReference(
+            p.modelKind, p.modelPath, p.networkName, p.networkKwargs, p.trustModel
+        )
 
     def loadModel(self, p):
         """Load (once) the panel's model, installing torch & co. first if needed."""

@@ -64,6 +64,7 @@ def panelValues(inputNode, model, tmp_path, **values):
         "modelPath": model["checkpoint"],
         "networkName": "UNet",
         "networkKwargs": json.dumps(TINY_UNET_KWARGS),
+        "trustModel": False,
         "segmentation": None,
         "targetClass": "",
         "targetRegion": "point",
@@ -85,6 +86,20 @@ def panelValues(inputNode, model, tmp_path, **values):
         "lastRunFolder": "",
     }
     return SimpleNamespace(**{**defaults, **values})
+
+
+def test_the_panels_trust_checkbox_reaches_the_model_reference(module, tmp_path):
+    (tmp_path / "bundle").mkdir()
+    logic = module.TorchEsegetaLogic()
+    folder = {"modelKind": "bundle", "modelPath": tmp_path / "bundle"}
+    trusted = panelValues(None, {"checkpoint": None}, tmp_path, trustModel=True, **folder)
+    assert logic.modelReference(trusted) == {
+        "kind": "bundle",
+        "path": str(tmp_path / "bundle"),
+        "trust": True,
+    }
+    untrusted = panelValues(None, {"checkpoint": None}, tmp_path, **folder)
+    assert "trust" not in logic.modelReference(untrusted)
 
 
 def test_logic_explain_returns_the_new_nodes(module, scene, tmp_path):

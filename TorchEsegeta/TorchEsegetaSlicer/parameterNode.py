@@ -29,6 +29,8 @@ class TorchEsegetaParameterNode:
     modelPath: pathlib.Path
     networkName: str = "UNet"
     networkKwargs: str = ""
+    #: consent to run the code a bundle or nnU-Net folder names (docs/safety.md)
+    trustModel: bool = False
     segmentation: vtkMRMLSegmentationNode
     targetClass: str = ""
     targetRegion: Annotated[str, Choice(list(REGION_KINDS))] = "predicted mask"

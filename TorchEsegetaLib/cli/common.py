@@ -41,6 +41,33 @@ def output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def model_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The model reference of --model, --network, --network-kwargs and --trust-model (which
+    only a bundle or nnU-Net folder takes: no other kind of model names code)."""
+    from ..models.loading import model_ref_from_string
+    from ..models.trust import FOLDER_KINDS
+
+    model = model_ref_from_string(
+        args.model, args.network, json_option(args.network_kwargs, "--network-kwargs")
+    )
+    if args.trust_model and model["kind"] in FOLDER_KINDS:
+        model["trust"] = True
+    return model
+
+
+def trust_option(group: Any) -> None:
+    """--trust-model (alias --trust-bundle): consent to the code a model folder names."""
+    group.add_argument(
+        "--trust-model",
+        "--trust-bundle",
+        dest="trust_model",
+        action="store_true",
+        help="run the code a MONAI bundle or nnU-Net folder names (Python expressions, classes "
+        "outside MONAI's and nnU-Net's own); only for folders from a source you trust, see "
+        "docs/safety.md",
+    )
+
+
 def common_run_options(group: Any) -> None:
     """Options of every command that runs a job: device, seed, overwrite, precision."""
     group.add_argument(

@@ -17,6 +17,8 @@ from .common import (
     json_option,
     methods_from_args,
     metrics_from_args,
+    model_from_args,
+    trust_option,
 )
 from .progress import progress_display
 
@@ -44,11 +46,7 @@ def add_parsers(sub: Any) -> None:
         "--network", help="MONAI network class for a state-dict checkpoint, e.g. UNet"
     )
     model.add_argument("--network-kwargs", default=None, help="JSON keyword arguments of --network")
-    model.add_argument(
-        "--trust-bundle",
-        action="store_true",
-        help="allow a MONAI bundle whose config holds Python expressions (they run on loading)",
-    )
+    trust_option(model)
     model.add_argument(
         "--allow-unapplied-preprocessing",
         action="store_true",
@@ -198,7 +196,6 @@ def _split_params(params: list[str], evaluate: str | None) -> tuple[list[str], l
 
 
 def _job_from_explain(args: argparse.Namespace) -> Any:
-    from ..models.loading import model_ref_from_string
     from ..runs.job import Job, MethodSpec
     from ..targets.spec import TargetSpec
 
@@ -209,11 +206,7 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         reduction=args.reduction,
         **({"class_": args.target_class} if args.target_class is not None else {}),
     )
-    model = model_ref_from_string(
-        args.model, args.network, json_option(args.network_kwargs, "--network-kwargs")
-    )
-    if args.trust_bundle and model["kind"] == "bundle":
-        model["trust"] = True
+    model = model_from_args(args)
     model.update(_nnunet_options(args, model["kind"]))
     method_params, metric_params = _split_params(args.param, args.evaluate)
     card = json_option(args.card, "--card")

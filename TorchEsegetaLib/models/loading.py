@@ -5,16 +5,17 @@ A model reference is a small JSON-able dict (what a Job holds):
 * ``{"kind": "demo"}``
 * ``{"kind": "monai", "network": "UNet", "kwargs": {...}, "checkpoint": "model.pt" | null}``
 * ``{"kind": "torchscript", "path": "model.ts"}``
-* ``{"kind": "bundle", "path": "bundle_folder"}``
-* ``{"kind": "nnunet", "path": "Trainer__Plans__configuration", "folds": [0, 1] | null,
-  "checkpoint_name": "checkpoint_final.pth", "mirroring": true, "tile_step_size": 0.5,
-  "explain_fold": null}`` (:mod:`TorchEsegetaLib.models.nnunet`)
+* ``{"kind": "bundle", "path": "bundle_folder", "trust": false}``
+* ``{"kind": "nnunet", "path": "Trainer__Plans__configuration", "trust": false,
+  "folds": [0, 1] | null, "checkpoint_name": "checkpoint_final.pth", "mirroring": true,
+  "tile_step_size": 0.5, "explain_fold": null}`` (:mod:`TorchEsegetaLib.models.nnunet`)
 
 Weights are read with ``torch.load(weights_only=True)`` only: unpickling arbitrary objects can
 run arbitrary code, so whole pickled models are refused with instructions to export a state
-dict or TorchScript. A bundle's config, on the other hand, is code by design (``$``
-expressions): such a bundle loads only when its reference says ``"trust": true``
-(:mod:`TorchEsegetaLib.models.bundles.folder`).
+dict or TorchScript. A bundle's config and an nnU-Net folder's plans, on the other hand, name
+code (``$`` expressions, ``_target_`` classes, network classes): a folder naming anything
+outside the allow-list of :mod:`TorchEsegetaLib.models.trust` loads only when its reference says
+``"trust": true``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ _REF_KEYS = {
     "nnunet": {
         "kind",
         "path",
+        "trust",
         "folds",
         "checkpoint_name",
         "mirroring",

@@ -21,9 +21,12 @@ from pathlib import Path
 
 from ..errors import UserInputError
 
+#: The kinds of model reference that name a folder whose files can name code.
+FOLDER_KINDS = ("bundle", "nnunet")
+
 #: How to consent, in every front end; ends the refusal's one line.
 CONSENT = (
-    "if you trust the folder's source, pass --trust-model (in a job: \"trust\": true in the "
+    'if you trust the folder\'s source, pass --trust-model (in a job: "trust": true in the '
     "model reference; in Slicer: tick 'Trust the model folder's code')"
 )
 
@@ -38,7 +41,7 @@ class Finding:
         file: the file it is written in (shown relative to the model folder when inside it).
         key: where in that file, as a ``::``-separated key path.
         value: what is written there.
-        what: why it is code, e.g. "is a Python expression".
+        what: what it is and what loading would do with it.
     """
 
     file: str
@@ -57,9 +60,7 @@ def require_consent(name: str, findings: Sequence[Finding], trusted: bool) -> No
     if not findings or trusted:
         return
     more = f" (and {len(findings) - 1} more)" if len(findings) > 1 else ""
-    raise UserInputError(
-        f"{name} would run code on loading: {findings[0].describe()}{more}; {CONSENT}"
-    )
+    raise UserInputError(f"{name}: {findings[0].describe()}{more}; {CONSENT}")
 
 
 def shown_path(path: str | Path, folder: Path) -> str:
@@ -73,22 +74,35 @@ def shown_path(path: str | Path, folder: Path) -> str:
 
 def allowed_class(path: object, roots: Sequence[str], homes: Sequence[str]) -> type | None:
     """The class a dotted ``path`` names, found as ``pydoc.locate`` finds it, when it is defined
-    in one of the ``homes`` packages; None otherwise.
+    in one of the ``homes`` packages; None otherwise (see :func:`locate_within`)."""
+    found = locate_within(path, roots)
+    return found if is_class_from(found, homes) else None
 
-    Nothing outside the ``roots`` packages is imported: a path must be plain ASCII names under
-    one of them (``pydoc.locate`` would import any module a path starts with), and the object it
-    leads to is checked, so an attribute chain (``monai.networks.nets.unet.torch.hub.load``)
-    does not pass for the class it starts from.
+
+def locate_within(path: object, roots: Sequence[str]) -> object | None:
+    """What ``pydoc.locate(path)`` finds, importing nothing outside the ``roots`` packages.
+
+    ``pydoc.locate`` imports every module a path starts with, so a path must be plain ASCII
+    names under one of the roots to be located at all; None otherwise, or when nothing is
+    found. What it finds is the caller's to check: an attribute chain
+    (``monai.networks.nets.unet.torch.hub.load``) leads out of the package it starts in.
     """
     if not isinstance(path, str) or not _DOTTED.match(path) or not _within(path, roots):
         return None
     try:
-        found = pydoc.locate(path)
+        return pydoc.locate(path)
     except Exception:  # a module of the package that fails to import: nothing to call
         return None
-    if not inspect.isclass(found) or not _within(found.__module__, homes):
-        return None
-    return found
+
+
+def is_class_from(found: object, homes: Sequence[str], base: type | None = None) -> bool:
+    """Whether ``found`` is a class defined in one of the ``homes`` packages (and a subclass
+    of ``base``)."""
+    return (
+        inspect.isclass(found)
+        and _within(found.__module__, homes)
+        and (base is None or issubclass(found, base))
+    )
 
 
 def canonical_path(cls: type) -> str:

@@ -55,8 +55,8 @@ MAX_MACRO_DEPTH = 16
 MAX_PARTS = 1_000_000  # values visited; a YAML alias bomb stops here
 MAX_FILE_BYTES = 16 * 2**20
 _EXPRESSION = (
-    "is a Python expression (only 'lambda x: a * x + b' and 'lambda x: x > c' are read "
-    "without running them)"
+    "is a Python expression, which loading would run (only 'lambda x: a * x + b' and "
+    "'lambda x: x > c' are read, not run)"
 )
 
 
@@ -234,22 +234,24 @@ class _Analysis:
             self.find(
                 f"{tid}::_target_",
                 target,
-                "is not a class of MONAI's transforms, networks or inferers, nor a torch.nn layer "
-                "(MONAI would call whatever it names)",
+                "is not a class of MONAI's transforms, networks or inferers nor a torch.nn layer; "
+                "loading would call whatever it names",
             )
         else:
             node["_target_"] = canonical_path(cls)
         if node.get("_mode_", "default") not in ("default", "callable"):
-            self.find(f"{tid}::_mode_", node["_mode_"], "would start Python's debugger")
+            self.find(f"{tid}::_mode_", node["_mode_"], "would start Python's debugger on loading")
         if node.get("_debug_") not in (None, False):
-            self.find(f"{tid}::_debug_", node["_debug_"], "would start Python's debugger")
+            self.find(
+                f"{tid}::_debug_", node["_debug_"], "would start Python's debugger on loading"
+            )
         for key, (module, base) in NAMED_CLASSES.items():
             if key in node and not _names_builtin_class(node[key], module, base):
                 self.find(
                     f"{tid}::{key}",
                     node[key],
-                    f"is not the name of a MONAI {base} class (MONAI would import and call "
-                    "whatever it names)",
+                    f"is not the name of a MONAI {base} class; loading would import and call "
+                    "whatever it names",
                 )
 
     def target_class(self, target: Any) -> type | None:

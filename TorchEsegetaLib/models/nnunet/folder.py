@@ -14,6 +14,10 @@ a checkpoint holding any other pickled object is refused. Of a checkpoint we use
 ``network_weights`` (the state dict), ``trainer_name``, ``init_args["configuration"]`` and
 ``inference_allowed_mirroring_axes``; the optimizer state, grad scaler and training log are
 loaded but ignored.
+
+The plans name code: nnU-Net imports and calls the classes they name. Before anything is built,
+:mod:`.analysis` holds those names against nnU-Net's own classes; a folder naming anything else
+loads only with consent (``"trust": true`` in the reference, ``--trust-model``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import numpy as np
 import torch
 
 from ...errors import UserInputError
+from ..trust import require_consent
 from . import CHECKPOINTS, require_nnunetv2
+from .analysis import analyse_plans, trainer_class
 from .pipeline import NnUNetPipeline, Plan
 
 
@@ -72,6 +78,8 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
                 f"{path} was trained as {other}, fold {folds[0]} as {(trainer_name, configuration)}; "
                 "give folds of one model"
             )
+    require_consent(f"nnU-Net folder {folder.name}", analyse_plans(plans), bool(ref.get("trust")))
+    trainer = trainer_class(trainer_name)
     manager = PlansManager(plans)
     try:
         config = manager.get_configuration(configuration)
@@ -93,7 +101,7 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
     in_channels = determine_num_input_channels(manager, config, dataset_json)
     out_channels = labels.num_segmentation_heads
     networks = [
-        _build_network(trainer_name, manager, config, in_channels, out_channels, c, p)
+        _build_network(trainer, manager, config, in_channels, out_channels, c, p)
         for c, p in zip(checkpoints, paths)
     ]
     explain_fold = ref.get("explain_fold")
@@ -214,7 +222,7 @@ def _folds(folder: Path, folds: Any, checkpoint: str) -> list[int | str]:
 
 
 def _build_network(
-    trainer_name: str,
+    trainer: Any,
     manager: Any,
     config: Any,
     in_channels: int,
@@ -225,12 +233,6 @@ def _build_network(
     """The fold's network, built as nnUNetPredictor builds it, with the checkpoint's weights."""
     import inspect
 
-    trainer = trainer_class(trainer_name)
-    if trainer is None:
-        raise UserInputError(
-            f"{path} was trained with {trainer_name}, which this nnunetv2 installation does not "
-            "have; install the nnU-Net version (or plug-in) that defines it"
-        )
     if "plans_manager" in inspect.signature(trainer.build_network_architecture).parameters:
         network = trainer.build_network_architecture(
             manager, config, in_channels, out_channels, enable_deep_supervision=False
@@ -255,18 +257,6 @@ def _build_network(
             f"({str(error).splitlines()[0]}); check that plans.json belongs to this model"
         ) from error
     return network.eval()
-
-
-def trainer_class(name: str) -> Any:
-    """nnU-Net's trainer class of that name, found as nnU-Net finds it (None: unknown)."""
-    import nnunetv2
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-
-    return recursive_find_python_class(
-        str(Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer"),
-        name,
-        "nnunetv2.training.nnUNetTrainer",
-    )
 
 
 def _plan(manager: Any, config: Any, regions: bool) -> Plan:
