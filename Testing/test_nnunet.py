@@ -24,17 +24,8 @@ SPACING = (2.3, 0.75, 0.62)
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    from TorchEsegetaLib.models.nnunet.example import build_model_folder, vessel_cases
-
-    root = tmp_path_factory.mktemp("nnunet")
-    return build_model_folder(
-        root,
-        vessel_cases(3, (10, 16, 18), (2.0, 0.7, 0.6)),
-        folds=(0, 1),
-        base_features=2,
-        max_features=8,
-    )
+def folder(nnunet_model_folder):
+    return nnunet_model_folder
 
 
 @pytest.fixture(scope="module")

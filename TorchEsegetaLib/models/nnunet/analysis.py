@@ -167,18 +167,18 @@ def _is_network_class(name: Any) -> bool:
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
     found = locate_within(name, (NETWORK_PACKAGE,))
-    if found is None and isinstance(name, str) and name.startswith(f"{NETWORK_PACKAGE}."):
+    moved = found is None and isinstance(name, str) and name.startswith(f"{NETWORK_PACKAGE}.")
+    last = name.rsplit(".", 1)[-1] if moved else ""
+    if moved and last.isidentifier():
         # nnU-Net's fallback for classes that moved: the last name among the architectures
-        last = name.rsplit(".", 1)[-1]
-        found = (
-            recursive_find_python_class(
+        try:
+            found = recursive_find_python_class(
                 str(Path(dynamic_network_architectures.__path__[0]) / "architectures"),
                 last,
                 f"{NETWORK_PACKAGE}.architectures",
             )
-            if last.isidentifier()
-            else None
-        )
+        except ImportError:  # an architecture needing an absent package: nnU-Net fails too
+            found = None
     return is_class_from(found, (NETWORK_PACKAGE,), _module_class())
 
 

@@ -233,19 +233,26 @@ def _build_network(
     """The fold's network, built as nnUNetPredictor builds it, with the checkpoint's weights."""
     import inspect
 
-    if "plans_manager" in inspect.signature(trainer.build_network_architecture).parameters:
-        network = trainer.build_network_architecture(
-            manager, config, in_channels, out_channels, enable_deep_supervision=False
-        )
-    else:  # the older signature nnUNetPredictor still accepts
-        network = trainer.build_network_architecture(
-            config.network_arch_class_name,
-            config.network_arch_init_kwargs,
-            config.network_arch_init_kwargs_req_import,
-            in_channels,
-            out_channels,
-            enable_deep_supervision=False,
-        )
+    try:
+        if "plans_manager" in inspect.signature(trainer.build_network_architecture).parameters:
+            network = trainer.build_network_architecture(
+                manager, config, in_channels, out_channels, enable_deep_supervision=False
+            )
+        else:  # the older signature nnUNetPredictor still accepts
+            network = trainer.build_network_architecture(
+                config.network_arch_class_name,
+                config.network_arch_init_kwargs,
+                config.network_arch_init_kwargs_req_import,
+                in_channels,
+                out_channels,
+                enable_deep_supervision=False,
+            )
+    except Exception as error:  # what the plans name (with consent) failed, or is missing
+        problem = " ".join(str(error).split())
+        raise UserInputError(
+            f"nnU-Net cannot build the network the plans of {path.parent.parent.name} describe "
+            f"({type(error).__name__}: {problem}); check plans.json"
+        ) from error
     weights = checkpoint["network_weights"]
     if weights and all(k.startswith("module.") for k in weights):
         weights = {k[len("module.") :]: v for k, v in weights.items()}
