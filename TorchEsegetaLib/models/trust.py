@@ -76,7 +76,7 @@ def allowed_class(path: object, roots: Sequence[str], homes: Sequence[str]) -> t
     """The class a dotted ``path`` names, found as ``pydoc.locate`` finds it, when it is defined
     in one of the ``homes`` packages; None otherwise (see :func:`locate_within`)."""
     found = locate_within(path, roots)
-    return found if is_class_from(found, homes) else None
+    return found if isinstance(found, type) and is_class_from(found, homes) else None
 
 
 def locate_within(path: object, roots: Sequence[str]) -> object | None:

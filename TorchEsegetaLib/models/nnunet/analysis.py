@@ -163,7 +163,8 @@ def _check_configuration(plans: dict, name: str, configuration: dict, find: Any)
 
 
 def _is_network_class(name: Any) -> bool:
-    import dynamic_network_architectures
+    import importlib
+
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
     found = locate_within(name, (NETWORK_PACKAGE,))
@@ -173,7 +174,7 @@ def _is_network_class(name: Any) -> bool:
         # nnU-Net's fallback for classes that moved: the last name among the architectures
         try:
             found = recursive_find_python_class(
-                str(Path(dynamic_network_architectures.__path__[0]) / "architectures"),
+                str(Path(importlib.import_module(NETWORK_PACKAGE).__path__[0]) / "architectures"),
                 last,
                 f"{NETWORK_PACKAGE}.architectures",
             )

@@ -140,6 +140,8 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
         "explain_fold": explain_fold,
         "checkpoints_sha256": digests,
     }
+    if ref.get("trust"):
+        source["trust"] = True
     if explain_fold is not None:
         source["warnings"] = [
             f"explanations use fold {explain_fold} alone without test-time mirroring; the "
