@@ -87,11 +87,18 @@ def trainer_class(name: Any) -> type:
 
     found = None
     if isinstance(name, str) and name.isidentifier():
-        found = recursive_find_python_class(
-            str(Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer"),
-            name,
-            "nnunetv2.training.nnUNetTrainer",
-        )
+        try:  # nnU-Net imports its trainer modules one by one until one has the name
+            found = recursive_find_python_class(
+                str(Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer"),
+                name,
+                "nnunetv2.training.nnUNetTrainer",
+            )
+        except ImportError as error:
+            raise UserInputError(
+                f"looking up the checkpoint's trainer {name!r}, nnU-Net imports a trainer module "
+                f"that needs {error.name or error}, which is not installed; install it (pip "
+                f"install {error.name or '...'}) or use a folder trained with another trainer"
+            ) from error
     if found is None:
         raise UserInputError(
             f"the checkpoint was trained with {name!r}, which this nnunetv2 installation does "
