@@ -166,11 +166,12 @@ def test_a_checkpoint_naming_no_trainer_is_refused_even_with_consent(nnunet_mode
 
 def test_a_trainer_nnunet_does_not_have_is_one_line():
     """nnU-Net imports its trainer modules one by one looking for the name; one that needs an
-    absent package (timm, for the Primus trainers) is named, not an internal error."""
+    absent package (timm, for the Primus trainers, searched before the variants) is named, not
+    an internal error."""
     pytest.importorskip("nnunetv2")
     from TorchEsegetaLib.models.nnunet.analysis import trainer_class
 
     with pytest.raises(UserInputError, match="NoSuchTrainer") as refused:
         trainer_class("NoSuchTrainer")
     assert "\n" not in str(refused.value)
-    assert trainer_class("nnUNetTrainerNoMirroring").__name__ == "nnUNetTrainerNoMirroring"
+    assert trainer_class("nnUNetTrainer").__name__ == "nnUNetTrainer"
