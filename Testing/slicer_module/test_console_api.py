@@ -238,12 +238,10 @@ def test_denormals_are_flushed_for_the_call_only(scene, inputNode, tmp_path):
     from TorchEsegetaLib.engine.denormals import flushing_denormals
 
     reference = tinyModelReference(tmp_path)
-    records = {
-        flush: explainNodes(scene, inputNode, model=reference, device="cpu", flushDenormals=flush)[
-            "result"
-        ].denormals.record()
-        for flush in (True, False)
-    }
+    records = {}
+    for flush in (True, False):
+        nodes = explainNodes(scene, inputNode, model=reference, device="cpu", flushDenormals=flush)
+        records[flush] = nodes["result"].denormals.record()
     assert records[True]["flush"] and records[True]["check"]["labelmaps_equal"]
     assert records[False] == {"requested": False, "flush": False}
     segmentNodes(scene, inputNode, loadedModel(reference), "cpu")

@@ -108,7 +108,7 @@ def _openmp_parallel() -> Any:
         for candidate in [*candidates, None]:
             try:
                 function = ctypes.CDLL(candidate).GOMP_parallel  # CDLL releases the GIL
-            except (OSError, AttributeError):
+            except (OSError, AttributeError, TypeError):  # TypeError: no CDLL(None) on Windows
                 continue
             function.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
             function.restype = None
