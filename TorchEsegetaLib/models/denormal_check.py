@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 #: edge of the central box a whole-volume model is checked on (rounded up to size_divisible)
 CHECK_EDGE = 48
 
+_BATCH_AND_CHANNELS = (slice(None), slice(None))
+
 
 def check_box(shape: tuple[int, ...], forward: SegmentationForward) -> tuple[slice, ...]:
     """The central region of a model-grid input of spatial ``shape`` that the check runs on:
@@ -57,7 +59,7 @@ def check_flush(
     box = check_box(tuple(x.shape[2:]), forward)
     whole = all(s.stop - s.start == n for s, n in zip(box, x.shape[2:]))
     try:
-        check, logits = _compare(_on_region(forward, box), x[(..., *box)], flush)
+        check, logits = _compare(_on_region(forward, box), x[_BATCH_AND_CHANNELS + box], flush)
     except RuntimeError as error:  # a network that cannot run on the box: check it whole
         if is_out_of_memory(error) or whole:
             raise
@@ -77,7 +79,9 @@ def _on_region(forward: SegmentationForward, box: tuple[slice, ...]) -> Segmenta
 
     cropped = SegmentationForward(forward.network, forward.card, forward.precision)
     cropped.frozen_statistics = forward.frozen_statistics
-    cropped.fills = {index: mask[(..., *box)] for index, mask in forward.fills.items()}
+    cropped.fills = {
+        index: mask[_BATCH_AND_CHANNELS + box] for index, mask in forward.fills.items()
+    }
     return cropped
 
 
