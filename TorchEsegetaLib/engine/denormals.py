@@ -189,6 +189,13 @@ class DenormalFlush:
         self._previous: dict[int, bool] | None = None
         self._caller_previous = False
 
+    @classmethod
+    def of(cls, flush_denormals: bool | DenormalFlush, device: Any) -> DenormalFlush:
+        """A run's own object as it is, or a new one for a bool (the setting of one call)."""
+        if isinstance(flush_denormals, DenormalFlush):
+            return flush_denormals
+        return cls(flush_denormals, device)
+
     @property
     def active(self) -> bool:
         """Whether this run's passes flush denormals."""

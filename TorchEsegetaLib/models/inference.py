@@ -258,11 +258,7 @@ def segment(
     forward = SegmentationForward(model.network, card)
     forward.frozen_statistics = intensity.statistics_on(prepared.statistics, target_device)
     forward.fills = prepared.fills
-    flush = (
-        flush_denormals
-        if isinstance(flush_denormals, DenormalFlush)
-        else DenormalFlush(flush_denormals, target_device)
-    )
+    flush = DenormalFlush.of(flush_denormals, target_device)
     with (
         out_of_memory_guard(target_device),
         too_small_guard(model_shape),

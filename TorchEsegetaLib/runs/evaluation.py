@@ -131,11 +131,7 @@ def _evaluate(
 
     specs = metric_specs(metrics)
     torch_device = resolve_device(device)
-    denormals = (
-        flush_denormals
-        if isinstance(flush_denormals, DenormalFlush)
-        else DenormalFlush(flush_denormals, torch_device)
-    )
+    denormals = DenormalFlush.of(flush_denormals, torch_device)
     try:
         prepared = prepare_case(volume, model, target, torch_device, denormals)
         case = Case(
