@@ -2,20 +2,20 @@
 
 A denormal (subnormal) float is a nonzero value below the smallest normal one (about 1.18e-38
 in float32). x86 CPUs compute with them on a slow microcode path: a model whose weights or
-gradients are full of them runs each pass tens of times slower. The SSE control register's
-flush-to-zero and denormals-are-zero bits (``torch.set_flush_denormal``) make the CPU treat
-them as zero instead.
+gradients are full of them runs each pass several to tens of times slower. The SSE control
+register's flush-to-zero and denormals-are-zero bits (``torch.set_flush_denormal``) make the CPU
+treat them as zero instead.
 
 Those bits belong to a thread. ``torch.set_flush_denormal`` sets them on the calling thread
 only, while torch runs each operation's work on a pool of OpenMP threads: measured with two
 threads, a multiplication of a tensor of denormals came out half flushed (the calling thread's
-half), and a pass got half the speed-up. A thread the pool adds later copies the bits of the
-thread that creates it. :class:`DenormalFlush` therefore sets them on the calling thread and on
-every thread of its OpenMP pool (through the runtime's ``GOMP_parallel``), checks on a parallel
-operation that every thread flushes, and gives each thread back its own previous bits when the
-scope ends, so a Slicer session or a Python console is left as it was. Autograd's backward pass
-of CPU tensors runs on the thread that calls it, with the same pool: the scope covers it too.
-CUDA kernels do not read these bits (see docs/denormals.md).
+half), and a pass of ``benchmarks/denormals.py`` hardly gained. A thread the pool adds later
+copies the bits of the thread that creates it. :class:`DenormalFlush` therefore sets them on the
+calling thread and on every thread of its OpenMP pool (through the runtime's ``GOMP_parallel``),
+checks on a parallel operation that every thread flushes, and gives each thread back its own
+previous bits when the scope ends, so a Slicer session or a Python console is left as it was.
+Autograd's backward pass of CPU tensors runs on the thread that calls it, with the same pool: the
+scope covers it too. CUDA kernels do not read these bits. See docs/denormals.md.
 """
 
 from __future__ import annotations
