@@ -111,6 +111,8 @@ def test_plan_skips_done_cases_and_refuses_changed_ones(data, tmp_path):
     states = [p.state for p in plan_cases(cases, template, out, sha)]
     assert states == [DONE, TODO]
     assert [p.state for p in plan_cases(cases, template, out, sha, device="cuda")] == [DONE, TODO]
+    exact = Template.load(write_template(tmp_path, "exact.json", metrics=[], flush_denormals=False))
+    assert [p.state for p in plan_cases(cases, exact, out, sha)] == [DONE, TODO], "how, not what"
 
     changed = Template.load(write_template(tmp_path, "t2.json", metrics=[], seed=5))
     with pytest.raises(

@@ -89,7 +89,9 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
             options: metrics, targetClass, segmentId, output ("logits" or "probabilities"),
                 card, device, seed, methodBudgetSeconds, maxBatch, precision ("float32",
                 "bfloat16" or "float16"), cropMargin (whole-volume models: explain on the
-                target's box grown by this many voxels, a measured approximation), folderName.
+                target's box grown by this many voxels, a measured approximation),
+                flushDenormals (default True: on the CPU, denormal floats flushed to zero
+                during the run only, checked against exact arithmetic first), folderName.
 
         Returns:
             ``{"maps": {label: volume node}, "segmentation": node, "table": node or None,
@@ -166,7 +168,9 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
         from TorchEsegetaSlicer import consoleApi
 
         loaded = self.loadModel(p)
-        return consoleApi.segmentNodes(slicer.mrmlScene, self.inputVolumes(p), loaded, p.device)
+        return consoleApi.segmentNodes(
+            slicer.mrmlScene, self.inputVolumes(p), loaded, p.device, p.flushDenormals
+        )
 
     def startRun(self, p):
         """Start the worker process for the panel's settings; returns the run to poll."""

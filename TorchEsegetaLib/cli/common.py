@@ -69,7 +69,7 @@ def trust_option(group: Any) -> None:
 
 
 def common_run_options(group: Any) -> None:
-    """Options of every command that runs a job: device, seed, overwrite, precision."""
+    """Options of every command that runs a job: device, seed, overwrite, precision, denormals."""
     group.add_argument(
         "--device",
         default=None,
@@ -86,6 +86,14 @@ def common_run_options(group: Any) -> None:
         choices=job_field_schema("precision")["enum"],
         default=None,
         help="autocast precision of the network (default float32; a non-finite map is recomputed in float32)",
+    )
+    group.add_argument(
+        "--no-flush-denormals",
+        action="store_true",
+        default=None,
+        help="on the CPU, compute with denormal floats as they are (exact, and tens of times "
+        "slower for a model full of them) instead of flushing them to zero, which the first "
+        "pass checks against exact arithmetic (see docs/denormals.md)",
     )
 
 

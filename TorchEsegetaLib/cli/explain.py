@@ -233,6 +233,7 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         precision=args.precision or "float32",
         crop_margin=args.crop_margin,
         warn_after_s=args.warn_after,
+        flush_denormals=not args.no_flush_denormals,
     )
 
 
@@ -300,6 +301,7 @@ def apply_overrides(job: Any, args: argparse.Namespace) -> Any:
         ("seed", args.seed),
         ("overwrite", args.overwrite),
         ("precision", args.precision),
+        ("flush_denormals", False if args.no_flush_denormals else None),
         ("output", getattr(args, "out", None)),
     ):
         if value is not None:

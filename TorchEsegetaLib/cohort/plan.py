@@ -23,8 +23,9 @@ from ..errors import UserInputError
 from ..runs.job import Job, read_job_file
 from .cases import Case
 
-#: Job fields that say where or on what device a case runs, not what it computes.
-NOT_COMPARED = ("output", "overwrite", "device")
+#: Job fields that say where or on what device a case runs, not what it computes (flushing
+#: denormals is checked to leave the labelmap as it is, like a change of device).
+NOT_COMPARED = ("output", "overwrite", "device", "flush_denormals")
 #: The engine's own files inside the output folder (lock, worker logs, probes).
 ENGINE_FOLDER = ".cohort"
 TODO, DONE, CHANGED = "todo", "done", "changed"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +74,28 @@ class LoadedModel:
     card: ModelCard
     source: dict
     sha256: str | None
+    _denormal_weights: dict | None = field(default=None, init=False, repr=False)
 
     def record(self) -> dict:
-        """What run.json keeps of the model: its source, weight hash and card."""
-        return {"source": self.source, "sha256": self.sha256, "card": self.card.to_dict()}
+        """What run.json keeps of the model: its source, weight hash, card and denormal weights."""
+        return {
+            "source": self.source,
+            "sha256": self.sha256,
+            "card": self.card.to_dict(),
+            "denormal_weights": self.denormal_weights(),
+        }
+
+    def denormal_weights(self) -> dict:
+        """How many weight values (parameters and buffers) are denormal floats, of how many:
+        ``{"count", "values", "share"}``, counted once (see :mod:`~TorchEsegetaLib.engine.denormals`)."""
+        if self._denormal_weights is None:
+            from ..engine.denormals import count_denormals
+
+            tensors = [*self.network.parameters(), *self.network.buffers()]
+            count, values = count_denormals(tensors)
+            share = round(count / values, 6) if values else 0.0
+            self._denormal_weights = {"count": count, "values": values, "share": share}
+        return self._denormal_weights
 
 
 def load_model(ref: dict, card: dict | ModelCard | None = None) -> LoadedModel:
@@ -105,6 +123,7 @@ def load_model(ref: dict, card: dict | ModelCard | None = None) -> LoadedModel:
         card = card.to_dict()
     network = network.eval().cpu()
     loaded = LoadedModel(network, _make_card(card_defaults, card, network), source, sha)
+    loaded.denormal_weights()  # counted as loaded (run.json; they slow CPU passes down)
     problems = loaded.card.ignored_preprocessing
     if problems and not loaded.card.allow_unapplied_preprocessing:
         raise UserInputError(

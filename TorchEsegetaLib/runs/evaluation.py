@@ -35,6 +35,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ..engine.context import CancelToken
+    from ..engine.denormals import DenormalFlush
     from ..io.volume import Volume
     from ..metrics import Case, MetricSpec, Subject
     from ..models.loading import LoadedModel
@@ -120,7 +121,9 @@ def _evaluate(
     reference_mask: np.ndarray | None,
     progress: ProgressHandler | None,
     cancel: CancelToken | None,
+    flush_denormals: bool | DenormalFlush = True,
 ) -> Evaluation:
+    from ..engine.denormals import DenormalFlush
     from ..metrics import Case, metric_specs
     from ..models.inference import resolve_device
     from ..targets.spec import score_phrase
@@ -128,8 +131,9 @@ def _evaluate(
 
     specs = metric_specs(metrics)
     torch_device = resolve_device(device)
+    denormals = DenormalFlush.of(flush_denormals, torch_device)
     try:
-        prepared = prepare_case(volume, model, target, torch_device)
+        prepared = prepare_case(volume, model, target, torch_device, denormals)
         case = Case(
             forward=prepared.forward,
             x=prepared.x,
@@ -144,7 +148,8 @@ def _evaluate(
             max_batch=max_batch,
             cancel=cancel,
         )
-        evaluation = evaluate_case(case, subjects, specs, progress)
+        with denormals.scope():  # the run's arithmetic (the segmentation's check decided it)
+            evaluation = evaluate_case(case, subjects, specs, progress)
         evaluation.score = score_phrase(prepared.target_info)
         return evaluation
     finally:
@@ -195,6 +200,7 @@ def evaluate_result(
         reference_mask,
         progress,
         cancel,
+        result.denormals if result.denormals is not None else True,
     )
     evaluation.method_info = {
         m.spec.label: {
@@ -302,6 +308,7 @@ def evaluate_run(
         reference_mask,
         progress,
         cancel,
+        job.flush_denormals,
     )
     evaluation.method_info = {
         m["label"]: {

@@ -73,6 +73,8 @@ class Job:
     #: warn before the run about a method estimated to take longer than this (seconds; None:
     #: 10 minutes)
     warn_after_s: float | None = None
+    #: on the CPU, compute with denormal floats flushed to zero (checked on the first pass)
+    flush_denormals: bool = True
 
     def __post_init__(self) -> None:
         # Every field against the shipped schema first, whichever front end built the job.
@@ -119,6 +121,7 @@ class Job:
             "precision": self.precision,
             "crop_margin": self.crop_margin,
             "warn_after_s": self.warn_after_s,
+            "flush_denormals": self.flush_denormals,
         }
 
     @classmethod

@@ -103,6 +103,7 @@ def write_run_folder(
         "status": "complete" if statuses == {"ok"} else "partial",
         **record,
         "device": result.device,
+        **({"denormals": result.denormals.record()} if result.denormals is not None else {}),
         "seed": result.seed,
         "target": result.target,
         "segmentation": {
