@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import UserInputError
 from ..io.atomic import atomic_write
 from ..metrics.results import Evaluation, metrics_csv, rows_and_curves
+from .destination import check_run_folder_update
 from .run_folder import json_default, row_title
 
 __all__ = [
@@ -266,7 +267,7 @@ def evaluate_run(
     parameters recorded in the run's job (the demo's reference mask, say) apply again unless
     ``metrics`` gives others.
     """
-    from ..io.images import read_channels
+    from ..io.images import read_channels, split_channel_selector
     from ..metrics import MetricSpec, metric_specs
     from ..models.loading import load_model
     from .job import Job
@@ -281,6 +282,9 @@ def evaluate_run(
         for spec in metric_specs(metrics)
     ]
     job = Job.from_dict({k: v for k, v in record["job"].items() if k != "metrics"})
+    inputs = [*job.input_paths(), *(i for spec in specs for i in spec.input_files())]
+    inputs += [("image", str(split_channel_selector(p)[0])) for p in record.get("inputs") or []]
+    check_run_folder_update(folder, "the evaluation", inputs)
     volume = read_channels(record.get("inputs") or job.images)
     model = load_model(job.model_to_load(), job.card)
     recorded = (record.get("model") or {}).get("sha256")

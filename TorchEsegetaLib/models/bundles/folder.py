@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ...errors import UserInputError
+from ...errors import UserInputError, parser_error_line
 from ..files import (
     existing_path,
     jit_load,
@@ -34,13 +34,7 @@ from .lambdas import is_recognised_expression
 
 def config_expressions(config_file: Path) -> list[str]:
     """The ``$`` expressions of a bundle config (JSON or YAML) that loading would execute."""
-    text = config_file.read_text(encoding="utf-8")
-    if config_file.suffix == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
-
-        data = yaml.safe_load(text)
+    data = read_config_file(config_file)
     found: list[str] = []
 
     def walk(value: Any) -> None:
@@ -58,6 +52,24 @@ def config_expressions(config_file: Path) -> list[str]:
     return found
 
 
+def read_config_file(config_file: Path) -> Any:
+    """A bundle config's data (JSON or YAML, read as plain data), or one line naming the file,
+    the place and the fix when it does not parse."""
+    import yaml
+
+    try:
+        text = config_file.read_text(encoding="utf-8")
+        return json.loads(text) if config_file.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserInputError(f"cannot read {config_file} ({error}); check the bundle") from error
+    except (ValueError, yaml.YAMLError) as error:  # json.JSONDecodeError is a ValueError
+        raise UserInputError(
+            f"{config_file} is not valid {config_file.suffix.lstrip('.').upper()}: "
+            f"{parser_error_line(error, 'a bundle config')}; fix "
+            "the file"
+        ) from error
+
+
 def load_bundle(ref: dict) -> tuple[torch.nn.Module, dict, dict, str | None]:
     from monai.bundle import ConfigParser
 
@@ -65,10 +77,10 @@ def load_bundle(ref: dict) -> tuple[torch.nn.Module, dict, dict, str | None]:
     configs = [root / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")]
     config_file = next((c for c in configs if c.is_file()), None)
     if not root.is_dir() or config_file is None:
-        raise UserInputError(
-            f"{root} is not a MONAI bundle: configs/inference.json (or .yaml) is missing; "
-            "give the bundle's top folder"
-        )
+        from ..loading import describe_folder
+
+        what = describe_folder(root) if root.is_dir() else "a file, not a MONAI bundle folder"
+        raise UserInputError(f"{root} is {what}")
     expressions = config_expressions(config_file)
     if expressions and not ref.get("trust"):
         raise UserInputError(
@@ -149,7 +161,14 @@ def _bundle_network(parser: Any, root: Path, trusted: bool) -> torch.nn.Module:
             f"bundle {root} has models/model.pt but its inference config defines no network_def; "
             "add network_def or provide models/model.ts"
         )
-    target = str((parser.get("network_def") or {}).get("_target_", ""))
+    definition = parser.get("network_def")
+    if not isinstance(definition, dict):
+        raise UserInputError(
+            f"bundle {root.name}'s network_def is {str(definition)[:60]!r}, not a component "
+            "(an object with _target_ and the network's arguments), so it is not read; write the "
+            "network's _target_ and arguments into network_def, or provide models/model.ts"
+        )
+    target = str(definition.get("_target_", ""))
     if not trusted and "." in target and not target.startswith("monai."):
         raise UserInputError(
             f"bundle {root.name}'s network_def is {target!r}, code outside MONAI that building "
