@@ -210,7 +210,7 @@ class LayerMethod(Method):
             return f"{self.name} cannot explain this model: {refused}"
         if isinstance(network, torch.jit.ScriptModule):
             return (
-                f"{self.name} cannot explain this model: a TorchScript model hides its layers; "
+                f"{self.name} cannot explain this model: TorchScript models hide their layers; "
                 "load the network by name with its checkpoint, or choose a gradient method"
             )
         if self.config["layer"]:
