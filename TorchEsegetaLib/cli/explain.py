@@ -336,7 +336,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _names_a_file(option: str | None) -> bool:
     """Whether a JSON-or-file option (--card) names a file rather than holding JSON text."""
-    return bool(option) and not str(option).lstrip().startswith("{") and Path(option).is_file()
+    return option is not None and not option.lstrip().startswith("{") and Path(option).is_file()
 
 
 def _save_job(path: Path, job: Any, inputs: list[tuple[str, str]]) -> None:

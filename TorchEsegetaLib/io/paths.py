@@ -93,7 +93,7 @@ def _real(path: str | os.PathLike) -> Path:
 def _identities(path: Path) -> tuple[tuple[int, int] | None, list[tuple[int, int]]]:
     """(device, inode) of ``path`` (None when it does not exist) and of each existing folder
     above it."""
-    found = []
+    found: list[tuple[int, int] | None] = []
     for place in (path, *path.parents):
         try:
             info = os.stat(place)
