@@ -385,19 +385,9 @@ def test_a_case_named_like_a_cohort_file_is_refused_up_front(cohort, tmp_path, c
     assert not out.exists() and case_id.lower() in COHORT_FILES
 
 
-def test_a_cohort_writes_exactly_the_files_it_reserves(cohort, tmp_path):
-    """The reserved names are the files a cohort writes beside its run folders."""
+def test_a_refused_cohort_leaves_nothing_behind(cohort, tmp_path, capfd):
     from TorchEsegetaLib.cohort.summary import COHORT_FILES
 
-    out = tmp_path / "out"
-    batch = ["batch", str(cohort["csv"]), "--job", str(cohort["template"]), "--quiet"]
-    assert main([*batch, "--out", str(out)]) == 0
-    names = {p.name for p in out.iterdir()}
-    assert names == {*COHORT_FILES, "c000", ".cohort"}
-    assert json.loads((out / "cohort.json").read_text())["tool"] == "torchesegeta"
-
-
-def test_a_refused_cohort_leaves_nothing_behind(cohort, tmp_path, capfd):
     batch = ["batch", str(cohort["csv"]), "--job", str(cohort["template"]), "--quiet"]
     by_folder = ["batch", str(cohort["cases"]), "--job", str(cohort["template"]), "--quiet"]
     before = snapshot(cohort["folder"])
@@ -421,6 +411,9 @@ def test_a_refused_cohort_leaves_nothing_behind(cohort, tmp_path, capfd):
     # refused once the folder is locked (another job in the way): only what was there stays
     out = tmp_path / "results"
     assert main([*batch, "--out", str(out)]) == 0
+    # what a cohort writes beside its run folders is what no case may be named
+    assert {p.name for p in out.iterdir()} == {*COHORT_FILES, "c000", ".cohort"}
+    assert json.loads((out / "cohort.json").read_text())["tool"] == "torchesegeta"
     previous = snapshot(out)
     changed = write_template(tmp_path, methods=["input_x_gradient"])
     code = main(["batch", str(cohort["csv"]), "--job", str(changed), "--out", str(out)])

@@ -200,6 +200,8 @@ def cohort_inputs(
         found.append(("job template", str(template)))
     for case, job in zip(cases, jobs):
         found += [(f"{what} of case {case.case_id}", path) for what, path in job.input_paths()]
+        if case.reference:  # listed, though only the metrics that take one read it
+            found.append((f"reference mask of case {case.case_id}", case.reference))
     return list(dict.fromkeys(found))
 
 
