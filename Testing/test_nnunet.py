@@ -331,5 +331,4 @@ def test_a_trainer_that_needs_an_absent_package_is_one_line(
                  str(tmp_path / "run"), "--quiet"])  # fmt: skip
     err = capfd.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "internal error" not in err, err
-    assert f"trainer {trainer} needs the Python package 'timm'" in err
-    assert "pip install timm" in err
+    assert trainer in err and "timm" in err and "pip install timm" in err, err
