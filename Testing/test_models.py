@@ -146,12 +146,7 @@ def test_model_ref_from_string_dispatch(tmp_path):
     script(net, tmp_path / "model.ts")
     torch.save(net.state_dict(), tmp_path / "weights.pt")
     assert model_ref_from_string("demo") == {"kind": "demo"}
-    with pytest.raises(UserInputError, match="neither a MONAI bundle .* holds model.ts, weights"):
-        model_ref_from_string(str(tmp_path))  # a folder, but no model folder
-    (tmp_path / "bundle" / "configs").mkdir(parents=True)
-    (tmp_path / "bundle" / "configs" / "inference.json").write_text("{}")
-    bundle = str(tmp_path / "bundle")
-    assert model_ref_from_string(bundle) == {"kind": "bundle", "path": bundle}
+    assert model_ref_from_string(str(tmp_path)) == {"kind": "bundle", "path": str(tmp_path)}
     assert model_ref_from_string(str(tmp_path / "model.ts"))["kind"] == "torchscript"
     ref = model_ref_from_string(str(tmp_path / "weights.pt"), "UNet", KWARGS)
     assert ref == {

@@ -138,7 +138,10 @@ def model_ref_from_string(
         )
     refuse_special(path, "model file")
     if path.is_dir():
-        kind = model_folder_kind(path)
+        from .nnunet import is_nnunet_folder
+
+        # anything else is given as a bundle: loading it says what the folder looks like
+        kind = "nnunet" if is_nnunet_folder(path) else "bundle"
         if network:
             raise UserInputError(
                 f"{text} is {'an nnU-Net' if kind == 'nnunet' else 'a bundle'} folder, which "
@@ -158,18 +161,6 @@ def model_ref_from_string(
         f"{text} is not a TorchScript file; for a state_dict checkpoint also give "
         "--network NAME and --network-kwargs JSON"
     )
-
-
-def model_folder_kind(folder: Path) -> str:
-    """The kind of a model folder, "bundle" or "nnunet"; else a one-line error saying what the
-    folder looks like instead (an incomplete nnU-Net folder, a folder of images, ...)."""
-    from .nnunet import is_nnunet_folder
-
-    if is_nnunet_folder(folder):
-        return "nnunet"
-    if _is_bundle_folder(folder):
-        return "bundle"
-    raise UserInputError(f"{folder} is {describe_folder(folder)}")
 
 
 def describe_folder(folder: Path) -> str:
