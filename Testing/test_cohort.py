@@ -216,13 +216,13 @@ ZOMBIE = (
 def test_a_ray_client_connection_is_retried_only_when_its_server_died(
     scheme, failures, error, connects
 ):
-    import socket
+    from loopback import SETTINGS_FRAME, loopback_listener
 
     from TorchEsegetaLib.cohort.ray_engine import CLIENT_ATTEMPTS, RayEngine
     from TorchEsegetaLib.errors import UserInputError
 
-    with socket.create_server(("127.0.0.1", 0)) as listening:  # something answers there
-        address = f"{scheme}127.0.0.1:{listening.getsockname()[1]}"
+    with loopback_listener(SETTINGS_FRAME) as port:  # something answers there as gRPC does
+        address = f"{scheme}127.0.0.1:{port}"
         ray = FlakyRay(failures, error)
         engine = RayEngine(address=address)
         if connects:

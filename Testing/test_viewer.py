@@ -162,3 +162,50 @@ def test_cohort_cases_are_the_finished_run_folders(tmp_path):
     rewrite(failed, lambda r: r.update(status="failed"))
     (results / ".case4.tmp").mkdir()
     assert list(cohortCases(results)) == ["case1", "case2"]
+
+
+def test_run_files_route_answers_404_for_names_no_file_can_have(tmp_path):
+    """The run folder's file route on a real loopback server: a NUL byte, a name too long or a
+    way out of the folder is 404 (never 500, never the file); a file of the folder is served."""
+    aiohttp = pytest.importorskip("aiohttp")
+    import asyncio
+
+    sys.path.insert(0, str(REPOSITORY / "TorchEsegeta"))
+    from aiohttp import web
+    from TorchEsegetaWeb.httpFiles import addFileRoute
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (tmp_path / "secret.txt").write_text("not for the browser")
+
+    async def statuses():
+        app = web.Application()
+        addFileRoute(app, run)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        found = {}
+        try:
+            async with aiohttp.ClientSession() as session:
+                for path in (
+                    "run.json",
+                    "run.json%00",
+                    "%00",
+                    "a%00b",
+                    "x" * 5000,
+                    "..%2fsecret.txt",
+                ):
+                    url = f"http://127.0.0.1:{port}/run-files/{path}"
+                    async with session.get(url) as response:
+                        found[path] = (response.status, await response.text())
+        finally:
+            await runner.cleanup()
+        return found
+
+    found = asyncio.run(statuses())
+    assert found.pop("run.json") == (200, "{}")
+    for path, (status, body) in found.items():
+        assert status == 404 and "not for the browser" not in body, (path[:20], status)

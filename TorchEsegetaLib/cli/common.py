@@ -47,8 +47,14 @@ def model_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from ..models.loading import model_ref_from_string
     from ..models.trust import FOLDER_KINDS
 
+    if args.model is None and (args.network or args.network_kwargs is not None):
+        raise UserInputError(
+            "--network and --network-kwargs describe the network of a state-dict checkpoint, "
+            "and no checkpoint was given; add --model CHECKPOINT (or drop them to explain the "
+            "demo model)"
+        )
     model = model_ref_from_string(
-        args.model, args.network, json_option(args.network_kwargs, "--network-kwargs")
+        args.model or "demo", args.network, json_option(args.network_kwargs, "--network-kwargs")
     )
     if args.trust_model and model["kind"] in FOLDER_KINDS:
         model["trust"] = True

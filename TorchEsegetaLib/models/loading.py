@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..errors import UserInputError
+from ..io.paths import refuse_special
 from .bundles.folder import load_bundle
 from .card import ModelCard
 from .files import (
@@ -138,7 +139,17 @@ def model_ref_from_string(
     text: str, network: str | None = None, network_kwargs: dict | None = None
 ) -> dict:
     """The model reference for a command-line value: 'demo', a bundle folder or a weight file."""
+    if network_kwargs and not network:
+        raise UserInputError(
+            "--network-kwargs are the arguments of --network; give --network NAME too (a state-"
+            "dict checkpoint), or drop them"
+        )
     if text.strip().lower() == "demo":
+        if network:
+            raise UserInputError(
+                f"--network {network} is for a state-dict checkpoint given with --model FILE; "
+                "the demo model defines its own network: drop --network or give --model"
+            )
         return {"kind": "demo"}
     path = Path(text).expanduser()
     if not path.exists():
@@ -146,9 +157,11 @@ def model_ref_from_string(
             f"model {text!r} does not exist; give 'demo', a MONAI bundle folder, an nnU-Net "
             "model folder, a TorchScript file, or a state_dict checkpoint together with --network NAME"
         )
+    refuse_special(path, "model file")
     if path.is_dir():
         from .nnunet import is_nnunet_folder
 
+        # anything else is given as a bundle: loading it says what the folder looks like
         kind = "nnunet" if is_nnunet_folder(path) else "bundle"
         if network:
             raise UserInputError(
@@ -168,6 +181,53 @@ def model_ref_from_string(
     raise UserInputError(
         f"{text} is not a TorchScript file; for a state_dict checkpoint also give "
         "--network NAME and --network-kwargs JSON"
+    )
+
+
+def describe_folder(folder: Path) -> str:
+    """What a folder looks like when it is not the model folder it was given as, and what to
+    give instead (the end of a sentence starting "FOLDER is ...")."""
+    from .nnunet import is_nnunet_folder
+
+    if is_nnunet_folder(folder):
+        return 'an nnU-Net v2 model folder, not a MONAI bundle: give it as "kind": "nnunet"'
+    if _is_bundle_folder(folder):
+        return 'a MONAI bundle, not an nnU-Net v2 model folder: give it as "kind": "bundle"'
+    nnunet_files = ("dataset.json", "plans.json")
+    present = [name for name in nnunet_files if (folder / name).is_file()]
+    folds = any(p.is_dir() for p in folder.glob("fold_*"))
+    if present or folds:
+        missing = [name for name in nnunet_files if name not in present]
+        missing += [] if folds else ["a fold_N/ folder with its checkpoint"]
+        return (
+            f"an incomplete nnU-Net v2 model folder: it lacks {' and '.join(missing)}; copy the "
+            "whole Trainer__Plans__configuration folder that nnU-Net's training wrote"
+        )
+    if (folder / "configs").is_dir() or (folder / "models").is_dir():
+        return (
+            "an incomplete MONAI bundle: configs/inference.json (or .yaml) is missing; give the "
+            "bundle's top folder, as downloaded"
+        )
+    if (folder / "run.json").is_file():
+        return "a TorchEsegeta run folder, not a model; give the model the run was made with"
+    from ..io.images import SUPPORTED_SUFFIXES
+
+    names = sorted(p.name for p in folder.iterdir())
+    if any(name.lower().endswith((*SUPPORTED_SUFFIXES, ".dcm")) for name in names):
+        return (
+            "a folder of images, not a model; give images with --image and the model with --model"
+        )
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "") if names else "nothing"
+    return (
+        f"neither a MONAI bundle (configs/inference.json) nor an nnU-Net v2 model folder "
+        f"(dataset.json, plans.json, fold_N/); it holds {shown}: give a model folder, a "
+        "TorchScript file or a checkpoint with --network"
+    )
+
+
+def _is_bundle_folder(folder: Path) -> bool:
+    return any(
+        (folder / "configs" / f"inference.{ext}").is_file() for ext in ("json", "yaml", "yml")
     )
 
 

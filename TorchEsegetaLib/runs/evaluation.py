@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import UserInputError
 from ..io.atomic import atomic_write
 from ..metrics.results import Evaluation, metrics_csv, rows_and_curves
+from .destination import check_apart_from_inputs, check_run_folder_update
 from .run_folder import json_default, row_title
 
 __all__ = [
@@ -272,13 +273,14 @@ def evaluate_run(
     parameters recorded in the run's job (the demo's reference mask, say) apply again unless
     ``metrics`` gives others.
     """
-    from ..io.images import read_channels
+    from ..io.images import read_channels, split_channel_selector
     from ..metrics import MetricSpec, metric_specs
     from ..models.loading import load_model
     from .job import Job
 
     folder = Path(run_folder).expanduser().absolute()
     record = read_record(folder)
+    check_run_folder_update(folder, "the evaluation")
     recorded_params = {
         entry["name"]: entry.get("params") or {} for entry in record["job"].get("metrics") or []
     }
@@ -287,6 +289,9 @@ def evaluate_run(
         for spec in metric_specs(metrics)
     ]
     job = Job.from_dict({k: v for k, v in record["job"].items() if k != "metrics"})
+    inputs = [*job.input_paths(), *(i for spec in specs for i in spec.input_files())]
+    inputs += [("image", str(split_channel_selector(p)[0])) for p in record.get("inputs") or []]
+    check_apart_from_inputs(folder, inputs)
     volume = read_channels(record.get("inputs") or job.images)
     model = load_model(job.model_to_load(), job.card)
     recorded = (record.get("model") or {}).get("sha256")

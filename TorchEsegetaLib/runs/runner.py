@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,13 +15,14 @@ from ..errors import BudgetExceededError, UserInputError
 from ..targets.spec import TargetSpec
 from .case import ExplainResult, MethodResult, ProgressHandler, prepare_case
 from .job import Job, MethodSpec
+from .preflight import preflight
 
 if TYPE_CHECKING:
     from ..engine.context import CancelToken
     from ..engine.denormals import DenormalFlush
     from ..io.volume import Volume
     from ..models.loading import LoadedModel
-    from .destination import Destination
+    from .destination import Destination, Input
 
 
 def _emit(progress: ProgressHandler | None, **event: Any) -> None:
@@ -92,7 +94,7 @@ def explain_volume(
     from ..engine.memory import PeakMemory
     from ..methods import ScoreModel
     from ..models.grids import restore_input_grid
-    from ..models.inference import check_input, resolve_device
+    from ..models.inference import resolve_device
     from .cost import WARN_AFTER_S, PassTimes, general_hints
 
     started = time.perf_counter()
@@ -100,12 +102,12 @@ def explain_volume(
     warnings = list(model.source.get("warnings", [])) + [
         f"preprocessing step not applied: {step}" for step in model.card.ignored_preprocessing
     ]
+    instances = [spec.create() for spec in methods]
+    preflight(volume, model, target, methods, instances)  # before any network pass
     torch_device = resolve_device(device)
     if torch_device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: autotuned kernels pay off
-    check_input(volume, model.card)
     denormals = denormals if denormals is not None else DenormalFlush(True, torch_device)
-    instances = [spec.create() for spec in methods]
     seed_everything(seed)
 
     _emit(progress, stage="segment", fraction=0.0, message="segmenting")
@@ -123,7 +125,7 @@ def explain_volume(
     )
     forward.precision = precision
     with denormals.scope():  # free inside explain_job's; here for direct callers
-        for method in instances:  # a method that cannot explain this model fails the run now
+        for method in instances:  # what the prepared case decides (a default layer) fails it now
             method.preflight(forward, x, bound)
         crop = (
             None if crop_margin is None else _crop(case, int(crop_margin), torch_device, warnings)
@@ -332,14 +334,18 @@ def _explain_job(
     return result
 
 
-def claim_output(job: Job) -> Destination:
-    """The job's run folder as it is before any work: absent, or replaceable with
-    ``overwrite`` (see :func:`~TorchEsegetaLib.runs.destination.check_output_folder`)."""
+def claim_output(job: Job, inputs: Iterable[Input] = ()) -> Destination:
+    """The job's run folder as it is before any work: absent, or a run folder this tool wrote
+    and ``overwrite`` replaces; apart from every input of the job and from ``inputs`` (what the
+    job itself was read from: its file, a card file). See
+    :func:`~TorchEsegetaLib.runs.destination.check_output_folder`."""
     from .destination import check_output_folder
 
     if not job.output:
         raise UserInputError("the job has no output folder; give one (--out FOLDER)")
-    return check_output_folder(Path(job.output), job.overwrite)
+    return check_output_folder(
+        Path(job.output), job.overwrite, [*job.input_paths(), *inputs], "run folder"
+    )
 
 
 def save_result(
@@ -369,13 +375,20 @@ def save_result(
 
 
 def run_job(
-    job: Job, progress: ProgressHandler | None = None, cancel: CancelToken | None = None
+    job: Job,
+    progress: ProgressHandler | None = None,
+    cancel: CancelToken | None = None,
+    inputs: Iterable[Input] = (),
 ) -> Path:
-    """Execute ``job`` and return its run folder. Nothing is left behind when it fails."""
+    """Execute ``job`` and return its run folder. Nothing is left behind when it fails.
+
+    ``inputs``: what the job was read from besides its own fields, as (what, path), e.g.
+    ``[("job file", "job.json")]``: the run folder keeps apart from them too.
+    """
     from ..io.images import read_channels
     from ..models.loading import load_model
 
-    destination = claim_output(job)
+    destination = claim_output(job, inputs)
     reference = job.model_to_load()
     started = time.perf_counter()
     _emit(progress, stage="load", fraction=0.0, message="reading inputs and model")
