@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from extras import REQUIRE_EXTRAS, missing_extra, skip_reason
+from extras import EXTRA_MODULES, REQUIRE_EXTRAS, missing_extra, skip_reason
+from project import REPOSITORY, pyproject
 
 TESTING = Path(__file__).parent
 
@@ -100,3 +101,12 @@ def test_on_ci_a_skipped_extra_test_fails_and_other_skips_stay(suite):
 )
 def test_the_extra_a_skip_reason_names(reason, extra):
     assert missing_extra(reason) == extra
+
+
+def test_the_extras_are_pyprojects_and_the_viewers_modules_its_own():
+    assert set(EXTRA_MODULES) == set(pyproject()["project"]["optional-dependencies"]) - {"test"}
+    sys.path.insert(0, str(REPOSITORY / "TorchEsegeta"))
+    from TorchEsegetaWeb import REQUIRED_MODULES
+
+    # slicer-core comes with the test extra; the rest is the view extra's.
+    assert set(EXTRA_MODULES["view"]) == set(REQUIRED_MODULES) - {"slicer_core"}

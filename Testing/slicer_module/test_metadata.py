@@ -110,3 +110,10 @@ def test_the_licence_pyproject_names_is_there():
     assert text.lstrip().startswith("Apache License\n") and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text.split()) > 1500
     assert cmakeVariable("EXTENSION_LICENSE_FILE") == "${CMAKE_CURRENT_SOURCE_DIR}/LICENSE"
+
+
+def test_slicers_first_use_installs_pyprojects_floors():
+    from TorchEsegetaSlicer.dependencies import PIP_REQUIREMENTS
+
+    declared = set(pyproject()["project"]["dependencies"])
+    assert set(PIP_REQUIREMENTS.values()) <= declared
