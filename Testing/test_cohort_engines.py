@@ -315,7 +315,14 @@ def test_ctrl_c_stops_workers_and_keeps_only_complete_run_folders(data, tmp_path
         sys.executable, "-m", "TorchEsegetaLib.cli", "batch", str(cohort), "--job", str(data["slow"]),
         "--out", str(out), "--workers", "1",
     ]  # fmt: skip
-    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as at a terminal, however this test was started: a shell's background job (nohup
+    # ... &) has SIGINT ignored, which a child inherits, and Python then never raises
+    # KeyboardInterrupt. A handler (unlike "ignored") is reset to the default at exec.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert cli.stderr is not None
         seen = []  # up to the first finished case (not a TTY: one line per case)
