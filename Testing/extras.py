@@ -23,8 +23,9 @@ EXTRA_MODULES = {
     "nnunet": ("nnunetv2",),
 }
 _MODULE_EXTRA = {module: extra for extra, modules in EXTRA_MODULES.items() for module in modules}
-# A reason of require_extra, or pytest.importorskip's own ("could not import 'ray.util': ...").
-_NAMED_EXTRA = re.compile(r"needs torchesegeta\[(\w+)\]")
+# A reason that names an extra ("needs torchesegeta[view]", "the [ray] extra", "the nnunet
+# extra"), or pytest.importorskip's own about one of its modules ("could not import 'ray.util'").
+_NAMED_EXTRA = re.compile(r"torchesegeta\[(\w+)\]|\[(\w+)\] extra|\bthe (\w+) extra\b")
 _IMPORT_OF = re.compile(r"could not import '([\w.]+)'")
 
 
@@ -44,9 +45,10 @@ def require_extra(extra: str, *modules: str) -> None:
 
 def missing_extra(reason: str) -> str | None:
     """The extra a skip reason says is missing, if any."""
-    named = _NAMED_EXTRA.search(reason)
-    if named:
-        return named.group(1)
+    for named in _NAMED_EXTRA.finditer(reason):
+        extra = next(group for group in named.groups() if group)
+        if extra in EXTRA_MODULES:
+            return extra
     imported = _IMPORT_OF.search(reason)
     if imported:
         return _MODULE_EXTRA.get(imported.group(1).split(".")[0])

@@ -96,6 +96,9 @@ def test_on_ci_a_skipped_extra_test_fails_and_other_skips_stay(suite):
         ("could not import 'ray.util.client': No module named 'ray'", "ray"),
         ("could not import 'trame_slicer': No module named 'trame_slicer'", "view"),
         ("could not import 'jsonschema': No module named 'jsonschema'", None),
+        ("nnU-Net model folders need the nnunet extra (nnunetv2)", "nnunet"),
+        ("the web viewer is the [view] extra's", "view"),
+        ("the test extra is always installed", None),
         ("no CUDA device (TORCHESEGETA_TEST_DEVICE=cpu runs these checks on the CPU)", None),
     ],
 )
