@@ -13,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from extras import require_extra
 
-pytest.importorskip("nnunetv2")
+require_extra("nnunet")
 
 from TorchEsegetaLib.errors import UserInputError  # noqa: E402
 from TorchEsegetaLib.io.volume import Geometry, Volume  # noqa: E402

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
+from extras import require_extra
 from viewer_browser import (
     ViewerProcess,
     axialPixel,
@@ -33,7 +34,7 @@ from viewer_runs import (
     makeViewerRun,
 )
 
-pytest.importorskip("trame_slicer", reason="the viewer tests need torchesegeta[view]")
+require_extra("view")
 from TorchEsegetaSlicer.display import DISTINCT_COLORS  # noqa: E402
 
 TOLERANCE = 6  # 8-bit levels: the colour table's lookup is quantised, the frames are lossless PNG
