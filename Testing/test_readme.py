@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from extras import require_extra
 
 from TorchEsegetaLib.cli import (
     ground_truth_markdown,
@@ -134,7 +135,7 @@ def test_the_readmes_model_examples_run_as_written(kind, tmp_path):
     """Each example runs as the README says: after `torchesegeta demo`, from the repository's
     root (here a folder that reaches the repository's TorchEsegetaLib), leaving a complete run."""
     if kind.startswith("nnU-Net"):
-        pytest.importorskip("nnunetv2")
+        require_extra("nnunet")
     (tmp_path / "TorchEsegetaLib").symlink_to(ROOT / "TorchEsegetaLib")
     torchesegeta = shutil.which("torchesegeta")
     assert torchesegeta, "the torchesegeta command is not installed"

@@ -1,7 +1,7 @@
 """What a map of each method can and cannot show: the method pages of ``torchesegeta methods
-NAME`` and of docs/method-pages.md, declared here once per method (and once per family for
-what a whole family shares). Every registered method must have its guide (checked when it
-registers), so the pages never miss one.
+NAME`` and of docs/methods-gradient.md, methods-layer.md and methods-perturbation.md, declared
+here once per method (and once per family for what a whole family shares). Every registered
+method must have its guide (checked when it registers), so the pages never miss one.
 
 The numbers quoted are measured by the project's own tests and benchmarks: the ground-truth
 test of ``Testing/test_catalog_contract.py`` (a network that sees only a known box), the model
