@@ -112,6 +112,12 @@ def test_every_refused_method_is_named_in_the_one_line(case, tmp_path, capfd, no
         ("voxel:99,0,0", "lies outside the image"),
         ("class:tumour", "unknown class 'tumour'"),
         ("class:5", "class 5 is out of range"),
+        # object targets: what needs no prediction is asked before it too
+        ("component:99,0,0", "lies outside the image"),
+        ("component:3,3,3:1,1,1", "needs one position"),
+        ("boundary:tumour", "unknown class 'tumour'"),
+        ("contrast:1,1", "two different classes"),
+        ("contrast:1,tumour", "unknown class 'tumour'"),
     ],
 )
 def test_a_target_that_cannot_be_explained_is_refused_before_segmenting(
