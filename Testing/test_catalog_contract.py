@@ -29,14 +29,14 @@ TARGETS = {
 }
 
 
-def run(method_name, forward, x, spec, seed=0):
+def run(method_name, forward, x, spec, seed=0, **params):
     with torch.no_grad():
         logits = forward(x)
     if spec.kind == "class" and not bool((logits[0].argmax(0) == 1).any()):
         spec = TargetSpec(kind="class", class_=int(logits[0].argmax(0).flatten()[0]))
     region = None if spec.kind == "class" else region_in_input_grid(spec, Geometry((SIZE,) * 3))
     target = bind_target(spec, forward.card, logits, region)
-    method = create_method(method_name, FAST_PARAMS.get(method_name, {}))
+    method = create_method(method_name, {**FAST_PARAMS.get(method_name, {}), **params})
     return method.attribute(forward, x, target, Context(max_batch=4, seed=seed))
 
 
@@ -55,6 +55,11 @@ def check_case(method_name, network_kind, channels, target_kind):
     # "Not all zero" holds where the target depends on the input at all: a voxel whose logit
     # sits on a flat (switched-off ReLU) stretch has a zero gradient, correctly.
     gradient = run("saliency", forward, x, TARGETS[target_kind])
+    relu = any(p.name == "relu" for p in REGISTRY[method_name].params)
+    if gradient.abs().sum() > 0 and relu and attribution.abs().sum() == 0:
+        # A CAM's ReLU keeps positive evidence only: where the layer's evidence for the target
+        # is negative everywhere (one voxel's), the map is zero; without the ReLU it is not.
+        attribution = run(method_name, forward, x, TARGETS[target_kind], relu=False)
     if gradient.abs().sum() > 0:
         assert attribution.abs().sum() > 0, f"{label}: all zero"
 
@@ -113,6 +118,22 @@ GROUND_TRUTH_EXCEPTIONS = {
     # outside the region, by Grad-CAM, zero inside it: an all-zero map, share undefined (nan).
     "gradcam_pp": 0.06,
     "guided_gradcam": 0.0,
+    # The rest of the CAM family on the same layer. Its gradient is the constant head weight
+    # (w_k / N for the region's mean), so HiResCAM's and XGrad-CAM's maps are Grad-CAM's up to a
+    # positive factor, ReLU(class logit - bias): 0.0; LayerCAM keeps the channels of positive
+    # weight as Grad-CAM++ does: 0.0625. Eigen-CAM and Eigen-Grad-CAM project the (gradient
+    # x) activations on their first principal component over the volume, centred: the constant
+    # activations outside the region sit away from the mean too (measured 0.515 and 0.149).
+    # Score-CAM's masks are the activations, non-zero outside (0.251, as layer activation);
+    # Ablation-CAM's weights, the score's drops w_k mean(A_k), make the weighted sum negative
+    # everywhere here: an all-zero map (nan).
+    "hirescam": 0.0,
+    "xgradcam": 0.0,
+    "layercam": 0.06,
+    "eigencam": 0.5,
+    "eigengradcam": 0.14,
+    "scorecam": 0.25,
+    "ablationcam": 0.0,
     "layer_activation": 0.25,
     "layer_gradient_x_activation": 0.25,
     "internal_influence": 0.12,

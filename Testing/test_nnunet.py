@@ -17,35 +17,19 @@ import torch
 pytest.importorskip("nnunetv2")
 
 from TorchEsegetaLib.errors import UserInputError  # noqa: E402
-from TorchEsegetaLib.io.volume import Geometry, Volume  # noqa: E402
+from TorchEsegetaLib.io.volume import Volume  # noqa: E402
 
-SHAPE = (12, 14, 18)
-SPACING = (2.3, 0.75, 0.62)
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    from TorchEsegetaLib.models.nnunet.example import build_model_folder, vessel_cases
-
-    root = tmp_path_factory.mktemp("nnunet")
-    return build_model_folder(
-        root,
-        vessel_cases(3, (10, 16, 18), (2.0, 0.7, 0.6)),
-        folds=(0, 1),
-        base_features=2,
-        max_features=8,
-    )
+SHAPE = (12, 14, 18)  # the nnunet_volume fixture's (conftest.py)
 
 
-@pytest.fixture(scope="module")
-def volume() -> Volume:
-    from TorchEsegetaLib.models.demo.synthetic import make_vessel_volume
+@pytest.fixture
+def folder(nnunet_folder):
+    return nnunet_folder
 
-    image, _ = make_vessel_volume(SHAPE, 5)
-    image[:2] = 0  # nnU-Net crops to the nonzero box
-    c, s = np.cos(0.3), np.sin(0.3)
-    geometry = Geometry(SHAPE, SPACING, (3.0, -2.0, 5.0), (c, -s, 0, s, c, 0, 0, 0, 1))
-    return Volume(image, geometry)
+
+@pytest.fixture
+def volume(nnunet_volume) -> Volume:
+    return nnunet_volume
 
 
 @pytest.mark.parametrize(("folds", "mirroring"), [((0, 1), True), ((0,), False)])
@@ -103,14 +87,6 @@ def test_maps_come_back_on_the_input_grid(folder, volume):
     assert (saliency[:2] == 0).all()  # cropped away by nnU-Net: no influence
     assert (saliency[2:] != 0).mean() > 0.5
     assert any("fold 1 alone" in w for w in result.model.source["warnings"])
-
-
-def test_layer_methods_are_refused_up_front(folder, volume):
-    import TorchEsegetaLib as te
-
-    model = {"kind": "nnunet", "path": str(folder), "folds": [0, 1], "explain_fold": 0}
-    with pytest.raises(UserInputError, match="gradcam cannot explain this model: nnU-Net's layers"):
-        te.explain(volume, model=model, target="class:vessel", methods=["gradcam"], device="cpu")
 
 
 def test_explained_function_is_the_segmentation_in_float32(folder, volume):

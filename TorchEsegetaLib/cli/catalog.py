@@ -134,7 +134,8 @@ def metrics_markdown() -> str:
 def cmd_layers(args: argparse.Namespace) -> int:
     import torch
 
-    from ..methods.layer import default_layer, trace_layers
+    from ..methods import REGISTRY
+    from ..methods.layer import default_layer, layer_networks, trace_layers
     from ..models.inference import SegmentationForward
     from ..models.loading import load_model, model_ref_from_string
 
@@ -145,21 +146,35 @@ def cmd_layers(args: argparse.Namespace) -> int:
     )
     card = model.card
     # A dry run on a small blank input finds the layers in the order they run, with their shapes.
-    side = max(32, 2 * card.size_divisible)
-    size = card.roi_size or (side, side, side)
-    forward = SegmentationForward(model.network, card)
+    networks = layer_networks(model.network)
+    forward: torch.nn.Module
+    if networks[0] is not model.network:  # a pipeline calling networks of its own (nnU-Net's folds)
+        forward, size = networks[0], tuple(model.network.window_size)
+        where = "one fold's network on one patch"
+    else:
+        side = max(32, 2 * card.size_divisible)
+        size = tuple(card.roi_size or (side, side, side))
+        forward, where = SegmentationForward(model.network, card), "a"
     dummy = torch.zeros((1, card.in_channels, *size))
     layers = trace_layers(forward, dummy)
     if not layers:
         raise UserInputError(
             "this model exposes no layers (TorchScript); load it by network name and checkpoint to use layer methods"
         )
-    default = default_layer(forward, dummy, card.out_channels)
+    # each layer method's default: the last wide map, or the last non-negative one
+    defaults: dict[str, list[str]] = {}
+    for name, cls in REGISTRY.items():
+        if cls.family == "layer":
+            nonnegative = bool(getattr(cls, "nonnegative_layer", False))
+            chosen = default_layer(forward, dummy, card.out_channels, nonnegative, layers)
+            defaults.setdefault(chosen, []).append(name)
     print(
-        f"layers of {card.name} in execution order (output shape for a {'x'.join(map(str, size))} input):"
+        f"layers of {card.name} in execution order (output shape for {where} "
+        f"{'x'.join(map(str, size))} input):"
     )
     for layer in layers:
-        mark = "  (default)" if layer["name"] == default else ""
+        methods = defaults.get(layer["name"])
+        mark = f"  (default of {', '.join(methods)})" if methods else ""
         shape = "x".join(map(str, layer["shape"]))
         print(f"  {layer['name']:<44} {layer['type']:<18} {layer['channels']:>4} x {shape}{mark}")
     return EXIT_OK
