@@ -61,4 +61,6 @@ def pytorch_grad_cam() -> types.ModuleType:
 
 
 def _missing() -> None:
-    raise ImportError("grad-cam is not installed: pip install --no-deps grad-cam ttach opencv-python-headless")
+    raise ImportError(
+        "grad-cam is not installed: pip install --no-deps grad-cam ttach opencv-python-headless"
+    )

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from catalog import make_network
 from helpers import centre_box_target, close, ours, tiny_input, tiny_unet
 from monai.inferers import sliding_window_inference
-from test_layer_windows import LAYER, ROI, box_target, monai_blend, sliding, volume, upsample
+from test_layer_windows import LAYER, ROI, box_target, monai_blend, sliding, upsample, volume
 
 from TorchEsegetaLib.methods import REGISTRY
 from TorchEsegetaLib.targets.bound import BoundTarget
@@ -202,7 +202,7 @@ def test_score_weighted_cams_equal_a_loop_over_monai_sliding_windows(name, outpu
         base = sliding_window_inference(x, ROI, 1, keep, overlap=0.5, mode="gaussian")
         score = float(target(base))
     cams = []
-    for w, (window, activation) in enumerate(zip(windows, activations)):
+    for w, activation in enumerate(activations):
         scores = []
         for k in range(activation.shape[1]):
             calls = iter(range(len(windows)))

@@ -32,7 +32,8 @@ def prepared(folder, volume, target="class:vessel", explain_fold=None, folds=(0,
     model = load_model(
         {"kind": "nnunet", "path": str(folder), "folds": list(folds), "explain_fold": explain_fold}
     )
-    return prepare_case(volume, model, TargetSpec.parse(target), torch.device("cpu"))
+    spec = TargetSpec.parse(target) if isinstance(target, str) else target
+    return prepare_case(volume, model, spec, torch.device("cpu"))
 
 
 def flips_of(mirror_axes):
@@ -90,7 +91,9 @@ def reference_map(case, layer_name, channel_map):
             maps = channel_map(activation.detach().double(), grad.double())
             up = F.interpolate(maps, size=patch, mode="trilinear", align_corners=False)
             assert up.shape[0] == len(flips)
-            back = [torch.flip(up[i : i + 1], f) if f else up[i : i + 1] for i, f in enumerate(flips)]
+            back = [
+                torch.flip(up[i : i + 1], f) if f else up[i : i + 1] for i, f in enumerate(flips)
+            ]
             total[window] += torch.cat(back).mean(0)[0] * gaussian / len(folds)
             weights[window] += gaussian / len(folds)
     inner = tuple(slice(a, n - b) for (a, b), n in zip(state.padding, padded_shape))
@@ -142,12 +145,35 @@ def test_a_layer_map_is_brought_back_as_nnunet_brings_back_its_predictions(
     assert (got[0, 0, :2] == 0).all()  # nnU-Net crops these voxels away: zero
 
 
+def on_the_plans_spacing(folder, volume):
+    """``volume`` with the spacing nnU-Net resamples to: no resampling either way."""
+    import numpy as np
+
+    from TorchEsegetaLib.io.volume import Geometry, Volume
+    from TorchEsegetaLib.models.loading import load_model
+
+    plan = load_model({"kind": "nnunet", "path": str(folder), "folds": [0]}).network.plan
+    reversed_spacing = np.empty(3)
+    reversed_spacing[list(plan.transpose_forward)] = plan.spacing  # nnU-Net's (z, y, x), transposed
+    geometry = volume.geometry
+    spacing = tuple(float(v) for v in reversed_spacing[::-1])
+    return Volume(volume.array, Geometry(geometry.size, spacing, geometry.origin, geometry.direction))
+
+
+@pytest.mark.parametrize("resampled", [True, False])
+@pytest.mark.parametrize(
+    "target",
+    [TargetSpec.parse("roi:2,3,4:9,11,14"), TargetSpec.parse("class", output="probabilities")],
+    ids=["roi-logits", "class-probabilities"],
+)
 def test_window_by_window_input_gradients_equal_autograd_through_the_whole_pipeline(
-    nnunet_folder, nnunet_volume
+    nnunet_folder, nnunet_volume, resampled, target
 ):
     from TorchEsegetaLib.methods import ScoreModel, input_gradients
 
-    case = prepared(nnunet_folder, nnunet_volume, "roi:2,3,4:9,11,14")
+    volume = nnunet_volume if resampled else on_the_plans_spacing(nnunet_folder, nnunet_volume)
+    case = prepared(nnunet_folder, volume, target)
+    assert case.forward.network.case.to_input.identity is not resampled
     score = ScoreModel(case.forward, case.bound)
     scores, windowed = input_gradients(score, case.x)
     with torch.enable_grad():
@@ -168,7 +194,7 @@ def test_scores_with_one_network_output_replaced_equal_the_pipeline_run_so(
     generator = torch.Generator().manual_seed(3)
     start = 0
     for rows in passes.row_batches(progress=None):
-        for index, row in enumerate(rows):
+        for index in range(len(rows)):
             if start + index not in chosen:
                 continue
             with torch.no_grad():
@@ -177,14 +203,21 @@ def test_scores_with_one_network_output_replaced_equal_the_pipeline_run_so(
             got = passes.scores_replacing(rows, index, new, base)
             for replacement, score in zip(new, got):
                 # the pipeline's own forward, with that row of that network call replaced
-                calls = iter(range(10**6))
                 call_of_row = (start + index) // len(rows)
 
-                def swap(_module, _inputs, output, replacement=replacement, call=call_of_row):
+                def swap(
+                    _module,
+                    _inputs,
+                    output,
+                    replacement=replacement,
+                    call=call_of_row,
+                    row=index,
+                    calls=iter(range(10**6)),
+                ):
                     if next(calls) != call:
                         return output
                     output = output.clone()
-                    output[index] = replacement
+                    output[row] = replacement
                     return output
 
                 handles = [network.register_forward_hook(swap) for network in pipeline.folds]
@@ -268,7 +301,9 @@ def test_every_layer_method_runs_on_an_nnunet_folder_with_every_target_kind(
     for target in targets:
         chosen = names if target.kind == "class" else ["gradcam", "scorecam"]
         methods = [{"name": n, "params": fast.get(n, {})} for n in chosen]
-        result = te.explain(nnunet_volume, model=model, target=target, methods=methods, device="cpu")
+        result = te.explain(
+            nnunet_volume, model=model, target=target, methods=methods, device="cpu"
+        )
         for method in result.methods:
             label = f"{method.spec.label} / {target.kind}"
             assert method.status == "ok" and method.map is not None, label

@@ -146,10 +146,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     )
     card = model.card
     # A dry run on a small blank input finds the layers in the order they run, with their shapes.
-    networks = layer_networks(model.network)
+    pipeline: Any = model.network
+    networks = layer_networks(pipeline)
     forward: torch.nn.Module
-    if networks[0] is not model.network:  # a pipeline calling networks of its own (nnU-Net's folds)
-        forward, size = networks[0], tuple(model.network.window_size)
+    if networks[0] is not pipeline:  # a pipeline calling networks of its own (nnU-Net's folds)
+        forward, size = networks[0], tuple(pipeline.window_size)
         where = "one fold's network on one patch"
     else:
         side = max(32, 2 * card.size_divisible)

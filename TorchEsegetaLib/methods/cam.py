@@ -14,7 +14,7 @@ per window) and is input gradient x input plus those terms; ShapleyCAM needs sec
 gradients (a Hessian-vector product) through the whole pass, which window-by-window passes do
 not give for a non-linear target; FinerCAM is Grad-CAM of a different score (the target class
 minus its most similar classes), which belongs to the target, not to the method; KPCA-CAM's
-kernel matrix grows with the square of a layer's voxels (64^3 voxels: 2.7e11 entries).
+kernel matrix grows with the square of a layer's voxels (a 64^3 layer: 7e10 entries).
 """
 
 from __future__ import annotations
@@ -133,7 +133,9 @@ class HiResCAM(_ClassActivationMap):
     title = "HiResCAM"
     summary = "Gradient times activation of a layer, voxel by voxel, summed over channels (over a region target: Seg-XRes-CAM)."
     quantity = "layer activation x d score / d activation, summed over channels"
-    reference = "Draelos & Carin 2020, arXiv:2011.08891; Seg-XRes-CAM: Hasany et al. 2023, arXiv:2303.17806"
+    reference = (
+        "Draelos & Carin 2020, arXiv:2011.08891; Seg-XRes-CAM: Hasany et al. 2023, arXiv:2303.17806"
+    )
 
     def channel_map(self, activation, grads):
         return grads * activation

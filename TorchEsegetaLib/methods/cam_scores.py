@@ -15,7 +15,7 @@ one network input per example. The masked or ablated inputs run in batches sized
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import UserInputError
 from .base import Param, Passes, register
@@ -33,7 +33,7 @@ class _ScoreWeightedCAM(LayerMethod):
 
     signed = False
     needs_gradients = False
-    params: tuple[Param, ...] = (LAYER, RELU)
+    params: ClassVar[tuple[Param, ...]] = (LAYER, RELU)
     #: channels of the layer, learnt by :meth:`preflight` (the cost grows with them)
     layer_channels: int | None = None
 
@@ -101,7 +101,7 @@ class _ScoreWeightedCAM(LayerMethod):
                         passes, rows, index, data, activation, outputs, probe, quiet
                     )
                     weights = self.weights(scores, score).to(activation.dtype)
-                    layer_map = (weights[None, :, None] * activation[index : index + 1].flatten(2))
+                    layer_map = weights[None, :, None] * activation[index : index + 1].flatten(2)
                     maps.append(layer_map.sum(1).reshape(1, 1, *activation.shape[2:]))
                     done += 1
                     context.report(

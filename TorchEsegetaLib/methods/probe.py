@@ -42,9 +42,11 @@ class LayerProbe:
         layer: torch.nn.Module | Sequence[torch.nn.Module],
         name: str,
     ) -> None:
+        import torch
+
         self.score = score
         self.network = network
-        self.layers = [layer] if hasattr(layer, "register_forward_hook") else list(layer)  # type: ignore[arg-type]
+        self.layers = [layer] if isinstance(layer, torch.nn.Module) else list(layer)
         self.layer = self.layers[0]
         self.name = name
         self.grid: tuple[int, ...] | None = None

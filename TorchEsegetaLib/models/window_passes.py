@@ -33,7 +33,9 @@ class WindowPasses:
     if TYPE_CHECKING:  # what SegmentationForward provides
         card: ModelCard
         network: Any
-        windowed: bool
+
+        @property
+        def windowed(self) -> bool: ...
 
         def _network(self, x: torch.Tensor) -> torch.Tensor: ...
 

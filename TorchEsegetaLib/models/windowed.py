@@ -277,7 +277,8 @@ class SlidingPass(WindowedPass):
         count = plan.count.to(outputs.device, outputs.dtype)[tuple(window)]
         blended = self._blended_padded()[example]
         changed = blended.expand(outputs.shape[0], *blended.shape[1:]).clone()
-        changed[(slice(None), slice(None), *window)] += (outputs - base) * plan.importance / count
+        at = (slice(None), slice(None), *window)
+        changed[at] += (outputs - base) * plan.importance / count
         with torch.no_grad():
             return self._needs_target()(plan.crop(changed)[self.prepared[1]])
 

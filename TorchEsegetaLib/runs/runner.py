@@ -87,7 +87,7 @@ def explain_volume(
     from ..methods import ScoreModel
     from ..models.grids import restore_input_grid
     from ..models.inference import check_input, resolve_device
-    from .cost import WARN_AFTER_S, PassTimes, general_hints
+    from .cost import WARN_AFTER_S, PassTimes, general_hints, measure_window_batch
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -122,8 +122,12 @@ def explain_volume(
     # One sample's memory, measured once, sizes every method's batches to the free memory.
     score_run = ScoreModel(forward_run, bound_run)
     times = PassTimes()
-    sample_bytes = None if max_batch else measure_sample_bytes(score_run, x_run, times)
-    began = time.perf_counter()
+    began = time.perf_counter()  # the estimate's time includes sizing the batches
+    # windowed models: one window batch timed and sized, not the whole pipeline run again
+    window_bytes = measure_window_batch(forward_run, x_run, bound_run, times)
+    sample_bytes = None if max_batch else window_bytes
+    if sample_bytes is None and not max_batch:
+        sample_bytes = measure_sample_bytes(score_run, x_run, times)
     estimates = _estimates(
         methods,
         instances,

@@ -166,7 +166,10 @@ class NnUNetPipeline(torch.nn.Module):
             folds, mirror = self.explained()
             # example by example: the network calls run in the order of a windowed pass's rows
             return torch.cat(
-                [self._run(x[b : b + 1], self.case, folds, mirror, exact=False) for b in range(len(x))]
+                [
+                    self._run(x[b : b + 1], self.case, folds, mirror, exact=False)
+                    for b in range(len(x))
+                ]
             )
         # nnU-Net's own numerics where no gradient is asked for (the segmentation)
         exact = not (torch.is_grad_enabled() and x.requires_grad)

@@ -95,10 +95,9 @@ class NnUNetPass(WindowedPass):
 
     def _inner(self, t: torch.Tensor) -> torch.Tensor:
         """The model grid inside the padded grid."""
-        inner = tuple(
-            slice(b, n - a) for (b, a), n in zip(self.case.padding, self.counts.shape)
-        )
-        return t[(slice(None), slice(None), *inner)]
+        inner = tuple(slice(b, n - a) for (b, a), n in zip(self.case.padding, self.counts.shape))
+        index = (slice(None), slice(None), *inner)
+        return t[index]
 
     def _at(self, row: WindowRow) -> tuple[Any, ...]:
         """Index of ``row``'s window in a (B, C, *padded) tensor."""
@@ -199,7 +198,7 @@ class NnUNetPass(WindowedPass):
                     restored = self.pipeline.restore(leaf, self.case)
                     (grad,) = torch.autograd.grad(target(restored).sum(), leaf)
                 else:
-                    shape = (self.examples, channels, *self.case.to_model.new_shape)
+                    shape = (self.examples, gradient.shape[1], *self.case.to_model.new_shape)
                     leaf = torch.zeros(shape, device=self.x.device).requires_grad_(True)
                     restored = self.pipeline.restore(leaf, self.case)
                     (grad,) = torch.autograd.grad(
@@ -220,7 +219,8 @@ class NnUNetPass(WindowedPass):
         change = change * (self.gaussian * self.share) / counts
         blended = self._pad(self.blended()[row.example : row.example + 1])
         changed = blended.expand(len(outputs), *blended.shape[1:]).clone()
-        changed[(slice(None), slice(None), *self.case.windows[row.window])] += change
+        at = (slice(None), slice(None), *self.case.windows[row.window])
+        changed[at] += change
         with torch.no_grad():
             return self._needs_target()(self.pipeline.restore(self._inner(changed), self.case))
 
@@ -239,7 +239,10 @@ class NnUNetPass(WindowedPass):
                 inputs = self.inputs(rows).requires_grad_(True)
                 outputs = self.network(rows)(inputs)
                 (grads,) = torch.autograd.grad(outputs, inputs, grad_outputs=share)
-            back = [torch.flip(g[None], row.flip) if row.flip else g[None] for row, g in zip(rows, grads)]
+            back = [
+                torch.flip(g[None], row.flip) if row.flip else g[None]
+                for row, g in zip(rows, grads)
+            ]
             gradient[self._at(rows[0])] += torch.stack(back).sum(0)
             if not known:
                 total = self._accumulate(total, rows, outputs)
