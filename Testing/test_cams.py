@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from catalog import make_network
-from helpers import centre_box_target, close, ours, tiny_input, tiny_unet
+from helpers import KnownLayerNet, centre_box_target, close, ours, tiny_input, tiny_unet
 from monai.inferers import sliding_window_inference
 from test_layer_windows import LAYER, ROI, box_target, monai_blend, sliding, upsample, volume
 
@@ -21,30 +21,13 @@ CAMS = ["gradcam", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam
 SCORED = ["scorecam", "ablationcam"]
 
 
-class KnownLayer(torch.nn.Module):
-    """A 1x1x1 convolution to two channels, A0 = x + 0.2 and A1 = 1 - x / 2 (the layer);
-    foreground logit = A0^2 / 2 + 3 A1, so dS/dA0 = A0 and dS/dA1 = 3 for a summed target."""
-
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Conv3d(1, 2, 1)
-        with torch.no_grad():
-            self.layer.weight.copy_(torch.tensor([1.0, -0.5]).reshape(2, 1, 1, 1, 1))
-            self.layer.bias.copy_(torch.tensor([0.2, 1.0]))
-
-    def forward(self, x):
-        a = self.layer(x)
-        foreground = 0.5 * a[:, :1] ** 2 + 3 * a[:, 1:]
-        return torch.cat([torch.zeros_like(foreground), foreground], dim=1)
-
-
 VALUES = np.array([-1.5, -0.5, 0.3, 1.0, 2.0, -2.0, 0.7, 1.2])
 
 
 def known_case():
     x = torch.tensor(VALUES, dtype=torch.float32).reshape(1, 1, 2, 2, 2)
     target = BoundTarget(1, torch.ones((2, 2, 2), dtype=torch.bool), "logits", "softmax", "sum")
-    return KnownLayer(), x, target
+    return KnownLayerNet(), x, target
 
 
 def first_component(values: np.ndarray) -> np.ndarray:
@@ -62,7 +45,8 @@ def score_of(x: np.ndarray) -> float:
 
 
 def expected_map(name: str) -> np.ndarray:
-    """The CAM ``name`` of :class:`KnownLayer` on :data:`VALUES` by its formula, before the ReLU."""
+    """The CAM ``name`` of :class:`~helpers.KnownLayerNet` on :data:`VALUES` by its formula,
+    before the ReLU (dS/dA0 = A0 and dS/dA1 = 3 for a summed target)."""
     x = VALUES
     a0, a1 = x + 0.2, 1 - x / 2
     g0, g1 = a0, np.full_like(x, 3.0)

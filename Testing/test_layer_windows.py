@@ -219,11 +219,16 @@ def test_window_batches_one_at_a_time_give_the_map_of_the_whole_pass(name, outpu
 
 def test_streaming_methods_are_those_without_a_path_or_baseline():
     assert STREAMING == [
+        "eigencam",
+        "eigengradcam",
         "gradcam",
         "gradcam_pp",
         "guided_gradcam",
+        "hirescam",
         "layer_activation",
         "layer_gradient_x_activation",
+        "layercam",
+        "xgradcam",
     ]
 
 

@@ -157,7 +157,9 @@ def on_the_plans_spacing(folder, volume):
     reversed_spacing[list(plan.transpose_forward)] = plan.spacing  # nnU-Net's (z, y, x), transposed
     geometry = volume.geometry
     spacing = tuple(float(v) for v in reversed_spacing[::-1])
-    return Volume(volume.array, Geometry(geometry.size, spacing, geometry.origin, geometry.direction))
+    return Volume(
+        volume.array, Geometry(geometry.size, spacing, geometry.origin, geometry.direction)
+    )
 
 
 @pytest.mark.parametrize("resampled", [True, False])

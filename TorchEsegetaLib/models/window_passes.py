@@ -6,7 +6,9 @@ structure of the inferer instead: the score's gradient (or DeepLIFT's multiplier
 relevance) with respect to the blended output is known first, shared out to each window by the
 inferer's weights, and pulled back through one window batch at a time, so peak memory is set by
 the window batch. Each equals the same quantity through the whole inference (tested). Per-window
-maps (layer methods) are blended onto the volume as the predictions are.
+maps (layer methods) are blended onto the volume as the predictions are, through the model's
+:class:`~.windowed.WindowedPass`. A network that places windows of its own (nnU-Net's pipeline:
+``windowed_pass``, ``windows_per_pass``, ``score_gradients``) is handed these passes instead.
 
 :class:`WindowPasses` is a mixin of :class:`~TorchEsegetaLib.models.inference.SegmentationForward`,
 which provides ``card``, ``sliding``, ``preprocess``, ``plan``, ``_plan_of`` and ``_network``.

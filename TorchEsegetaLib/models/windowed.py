@@ -74,6 +74,11 @@ class WindowedPass:
         """d score / d (the rows' network outputs), (len(rows), K, *window)."""
         raise NotImplementedError
 
+    def gradient_needs_blend(self) -> bool:
+        """Whether :meth:`output_gradient` first runs every row without gradients (the score's
+        gradient depends on the blended prediction: a non-linear target, a clipped resampling)."""
+        return getattr(self.target, "output_gradient", None) is None
+
     def add_maps(self, rows: Sequence[Any], maps: torch.Tensor) -> None:
         """Add per-row maps (len(rows), C', *s), on the row's grid or a layer's coarser grid
         (upsampled trilinearly, as captum's ``LayerAttribution.interpolate``)."""
@@ -212,6 +217,7 @@ class SlidingPass(WindowedPass):
         self.plan = forward.plan_for(shape, x.device, x.dtype)
         self.rows_per_example = len(self.plan.indices)
         self._prepared: tuple[torch.Tensor, tuple[slice, ...]] | None = None
+        self._padded: torch.Tensor | None = None
         self._upstream: torch.Tensor | None = None
         self._blended: torch.Tensor | None = None
         self._canvas: WindowCanvas | None = None
@@ -230,8 +236,9 @@ class SlidingPass(WindowedPass):
         return self.plan.window_batches(self.examples, self.forward.card.sw_batch_size, progress)
 
     def inputs(self, rows):
-        padded = self.plan.pad(self.prepared[0])
-        return torch.cat([padded[r] for r in rows])
+        if self._padded is None:
+            self._padded = self.plan.pad(self.prepared[0])
+        return torch.cat([self._padded[r] for r in rows])
 
     def network(self, rows):
         return self.forward._network
@@ -307,12 +314,18 @@ def layer_outputs(
     finally:
         for handle in handles:
             handle.remove()
-    if len(captured) != 1 or not isinstance(captured[0], torch.Tensor):
+    if len(captured) != 1:
         raise UserInputError(
-            f"the layer ran {len(captured)} times in one network call; a layer map needs one "
+            f"the layer ran {len(captured)} times in 1 network call; a layer map needs one "
             "feature map per network input: choose another layer"
         )
     activation, grads = captured[0], None
+    if not isinstance(activation, torch.Tensor) or activation.dim() != data.dim():
+        shape = list(activation.shape) if isinstance(activation, torch.Tensor) else type(activation)
+        raise UserInputError(
+            f"the layer outputs {shape}, not a feature map (batch, channels, *spatial); choose "
+            "a convolution, normalisation or activation layer"
+        )
     if gradient:
         (grads,) = torch.autograd.grad(
             outputs, activation, grad_outputs=passes.output_gradient(rows), allow_unused=True

@@ -11,8 +11,8 @@ the settings that would make it cheaper.
 A model that runs its network once per window (MONAI's sliding windows, nnU-Net's windows,
 mirror combinations and folds) is not run whole for the estimate: every pass of it repeats the
 same batch of network inputs, so :func:`measure_window_batch` times one such batch without and
-with its backward pass and multiplies by the batches of a pass (a pass with gradients first
-blends the outputs without gradients, so it counts one of each). Its memory per sample is that
+with its backward pass and multiplies by the batches of a pass (plus a pass without gradients
+where the score's gradient needs the blended prediction first). Its memory per sample is that
 batch's graph and the volume-sized buffers of a pass, not every window's graph.
 """
 
@@ -171,9 +171,10 @@ def measure_window_batch(
         synchronize(data.device)
         seconds[kind] = time.perf_counter() - began
     batches = passes.rows_per_example / len(rows)
+    blend = seconds["forward"] if passes.gradient_needs_blend() else 0.0
     times.linear = True
     times.record("forward", 1, prepared + batches * seconds["forward"])
-    times.record("backward", 1, prepared + batches * (seconds["forward"] + seconds["backward"]))
+    times.record("backward", 1, prepared + batches * (blend + seconds["backward"]))
     graph = saved_for_backward_bytes(lambda d: network(d), data)
     buffers = 8 * x[:1].numel() * x.element_size() * max(1, int(forward.card.out_channels))
     return float(2 * graph + buffers)

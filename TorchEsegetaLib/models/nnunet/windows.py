@@ -76,6 +76,7 @@ class NnUNetPass(WindowedPass):
         #: each row's weight in the blend, besides the Gaussian and the count
         self.share = 1.0 / (len(self.flips) * len(self.folds))
         self._data: torch.Tensor | None = None
+        self._padded: torch.Tensor | None = None
         self._blended: torch.Tensor | None = None
         self._blend_gradient: torch.Tensor | None = None
         self._canvas: torch.Tensor | None = None
@@ -122,7 +123,9 @@ class NnUNetPass(WindowedPass):
         return torch.cat([torch.flip(patch, row.flip) if row.flip else patch for row in rows])
 
     def _padded_data(self) -> torch.Tensor:
-        return self._pad(self.data.detach())
+        if self._padded is None:
+            self._padded = self._pad(self.data.detach())
+        return self._padded
 
     def network(self, rows):
         network = self.pipeline.folds[rows[0].fold]
@@ -182,16 +185,22 @@ class NnUNetPass(WindowedPass):
         with torch.no_grad():
             return self._needs_target()(self.pipeline.restore(self.blended(), self.case))
 
+    def gradient_needs_blend(self) -> bool:
+        # a logit target through a linear restoring (no resampling, or a linear or nearest one,
+        # whose clip never acts) has a gradient that does not depend on the blend
+        linear = getattr(self.target, "output_gradient", None) is not None
+        known = self.pipeline.out_channels is not None
+        return not (linear and known and self.case.to_input.convex)
+
     def blend_gradient(self) -> torch.Tensor:
         """d score / d blend on the padded model grid (B, K, *padded shape), zero in the padding."""
         if self._blend_gradient is None:
             target = self._needs_target()
-            linear = getattr(target, "output_gradient", None)
-            channels = self.pipeline.out_channels
             gradient = None
-            if linear is not None and channels is not None and self.case.to_input.identity:
-                # restoring is linear without a resampling: the blend need not be known
-                gradient = linear(channels, self.x.device, torch.float32)
+            if not self.gradient_needs_blend():
+                gradient = target.output_gradient(  # type: ignore[attr-defined]
+                    self.pipeline.out_channels, self.x.device, torch.float32
+                )
             with torch.enable_grad():
                 if gradient is None:
                     leaf = self.blended().detach().requires_grad_(True)
