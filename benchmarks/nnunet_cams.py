@@ -73,6 +73,7 @@ print(json.dumps({
     "segment_seconds": result.timings.get("segment"),
     "total_seconds": time.perf_counter() - began,
     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "cam_peak_mb": method.memory.get("peak_memory_mb"),
     "shape": list(method.map.shape), "dtype": str(method.map.dtype),
     "geometry": "the input's (spacing, origin, direction), written as NIfTI/NRRD with it",
     "score": "mean {output} of class {class!r} over its {region_voxels} predicted voxels".format(**result.target),
