@@ -14,6 +14,22 @@ def _deterministic_torch():
     yield
 
 
+@pytest.fixture(scope="session")
+def nnunet_model_folder(tmp_path_factory):
+    """A tiny nnU-Net v2 model folder (two folds, random weights) made by nnU-Net's own code
+    (planner, preprocessing, trainer initialisation; models.nnunet.example), built once."""
+    pytest.importorskip("nnunetv2")
+    from TorchEsegetaLib.models.nnunet.example import build_model_folder, vessel_cases
+
+    return build_model_folder(
+        tmp_path_factory.mktemp("nnunet"),
+        vessel_cases(3, (10, 16, 18), (2.0, 0.7, 0.6)),
+        folds=(0, 1),
+        base_features=2,
+        max_features=8,
+    )
+
+
 @pytest.fixture
 def sceneAndLogics(tmp_path):
     """A fresh slicer-core scene per test with the Colors/Volumes/Segmentations/SubjectHierarchy
@@ -42,24 +58,6 @@ def setup(request):
     net = tiny_unet(in_channels=channels)
     target = centre_box_target()
     return net, tiny_input(channels), target, ScoreModel(net, target)
-
-
-@pytest.fixture(scope="session")
-def nnunet_folder(tmp_path_factory):
-    """A small nnU-Net v2 model folder made by nnU-Net's own code (raw dataset, fingerprint,
-    planner, trainer initialisation, save_checkpoint): two folds with mirroring, tiny networks.
-    Built once per session (about 30 s)."""
-    pytest.importorskip("nnunetv2")
-    from TorchEsegetaLib.models.nnunet.example import build_model_folder, vessel_cases
-
-    root = tmp_path_factory.mktemp("nnunet")
-    return build_model_folder(
-        root,
-        vessel_cases(3, (10, 16, 18), (2.0, 0.7, 0.6)),
-        folds=(0, 1),
-        base_features=2,
-        max_features=8,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -17,19 +17,26 @@ import torch
 pytest.importorskip("nnunetv2")
 
 from TorchEsegetaLib.errors import UserInputError  # noqa: E402
-from TorchEsegetaLib.io.volume import Volume  # noqa: E402
+from TorchEsegetaLib.io.volume import Geometry, Volume  # noqa: E402
 
-SHAPE = (12, 14, 18)  # the nnunet_volume fixture's (conftest.py)
-
-
-@pytest.fixture
-def folder(nnunet_folder):
-    return nnunet_folder
+SHAPE = (12, 14, 18)
+SPACING = (2.3, 0.75, 0.62)
 
 
-@pytest.fixture
-def volume(nnunet_volume) -> Volume:
-    return nnunet_volume
+@pytest.fixture(scope="module")
+def folder(nnunet_model_folder):
+    return nnunet_model_folder
+
+
+@pytest.fixture(scope="module")
+def volume() -> Volume:
+    from TorchEsegetaLib.models.demo.synthetic import make_vessel_volume
+
+    image, _ = make_vessel_volume(SHAPE, 5)
+    image[:2] = 0  # nnU-Net crops to the nonzero box
+    c, s = np.cos(0.3), np.sin(0.3)
+    geometry = Geometry(SHAPE, SPACING, (3.0, -2.0, 5.0), (c, -s, 0, s, c, 0, 0, 0, 1))
+    return Volume(image, geometry)
 
 
 @pytest.mark.parametrize(("folds", "mirroring"), [((0, 1), True), ((0,), False)])

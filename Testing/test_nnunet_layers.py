@@ -1,6 +1,6 @@
 """Layer methods on nnU-Net v2 folders, against references written here from nnU-Net's own parts.
 
-The model folder (conftest's ``nnunet_folder``) has two folds with mirroring along three axes; the
+The model folder (conftest's ``nnunet_model_folder``) has two folds with mirroring along three axes; the
 image is anisotropic, obliquely oriented, with a zero slab nnU-Net crops away. The reference
 Grad-CAM takes the layer's output of every network call of the pipeline's own forward and the
 gradient of the score through the whole pipeline in one graph (autograd), computes each call's
@@ -133,9 +133,9 @@ def ours(name, case, **params):
     ],
 )
 def test_a_layer_map_is_brought_back_as_nnunet_brings_back_its_predictions(
-    nnunet_folder, nnunet_volume, method, channel_map, target, explain_fold
+    nnunet_model_folder, nnunet_volume, method, channel_map, target, explain_fold
 ):
-    case = prepared(nnunet_folder, nnunet_volume, target, explain_fold)
+    case = prepared(nnunet_model_folder, nnunet_volume, target, explain_fold)
     layer = "decoder.stages.0"
     expected = reference_map(case, layer, channel_map)
     got = ours(method, case, layer=layer)
@@ -169,12 +169,14 @@ def on_the_plans_spacing(folder, volume):
     ids=["roi-logits", "class-probabilities"],
 )
 def test_window_by_window_input_gradients_equal_autograd_through_the_whole_pipeline(
-    nnunet_folder, nnunet_volume, resampled, target
+    nnunet_model_folder, nnunet_volume, resampled, target
 ):
     from TorchEsegetaLib.methods import ScoreModel, input_gradients
 
-    volume = nnunet_volume if resampled else on_the_plans_spacing(nnunet_folder, nnunet_volume)
-    case = prepared(nnunet_folder, volume, target)
+    volume = (
+        nnunet_volume if resampled else on_the_plans_spacing(nnunet_model_folder, nnunet_volume)
+    )
+    case = prepared(nnunet_model_folder, volume, target)
     assert case.forward.network.case.to_input.identity is not resampled
     score = ScoreModel(case.forward, case.bound)
     scores, windowed = input_gradients(score, case.x)
@@ -187,9 +189,9 @@ def test_window_by_window_input_gradients_equal_autograd_through_the_whole_pipel
 
 
 def test_scores_with_one_network_output_replaced_equal_the_pipeline_run_so(
-    nnunet_folder, nnunet_volume
+    nnunet_model_folder, nnunet_volume
 ):
-    case = prepared(nnunet_folder, nnunet_volume, "class:vessel")
+    case = prepared(nnunet_model_folder, nnunet_volume, "class:vessel")
     pipeline = case.forward.network
     passes = case.forward.windowed_pass(case.x, case.bound)
     chosen = {1, 9, passes.rows_per_example - 3}  # flipped rows, in both folds
@@ -234,8 +236,10 @@ def test_scores_with_one_network_output_replaced_equal_the_pipeline_run_so(
 
 
 @pytest.mark.parametrize("name", ["scorecam", "ablationcam"])
-def test_score_weighted_cams_equal_a_loop_through_the_pipeline(nnunet_folder, nnunet_volume, name):
-    case = prepared(nnunet_folder, nnunet_volume, "class:vessel", explain_fold=0)
+def test_score_weighted_cams_equal_a_loop_through_the_pipeline(
+    nnunet_model_folder, nnunet_volume, name
+):
+    case = prepared(nnunet_model_folder, nnunet_volume, "class:vessel", explain_fold=0)
     layer = "decoder.stages.0"
     pipeline = case.forward.network
     network = pipeline.folds[0]
@@ -286,8 +290,8 @@ def test_score_weighted_cams_equal_a_loop_through_the_pipeline(nnunet_folder, nn
     assert float(expected.abs().max()) > 0
 
 
-def test_every_layer_method_runs_on_an_nnunet_folder_with_every_target_kind(
-    nnunet_folder, nnunet_volume
+def test_every_layer_method_runs_on_an_nnunet_model_folder_with_every_target_kind(
+    nnunet_model_folder, nnunet_volume
 ):
     import TorchEsegetaLib as te
     from TorchEsegetaLib.methods import REGISTRY
@@ -295,7 +299,7 @@ def test_every_layer_method_runs_on_an_nnunet_folder_with_every_target_kind(
     fast = {"layer_conductance": {"n_steps": 2}, "internal_influence": {"n_steps": 2}}
     fast["layer_gradient_shap"] = {"n_samples": 2}
     names = sorted(name for name, cls in REGISTRY.items() if cls.family == "layer")
-    model = {"kind": "nnunet", "path": str(nnunet_folder), "folds": [0, 1], "explain_fold": 0}
+    model = {"kind": "nnunet", "path": str(nnunet_model_folder), "folds": [0, 1], "explain_fold": 0}
     mask = np.zeros(nnunet_volume.spatial_shape, np.uint8)
     mask[4:9, 5:10, 6:12] = 1
     targets = [TargetSpec.parse(text) for text in ("class:vessel", "roi:2,3,4:9,11,14")]
@@ -314,10 +318,10 @@ def test_every_layer_method_runs_on_an_nnunet_folder_with_every_target_kind(
             assert (method.map[:2] == 0).all(), label  # cropped away by nnU-Net
 
 
-def test_layers_lists_one_folds_layers_with_the_defaults(nnunet_folder, capsys):
+def test_layers_lists_one_folds_layers_with_the_defaults(nnunet_model_folder, capsys):
     from TorchEsegetaLib.cli import main
 
-    assert main(["layers", "--model", str(nnunet_folder)]) == 0
+    assert main(["layers", "--model", str(nnunet_model_folder)]) == 0
     out = capsys.readouterr().out
     assert "one fold's network on one patch" in out
     assert "decoder.stages.0 " in out and "(default of" in out

@@ -65,7 +65,6 @@ class Resampling:
             )
         return y
 
-
     @property
     def convex(self) -> bool:
         """Whether every output is a convex combination of inputs (non-negative weights summing
