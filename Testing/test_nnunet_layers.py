@@ -326,3 +326,15 @@ def test_layers_lists_one_folds_layers_with_the_defaults(nnunet_model_folder, ca
     assert "one fold's network on one patch" in out
     assert "decoder.stages.0 " in out and "(default of" in out
     assert "folds.0" not in out  # names within a fold's network: the same in every fold
+
+
+def test_the_slicer_panel_lists_the_layers_the_cli_lists(nnunet_model_folder, capsys):
+    from TorchEsegetaSlicer.modelInfo import layerNames
+
+    from TorchEsegetaLib.cli import main
+    from TorchEsegetaLib.models.loading import load_model
+
+    names = layerNames(load_model({"kind": "nnunet", "path": str(nnunet_model_folder)}))
+    assert main(["layers", "--model", str(nnunet_model_folder)]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert names == listed and "decoder.stages.0" in names

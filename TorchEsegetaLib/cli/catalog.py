@@ -132,11 +132,8 @@ def metrics_markdown() -> str:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    import torch
-
     from ..methods import REGISTRY
-    from ..methods.layer import default_layer, layer_networks, trace_layers
-    from ..models.inference import SegmentationForward
+    from ..methods.layer import blank_input, default_layer, trace_layers
     from ..models.loading import load_model, model_ref_from_string
 
     model = load_model(
@@ -146,17 +143,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
     )
     card = model.card
     # A dry run on a small blank input finds the layers in the order they run, with their shapes.
-    pipeline: Any = model.network
-    networks = layer_networks(pipeline)
-    forward: torch.nn.Module
-    if networks[0] is not pipeline:  # a pipeline calling networks of its own (nnU-Net's folds)
-        forward, size = networks[0], tuple(pipeline.window_size)
-        where = "one fold's network on one patch"
-    else:
-        side = max(32, 2 * card.size_divisible)
-        size = tuple(card.roi_size or (side, side, side))
-        forward, where = SegmentationForward(model.network, card), "a"
-    dummy = torch.zeros((1, card.in_channels, *size))
+    forward, dummy, where = blank_input(model.network, card, max(32, 2 * card.size_divisible))
+    size = tuple(dummy.shape[2:])
     layers = trace_layers(forward, dummy)
     if not layers:
         raise UserInputError(

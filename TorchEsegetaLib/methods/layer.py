@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..errors import UserInputError
 from .base import Method, Param, Passes, ScoreModel, register
@@ -68,6 +68,28 @@ def layer_networks(network: torch.nn.Module) -> list[torch.nn.Module]:
     """The networks a model calls, whose layers a layer method reads: the network itself, or
     (nnU-Net) each explained fold's network. Layer names are those of the first."""
     return list(getattr(network, "layer_networks", None) or [network])
+
+
+def blank_input(
+    network: torch.nn.Module, card: Any, side: int = 32
+) -> tuple[Any, torch.Tensor, str]:
+    """What to trace a model's layers on without an image: (the module to run, a blank input,
+    what that input is). One window of a sliding-window model, a cube of ``side`` voxels
+    (rounded up to ``size_divisible``) otherwise; for a pipeline that calls networks of its own
+    (nnU-Net), one fold's network on one patch, since the pipeline needs an image's geometry."""
+    import torch
+
+    from ..models.inference import SegmentationForward
+
+    networks = layer_networks(network)
+    if networks[0] is not network:
+        size = tuple(cast(Any, network).window_size)  # such a pipeline knows its patch
+        blank = torch.zeros((1, card.in_channels, *size))
+        return networks[0], blank, "one fold's network on one patch"
+    multiple = max(1, int(card.size_divisible))
+    side = -(-max(side, multiple) // multiple) * multiple
+    size = tuple(card.roi_size or (side, side, side))
+    return SegmentationForward(network, card), torch.zeros((1, card.in_channels, *size)), "a"
 
 
 def list_layers(network: torch.nn.Module) -> list[dict[str, Any]]:
