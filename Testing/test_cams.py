@@ -253,12 +253,13 @@ def grad_cam_targets(size: int):
 
 @pytest.mark.parametrize("name", sorted(GRAD_CAM_CLASSES))
 def test_cams_equal_pytorch_grad_cam_in_3d(name):
+    from extras import require_reference
     from grad_cam_reference import pytorch_grad_cam
 
     try:
         grad_cam = pytorch_grad_cam()
     except ImportError as error:
-        pytest.skip(str(error))
+        require_reference("grad-cam", error)
     size = 8
     for kind, channels, layer in FULL_RESOLUTION:
         net = make_network(kind, channels) if kind != "unet" else tiny_unet(channels, norm="BATCH")

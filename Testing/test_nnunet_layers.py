@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from extras import require_extra
 from helpers import close
 
-pytest.importorskip("nnunetv2")
+require_extra("nnunet")
 
 from TorchEsegetaLib.targets.spec import TargetSpec  # noqa: E402
 
