@@ -145,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-path", type=Path, default=None, help="nnunetv2-cam's --target dir")
     parser.add_argument("--layer", default="", help="layer name (default: ours)")
     parser.add_argument("--ours-only", action="store_true")
+    parser.add_argument(
+        "--equal-work-only",
+        action="store_true",
+        help="only the two runs at equal work (2 folds, no mirroring): about 5 of the 15 minutes",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as scratch_dir:
@@ -166,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("nnunetv2-cam, 2 folds, no mirroring", PEER, False, False, None),
                 ("nnunetv2-cam, 2 folds, masks mirrored", PEER, False, True, None),
             ]
+        if args.equal_work_only:
+            settings = [s for s in settings if s[0].endswith("2 folds, no mirroring")]
         for index, (label, code, ours, mirroring, fold) in enumerate(settings):
             work = scratch / f"run{index}"
             work.mkdir()
