@@ -61,3 +61,19 @@ def setup(request):
     net = tiny_unet(in_channels=channels)
     target = centre_box_target()
     return net, tiny_input(channels), target, ScoreModel(net, target)
+
+
+@pytest.fixture(scope="session")
+def nnunet_volume():
+    """An anisotropic, obliquely oriented vessel image with a zero slab nnU-Net crops away."""
+    import numpy as np
+
+    from TorchEsegetaLib.io.volume import Geometry, Volume
+    from TorchEsegetaLib.models.demo.synthetic import make_vessel_volume
+
+    shape, spacing = (12, 14, 18), (2.3, 0.75, 0.62)
+    image, _ = make_vessel_volume(shape, 5)
+    image[:2] = 0  # nnU-Net crops to the nonzero box
+    c, s = np.cos(0.3), np.sin(0.3)
+    geometry = Geometry(shape, spacing, (3.0, -2.0, 5.0), (c, -s, 0, s, c, 0, 0, 0, 1))
+    return Volume(image, geometry)

@@ -43,6 +43,15 @@ def require_extra(extra: str, *modules: str) -> None:
             pytest.skip(skip_reason(extra, detail), allow_module_level=True)
 
 
+def require_reference(package: str, error: ImportError) -> None:
+    """A reference implementation that CI installs beside the extras (.ci/run) but no extra
+    brings (grad-cam: its dependencies would replace torch) is missing: skip naming it, or under
+    REQUIRE_EXTRAS fail, since CI would otherwise test less than it claims."""
+    if os.environ.get(REQUIRE_EXTRAS):
+        pytest.fail(f"{REQUIRE_EXTRAS} is set (CI installs {package}), yet it is missing: {error}")
+    pytest.skip(f"needs the test reference {package}: {error}")
+
+
 def missing_extra(reason: str) -> str | None:
     """The extra a skip reason says is missing, if any."""
     for named in _NAMED_EXTRA.finditer(reason):

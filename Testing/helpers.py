@@ -79,6 +79,23 @@ class LinearVoxelModel(torch.nn.Module):
         return self.conv(x)
 
 
+class KnownLayerNet(torch.nn.Module):
+    """A 1x1x1 convolution to two channels, A0 = x + 0.2 and A1 = 1 - x / 2 (the layer, named
+    "layer"); foreground logit = A0^2 / 2 + 3 A1, background 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Conv3d(1, 2, 1)
+        with torch.no_grad():
+            self.layer.weight.copy_(torch.tensor([1.0, -0.5]).reshape(2, 1, 1, 1, 1))
+            self.layer.bias.copy_(torch.tensor([0.2, 1.0]))
+
+    def forward(self, x):
+        a = self.layer(x)
+        foreground = 0.5 * a[:, :1] ** 2 + 3 * a[:, 1:]
+        return torch.cat([torch.zeros_like(foreground), foreground], dim=1)
+
+
 def ours(name, net, x, target, max_batch=3, seed=0, **params) -> torch.Tensor:
     """Our method ``name`` with ``params``, run in batches of ``max_batch`` with ``seed``."""
     context = Context(max_batch=max_batch, seed=seed)

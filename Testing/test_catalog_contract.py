@@ -16,7 +16,7 @@ from catalog import FAST_PARAMS, RegionNet, forward_for, make_network
 from TorchEsegetaLib.engine.context import Context
 from TorchEsegetaLib.io.volume import Geometry
 from TorchEsegetaLib.methods import REGISTRY, create_method
-from TorchEsegetaLib.methods.guides import GROUND_TRUTH_SHARE
+from TorchEsegetaLib.methods.guides import ALL_ZERO_IN_GROUND_TRUTH, GROUND_TRUTH_SHARE
 from TorchEsegetaLib.models.card import ModelCard
 from TorchEsegetaLib.models.inference import SegmentationForward
 from TorchEsegetaLib.targets.bound import bind_target, region_in_input_grid
@@ -37,7 +37,7 @@ TARGETS = {
 }
 
 
-def run(method_name, forward, x, spec, seed=0):
+def run(method_name, forward, x, spec, seed=0, **params):
     with torch.no_grad():
         logits = forward(x)
     labels = logits[0].argmax(0)
@@ -62,7 +62,7 @@ def run(method_name, forward, x, spec, seed=0):
     else:
         region = region_in_input_grid(spec, geometry)
     target = bind_target(spec, forward.card, logits, region)
-    method = create_method(method_name, FAST_PARAMS.get(method_name, {}))
+    method = create_method(method_name, {**FAST_PARAMS.get(method_name, {}), **params})
     return method.attribute(forward, x, target, Context(max_batch=4, seed=seed))
 
 
@@ -86,6 +86,11 @@ def check_case(method_name, network_kind, channels, target_kind):
     # "Not all zero" holds where the target depends on the input at all: a voxel whose logit
     # sits on a flat (switched-off ReLU) stretch has a zero gradient, correctly.
     gradient = run("saliency", forward, x, TARGETS[target_kind])
+    relu = any(p.name == "relu" for p in REGISTRY[method_name].params)
+    if gradient.abs().sum() > 0 and relu and attribution.abs().sum() == 0:
+        # A CAM's ReLU keeps positive evidence only: where the layer's evidence for the target
+        # is negative everywhere (one voxel's), the map is zero; without the ReLU it is not.
+        attribution = run(method_name, forward, x, TARGETS[target_kind], relu=False)
     if gradient.abs().sum() > 0:
         assert attribution.abs().sum() > 0, f"{label}: all zero"
 
@@ -138,7 +143,14 @@ def test_contract_full_product(method_name):
 #: layer GradientSHAP 0.438 (zero outside the rim, where the activation does not change, and
 #: about half the mass in the rim). Guided Grad-CAM multiplies guided backpropagation, zero
 #: outside the region, by Grad-CAM, zero inside it: an all-zero map.
-ALL_ZERO_IN_GROUND_TRUTH = {"guided_gradcam"}
+#: The rest of the CAM family on the same layer. Its gradient is the constant head weight, so
+#: HiResCAM's and XGrad-CAM's maps are Grad-CAM's up to a positive factor: 0.0; LayerCAM keeps
+#: the channels of positive weight as Grad-CAM++ does: 0.0625. Eigen-CAM and Eigen-Grad-CAM
+#: project the (gradient x) activations on their first principal component over the volume,
+#: centred: the constant activations outside the region sit away from the mean too (0.515 and
+#: 0.149). Score-CAM's masks are the activations, non-zero outside (0.251, as layer
+#: activation); Ablation-CAM's weights, the score's drops w_k mean(A_k), make the weighted sum
+#: negative everywhere here: an all-zero map.
 #: Parameters of the ground-truth run where the fast ones would blur the answer: boxes and
 #: feature blocks of 4 voxels, aligned with the region, and enough random samples.
 GROUND_TRUTH_PARAMS = {

@@ -147,3 +147,26 @@ def test_the_cli_warns_before_the_run_even_when_quiet(tmp_path, capsys):
     assert code == 0
     err = capsys.readouterr().err
     assert "warning: saliency would take about" in err and "a GPU (--device cuda)" in err
+
+
+def test_a_windowed_model_is_timed_on_one_window_batch_not_a_whole_pass():
+    from TorchEsegetaLib.runs.cost import measure_window_batch
+
+    network = CountingNetwork(tiny_unet())
+    card = ModelCard(in_channels=1, out_channels=2, roi_size=(8, 8, 8), sw_batch_size=2)
+    forward = SegmentationForward(network, card)
+    x, target = tiny_input(), centre_box_target()  # 16^3: 27 windows of 8^3, 14 batches
+    times = PassTimes()
+    sample_bytes = measure_window_batch(forward, x, target, times)
+    # one batch of two windows without gradients, once with its backward pass, once more to
+    # count what autograd saves (the memory): 3 batches of the 14 of a pass
+    assert (network.calls, network.backward) == (6, 2)
+    assert times.linear and sample_bytes is not None and sample_bytes > 0
+    forward_pass, backward_pass = times.of("forward", 1), times.of("backward", 1)
+    assert 0 < forward_pass < backward_pass
+    assert times.of("backward", 8) == pytest.approx(8 * backward_pass)  # one example at a time
+    # a whole-volume model is measured the usual way
+    assert (
+        measure_window_batch(SegmentationForward(tiny_unet(), ModelCard()), x, target, times)
+        is None
+    )

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from extras import EXTRA_MODULES, REQUIRE_EXTRAS, missing_extra, skip_reason
+from extras import EXTRA_MODULES, REQUIRE_EXTRAS, missing_extra, require_reference, skip_reason
 from project import REPOSITORY, pyproject
 
 TESTING = Path(__file__).parent
@@ -104,6 +104,16 @@ def test_on_ci_a_skipped_extra_test_fails_and_other_skips_stay(suite):
 )
 def test_the_extra_a_skip_reason_names(reason, extra):
     assert missing_extra(reason) == extra
+
+
+def test_a_missing_test_reference_skips_and_fails_on_ci(monkeypatch):
+    missing = ImportError("grad-cam is not installed")
+    monkeypatch.delenv(REQUIRE_EXTRAS, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs the test reference grad-cam"):
+        require_reference("grad-cam", missing)
+    monkeypatch.setenv(REQUIRE_EXTRAS, "1")
+    with pytest.raises(pytest.fail.Exception, match="CI installs grad-cam"):
+        require_reference("grad-cam", missing)
 
 
 def test_the_extras_are_pyprojects_and_the_viewers_modules_its_own():

@@ -100,12 +100,36 @@ def test_layer_activation_is_the_inferer_blend_of_the_window_maps(mode):
     assert close(got[:, :1], reference)
 
 
-def test_gradcam_weights_each_window_by_the_gradient_of_the_whole_blended_score():
+SPACE = (2, 3, 4)
+
+
+def gradcam_pp_weights(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    denominator = 2 * g**2 + a.sum(dim=SPACE, keepdim=True) * g**3
+    alpha = g**2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    return (alpha * torch.relu(g)).sum(dim=SPACE, keepdim=True)
+
+
+#: each gradient CAM's map of one window from its activations a and gradients g, written out
+WINDOW_CAMS = {
+    "gradcam": lambda a, g: g.mean(dim=SPACE, keepdim=True) * a,
+    "hirescam": lambda a, g: g * a,
+    "xgradcam": lambda a, g: (
+        (g * a).sum(dim=SPACE, keepdim=True) / a.sum(dim=SPACE, keepdim=True) * a
+    ),
+    "layercam": lambda a, g: torch.relu(g) * a,
+    "gradcam_pp": lambda a, g: gradcam_pp_weights(a, g) * a,
+}
+
+
+@pytest.mark.parametrize("name", sorted(WINDOW_CAMS))
+def test_gradient_cams_weight_each_window_by_the_gradient_of_the_whole_blended_score(name):
     forward = sliding("gaussian")
     # a corner target: one of the four windows touches it
     x, target = volume(1), box_target((0, 0, 0), (2, 2, 2))
-    got = ours("gradcam", forward, x, target, layer=LAYER)
-    # Reference: autograd through MONAI's inferer, Grad-CAM per captured window map, blended by
+    # Grad-CAM++'s weights are non-negative: on this signed layer its ReLU'd map is empty
+    relu = name != "gradcam_pp"
+    got = ours(name, forward, x, target, layer=LAYER, relu=relu)
+    # Reference: autograd through MONAI's inferer, the CAM per captured window map, blended by
     # MONAI's inferer again.
     captured = Captured(forward.network, LAYER)
     try:
@@ -118,7 +142,9 @@ def test_gradcam_weights_each_window_by_the_gradient_of_the_whole_blended_score(
         captured.close()
     assert len(captured.outputs) == 2  # four windows, two per call
     cams = [
-        upsample(torch.relu((g.mean(dim=(2, 3, 4), keepdim=True) * a).sum(1, keepdim=True)))
+        upsample(
+            (torch.relu if relu else torch.positive)(WINDOW_CAMS[name](a, g).sum(1, keepdim=True))
+        )
         for a, g in zip(captured.outputs, grads)
     ]
     with torch.no_grad():
@@ -204,24 +230,31 @@ def test_window_batches_one_at_a_time_give_the_map_of_the_whole_pass(name, outpu
     forward, x = sliding("gaussian"), volume(5)
     target = box_target()
     target = type(target)(1, target.region, output, "softmax", "mean")
-    calls, by_window = [], forward.layer_windows
-    forward.layer_windows = lambda *args: calls.append(1) or by_window(*args)
+    from TorchEsegetaLib.methods.probe import LayerProbe
+
+    in_one_graph, whole_pass = [], LayerProbe.run
+    monkeypatch.setattr(LayerProbe, "run", lambda *a: in_one_graph.append(1) or whole_pass(*a))
     streamed = ours(name, forward, x, target, layer=LAYER)
-    assert calls
+    assert not in_one_graph
     monkeypatch.setattr(REGISTRY[name], "streams", False)
     whole = ours(name, forward, x, target, layer=LAYER)
-    assert len(calls) == 1
+    assert in_one_graph
     assert close(streamed, whole, rtol=1e-5, atol=1e-6)
     assert float(streamed.abs().max()) > 0
 
 
 def test_streaming_methods_are_those_without_a_path_or_baseline():
     assert STREAMING == [
+        "eigencam",
+        "eigengradcam",
         "gradcam",
         "gradcam_pp",
         "guided_gradcam",
+        "hirescam",
         "layer_activation",
         "layer_gradient_x_activation",
+        "layercam",
+        "xgradcam",
     ]
 
 

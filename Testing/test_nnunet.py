@@ -97,15 +97,17 @@ def test_maps_come_back_on_the_input_grid(folder, volume):
     assert any("fold 1 alone" in w for w in result.model.source["warnings"])
 
 
-def test_layer_methods_are_refused_up_front(folder, volume, monkeypatch):
-    """Before the segmentation (minutes on a real model), not after it."""
+def test_a_layer_nnunet_lacks_is_refused_up_front(folder, volume, monkeypatch):
+    """Before the segmentation (minutes on a real model), not after it; layer methods run on
+    nnU-Net folders (Testing/test_nnunet_layers.py), a layer no fold has is refused."""
     import TorchEsegetaLib as te
     from TorchEsegetaLib.models import inference
 
     monkeypatch.setattr(inference, "segment", lambda *a, **k: pytest.fail("segmented first"))
     model = {"kind": "nnunet", "path": str(folder), "folds": [0, 1], "explain_fold": 0}
-    with pytest.raises(UserInputError, match="gradcam cannot explain this model: nnU-Net's layers"):
-        te.explain(volume, model=model, target="class:vessel", methods=["gradcam"], device="cpu")
+    method = {"name": "gradcam", "params": {"layer": "decoder.nowhere"}}
+    with pytest.raises(UserInputError, match="gradcam: the model has no layer named 'decoder.no"):
+        te.explain(volume, model=model, target="class:vessel", methods=[method], device="cpu")
 
 
 def test_explained_function_is_the_segmentation_in_float32(folder, volume):

@@ -145,8 +145,8 @@ def test_a_parameter_out_of_range_is_refused_before_the_model_is_loaded(
 
 
 def test_the_preflight_asks_the_network_not_its_kind(case, monkeypatch):
-    """A network that says its layers cannot be mapped (``layer_maps_refused``, as nnU-Net's
-    pipeline does) has layer methods refused before segmenting and every other method run; the
+    """A network that says its layers cannot be mapped (``layer_maps_refused``: one that tiles
+    or resamples its input before its layers without saying how to bring maps back) has layer methods refused before segmenting and every other method run; the
     same network without it runs the layer method too."""
     import TorchEsegetaLib as te
     from TorchEsegetaLib.errors import UserInputError

@@ -35,7 +35,7 @@ GENERATED: dict[tuple[str, str], Callable[[], str]] = {
         (f"docs/methods-{family}.md", "method-pages"): functools.partial(
             method_pages_markdown, family
         )
-        for family in ("gradient", "layer", "perturbation")
+        for family in ("gradient", "layer", "cam", "perturbation")
     },
 }
 MAX_README_LINES = 300

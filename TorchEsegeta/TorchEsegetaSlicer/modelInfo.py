@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 # Side of the probe input used to trace the layers: small, but divisible as the model needs.
@@ -70,15 +69,11 @@ def demoCard():
 
 def layerNames(loaded: Any) -> list[str]:
     """The model's layers in execution order ([] when the model hides them, e.g. TorchScript)."""
-    import torch
-
     from TorchEsegetaLib.methods import trace_layers
+    from TorchEsegetaLib.methods.layer import blank_input
 
-    card = loaded.card
-    divisor = max(1, int(card.size_divisible))
-    side = max(_PROBE_SIDE, divisor * math.ceil(_PROBE_SIDE / divisor))
-    probe = torch.zeros((1, card.in_channels, side, side, side))
-    return [layer["name"] for layer in trace_layers(loaded.network, probe)]
+    forward, probe, _ = blank_input(loaded.network, loaded.card, _PROBE_SIDE)
+    return [layer["name"] for layer in trace_layers(forward, probe)]
 
 
 def _key(reference: dict[str, Any]) -> str:

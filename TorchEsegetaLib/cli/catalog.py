@@ -152,11 +152,19 @@ def method_page_text(info: dict[str, Any]) -> str:
     """``torchesegeta methods NAME``: one method's page for the terminal."""
 
     def paragraph(text: str, indent: str = "  ") -> str:
-        return textwrap.fill(text, 96, initial_indent=indent, subsequent_indent=indent)
+        return textwrap.fill(
+            text, 96, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+        )
 
     def points(items: list[str]) -> list[str]:
         return [
-            textwrap.fill(item, 96, initial_indent="    - ", subsequent_indent="      ")
+            textwrap.fill(
+                item,
+                96,
+                initial_indent="    - ",
+                subsequent_indent="      ",
+                break_on_hyphens=False,
+            )
             for item in items
         ]
 
@@ -211,12 +219,24 @@ def method_page_markdown(info: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def method_pages_markdown(family: str) -> str:
-    """Every method page of one family, in the order ``torchesegeta methods`` lists them."""
+#: The modules of the class activation maps: their pages are apart from the other layer methods'.
+CAM_MODULES = ("TorchEsegetaLib.methods.cam", "TorchEsegetaLib.methods.cam_scores")
+
+
+def method_page_group(cls: type) -> str:
+    """The docs page a method's page is on: its family's, the CAMs' ("cam") apart."""
+    return "cam" if cls.__module__ in CAM_MODULES else str(getattr(cls, "family", ""))
+
+
+def method_pages_markdown(group: str) -> str:
+    """Every method page of one group (a family, or "cam": the class activation maps), in the
+    order ``torchesegeta methods`` lists them."""
     from ..methods import REGISTRY
 
     return "".join(
-        method_page_markdown(cls.describe()) for cls in REGISTRY.values() if cls.family == family
+        method_page_markdown(cls.describe())
+        for cls in REGISTRY.values()
+        if method_page_group(cls) == group
     )
 
 
@@ -225,12 +245,12 @@ def ground_truth_markdown() -> str:
     in the box a network sees, as the method pages quote it (the methods not listed there reach
     at least 0.95, asserted)."""
     from ..methods import REGISTRY
-    from ..methods.guides import GROUND_TRUTH_SHARE
+    from ..methods.guides import ALL_ZERO_IN_GROUND_TRUTH, GROUND_TRUTH_SHARE
 
     rows: dict[str, list[str]] = {}
     for name, cls in REGISTRY.items():
         share = GROUND_TRUTH_SHARE.get(name)
-        if cls.name == "guided_gradcam":
+        if cls.name in ALL_ZERO_IN_GROUND_TRUTH:
             key = "all zero"
         else:
             key = "at least 0.95 (measured 1.00)" if share is None else f"{share:.2f}"
@@ -270,30 +290,34 @@ def metrics_markdown() -> str:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..methods.layer import default_layer, trace_layers
-    from ..models.inference import SegmentationForward
+    from ..methods import REGISTRY
+    from ..methods.layer import blank_input, default_layer, trace_layers
     from ..models.loading import load_model
 
     model = load_model(model_from_args(args))
     card = model.card
     # A dry run on a small blank input finds the layers in the order they run, with their shapes.
-    side = max(32, 2 * card.size_divisible)
-    size = card.roi_size or (side, side, side)
-    forward = SegmentationForward(model.network, card)
-    dummy = torch.zeros((1, card.in_channels, *size))
+    forward, dummy, where = blank_input(model.network, card, max(32, 2 * card.size_divisible))
+    size = tuple(dummy.shape[2:])
     layers = trace_layers(forward, dummy)
     if not layers:
         raise UserInputError(
             "this model exposes no layers (TorchScript); load it by network name and checkpoint to use layer methods"
         )
-    default = default_layer(forward, dummy, card.out_channels)
+    # each layer method's default: the last wide map, or the last non-negative one
+    defaults: dict[str, list[str]] = {}
+    for name, cls in REGISTRY.items():
+        if cls.family == "layer":
+            nonnegative = bool(getattr(cls, "nonnegative_layer", False))
+            chosen = default_layer(forward, dummy, card.out_channels, nonnegative, layers)
+            defaults.setdefault(chosen, []).append(name)
     print(
-        f"layers of {card.name} in execution order (output shape for a {'x'.join(map(str, size))} input):"
+        f"layers of {card.name} in execution order (output shape for {where} "
+        f"{'x'.join(map(str, size))} input):"
     )
     for layer in layers:
-        mark = "  (default)" if layer["name"] == default else ""
+        methods = defaults.get(layer["name"])
+        mark = f"  (default of {', '.join(methods)})" if methods else ""
         shape = "x".join(map(str, layer["shape"]))
         print(f"  {layer['name']:<44} {layer['type']:<18} {layer['channels']:>4} x {shape}{mark}")
     return EXIT_OK

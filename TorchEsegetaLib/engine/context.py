@@ -136,7 +136,7 @@ def measure_sample_bytes(
     if network is not None and any(
         isinstance(m, torch.jit.ScriptModule) for m in network.modules()
     ):
-        total = _saved_for_backward_bytes(score, sample)
+        total = saved_for_backward_bytes(score, sample)
     else:
         began = time.perf_counter()
         total = _leaf_output_bytes(score, sample, network)
@@ -171,7 +171,7 @@ def _leaf_output_bytes(
     return total
 
 
-def _saved_for_backward_bytes(
+def saved_for_backward_bytes(
     score: Callable[[torch.Tensor], torch.Tensor], sample: torch.Tensor
 ) -> int:
     """Bytes autograd keeps for the backward pass of one forward pass, each storage once.

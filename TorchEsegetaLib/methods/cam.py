@@ -1,7 +1,20 @@
-"""Class activation maps: Grad-CAM, Grad-CAM++ and Guided Grad-CAM, on any 3D feature map.
+"""Class activation maps weighted by gradients: Grad-CAM, Grad-CAM++, HiResCAM, XGrad-CAM,
+LayerCAM, Eigen-CAM, Eigen-Grad-CAM and Guided Grad-CAM, on any 3D feature map.
 
-Each weights a layer's channels by the gradient of the target score, on the shared mechanism of
-:class:`~.layer.LayerMethod` (capture, channel reduction, trilinear upsampling).
+Each combines a layer's channels A_k, with weights or per-voxel factors computed from the
+gradient g_k = dS/dA_k of the target score S, on the shared mechanism of
+:class:`~.layer.LayerMethod` (capture, channel reduction, trilinear upsampling, and on windowed
+models one map per window brought back as the predictions are). The map is never rescaled: not
+to [0, 1], not per window. The score-weighted CAMs (Score-CAM, Ablation-CAM) are in
+:mod:`.cam_scores`.
+
+The CAMs of pytorch-grad-cam that are left out, and why: FullGrad min-max normalises each
+layer's and each channel's bias-gradient map before summing them (on windows that would be
+per window) and is input gradient x input plus those terms; ShapleyCAM needs second-order
+gradients (a Hessian-vector product) through the whole pass, which window-by-window passes do
+not give for a non-linear target; FinerCAM is Grad-CAM of a different score (the target class
+minus its most similar classes), which belongs to the target, not to the method; KPCA-CAM's
+kernel matrix grows with the square of a layer's voxels (a 64^3 layer: 7e10 entries).
 """
 
 from __future__ import annotations
@@ -10,7 +23,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from .base import Param, Passes, register
 from .gradient import GuidedBackprop
-from .layer import LAYER, REDUCE, LayerMethod
+from .layer import LAYER, NONNEGATIVE_LAYER, REDUCE, LayerMethod
 
 if TYPE_CHECKING:
     import torch
@@ -21,7 +34,7 @@ RELU = Param(
 
 
 class _ClassActivationMap(LayerMethod):
-    """Channel activations times per-channel weights computed from the layer's gradients."""
+    """A per-channel map from the layer's activations and gradients, summed, then a ReLU."""
 
     signed = False
     quantity = "gradient-weighted layer activation"
@@ -32,11 +45,15 @@ class _ClassActivationMap(LayerMethod):
         super().__init__(**values)
         self.signed = not self.config.get("relu", True)
 
+    streams = True
+
     def channel_weights(self, activation: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         """(b, K, 1, ...) weights of the channels."""
         raise NotImplementedError
 
-    streams = True
+    def channel_map(self, activation: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        """(b, K, *s): each channel's contribution; by default its weight times its activation."""
+        return self.channel_weights(activation, grads) * activation
 
     def map_from(self, probe, activation, grads, context):
         if self.nonnegative_layer and bool(activation.min() < 0):
@@ -46,7 +63,7 @@ class _ClassActivationMap(LayerMethod):
             )
             if note not in context.notes:
                 context.notes.append(note)
-        return self.channel_weights(activation, grads) * activation
+        return self.channel_map(activation, grads)
 
     def combine_channels(self, layer_map):
         import torch
@@ -88,6 +105,7 @@ class GradCAMPlusPlus(_ClassActivationMap):
     summary = "Grad-CAM whose channel weights sum positive gradients with per-voxel alpha weights (3D sums), favouring several object parts."
     reference = "Chattopadhyay et al. 2018, arXiv:1710.11063"
     nonnegative_layer = True
+    params = (NONNEGATIVE_LAYER, REDUCE, RELU)
 
     def channel_weights(self, activation, grads):
         import torch
@@ -98,6 +116,132 @@ class GradCAMPlusPlus(_ClassActivationMap):
         # Where the gradient is zero the numerator is zero too: alpha is 0 there (as the authors' code).
         alpha = torch.where(denominator != 0, grads2 / denominator.where(denominator != 0, 1), 0)
         return (alpha * torch.relu(grads)).sum(dim=spatial, keepdim=True)
+
+
+@register
+class HiResCAM(_ClassActivationMap):
+    """HiResCAM: the gradient times the activation voxel by voxel, summed over the channels.
+
+    Grad-CAM averages each channel's gradient over space before multiplying; HiResCAM keeps it
+    per voxel, so the map (before the ReLU) is exactly the layer's first-order contribution to
+    the score, sum_k g_k A_k. With a region target (a class over its mask, a user mask, an ROI
+    box) it is Seg-XRes-CAM (Hasany et al. 2023, arXiv:2303.17806) at full resolution: the
+    gradient of the region's score, not of one voxel's.
+    """
+
+    name = "hirescam"
+    title = "HiResCAM"
+    summary = "Gradient times activation of a layer, voxel by voxel, summed over channels (over a region target: Seg-XRes-CAM)."
+    quantity = "layer activation x d score / d activation, summed over channels"
+    reference = (
+        "Draelos & Carin 2020, arXiv:2011.08891; Seg-XRes-CAM: Hasany et al. 2023, arXiv:2303.17806"
+    )
+
+    def channel_map(self, activation, grads):
+        return grads * activation
+
+
+@register
+class XGradCAM(_ClassActivationMap):
+    """XGrad-CAM: each channel weighted by its gradient averaged with the channel's own
+    activations as weights, w_k = sum(g_k A_k) / sum(A_k) (sums over the three spatial axes),
+    the weights that make the map satisfy the paper's sensitivity and conservation axioms for
+    ReLU feature maps. A channel whose activations sum to zero gets weight 0."""
+
+    name = "xgradcam"
+    title = "XGrad-CAM"
+    summary = "Grad-CAM whose channel weights are gradients averaged with the channel's activations as weights (axiom-based)."
+    quantity = "axiom-weighted layer activation"
+    reference = "Fu et al. 2020, arXiv:2008.02312"
+    nonnegative_layer = True
+    params = (NONNEGATIVE_LAYER, REDUCE, RELU)
+
+    def channel_weights(self, activation, grads):
+        import torch
+
+        spatial = tuple(range(2, grads.dim()))
+        total = activation.sum(dim=spatial, keepdim=True)
+        weighted = (grads * activation).sum(dim=spatial, keepdim=True)
+        return torch.where(total != 0, weighted / total.where(total != 0, 1), 0)
+
+
+@register
+class LayerCAM(_ClassActivationMap):
+    """LayerCAM: each voxel's activation weighted by its own positive gradient, relu(g_k) A_k,
+    summed over the channels; reliable on shallow, high-resolution layers too."""
+
+    name = "layercam"
+    title = "LayerCAM"
+    summary = "Activations weighted voxel by voxel by their positive gradients, summed over channels; works on early, fine layers too."
+    quantity = "layer activation x positive d score / d activation"
+    reference = "Jiang et al. 2021, IEEE TIP 30:5875 (doi:10.1109/TIP.2021.3089943)"
+    nonnegative_layer = True
+    params = (NONNEGATIVE_LAYER, REDUCE, RELU)
+
+    def channel_map(self, activation, grads):
+        import torch
+
+        return torch.relu(grads) * activation
+
+
+def first_component(values: torch.Tensor) -> torch.Tensor:
+    """(b, K, *s) -> (b, 1, *s): each example's projection on the first principal component of
+    its voxels' K-vectors (centred over the voxels), as pytorch-grad-cam's
+    ``get_2d_projection`` (an SVD) computes it, in float64. The sign, which an SVD leaves
+    arbitrary, is fixed so that the component's channel weights sum to a non-negative number: a
+    voxel whose channels sum to more than the mean scores positive."""
+    import torch
+
+    flat = values.flatten(2).transpose(1, 2).double()  # (b, voxels, K)
+    centred = flat - flat.mean(dim=1, keepdim=True)
+    _, vectors = torch.linalg.eigh(centred.transpose(1, 2) @ centred)
+    first = vectors[..., -1:]  # eigenvalues ascend: the largest comes last
+    first = torch.where(first.sum(dim=1, keepdim=True) < 0, -first, first)
+    projection = (centred @ first).transpose(1, 2)
+    return projection.reshape(values.shape[0], 1, *values.shape[2:]).to(values.dtype)
+
+
+class _EigenCAM(_ClassActivationMap):
+    params = (LAYER, RELU)
+    signed = False
+
+    def combine_channels(self, layer_map):
+        import torch
+
+        return torch.relu(layer_map) if self.config["relu"] else layer_map
+
+
+@register
+class EigenCAM(_EigenCAM):
+    """Eigen-CAM: the layer's activations projected on their first principal component (over
+    the voxels of each example, or of each window). It does not depend on the target: it shows
+    what the layer represents most strongly, not why the class was chosen."""
+
+    name = "eigencam"
+    title = "Eigen-CAM"
+    summary = "The layer's activations projected on their first principal component (target-independent, no gradient)."
+    quantity = "first principal component of the layer's activations (target-independent)"
+    cost = "1 forward"
+    reference = "Muhammad & Yeasin 2020, arXiv:2008.00299"
+    needs_gradients = False
+
+    def channel_map(self, activation, grads):
+        return first_component(activation)
+
+
+@register
+class EigenGradCAM(_EigenCAM):
+    """Eigen-Grad-CAM: HiResCAM's per-voxel products g_k A_k projected on their first principal
+    component: class-specific like HiResCAM, smoothed like Eigen-CAM."""
+
+    name = "eigengradcam"
+    title = "Eigen-Grad-CAM"
+    summary = "Gradient x activation of a layer projected on its first principal component (class-specific Eigen-CAM)."
+    quantity = "first principal component of layer activation x d score / d activation"
+    reference = "pytorch-grad-cam's EigenGradCAM (Gildenblat et al.), after Muhammad & Yeasin 2020, arXiv:2008.00299"
+
+    def channel_map(self, activation, grads):
+        return first_component(grads * activation)
 
 
 @register

@@ -1,7 +1,8 @@
 """What a map of each method can and cannot show: the method pages of ``torchesegeta methods
-NAME`` and of docs/methods-gradient.md, methods-layer.md and methods-perturbation.md, declared
-here once per method (and once per family for what a whole family shares). Every registered
-method must have its guide (checked when it registers), so the pages never miss one.
+NAME`` and of docs/methods-gradient.md, methods-layer.md, methods-cam.md and
+methods-perturbation.md, declared here once per method (and once per family for what a whole
+family shares). Every registered method must have its guide (checked when it registers), so the
+pages never miss one.
 
 The numbers quoted are measured by the project's own tests and benchmarks: the ground-truth
 test of ``Testing/test_catalog_contract.py`` (a network that sees only a known box), the model
@@ -68,10 +69,18 @@ GROUND_TRUTH_SHARE = {
     "layer_conductance": 0.43,
     "layer_deeplift": 0.43,
     "layer_gradient_shap": 0.44,
+    "hirescam": 0.00,
+    "xgradcam": 0.00,
+    "layercam": 0.06,
+    "eigencam": 0.51,
+    "eigengradcam": 0.15,
+    "scorecam": 0.25,
     "rise": 0.40,
     "lime": 0.86,
     "kernel_shap": 0.91,
 }
+#: Methods whose map is all zero in that test (their share is undefined).
+ALL_ZERO_IN_GROUND_TRUTH = frozenset({"guided_gradcam", "ablationcam"})
 
 
 def _ground_truth(name: str, why: str) -> str:
@@ -281,6 +290,93 @@ GUIDES: dict[str, Guide] = {
             _ground_truth("gradcam_pp", "its weights favour channels active outside the box."),
         ),
         cannot_show=("Evidence against the score.",),
+    ),
+    "hirescam": Guide(
+        answers="Where in a layer do activations and their own gradients agree in favour of the "
+        "score, voxel by voxel (no averaging of the gradient over the channel); over a region "
+        "target this is Seg-XRes-CAM.",
+        positive="here the layer's activations, times their gradients, raise the score",
+        negative="",
+        failure_modes=(
+            _ground_truth(
+                "hirescam",
+                "on that net its map is Grad-CAM's up to a positive factor (constant gradients).",
+            ),
+            "Noisier than Grad-CAM where the gradient itself is speckled (deep ReLU nets).",
+        ),
+        cannot_show=("Evidence against the score (relu=true clips it).",),
+    ),
+    "xgradcam": Guide(
+        answers="As Grad-CAM, with each channel's gradient averaged under its own activations "
+        "(the weights of an axiom-based derivation: sensitivity and conservation).",
+        positive="channels that raise the score are active here",
+        negative="",
+        failure_modes=(
+            _ground_truth("xgradcam", "its activations outside the box are bias-driven."),
+            "A channel whose activations sum to zero gets weight 0, whatever its gradient.",
+        ),
+        cannot_show=("Evidence against the score (relu=true clips it).",),
+    ),
+    "layercam": Guide(
+        answers="Where do a layer's activations have a positive gradient for the score, voxel "
+        "by voxel: finer than Grad-CAM on shallow, high-resolution layers.",
+        positive="an active unit here would raise the score if it grew",
+        negative="",
+        failure_modes=(
+            _ground_truth("layercam", "its positive gradients keep channels active outside it."),
+        ),
+        cannot_show=("Evidence against the score: negative gradients are dropped before the sum.",),
+    ),
+    "eigencam": Guide(
+        answers="What does the layer represent most strongly here: its activations projected "
+        "on their first principal component. It uses no gradient and no target: the same map "
+        "for every class.",
+        positive="the layer's dominant pattern is strong here",
+        negative="",
+        failure_modes=(
+            _ground_truth("eigencam", "the dominant pattern is not the class's evidence."),
+            "The sign of a principal component is arbitrary; the map is oriented so that the "
+            "channels' sum is positive, which can point at the background.",
+        ),
+        cannot_show=(
+            "Which class the map is about: it ignores the target.",
+            "Why the class was chosen.",
+        ),
+    ),
+    "eigengradcam": Guide(
+        answers="HiResCAM's per-voxel products of activation and gradient, projected on their "
+        "first principal component: class-specific, smoothed.",
+        positive="the dominant pattern of the class's evidence is strong here",
+        negative="",
+        failure_modes=(
+            _ground_truth("eigengradcam", "the projection spreads the evidence over the layer."),
+            "The principal component's sign is chosen, not given: check against HiResCAM.",
+        ),
+        cannot_show=("Evidence that is not part of the dominant pattern.",),
+    ),
+    "scorecam": Guide(
+        answers="Which of the layer's channels, used as a mask on the input, keep the score "
+        "high; their activations weighted by that score. No gradients, one pass per channel.",
+        positive="channels whose masked input keeps the score high are active here",
+        negative="",
+        failure_modes=(
+            _ground_truth("scorecam", "its masks are the activations, non-zero outside it."),
+            "The masked inputs are images the model never saw; the scores mix the region's "
+            "content with the masking's oddness.",
+        ),
+        cannot_show=("Evidence against the score.", "Detail finer than the layer's grid."),
+    ),
+    "ablationcam": Guide(
+        answers="How much does the score drop when each of the layer's channels is switched "
+        "off; the activations weighted by those drops. No gradients, one pass per channel.",
+        positive="channels whose removal lowers the score are active here",
+        negative="",
+        failure_modes=(
+            "All zero in the ground-truth test: the drops w_k mean(A_k) make the weighted sum "
+            "negative everywhere there, and the ReLU removes it (relu=false keeps the sign).",
+            "Channels that only matter together each show a small drop.",
+        ),
+        cannot_show=("Interactions between channels.", "Detail finer than the layer's grid."),
     ),
     "guided_gradcam": Guide(
         answers="Guided backpropagation's detail, kept only where Grad-CAM is non-zero.",

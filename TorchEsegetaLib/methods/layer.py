@@ -8,22 +8,25 @@ forward pass added. This module holds that mechanism (the probe itself is in :mo
 layer discovery and the two simplest methods; Grad-CAM and its relatives are in :mod:`.cam`, the
 methods relative to a baseline input in :mod:`.layer_reference`.
 
-Sliding-window models run the network once per window, so a layer has one feature map per
-window. Each window's map is computed as for a whole input (the gradients are those of the
-target score of the whole blended prediction, so a window's Grad-CAM weights say how that
-window's channels drive the model's actual decision), upsampled to the window and blended with
-the inferer's own weights, exactly as the window predictions are blended. A local target (ROI,
-voxel) runs only the windows that touch it, and the map is zero where none of them reaches.
-Methods whose map needs only the layer's output and gradient on the input (:attr:`streams`)
-run one window batch at a time (:meth:`LayerMethod.attribute_by_window`); path methods take
-their points one at a time (:meth:`LayerProbe.points`), each window batch on its own graph.
+Windowed models (MONAI's sliding windows; nnU-Net's windows under each mirror combination, in
+each fold) run the network several times per pass, so a layer has one feature map per network
+input. Each window's map is computed in that window's frame as for a whole input (the gradients
+are those of the target score of the whole blended prediction, so a window's Grad-CAM weights
+say how that window's channels drive the model's actual decision), upsampled to the window and
+brought back exactly as the window predictions are: flipped back, blended with the inferer's
+own weights, averaged over mirror combinations and folds and, for nnU-Net, resampled back to the
+input grid (:mod:`~TorchEsegetaLib.models.windowed`). A local target (ROI, voxel) runs only the
+windows that touch it on MONAI models, and the map is zero where none of them reaches. Methods
+whose map needs only the layer's output and gradient on the input (:attr:`streams`) run one
+batch of network inputs at a time (:meth:`LayerMethod.attribute_by_window`); path methods take
+their points one at a time (:meth:`LayerProbe.points`), each batch on its own graph.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ..errors import UserInputError
 from .base import Method, Param, Passes, ScoreModel, register
@@ -40,7 +43,16 @@ LAYER = Param(
     "layer",
     "str",
     "",
-    "Layer name (empty: the last feature map with more channels than classes; "
+    "Layer name (empty: the last feature map with more channels than classes, the output of "
+    "a U-Net decoder's last block; `torchesegeta layers` lists them).",
+)
+#: The layer of methods whose weights assume non-negative activations (a ReLU's output).
+NONNEGATIVE_LAYER = Param(
+    "layer",
+    "str",
+    "",
+    "Layer name (empty: the last feature map without negative values with more channels than "
+    "classes, e.g. the ReLU closing a U-Net decoder's last block, else the last wide one; "
     "`torchesegeta layers` lists them).",
 )
 REDUCE = Param(
@@ -52,10 +64,39 @@ REDUCE = Param(
 )
 
 
+def layer_networks(network: torch.nn.Module) -> list[torch.nn.Module]:
+    """The networks a model calls, whose layers a layer method reads: the network itself, or
+    (nnU-Net) each explained fold's network. Layer names are those of the first."""
+    return list(getattr(network, "layer_networks", None) or [network])
+
+
+def blank_input(
+    network: torch.nn.Module, card: Any, side: int = 32
+) -> tuple[Any, torch.Tensor, str]:
+    """What to trace a model's layers on without an image: (the module to run, a blank input,
+    what that input is). One window of a sliding-window model, a cube of ``side`` voxels
+    (rounded up to ``size_divisible``) otherwise; for a pipeline that calls networks of its own
+    (nnU-Net), one fold's network on one patch, since the pipeline needs an image's geometry."""
+    import torch
+
+    from ..models.inference import SegmentationForward
+
+    networks = layer_networks(network)
+    if networks[0] is not network:
+        size = tuple(cast(Any, network).window_size)  # such a pipeline knows its patch
+        blank = torch.zeros((1, card.in_channels, *size))
+        return networks[0], blank, "one fold's network on one patch"
+    multiple = max(1, int(card.size_divisible))
+    side = -(-max(side, multiple) // multiple) * multiple
+    size = tuple(card.roi_size or (side, side, side))
+    return SegmentationForward(network, card), torch.zeros((1, card.in_channels, *size)), "a"
+
+
 def list_layers(network: torch.nn.Module) -> list[dict[str, Any]]:
     """Convolution layers, in definition order (no forward pass needed)."""
     import torch
 
+    network = layer_networks(network)[0]
     if isinstance(network, torch.jit.ScriptModule):
         return []
     conv = (torch.nn.modules.conv._ConvNd,)
@@ -79,7 +120,7 @@ def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[st
     """
     import torch
 
-    network = getattr(forward, "network", forward)
+    network = layer_networks(getattr(forward, "network", forward))[0]
     if isinstance(network, torch.jit.ScriptModule):
         return []
     seen: list[dict[str, Any]] = []
@@ -121,7 +162,11 @@ def trace_layers(forward: torch.nn.Module, inputs: torch.Tensor) -> list[dict[st
 
 
 def default_layer(
-    forward: torch.nn.Module, inputs: torch.Tensor, out_channels: int, nonnegative: bool = False
+    forward: torch.nn.Module,
+    inputs: torch.Tensor,
+    out_channels: int,
+    nonnegative: bool = False,
+    traced: list[dict[str, Any]] | None = None,
 ) -> str:
     """The last feature map computed with more channels than the model has classes.
 
@@ -131,9 +176,9 @@ def default_layer(
     would make Grad-CAM's channel weights vanish. Modules that run more than once per network
     call (reused activations) are skipped: a layer map needs one feature map per input. With
     ``nonnegative``, the last such map without negative values (an activation's output) is
-    preferred, for methods that assume one.
+    preferred, for methods that assume one. ``traced``: :func:`trace_layers`'s answer, when known.
     """
-    traced = trace_layers(forward, inputs)
+    traced = trace_layers(forward, inputs) if traced is None else traced
     runs = Counter(layer["name"] for layer in traced)
     once = [layer for layer in traced if runs[layer["name"]] == 1]
     wide = [layer for layer in once if layer["channels"] > out_channels]
@@ -152,16 +197,20 @@ def default_layer(
     return (positive or wide or once)[-1]["name"]
 
 
-def resolve_layer(network: torch.nn.Module, name: str) -> torch.nn.Module:
-    modules = dict(network.named_modules())
-    if name not in modules or not name:
-        names = [layer["name"] for layer in list_layers(network)]
-        shown = ", ".join(names[-6:]) if names else "none"
-        raise UserInputError(
-            f"the model has no layer named {name!r}; convolution layers include: {shown} "
-            "(`torchesegeta layers --model ...` lists them all)"
-        )
-    return modules[name]
+def resolve_layers(network: torch.nn.Module, name: str) -> list[torch.nn.Module]:
+    """The module named ``name`` in each network the model calls (see :func:`layer_networks`)."""
+    found = []
+    for scope in layer_networks(network):
+        modules = dict(scope.named_modules())
+        if name not in modules or not name:
+            names = [layer["name"] for layer in list_layers(network)]
+            shown = ", ".join(names[-6:]) if names else "none"
+            raise UserInputError(
+                f"the model has no layer named {name!r}; convolution layers include: {shown} "
+                "(`torchesegeta layers --model ...` lists them all)"
+            )
+        found.append(modules[name])
+    return found
 
 
 class LayerMethod(Method):
@@ -190,7 +239,12 @@ class LayerMethod(Method):
         """The passes of the map itself, once the layer is known."""
         return Passes(backward=1) if self.needs_gradients else Passes(forward=1)
 
-    def layer_name(self, forward: torch.nn.Module, inputs: torch.Tensor) -> str:
+    def layer_name(
+        self,
+        forward: torch.nn.Module,
+        inputs: torch.Tensor,
+        traced: list[dict[str, Any]] | None = None,
+    ) -> str:
         import torch
 
         if self.config["layer"]:
@@ -199,7 +253,7 @@ class LayerMethod(Method):
         if out_channels is None:
             with torch.no_grad():
                 out_channels = int(forward(inputs[:1]).shape[1])
-        return default_layer(forward, inputs, out_channels, self.nonnegative_layer)
+        return default_layer(forward, inputs, out_channels, self.nonnegative_layer, traced)
 
     def refusal(self, network):
         import torch
@@ -215,7 +269,7 @@ class LayerMethod(Method):
             )
         if self.config["layer"]:
             try:
-                resolve_layer(network, self.config["layer"])
+                resolve_layers(network, self.config["layer"])
             except UserInputError as error:
                 return f"{self.name}: {error}"
         return None
@@ -228,14 +282,13 @@ class LayerMethod(Method):
     ) -> LayerProbe:
         network = getattr(forward, "network", forward)
         name = self.layer_name(forward, inputs)
-        return LayerProbe(ScoreModel(forward, target), network, resolve_layer(network, name), name)
+        return LayerProbe(ScoreModel(forward, target), network, resolve_layers(network, name), name)
 
     def attribute(self, forward, inputs, target, context):
         import torch
 
         probe = self.probe(forward, inputs, target)
-        windows = getattr(forward, "windows_per_pass", None)
-        if self.streams and probe.sliding and windows and windows(inputs.shape[2:]) > 1:
+        if self.streams and probe.windowed and forward.windows_per_pass(inputs.shape[2:]) > 1:
             return self.attribute_by_window(probe, forward, inputs, target, context)
         out = torch.empty(
             (inputs.shape[0], 1, *inputs.shape[2:]), dtype=inputs.dtype, device=inputs.device
@@ -249,30 +302,28 @@ class LayerMethod(Method):
         return out.expand(inputs.shape).contiguous()
 
     def attribute_by_window(self, probe, forward, inputs, target, context):
-        """The map of a sliding-window model, one window batch at a time: each window's map
-        from its feature map and gradient (:meth:`SegmentationForward.layer_windows`),
-        upsampled to the window and blended as the predictions are. Equal to the maps of
-        the whole pass in one graph (tested), with peak memory set by the window batch."""
+        """The map of a windowed model, one batch of network inputs at a time
+        (:mod:`~TorchEsegetaLib.models.windowed`): each row's map from its feature map and
+        the gradient of the whole pass's score, brought back as the predictions are. Equal to
+        the maps of the whole pass in one graph (tested), with peak memory set by the batch."""
         import torch
-        import torch.nn.functional as F
+
+        from ..models.windowed import layer_outputs, windowed_pass
 
         out = torch.empty(
             (inputs.shape[0], 1, *inputs.shape[2:]), dtype=inputs.dtype, device=inputs.device
         )
-        mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[inputs.dim()]
-        roi = tuple(forward.card.roi_size)
 
         def run(start: int, stop: int) -> None:
-            x = inputs[start:stop]
-            canvas = forward.window_canvas(x.shape[2:], stop - start, 1, x.dtype)
-            for rows, [(activation, grads)] in forward.layer_windows(
-                [x], target, probe.layer, [self.needs_gradients]
-            ):
+            passes = windowed_pass(forward, inputs[start:stop], target)
+            for rows in passes.row_batches():
                 context.check()
-                cam = self.combine_channels(self.map_from(probe, activation, grads, context))
-                up = F.interpolate(cam.to(x.dtype), size=roi, mode=mode, align_corners=False)
-                canvas.add(rows, up)
-            out[start:stop] = forward.canvas_result(canvas, x.shape[2:]).to(out.device)
+                activation, grads, _ = layer_outputs(
+                    passes, rows, probe.layers, self.needs_gradients
+                )
+                layer_map = self.map_from(probe, activation, grads, context)
+                passes.add_maps(rows, self.combine_channels(layer_map).to(inputs.dtype))
+            out[start:stop] = passes.maps().to(out.device)
 
         context.map_batches(inputs.shape[0], run, self.name)
         return out.expand(inputs.shape).contiguous()

@@ -1,8 +1,9 @@
 """The layer probe: the score model with one layer's feature maps captured.
 
 Every layer method reads a layer through a :class:`LayerProbe`: its output and the score's
-gradient with respect to it, in one pass, per path point, or (sliding-window models) window
-batch by window batch, and back to the input grid, blended per window like the predictions.
+gradient with respect to it, in one pass, per path point, or (models whose pass runs the network
+several times: sliding windows, nnU-Net's windows, flips and folds) one batch of network inputs
+at a time, and back to the input grid, blended per window like the predictions.
 """
 
 from __future__ import annotations
@@ -25,20 +26,28 @@ class LayerProbe:
     Attributes:
         score: the function explained, ``inputs -> (B,)`` scores.
         network: the network (the module whose input grid maps are upsampled to).
-        layer, name: the captured module and its name.
+        layers, name: the captured module and its name, one module per network the model
+            calls (nnU-Net: the layer of that name in each fold); ``layer`` is the first.
         grid: spatial shape of the network's input in the last pass (the padded input grid,
             or one window).
-        windows: feature maps per example in the last pass: 1, or the number of sliding
-            windows run. Layer outputs and maps then hold ``windows`` rows per example,
-            example-major (:meth:`per_point` separates them).
+        windows: feature maps per example in the last pass: 1, or the number of network
+            inputs (windows, flips, folds) run. Layer outputs and maps then hold ``windows``
+            rows per example, example-major (:meth:`per_point` separates them).
     """
 
     def __init__(
-        self, score: ScoreModel, network: torch.nn.Module, layer: torch.nn.Module, name: str
+        self,
+        score: ScoreModel,
+        network: torch.nn.Module,
+        layer: torch.nn.Module | Sequence[torch.nn.Module],
+        name: str,
     ) -> None:
+        import torch
+
         self.score = score
         self.network = network
-        self.layer = layer
+        self.layers = [layer] if isinstance(layer, torch.nn.Module) else list(layer)
+        self.layer = self.layers[0]
         self.name = name
         self.grid: tuple[int, ...] | None = None
         self.windows = 1
@@ -62,10 +71,11 @@ class LayerProbe:
 
         outputs: list[Any] = []
         self.calls = 0
-        handles = [self.network.register_forward_pre_hook(record_grid)]
+        networks = getattr(self.network, "layer_networks", None) or [self.network]
+        handles = [network.register_forward_pre_hook(record_grid) for network in networks]
         try:
             if layer:
-                handles.append(self.layer.register_forward_hook(keep))
+                handles += [module.register_forward_hook(keep) for module in self.layers]
             yield outputs
         finally:
             for handle in handles:
@@ -79,10 +89,10 @@ class LayerProbe:
         return scores, self.feature_maps(outputs, inputs)
 
     @property
-    def sliding(self) -> bool:
-        """Whether the forward runs sliding windows (maps are blended per window)."""
-        forward = self.score.forward
-        return bool(getattr(forward, "sliding", False)) and hasattr(forward, "blend_windows")
+    def windowed(self) -> bool:
+        """Whether the forward runs the network on several inputs per example (maps are
+        blended per network input as the predictions are)."""
+        return bool(getattr(self.score.forward, "windowed", False))
 
     def feature_maps(
         self, outputs: list[Any], inputs: torch.Tensor, calls: int | None = None
@@ -92,7 +102,7 @@ class LayerProbe:
         import torch
 
         calls = self.calls if calls is None else calls
-        per_call = len(outputs) == calls and self.sliding
+        per_call = len(outputs) == calls and self.windowed
         if len(outputs) != 1 and not per_call:
             raise UserInputError(
                 f"layer {self.name!r} ran {len(outputs)} times in {calls} network "
@@ -107,7 +117,7 @@ class LayerProbe:
                     "*spatial); choose a convolution, normalisation or activation layer"
                 )
         rows = sum(int(output.shape[0]) for output in outputs)
-        self.windows = rows // inputs.shape[0] if self.sliding else 1
+        self.windows = rows // inputs.shape[0] if self.windowed else 1
         return outputs
 
     def points(
@@ -117,21 +127,19 @@ class LayerProbe:
         the layer's output (windows, K, *s) and, where ``gradients`` says so, the score's
         gradient with respect to it.
 
-        On a sliding-window model with several windows, one example's windows at a time,
-        each window batch on its own graph (:meth:`SegmentationForward.layer_windows`): memory
+        On a model with several network inputs per example, one example's network inputs at a
+        time, each batch on its own graph (:meth:`SegmentationForward.layer_windows`): memory
         holds one example's layer maps, never a whole pass's graph. Otherwise each input runs
         in one batched pass.
         """
         import torch
 
-        forward: Any = self.score.forward  # a SegmentationForward on sliding-window models
-        windows = getattr(forward, "windows_per_pass", None)
-        if self.sliding and windows is not None and windows(inputs[0].shape[2:]) > 1:
-            self.windows = windows(inputs[0].shape[2:])
-            self.grid = tuple(forward.card.roi_size)
+        forward: Any = self.score.forward  # a SegmentationForward on windowed models
+        if self.windowed and forward.windows_per_pass(inputs[0].shape[2:]) > 1:
+            self.windows = forward.windows_per_pass(inputs[0].shape[2:])
             parts: list[list[tuple[torch.Tensor, torch.Tensor | None]]] = []
             for _rows, maps in forward.layer_windows(
-                inputs, self.score.target, self.layer, gradients
+                inputs, self.score.target, self.layers, gradients
             ):
                 parts.append(maps)
                 if sum(len(part[0][0]) for part in parts) == self.windows:
@@ -196,20 +204,16 @@ class LayerProbe:
         Upsampled as captum's ``LayerAttribution.interpolate`` (align_corners=False) onto the
         grid the network saw, then the margin the forward pass padded symmetrically (MONAI's
         DivisiblePad) is cropped off, so map and input stay aligned. Per-window maps of a
-        sliding-window model are upsampled to their window and blended as the inferer blends
-        predictions (:meth:`SegmentationForward.blend_windows`).
+        windowed model are upsampled to their window and brought back as the model brings its
+        predictions back (:meth:`SegmentationForward.blend_windows`).
         """
         import torch.nn.functional as F
 
         spatial = tuple(shape[2:])
         mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[layer_map.dim()]
-        if self.sliding and self.grid is not None:
+        if self.windowed:
             forward: Any = self.score.forward
-            return forward.blend_windows(
-                layer_map,
-                spatial,
-                lambda part: F.interpolate(part, size=self.grid, mode=mode, align_corners=False),
-            )
+            return forward.blend_windows(layer_map, spatial)
         grid = (
             self.grid
             if self.grid and min(g - n for g, n in zip(self.grid, spatial)) >= 0

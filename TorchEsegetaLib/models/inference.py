@@ -99,12 +99,27 @@ class SegmentationForward(WindowPasses, torch.nn.Module):
     def sliding(self) -> bool:
         return self.card.roi_size is not None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def windowed(self) -> bool:
+        """Whether a pass runs the network on several inputs per example whose outputs are
+        blended (MONAI's sliding windows, nnU-Net's windows, flips and folds): explanations then
+        go through :meth:`windowed_pass`, one network call at a time."""
+        own = hasattr(self.network, "windowed_pass") and self._pads_nothing()
+        return self.sliding or own
+
+    def _pads_nothing(self) -> bool:
+        return self.padding is None and self.card.size_divisible <= 1
+
+    def network_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
+        """The network's input for raw ``x`` (intensity preprocessing, padding) and where ``x``'s
+        grid lies in it."""
         x = self.preprocess(x)
         if self.padding is not None:
-            x, crop = pad_explicitly(x, self.padding)
-        else:
-            x, crop = pad_to_multiple(x, self.card.size_divisible)
+            return pad_explicitly(x, self.padding)
+        return pad_to_multiple(x, self.card.size_divisible)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, crop = self.network_input(x)
         if self.sliding:
             logits = self.plan(x).infer(x, self._network, self.card.sw_batch_size)
         else:

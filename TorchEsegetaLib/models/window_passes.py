@@ -6,7 +6,9 @@ structure of the inferer instead: the score's gradient (or DeepLIFT's multiplier
 relevance) with respect to the blended output is known first, shared out to each window by the
 inferer's weights, and pulled back through one window batch at a time, so peak memory is set by
 the window batch. Each equals the same quantity through the whole inference (tested). Per-window
-maps (layer methods) are blended onto the volume as the predictions are.
+maps (layer methods) are blended onto the volume as the predictions are, through the model's
+:class:`~.windowed.WindowedPass`. A network that places windows of its own (nnU-Net's pipeline:
+``windowed_pass``, ``windows_per_pass``, ``score_gradients``) is handed these passes instead.
 
 :class:`WindowPasses` is a mixin of :class:`~TorchEsegetaLib.models.inference.SegmentationForward`,
 which provides ``card``, ``sliding``, ``preprocess``, ``plan``, ``_plan_of`` and ``_network``.
@@ -15,12 +17,12 @@ which provides ``card``, ``sliding``, ``preprocess``, ``plan``, ``_plan_of`` and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..engine.windows import PairedPass, WindowCanvas, divisible_crop, pad_to_multiple
-from ..errors import UserInputError
+from ..engine.windows import PairedPass, divisible_crop, pad_to_multiple
+from .windowed import SlidingPass, Target, WholePass, WindowedPass, layer_windows
 
 if TYPE_CHECKING:
     from ..engine.windows import WindowPlan
@@ -32,6 +34,10 @@ class WindowPasses:
 
     if TYPE_CHECKING:  # what SegmentationForward provides
         card: ModelCard
+        network: Any
+
+        @property
+        def windowed(self) -> bool: ...
 
         def _network(self, x: torch.Tensor) -> torch.Tensor: ...
 
@@ -45,44 +51,30 @@ class WindowPasses:
         def _plan_of(self, spatial_shape: Sequence[int]) -> WindowPlan: ...
 
     def windows_per_pass(self, spatial_shape: Sequence[int]) -> int:
-        """How many windows one example's pass runs (1 for whole-volume models)."""
-        return len(self._plan_of(spatial_shape).indices) if self.sliding else 1
+        """How many network inputs one example's pass runs (1 for whole-volume models)."""
+        if self.sliding:
+            return len(self._plan_of(spatial_shape).indices)
+        if self.windowed:
+            return int(self.network.windows_per_pass(spatial_shape))
+        return 1
 
-    def blend_windows(
-        self,
-        maps: torch.Tensor,
-        spatial_shape: Sequence[int],
-        upsample: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Maps computed per sliding window (B * windows in use, C, ...), example-major in the
-        order the windows run, blended onto the model grid of an input of ``spatial_shape``
-        with the inferer's weights: each window's map weighted by the importance map, the sum
-        divided by the weight of all windows at each voxel. ``upsample`` brings maps on a
-        layer's grid to the window's size, a window batch at a time (never all at once)."""
-        plan = self._plan_of(spatial_shape)
-        used = len(plan.indices)
-        if maps.shape[0] % used:
-            raise ValueError(f"{maps.shape[0]} maps are not a whole number of {used} windows")
-        examples = maps.shape[0] // used
-        canvas = WindowCanvas(plan, examples, maps.shape[1], plan.count.device, maps.dtype)
-        rows = [row for batch in plan.window_batches(examples, used) for row in batch]
-        step = max(1, int(self.card.sw_batch_size))
-        for start in range(0, len(rows), step):
-            part = maps[start : start + step]
-            canvas.add(rows[start : start + step], upsample(part) if upsample else part)
-        return self.canvas_result(canvas, spatial_shape)
+    def windowed_pass(self, x: torch.Tensor, target: Target | None = None) -> WindowedPass:
+        """This model's pass over ``x`` network call by network call (:mod:`.windowed`): the
+        sliding windows, the network's own windows (nnU-Net), or one call per example."""
+        if self.sliding:
+            return SlidingPass(self, x, target)  # type: ignore[arg-type]
+        if self.windowed:
+            return self.network.windowed_pass(self.preprocess(x), target)
+        return WholePass(self, x, target)
 
-    def window_canvas(
-        self, spatial_shape: Sequence[int], examples: int, channels: int, dtype: torch.dtype
-    ) -> WindowCanvas:
-        """An empty blend of window maps for inputs of ``spatial_shape`` (see
-        :meth:`layer_windows`); :meth:`canvas_result` gives the blended maps."""
-        plan = self._plan_of(spatial_shape)
-        return WindowCanvas(plan, examples, channels, plan.count.device, dtype)
-
-    def canvas_result(self, canvas: WindowCanvas, spatial_shape: Sequence[int]) -> torch.Tensor:
-        """The blended maps of ``canvas`` on the model grid of an input of ``spatial_shape``."""
-        return canvas.result()[self._model_grid(spatial_shape)]
+    def blend_windows(self, maps: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+        """Maps computed per network input (B * windows in use, C, *s), example-major in the
+        order the windows run, brought to an input of ``spatial_shape`` as the predictions are
+        (see :meth:`.windowed.WindowedPass.add_maps`)."""
+        examples = maps.shape[0] // self.windows_per_pass(spatial_shape)
+        shape = (examples, self.card.in_channels, *spatial_shape)
+        nothing = torch.zeros((), dtype=maps.dtype, device=maps.device).expand(shape)
+        return self.windowed_pass(nothing).blend(maps)
 
     def _model_grid(self, spatial_shape: Sequence[int]) -> tuple[slice, ...]:
         """Where the input sits in its padded-to-divisible grid, as an index of (B, C, ...)."""
@@ -92,65 +84,20 @@ class WindowPasses:
     def layer_windows(
         self,
         inputs: Sequence[torch.Tensor],
-        target: Callable[[torch.Tensor], torch.Tensor],
-        layer: torch.nn.Module,
+        target: Target,
+        layers: Sequence[torch.nn.Module],
         gradients: Sequence[bool],
-    ) -> Iterator[tuple[list[tuple[slice, ...]], list[tuple[torch.Tensor, torch.Tensor | None]]]]:
-        """A layer's feature maps, one window batch at a time (sliding-window models).
+    ) -> Iterator[tuple[list[Any], list[tuple[torch.Tensor, torch.Tensor | None]]]]:
+        """A layer's feature maps, one batch of network inputs at a time (:func:`.windowed.layer_windows`).
 
         ``inputs`` are inputs of one shape, run in lockstep (a path point, a noisy input and a
-        baseline: the same windows of each come together). Yields, per window batch: the
-        windows' index tuples (as :meth:`WindowPlan.window_batches`: one example's windows at
-        a time), and for each input the layer's output on those windows and, where
-        ``gradients`` says so, the gradient of the target score of the *whole blended
-        prediction* with respect to that output (the score's gradient with respect to the
-        output, shared by the inferer's weights, pulled back through this window batch alone).
-        Peak memory: one window batch's graph.
+        baseline: the same windows of each come together). Yields, per batch: the rows (as
+        :meth:`windowed_pass` lists them), and for each input the layer's output on those rows
+        and, where ``gradients`` says so, the gradient of the target score of the *whole
+        blended prediction* with respect to that output. Peak memory: one batch's graph.
         """
-        multiple = self.card.size_divisible
-        with torch.no_grad():
-            prepared = [pad_to_multiple(self.preprocess(x.detach()), multiple) for x in inputs]
-        plan = self.plan(prepared[0][0])
-        padded = [plan.pad(x) for x, _ in prepared]
-        count = plan.count.to(padded[0].device, padded[0].dtype)
-        upstream = [
-            plan.pad(self._upstream(x, crop, plan, target)) / count if wanted else None
-            for (x, crop), wanted in zip(prepared, gradients)
-        ]
-        captured: list[torch.Tensor] = []
-
-        def keep(_module, _inputs, output):
-            captured.append(output)
-            # the network goes on with a copy: a later in-place operation cannot change it
-            return output.clone() if isinstance(output, torch.Tensor) else None
-
-        handle = layer.register_forward_hook(keep)
-        try:
-            batches = plan.window_batches(inputs[0].shape[0], self.card.sw_batch_size, True)
-            for rows in batches:
-                maps = []
-                for volume, weights in zip(padded, upstream):
-                    captured.clear()
-                    wanted = weights is not None
-                    data = torch.cat([volume[r] for r in rows]).requires_grad_(wanted)
-                    with torch.set_grad_enabled(wanted):
-                        prediction = self._network(data)
-                    if len(captured) != 1 or not isinstance(captured[0], torch.Tensor):
-                        raise UserInputError(
-                            f"the layer ran {len(captured)} times in one network call; a layer "
-                            "map needs one feature map per network input: choose another layer"
-                        )
-                    activation, grads = captured[0], None
-                    if weights is not None:
-                        share = torch.cat([weights[r] for r in rows]) * plan.importance
-                        (grads,) = torch.autograd.grad(
-                            prediction, activation, grad_outputs=share, allow_unused=True
-                        )
-                        grads = torch.zeros_like(activation) if grads is None else grads
-                    maps.append((activation.detach(), grads))
-                yield rows, maps
-        finally:
-            handle.remove()
+        passes = [self.windowed_pass(x, target) for x in inputs]
+        return layer_windows(passes, layers, gradients)
 
     def score_gradients(
         self, x: torch.Tensor, target: Callable[[torch.Tensor], torch.Tensor]
@@ -161,7 +108,16 @@ class WindowPasses:
         set by the window batch instead of the volume (see :mod:`TorchEsegetaLib.engine.windows`).
         """
         if not self.sliding:
-            return None
+            if not self.windowed:
+                return None
+            with torch.enable_grad():  # the network's own windows (nnU-Net)
+                raw = x.detach().requires_grad_(True)
+                prepared = self.preprocess(raw)
+                found = self.network.score_gradients(prepared, target)
+                if found is None:
+                    return None
+                (grad,) = torch.autograd.grad(prepared, raw, grad_outputs=found[1])
+            return found[0], grad
         with torch.enable_grad():
             raw = x.detach().requires_grad_(True)
             prepared, crop = pad_to_multiple(self.preprocess(raw), self.card.size_divisible)

@@ -8,6 +8,13 @@ to zero or kept as the first pass decided), and multiplies. The
 measured pass is of one sample: batched passes on a GPU take less per sample, so the estimate
 errs long there. A method estimated to take longer than ``warn_after_s`` is warned about with
 the settings that would make it cheaper.
+
+A model that runs its network once per window (MONAI's sliding windows, nnU-Net's windows,
+mirror combinations and folds) is not run whole for the estimate: every pass of it repeats the
+same batch of network inputs, so :func:`measure_window_batch` times one such batch without and
+with its backward pass and multiplies by the batches of a pass (plus a pass without gradients
+where the score's gradient needs the blended prediction first). Its memory per sample is that
+batch's graph and the volume-sized buffers of a pass, not every window's graph.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ class PassTimes:
     its backward pass) and batch size: {kind: {batch: seconds of the whole batch}}."""
 
     seconds: dict[str, dict[int, float]] = field(default_factory=dict)
+    #: a batch of samples takes as long as its samples one by one (windowed passes run one
+    #: example's windows at a time): no batch needs timing
+    linear: bool = False
 
     def record(self, kind: str, batch: int, seconds: float) -> None:
         self.seconds.setdefault(kind, {})[batch] = seconds
@@ -131,7 +141,7 @@ def measure_pass_times(
         times.record(kind, batch, time.perf_counter() - began)
 
     for kind, batch in batches.items():
-        for size in sorted({1, max(1, batch)}):
+        for size in sorted({1} if times.linear else {1, max(1, batch)}):
             if size in times.seconds.get(kind, {}):
                 continue
             try:
@@ -140,6 +150,46 @@ def measure_pass_times(
                 if not is_out_of_memory(error) or size == 1:
                     raise
     return times
+
+
+def measure_window_batch(
+    forward: Any, x: torch.Tensor, target: Any, times: PassTimes
+) -> float | None:
+    """Time one batch of network inputs of a windowed model's pass, without and with its
+    backward pass, and record the passes they make up in ``times`` (see the module doc);
+    returns the memory of one sample (that batch's graph and a pass's buffers) for the engine's
+    batch sizes. None for a model whose pass is one network call per example."""
+    import torch
+
+    from ..engine.context import saved_for_backward_bytes, synchronize
+
+    if not getattr(forward, "windowed", False):
+        return None
+    passes = forward.windowed_pass(x[:1].detach(), target)
+    began = time.perf_counter()
+    rows = next(iter(passes.row_batches(progress=None)))
+    data = passes.inputs(rows)  # the pass's preparation (preprocessing, resampling) comes first
+    network = passes.network(rows)
+    synchronize(data.device)
+    prepared = time.perf_counter() - began
+    seconds = {}
+    for kind in ("forward", "backward"):
+        began = time.perf_counter()
+        with torch.set_grad_enabled(kind == "backward"):
+            inputs = data.detach().requires_grad_(kind == "backward")
+            outputs = network(inputs)
+            if kind == "backward":
+                torch.autograd.grad(outputs, inputs, grad_outputs=torch.ones_like(outputs))
+        synchronize(data.device)
+        seconds[kind] = time.perf_counter() - began
+    batches = passes.rows_per_example / len(rows)
+    blend = seconds["forward"] if passes.gradient_needs_blend() else 0.0
+    times.linear = True
+    times.record("forward", 1, prepared + batches * seconds["forward"])
+    times.record("backward", 1, prepared + batches * (blend + seconds["backward"]))
+    graph = saved_for_backward_bytes(lambda d: network(d), data)
+    buffers = 8 * x[:1].numel() * x.element_size() * max(1, int(forward.card.out_channels))
+    return float(2 * graph + buffers)
 
 
 def estimate(

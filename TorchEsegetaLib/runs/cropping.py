@@ -90,6 +90,12 @@ def plan_crop(forward: Any, region: np.ndarray, margin: int) -> tuple[Crop | Non
             "crop_margin ignored: this sliding-window model already runs only the windows that "
             "touch the target, exactly"
         )
+    if getattr(forward, "windowed", False):
+        return None, (
+            "crop_margin ignored: this model places its own windows on the image it is given "
+            "(nnU-Net), so a crop would change them; its explanations already go window by "
+            "window, with memory set by one window"
+        )
     if getattr(forward, "fills", None):
         return None, (
             "crop_margin ignored: this bundle pads its image between intensity steps, which a "

@@ -95,7 +95,7 @@ def explain_volume(
     from ..methods import ScoreModel
     from ..models.grids import restore_input_grid
     from ..models.inference import resolve_device
-    from .cost import WARN_AFTER_S, PassTimes, general_hints
+    from .cost import WARN_AFTER_S, PassTimes, general_hints, measure_window_batch
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -135,9 +135,13 @@ def explain_volume(
     # One sample's memory, measured once, sizes every method's batches to the free memory.
     score_run = ScoreModel(forward_run, bound_run)
     times = PassTimes()
+    began = time.perf_counter()  # the estimate's time includes sizing the batches
     with denormals.scope():
-        sample_bytes = None if max_batch else measure_sample_bytes(score_run, x_run, times)
-    began = time.perf_counter()
+        # windowed models: one window batch timed and sized, not the whole pipeline run again
+        window_bytes = measure_window_batch(forward_run, x_run, bound_run, times)
+        sample_bytes = None if max_batch else window_bytes
+        if sample_bytes is None and not max_batch:
+            sample_bytes = measure_sample_bytes(score_run, x_run, times)
     estimates = _estimates(
         methods,
         instances,

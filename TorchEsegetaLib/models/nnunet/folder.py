@@ -119,6 +119,7 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
         tuple(mirror_axes) if mirror_axes else None,
         tile_step_size=float(ref.get("tile_step_size", 0.5)),
         explain_fold=None if explain_fold is None else folds.index(explain_fold),
+        out_channels=out_channels,
     )
     names = {int(v): str(k) for k, v in dataset_json["labels"].items() if k != "ignore"}
     card = {

@@ -67,13 +67,6 @@ class Case:
 
 
 class NnUNetPipeline(torch.nn.Module):
-    #: why layer methods cannot map this model's layers onto the input grid (read by their preflight)
-    layer_maps_refused = (
-        "nnU-Net's layers see the image cropped, transposed, resampled and cut into mirrored "
-        "patches, so a layer's map has no place on the input grid; use a gradient or "
-        "perturbation method"
-    )
-
     """(B, C, I, J, K) raw intensities -> (B, K, I, J, K) logits, as nnUNetPredictor computes them.
 
     Args:
@@ -83,6 +76,11 @@ class NnUNetPipeline(torch.nn.Module):
         tile_step_size: nnUNetPredictor's, 0.5 by default.
         explain_fold: index into ``folds``: explanations use that fold alone without mirroring
             (faster); None explains the ensemble with mirroring, as it segments.
+        out_channels: the networks' output channels, when known (it spares a pass for the
+            gradient of a logit target without resampling).
+
+    Explanations that go network call by network call (memory set by one window, layer maps
+    of every window) use :meth:`windowed_pass` (:mod:`.windows`).
     """
 
     def __init__(
@@ -92,8 +90,10 @@ class NnUNetPipeline(torch.nn.Module):
         mirror_axes: tuple[int, ...] | None,
         tile_step_size: float = 0.5,
         explain_fold: int | None = None,
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
+        self.out_channels = out_channels
         self.folds = torch.nn.ModuleList(folds)
         self.plan = plan
         self.mirror_axes = tuple(mirror_axes) if mirror_axes else None
@@ -113,12 +113,64 @@ class NnUNetPipeline(torch.nn.Module):
         call, and switch to float32 throughout (see the module doc)."""
         self.case = self.analyse(x[0].detach().cpu().numpy())
 
+    def explained(self) -> tuple[list[int], tuple[int, ...] | None]:
+        """The folds (indices into :attr:`folds`) and mirror axes of the explained function."""
+        if self.explain_fold is None:
+            return list(range(len(self.folds))), self.mirror_axes
+        return [self.explain_fold], None
+
+    # -- the seams of explanations ----------------------------------------------------------
+    @property
+    def layer_networks(self) -> list[torch.nn.Module]:
+        """The networks the explained function calls: a layer method's layer (named within one
+        fold's network) is read in each of them."""
+        return [self.folds[fold] for fold in self.explained()[0]]
+
+    @property
+    def window_size(self) -> tuple[int, ...]:
+        """The spatial size of one network input (nnU-Net's patch)."""
+        return tuple(self.plan.patch_size)
+
+    def windowed_pass(self, x: torch.Tensor, target: Any = None) -> Any:
+        """The explained function on ``x`` network call by network call
+        (:class:`.windows.NnUNetPass`; the case must be frozen)."""
+        from .windows import NnUNetPass
+
+        return NnUNetPass(self, x, target)
+
+    def windows_per_pass(self, spatial_shape: Any = None) -> int:
+        """Network inputs per example in one explained pass: folds x windows x mirror combinations."""
+        if self.case is None:
+            raise RuntimeError("freeze_statistics() must be called before a windowed pass")
+        folds, mirror = self.explained()
+        return len(folds) * len(self.case.windows) * len(mirror_flips(mirror))
+
+    def score_gradients(
+        self, x: torch.Tensor, target: Any
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(scores, d scores / d x) of the explained function, one window's mirror combinations
+        at a time: equal to differentiating the whole pass, with memory set by one window's
+        batch instead of every window's graph. None before the case is frozen."""
+        if self.case is None:
+            return None
+        with torch.enable_grad():
+            raw = x.detach().requires_grad_(True)
+            passes = self.windowed_pass(raw, target)
+            data = passes.data
+            (grad,) = torch.autograd.grad(data, raw, grad_outputs=passes.data_gradient())
+        return passes.scores(), grad
+
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.case is not None:
-            folds = range(len(self.folds)) if self.explain_fold is None else [self.explain_fold]
-            mirror = self.mirror_axes if self.explain_fold is None else None
-            return self._run(x, self.case, list(folds), mirror, exact=False)
+            folds, mirror = self.explained()
+            # example by example: the network calls run in the order of a windowed pass's rows
+            return torch.cat(
+                [
+                    self._run(x[b : b + 1], self.case, folds, mirror, exact=False)
+                    for b in range(len(x))
+                ]
+            )
         # nnU-Net's own numerics where no gradient is asked for (the segmentation)
         exact = not (torch.is_grad_enabled() and x.requires_grad)
         return torch.cat(
@@ -205,15 +257,7 @@ class NnUNetPipeline(torch.nn.Module):
         mirror: tuple[int, ...] | None,
         exact: bool,
     ) -> torch.Tensor:
-        plan = self.plan
-        data = x.permute(0, 1, 4, 3, 2).permute(0, 1, *[t + 2 for t in plan.transpose_forward])
-        inside = (slice(None), slice(None), *case.crop)
-        data = data[inside]
-        data = torch.stack([norm(data[:, c]) for c, norm in enumerate(case.normalizations)], dim=1)
-        if exact:
-            data = self._nnunet_resampling("data", data, case.to_model, case).to(x.dtype)
-        else:
-            data = case.to_model(data)
+        data = self.prepare(x, case, exact)
         logits = None
         for fold in folds:
             fold_logits = self._sliding_window(self.folds[fold], data, case, mirror, exact)
@@ -221,20 +265,42 @@ class NnUNetPipeline(torch.nn.Module):
         assert logits is not None
         if len(folds) > 1:
             logits = logits / len(folds)
+        return self.restore(logits, case, exact=exact)
+
+    def prepare(self, x: torch.Tensor, case: Case, exact: bool = False) -> torch.Tensor:
+        """Raw (B, C, I, J, K) on the input grid -> the networks' input grid, before padding:
+        axis order and ``transpose_forward``, the crop, the normalisation, the resampling."""
+        plan = self.plan
+        data = x.permute(0, 1, 4, 3, 2).permute(0, 1, *[t + 2 for t in plan.transpose_forward])
+        inside = (slice(None), slice(None), *case.crop)
+        data = data[inside]
+        data = torch.stack([norm(data[:, c]) for c, norm in enumerate(case.normalizations)], dim=1)
         if exact:
-            logits = self._nnunet_resampling("probabilities", logits, case.to_input, case).float()
+            return self._nnunet_resampling("data", data, case.to_model, case).to(x.dtype)
+        return case.to_model(data)
+
+    def restore(
+        self, values: torch.Tensor, case: Case, outside: float | None = None, exact: bool = False
+    ) -> torch.Tensor:
+        """(B, K, *model grid) -> (B, K, I, J, K) on the input grid, as nnU-Net brings its
+        predictions back: resampling (the plans' probabilities resampling), the crop undone,
+        ``transpose_backward``, axis order. Outside the crop: background logits (``outside``
+        None), or ``outside`` everywhere (maps: 0)."""
+        plan = self.plan
+        if exact:
+            values = self._nnunet_resampling("probabilities", values, case.to_input, case).float()
         else:
-            logits = case.to_input(logits)
+            values = case.to_input(values)
         full = torch.full(
-            (x.shape[0], logits.shape[1], *case.shape),
-            OUTSIDE_LOGIT,
-            dtype=logits.dtype,
-            device=logits.device,
+            (values.shape[0], values.shape[1], *case.shape),
+            OUTSIDE_LOGIT if outside is None else outside,
+            dtype=values.dtype,
+            device=values.device,
         )
-        if not plan.regions:
+        if outside is None and not plan.regions:
             full[:, 0] = 0.0
         inside = (slice(None), slice(None), *case.crop)
-        full[inside] = logits
+        full[inside] = values
         full = full.permute(0, 1, *[t + 2 for t in plan.transpose_backward])
         return full.permute(0, 1, 4, 3, 2)
 
@@ -317,26 +383,32 @@ class NnUNetPipeline(torch.nn.Module):
     ) -> torch.Tensor:
         """nnU-Net's ``_internal_maybe_mirror_and_predict``: the mean of the predictions of all
         flips along the allowed axes."""
-        prediction = _network(network, patch)
         if not mirror:
-            return prediction
-        axes = [a + 2 for a in mirror]
-        combinations = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+            return network_output(network, patch)
+        combinations = mirror_flips(mirror)[1:]
         if exact:
+            prediction = network_output(network, patch)
             for flip in combinations:
-                prediction += torch.flip(_network(network, torch.flip(patch, flip)), flip)
+                prediction += torch.flip(network_output(network, torch.flip(patch, flip)), flip)
             prediction /= len(combinations) + 1
             return prediction
         # all flips in one batch: one network call
         batch = torch.cat([patch] + [torch.flip(patch, flip) for flip in combinations])
-        outputs = _network(network, batch).split(patch.shape[0])
+        outputs = network_output(network, batch).split(patch.shape[0])
         total = outputs[0]
         for flip, output in zip(combinations, outputs[1:]):
             total = total + torch.flip(output, flip)
         return total / (len(combinations) + 1)
 
 
-def _network(network: torch.nn.Module, patch: torch.Tensor) -> torch.Tensor:
+def mirror_flips(mirror: tuple[int, ...] | None) -> list[tuple[int, ...]]:
+    """nnU-Net's test-time mirror combinations, in its order, as tensor dimensions of a
+    (B, C, *patch) batch: () (no flip) first, then every non-empty combination of the axes."""
+    axes = [a + 2 for a in mirror or ()]
+    return [()] + [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+
+
+def network_output(network: torch.nn.Module, patch: torch.Tensor) -> torch.Tensor:
     out = network(patch)
     # a network built with deep supervision returns one output per scale; the first is full size
     return out[0] if isinstance(out, (list, tuple)) else out

@@ -65,6 +65,27 @@ class Resampling:
             )
         return y
 
+    @property
+    def convex(self) -> bool:
+        """Whether every output is a convex combination of inputs (non-negative weights summing
+        to 1: linear or nearest interpolation): the clip to the input's range then never
+        acts, and the resampling is linear, its gradient the same whatever it is applied to."""
+        if self.identity:
+            return True
+        operators = [
+            ("resize", n, m, self.order)
+            for a, (n, m) in enumerate(zip(self.shape, self.new_shape))
+            if a != self.separate_axis
+        ]
+        if self.separate_axis is not None:
+            a = self.separate_axis
+            operators.append(("coordinates", self.shape[a], self.new_shape[a], self.order_z))
+        for kind, n, m, order in operators:
+            matrix = (resize_matrix if kind == "resize" else coordinate_matrix)(n, m, order)
+            if matrix.min() < 0 or not np.allclose(matrix.sum(axis=1), 1.0, atol=1e-6):
+                return False
+        return True
+
 
 def plan_resampling(
     function: str,
