@@ -83,6 +83,7 @@ def panelValues(inputNode, model, tmp_path, **values):
         "opacity": 0.5,
         "showCompare": True,
         "lastRunFolder": "",
+        "runSummary": "",
     }
     return SimpleNamespace(**{**defaults, **values})
 
@@ -132,6 +133,9 @@ def test_logic_runs_the_panel_settings_through_the_worker(module, scene, tmp_pat
     nodes = logic.finishRun(run, p)
     assert set(nodes["maps"]) == {"saliency", "occlusion"}
     assert p.lastRunFolder == str(run.runFolder)
+    # the panel's text box shows the run in the library's plain words
+    assert p.runSummary.startswith("The model segmented the image into background and")
+    assert "not evaluated, so no map is recommended" in p.runSummary
     assert run.runFolder.parent == tmp_path / "TorchEsegeta", "Slicer's temporary folder"
     job = json.loads((run.runFolder / "run.json").read_text())["job"]
     assert job["methods"][1]["params"] == {"window": 8, "stride": 6}

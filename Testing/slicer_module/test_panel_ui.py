@@ -19,7 +19,7 @@ WRAPPER = "TorchEsegetaParameterNode"
 CONNECTABLE = {
     "node": {"qMRMLNodeComboBox"},
     "choice": {"QComboBox"},
-    "str": {"QLineEdit"},
+    "str": {"QLineEdit", "QTextEdit"},
     "bool": {"QCheckBox"},
     "float": {"QDoubleSpinBox", "ctkSliderWidget"},
     "int": {"QSpinBox"},

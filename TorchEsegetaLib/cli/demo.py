@@ -12,6 +12,7 @@ from .common import (
     evaluation_options,
     methods_from_args,
     metrics_from_args,
+    structures_option,
 )
 from .explain import apply_overrides, run_and_summarise
 
@@ -43,6 +44,7 @@ def add_parsers(sub: Any) -> None:
         help=f"comma-separated methods (default {DEFAULT_DEMO_METHODS})",
     )
     evaluation_options(demo)
+    structures_option(demo)
     common_run_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
@@ -51,7 +53,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..io.images import write_volume
-    from ..models.demo import demo_volume
+    from ..io.label_names import write_colour_table
+    from ..models.demo import demo_structures, demo_volume
     from ..runs.job import Job, MethodSpec
     from ..targets.spec import TargetSpec
 
@@ -60,6 +63,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     volume, truth = demo_volume()
     image = write_volume(volume.array[0], volume.geometry, data / "mra.nii.gz")
     reference = write_volume(truth, volume.geometry, data / "vessels_truth.nii.gz", dtype=np.uint8)
+    # An atlas of the demo input, to summarise the maps by structure (unless --structures)
+    labels, names = demo_structures(truth, volume.geometry)
+    atlas = write_volume(labels, volume.geometry, data / "structures.nii.gz", dtype=np.uint8)
+    table = write_colour_table(names, data / "structures.ctbl")
     methods = methods_from_args([args.method], [])
     for entry in methods:
         entry["params"].update(DEMO_PARAMS.get(entry["name"], {}))
@@ -76,6 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         output=str(out),
         overwrite=True,
         metrics=metrics,
+        structures={"labelmap": str(atlas), "names": str(table)},
     )
     apply_overrides(job, args)
     job.output = str(out)

@@ -73,6 +73,9 @@ class Job:
     #: warn before the run about a method estimated to take longer than this (seconds; None:
     #: 10 minutes)
     warn_after_s: float | None = None
+    #: a label image on the input grid whose structures summarise the maps (structures.csv):
+    #: ``{"labelmap", "names"}``, or ``LABELMAP[:NAMES]``
+    structures: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # Every field against the shipped schema first, whichever front end built the job.
@@ -90,6 +93,12 @@ class Job:
             from ..metrics import metric_specs
 
             self.metrics = metric_specs(list(self.metrics))
+        if isinstance(self.structures, str):
+            from .structures import parse_structures
+
+            self.structures = parse_structures(self.structures)
+        elif self.structures is not None:
+            self.structures = {"names": None, **self.structures}
 
     def model_to_load(self) -> dict[str, Any]:
         """The model reference to load; a job whose network was given in memory has none."""
@@ -119,6 +128,7 @@ class Job:
             "precision": self.precision,
             "crop_margin": self.crop_margin,
             "warn_after_s": self.warn_after_s,
+            "structures": None if self.structures is None else dict(self.structures),
         }
 
     @classmethod
@@ -139,6 +149,16 @@ class Job:
             target = data.get("target")
             if isinstance(target, dict) and target.get("mask"):
                 data["target"] = {**target, "mask": _resolve(target["mask"], base)}
+            if data.get("structures"):
+                from .structures import parse_structures
+
+                structures = data["structures"]
+                if isinstance(structures, str):
+                    structures = parse_structures(structures)
+                data["structures"] = {
+                    key: _resolve(value, base) if value else None
+                    for key, value in {"names": None, **structures}.items()
+                }
         return cls(**data)
 
     @classmethod
