@@ -63,13 +63,20 @@ class Structures:
 def parse_structures(text: str) -> dict[str, str | None]:
     """``LABELMAP[:NAMES]`` -> ``{"labelmap": ..., "names": ... or None}`` (the job's form).
 
-    The names file is recognised by its suffix (.ctbl, .txt, .csv, .json), so a path with a
-    colon of its own (``C:\\atlas.nii.gz``) is read whole.
+    The split is at the colon after an image file's suffix and before a names file's (.ctbl,
+    .txt, .csv, .json), so a path with a colon of its own (``C:\\atlas.nii.gz``) is read whole.
     """
+    from ..io.images import SUPPORTED_SUFFIXES
+
     text = str(text).strip()
-    head, colon, tail = text.rpartition(":")
-    if colon and head and tail.lower().endswith(NAME_SUFFIXES):
-        return {"labelmap": head, "names": tail}
+    for index, character in enumerate(text):
+        head, tail = text[:index], text[index + 1 :]
+        if (
+            character == ":"
+            and head.lower().endswith(SUPPORTED_SUFFIXES)
+            and tail.lower().endswith(NAME_SUFFIXES)
+        ):
+            return {"labelmap": head, "names": tail}
     return {"labelmap": text, "names": None}
 
 
