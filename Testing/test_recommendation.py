@@ -226,13 +226,26 @@ def test_a_clear_winner_is_recommended_and_raw_infidelity_does_not_count():
 
 def test_a_map_that_fails_the_randomisation_check_is_never_recommended():
     evaluation = _evaluation(
-        {"edges": (0.45, 0.45, 0.97), "good": (0.3, 0.3, 0.8)}, {"edges": False, "good": True}
+        {"edges": (0.45, 0.45, 0.97), "good": (0.4, 0.4, 0.9)}, {"edges": False, "good": True}
     )
     summary = recommend(evaluation)
     verdicts = {e["method"]: e["verdict"] for e in summary["ranking"]}
     assert summary["ranking"][0]["method"] == "edges" and verdicts["edges"] == FAILED_CHECK
     assert summary["recommended"] == "good"
     assert any("stayed similar" in c and "edges" in c for c in summary["caveats"])
+
+
+def test_a_map_far_less_faithful_than_the_best_is_not_put_forward_in_its_place():
+    # the best maps fail the check, and only a much weaker one passes (a layer map on a model
+    # whose region is fixed by its architecture): nothing is recommended, and it says why
+    evaluation = _evaluation(
+        {"exact": (0.48, 0.48, 0.99), "smeared": (0.3, 0.3, 0.7)},
+        {"exact": False, "smeared": True},
+    )
+    summary = recommend(evaluation)
+    assert summary["recommended"] is None and summary["look_first"] is None
+    assert summary["evidence"]["separation"]["best_eligible"] == "smeared"
+    assert "leaves" in summary["reason"] and "times as much" in summary["reason"]
 
 
 def test_two_maps_the_evidence_cannot_separate_are_no_clear_winner():
@@ -289,4 +302,6 @@ def test_a_cohort_recommends_over_its_cases():
     summary = recommend_cohort(cases)
     good = next(e for e in summary["ranking"] if e["method"] == "good")
     assert good["verdict"] == FAILED_CHECK and good["sanity"]["failed_cases"] == 1
-    assert summary["recommended"] == "fair"
+    # "fair" passed, but falls too far short of "good" to be put forward in its place
+    assert summary["recommended"] is None and summary["look_first"] is None
+    assert summary["reason"].startswith("fair is the most faithful map that passed")

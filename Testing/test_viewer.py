@@ -147,9 +147,9 @@ def test_the_panels_tables_come_from_the_runs_summary_scores_and_structures(run)
         assert shown["Deletion AUC \u2193"] == f"{values['deletion']:.3g}"
         assert shown["Insertion AUC \u2191"] == f"{values['insertion']:.3g}"
     structures = structuresByMethod(read_structures_csv(run))
-    assert [row["structure"] for row in structures["blocks"]][0] == "outside every structure"
+    assert [row["structure"] for row in structures["blocks"]][0] == "the rest of the image"
     assert {row["structure"] for row in structures["signed"]} == {
-        "outside every structure",
+        "the rest of the image",
         "segment block",
     }
     assert rankingTable(None) == [] and scoresByMethod(None) == {}

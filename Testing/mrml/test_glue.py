@@ -420,7 +420,7 @@ def test_structures_become_a_table_node_and_the_summary_text_comes_along(scene, 
     assert table.GetName() == "CT structures"
     assert table.GetNumberOfRows() == 2 * 3  # two maps x (outside, liver, tumour)
     names = [table.GetCellText(row, 1) for row in range(table.GetNumberOfRows())]
-    assert names[:3] == ["outside every structure", "liver", "tumour"]
+    assert names[:3] == ["the rest of the image", "liver", "tumour"]
     shares = slicer.util.arrayFromTableColumn(table, "attribution %")
     voxels = slicer.util.arrayFromTableColumn(table, "voxels")
     expected = [

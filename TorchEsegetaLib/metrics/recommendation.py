@@ -24,6 +24,14 @@ resamples of the cases. A method is *faithful* when its score is above 0 (chance
 95% of the draws; the best faithful method that passed the check is recommended when it beats
 every other such method in at least ``CONFIDENCE`` of the draws, and otherwise the verdict is
 "no clear winner" (``recommended`` null, the tied methods named).
+
+One more rule keeps the gate from promoting a poor map: the recommended map must be nearly as
+faithful as the most faithful map of all, checked or not. Its shortfall from a perfect order
+(1 - score) may be at most ``SHORTFALL_TOLERANCE`` times the best map's. Where the maps that
+follow the model best all fail the check (on a model whose dependence is fixed by its
+architecture, a region it alone sees, every faithful map stays the same under randomised
+weights) and only clearly weaker maps pass (layer maps, whose upsampled units spill over the
+region's rim), nothing is recommended and the caveat says why.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ DRAWS = 2000
 CONFIDENCE = 0.95
 #: a faithful method's score is above 0 in all but this share of the draws
 FAITHFUL_QUANTILE = 0.05
+#: the recommended map may fall short of a perfect order (score 1) by at most this many times
+#: the shortfall of the most faithful map of all
+SHORTFALL_TOLERANCE = 1.5
 
 PASSED, FAILED, NOT_CHECKED = "passed", "failed", "not checked"
 RECOMMENDED = "recommended"
@@ -236,6 +247,10 @@ def decide(
             verdicts[c.label] = ELIGIBLE
     recommended, look_first, tied = None, None, []
     separation: dict[str, Any] = {}
+    weaker = _too_weak(eligible, comparable)
+    if weaker:
+        separation = weaker
+        eligible = []
     if eligible:
         best = eligible[0]
         look_first = best.label
@@ -256,13 +271,19 @@ def decide(
     evidence = {**evidence, "confidence": CONFIDENCE, "separation": separation}
     wins = _p_best(comparable)
     ranking = [_entry(c, verdicts[c.label], wins.get(c.label)) for c in ordered]
-    caveats = _caveats(ordered, verdicts, recommended, tied, look_first) + caveats
+    reason, specific = _caveats(ordered, verdicts, recommended, tied, look_first, weaker)
+    caveats = specific + caveats
+    caveats.append(
+        "Localisation (mass in the target) and map sparsity are shown but not weighed: a "
+        "faithful map may rightly point outside the target, where the model finds context."
+    )
     return {
         "format_version": FORMAT_VERSION,
         "recommended": recommended,
         "look_first": look_first,
         "tied": [look_first, *tied] if tied else [],
         "verdict": RECOMMENDED if recommended else (TIED if tied else "none"),
+        "reason": reason,
         "ranking": ranking,
         "evidence": evidence,
         "caveats": caveats,
@@ -273,22 +294,24 @@ def pending_checks(summary: Mapping[str, Any]) -> list[str]:
     """Methods whose randomisation check could change the recommendation, to check next: the
     best-ranked faithful unchecked method above the best eligible one (one at a time, best
     first: if it passes it leads), else every unchecked faithful method whose interval reaches
-    the best eligible one's (they may tie with it)."""
+    the best eligible one's (they may tie with it). A map too far behind the most faithful one
+    to be recommended (``SHORTFALL_TOLERANCE``) is never worth checking."""
     ranking = summary.get("ranking", [])
+    scores = [e["score"] for e in ranking if e.get("score") is not None]
+    if not scores:
+        return []
+    limit = SHORTFALL_TOLERANCE * max(1.0 - max(scores), 1e-12)
+    candidates = [e for e in ranking if e["verdict"] == UNCHECKED and 1.0 - e["score"] <= limit]
     look_first = summary.get("look_first")
     for entry in ranking:
         if entry["method"] == look_first:
             break
-        if entry["verdict"] == UNCHECKED:
+        if entry in candidates:
             return [entry["method"]]
     if look_first is None:
         return []
     best = next(e for e in ranking if e["method"] == look_first)
-    return [
-        e["method"]
-        for e in ranking
-        if e["verdict"] == UNCHECKED and e["interval"][1] >= best["interval"][0]
-    ]
+    return [e["method"] for e in candidates if e["interval"][1] >= best["interval"][0]]
 
 
 def _entry(c: Candidate, verdict: str, p_best: float | None) -> dict[str, Any]:
@@ -315,37 +338,78 @@ def _entry(c: Candidate, verdict: str, p_best: float | None) -> dict[str, Any]:
     }
 
 
+def _too_weak(eligible: list[Candidate], comparable: list[Candidate]) -> dict[str, Any]:
+    """When the best eligible map falls short of the most faithful map by more than the
+    tolerance: ``{"best_eligible", "most_faithful", "shortfall_ratio"}``; else {}."""
+    if not eligible or not comparable:
+        return {}
+    candidate, best = eligible[0], comparable[0]
+    shortfall, best_shortfall = 1.0 - candidate.score, 1.0 - best.score  # type: ignore[operator]
+    if candidate is best or shortfall <= SHORTFALL_TOLERANCE * max(best_shortfall, 1e-12):
+        return {}
+    return {
+        "best_eligible": candidate.label,
+        "most_faithful": best.label,
+        "shortfall_ratio": _round(shortfall / max(best_shortfall, 1e-12), 2),
+    }
+
+
 def _caveats(
     ordered: list[Candidate],
     verdicts: dict[str, str],
     recommended: str | None,
     tied: list[str],
     look_first: str | None,
-) -> list[str]:
+    weaker: dict[str, Any],
+) -> tuple[str, list[str]]:
+    """(why nothing is recommended, or ""; the caveats) in words."""
     by_label = {c.label: c for c in ordered}
-    caveats = []
+    caveats, reason = [], ""
+    faithful = [c for c in ordered if c.draws is not None and c.faithful]
+    best = faithful[0] if faithful else None
+    limit = SHORTFALL_TOLERANCE * max(1.0 - (best.score or 0.0), 1e-12) if best else 0.0
+    if weaker:
+        candidate = by_label[weaker["best_eligible"]]
+        leader = by_label[weaker["most_faithful"]]
+        why = {FAILED: "failed the randomisation check", NOT_CHECKED: "was not checked"}
+        reason = (
+            f"{candidate.title} is the most faithful map that passed the randomisation check, "
+            f"but it leaves {weaker['shortfall_ratio']:.1f} times as much of the score's "
+            f"behaviour unexplained as {leader.title}, which {why.get(leader.sanity, 'passed')}: "
+            "the evidence does not single out a map; compare them side by side."
+        )
+    elif not look_first and not faithful:
+        reason = "no map follows the model clearly better than a random order of the voxels."
+    elif not look_first:
+        reason = (
+            "the maps that follow the model best did not pass the randomisation check, and "
+            "the others fall too far short of them to be recommended."
+        )
     if tied and look_first:
         names = [by_label[label].title for label in [look_first, *tied]]
         caveats.append(
             f"No clear winner: {_and(names)} are not separated by the evidence (each beats the "
             f"others in fewer than {CONFIDENCE:.0%} of the draws); look at them side by side."
         )
-    if not look_first:
-        caveats.append(
-            "No map is recommended: none is both clearly better than a random order and "
-            "changed by randomising the model's weights."
-        )
     failed = [c.title for c in ordered if verdicts[c.label] == FAILED_CHECK]
     if failed:
         caveats.append(
-            f"{_and(failed)} stayed similar when the model's weights were randomised: "
-            "they show the image more than the model and are never recommended."
+            f"{_and(failed)} stayed similar when the model's weights were randomised: they "
+            "reflect the image (or the network's fixed structure) more than its learned "
+            "weights, and are never recommended."
         )
-    unchecked = [c.title for c in ordered if verdicts[c.label] == UNCHECKED]
-    if unchecked:
+    unchecked = [c for c in ordered if verdicts[c.label] == UNCHECKED]
+    could_lead = [c.title for c in unchecked if 1.0 - (c.score or 0.0) <= limit]
+    behind = [c.title for c in unchecked if 1.0 - (c.score or 0.0) > limit]
+    if could_lead:
         caveats.append(
-            f"The randomisation check was not run for {_and(unchecked)} (evaluate with "
+            f"The randomisation check was not run for {_and(could_lead)} (evaluate with "
             "--metric model_randomisation): they cannot be recommended until it is."
+        )
+    if behind:
+        caveats.append(
+            f"{_and(behind)} fall too far short of the most faithful map to be recommended, "
+            "so their randomisation check was not run."
         )
     chosen = by_label.get(recommended or look_first or "")
     if chosen is not None and chosen.layer:
@@ -353,11 +417,7 @@ def _caveats(
             f"{chosen.title} is a layer map: it shows where one layer of the network responds, "
             "upsampled to the image, so it cannot resolve detail finer than that layer's voxels."
         )
-    caveats.append(
-        "Localisation (mass in the target) and map sparsity are shown but not weighed: a "
-        "faithful map may rightly point outside the target, where the model finds context."
-    )
-    return caveats
+    return reason, caveats
 
 
 def _p_best(comparable: list[Candidate]) -> dict[str, float]:

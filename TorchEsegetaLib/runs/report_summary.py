@@ -106,9 +106,10 @@ def structures_section(
         if more > 0
         else "<p class='note'>Every map: structures.csv and the figure below.</p>"
     )
+    source = Path((record.get("structures") or {}).get("labelmap") or "").name
     return (
-        f"<p>Attribution of <strong>{_e(title)}</strong> by structure "
-        f"(from {_e(Path((record.get('structures') or {}).get('labelmap') or '').name)}):</p>"
+        f"<p>Attribution of <strong>{_e(title)}</strong> by structure"
+        f"{f' (from {_e(source)})' if source else ''}:</p>"
         f"<div class='wide'><table id='structures'>{head}{body}</table></div>{note}"
     )
 

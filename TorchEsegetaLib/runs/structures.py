@@ -6,7 +6,7 @@ attribution (``abs_share``) and of its positive attribution (``positive_share``)
 structure's share of the image volume (``volume_share``), and their ratios (``enrichment``,
 ``positive_enrichment``): 1 is what a map spread evenly over the image would give, 3 means
 three times more attribution than the structure's size alone would earn. Voxels with label 0
-form the row "outside every structure" (unless the names give label 0 a name), so the shares
+form the row "the rest of the image" (unless the names give label 0 a name), so the shares
 of a map add up to 1.
 
 The structures are an input, like the image: ``--structures LABELMAP[:NAMES]`` (or the job's
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 STRUCTURES_FILE = "structures.csv"
 STRUCTURES_FIGURE = "figures/structures.png"
-OUTSIDE = "outside every structure"
+OUTSIDE = "the rest of the image"
 FIELDS = (
     "method",
     "title",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..metrics.recommendation import FAILED, PASSED, TIED
+from ..metrics.recommendation import PASSED, TIED
 from ..metrics.results import format_value
 from ..targets.spec import score_phrase
 
@@ -155,16 +155,11 @@ def recommendation_sentence(summary: Mapping[str, Any]) -> str:
             f"No single map stands out: {_and(tied)} follow the model about equally well, so "
             f"compare them side by side, starting with {first['title']}: " + _why(first)
         )
-    failed = [
-        e["title"] for e in entries.values() if (e.get("sanity") or {}).get("status") == FAILED
-    ]
-    text = (
-        "No map can be recommended: none follows the model clearly better than a random order "
-        "of the voxels and also changes when the model's weights are randomised."
+    reason = summary.get("reason") or (
+        "none follows the model clearly better than a random order of the voxels and also "
+        "changes when the model's weights are randomised."
     )
-    if failed:
-        text += f" ({_and(failed)} failed the randomisation check.)"
-    return text + " Read every map with caution."
+    return f"No map can be recommended: {reason} Read every map with caution."
 
 
 def _why(entry: Mapping[str, Any]) -> str:
@@ -202,13 +197,13 @@ def _structures_sentence(rows: list[dict[str, Any]], entry: Mapping[str, Any]) -
         return ""
     top = sorted(own, key=lambda r: -r["abs_share"])[:3]
     parts = [
-        f"{r['structure']} {r['abs_share']:.0%} (enrichment {format_value(r['enrichment'])})"
+        f"{r['abs_share']:.0%} in {r['structure']} (enrichment {format_value(r['enrichment'])})"
         for r in top
     ]
     title = entry.get("title") or entry.get("label")
     return (
-        f"By structure, {title} puts its attribution in {_and(parts)}; enrichment is the share "
-        "of attribution divided by the share of the volume (1: no more than its size)."
+        f"By structure, {title} puts {_and(parts)}; enrichment is a structure's share of the "
+        "attribution divided by its share of the volume (1: no more than its size)."
     )
 
 
