@@ -305,3 +305,18 @@ def test_a_cohort_recommends_over_its_cases():
     # "fair" passed, but falls too far short of "good" to be put forward in its place
     assert summary["recommended"] is None and summary["look_first"] is None
     assert summary["reason"].startswith("fair is the most faithful map that passed")
+
+
+if __name__ == "__main__":
+    # The validation table of docs/guidance.md: python Testing/test_recommendation.py
+    for kind in KINDS:
+        summary, masses = validate(kind)
+        print(f"\n{kind}: recommended {summary['recommended']}, verdict {summary['verdict']}")
+        print("| method | mass in the true region | faithfulness | check | verdict |")
+        print("|---|---|---|---|---|")
+        for entry in summary["ranking"]:
+            mass = masses[entry["method"]]
+            print(
+                f"| {entry['title']} | {'n/a' if math.isnan(mass) else f'{mass:.2f}'} | "
+                f"{entry['score']} | {entry['sanity']['status']} | {entry['verdict']} |"
+            )

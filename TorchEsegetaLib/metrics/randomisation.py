@@ -60,8 +60,8 @@ def ssim3d(
     Local statistics use the window over the positions where it fits entirely ("valid"), as
     scikit-image does after cropping its borders; the window shrinks (odd size) for volumes
     smaller than it. ``data_range`` defaults to the range of ``a`` and ``b`` together.
-    ``support``: a bool volume; the mean is taken over the positions whose window holds some
-    of it (default: every position).
+    ``support``: a bool volume; the mean is taken over the windows centred in it (default:
+    every window).
     """
     import torch
     import torch.nn.functional as F
@@ -93,10 +93,11 @@ def ssim3d(
     if support is not None:
         inside = torch.as_tensor(
             np.asarray(support) if not isinstance(support, torch.Tensor) else support
-        )
-        touched = filt(inside.double().cpu()) > 0
-        if bool(touched.any()):
-            return float(ssim[touched].mean())
+        ).bool()
+        half = size // 2
+        centres = inside[tuple(slice(half, half + n) for n in ssim.shape)].cpu()
+        if bool(centres.any()):
+            return float(ssim[centres].mean())
     return float(ssim.mean())
 
 

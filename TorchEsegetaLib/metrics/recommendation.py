@@ -90,11 +90,17 @@ class Candidate:
     layer: bool = False
     cases: int = 1
     failed_cases: int = 0
+    #: the score where it is not the mean of the components (a cohort: the mean over cases)
+    point: float | None = None
 
     @property
     def score(self) -> float | None:
+        if self.draws is None:
+            return None
+        if self.point is not None:
+            return self.point
         values = [v for v in self.components.values() if v is not None]
-        return float(np.mean(values)) if values and self.draws is not None else None
+        return float(np.mean(values)) if values else None
 
     @property
     def faithful(self) -> bool:
@@ -186,6 +192,7 @@ def recommend_cohort(
         if resamples is not None and len(scored) == len(cases):
             values = np.array([scored[c] for c in cases])
             candidate.draws = values[resamples].mean(axis=1)
+            candidate.point = float(values.mean())
             for name in COMPONENTS:
                 found = [(e.get("components") or {}).get(name) for e in by_case.values()]
                 known = [v for v in found if v is not None]
