@@ -299,7 +299,8 @@ class ViewerApp:
             mapNode = self.case.maps.get(state.method)
             value = views.valueAt(mapNode, ras) if mapNode is not None else None
             position = ", ".join(f"{c:.1f}" for c in ras)
-            text = f"RAS ({position}) mm   image {_number(image)}   {state.method} {_number(value)}"
+            title = next((m.title for m in self.case.run.maps if m.label == state.method), "map")
+            text = f"RAS ({position}) mm   image {_number(image)}   {title} {_number(value)}"
         if text != state.cursor:
             with state:
                 state.cursor = text

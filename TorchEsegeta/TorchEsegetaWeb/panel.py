@@ -157,17 +157,20 @@ def _mapControls() -> None:
             density="compact",
             thumb_label=True,
         )
-    with html.Div(classes="d-flex"):
+    # side by side where the panel is wide enough, one under the other where not
+    with html.Div(classes="d-flex flex-wrap"):
         v3.VSwitch(
             id="tv-outline",
             label="segmentation outline",
             v_model=("outline",),
+            style="flex: 0 0 auto; margin-right: 16px;",
             **_COMPACT,
         )
         v3.VSwitch(
             id="tv-legend",
             label="legend in the views",
             v_model=("legend",),
+            style="flex: 0 0 auto;",
             **_COMPACT,
         )
 
