@@ -400,23 +400,34 @@ def _caveats(
         )
     failed = [c.title for c in ordered if verdicts[c.label] == FAILED_CHECK]
     if failed:
+        they = "it reflects" if len(failed) == 1 else "they reflect"
         caveats.append(
-            f"{_and(failed)} stayed similar when the model's weights were randomised: they "
-            "reflect the image (or the network's fixed structure) more than its learned "
-            "weights, and are never recommended."
+            f"{_and(failed)} stayed similar when the model's weights were randomised: {they} "
+            "the image (or the network's fixed structure) more than its learned weights, and "
+            f"{'is' if len(failed) == 1 else 'are'} never recommended."
         )
+    chosen = by_label.get(look_first or "")
+    low = float(np.quantile(chosen.draws, FAITHFUL_QUANTILE)) if chosen is not None else None
+
+    def clearly_behind(c: Candidate) -> bool:
+        upper = float(np.quantile(c.draws, 1 - FAITHFUL_QUANTILE))  # type: ignore[arg-type]
+        return 1.0 - (c.score or 0.0) > limit or (low is not None and upper < low)
+
     unchecked = [c for c in ordered if verdicts[c.label] == UNCHECKED]
-    could_lead = [c.title for c in unchecked if 1.0 - (c.score or 0.0) <= limit]
-    behind = [c.title for c in unchecked if 1.0 - (c.score or 0.0) > limit]
+    could_lead = [c.title for c in unchecked if not clearly_behind(c)]
+    behind = [c.title for c in unchecked if clearly_behind(c)]
     if could_lead:
         caveats.append(
             f"The randomisation check was not run for {_and(could_lead)} (evaluate with "
-            "--metric model_randomisation): they cannot be recommended until it is."
+            f"--metric model_randomisation): {'it' if len(could_lead) == 1 else 'they'} cannot "
+            "be recommended until it is."
         )
     if behind:
+        leader = chosen.title if chosen is not None else "the most faithful map"
         caveats.append(
-            f"{_and(behind)} fall too far short of the most faithful map to be recommended, "
-            "so their randomisation check was not run."
+            f"{_and(behind)} {'falls' if len(behind) == 1 else 'fall'} clearly short of "
+            f"{leader}, so {'its' if len(behind) == 1 else 'their'} randomisation check was "
+            "not run."
         )
     chosen = by_label.get(recommended or look_first or "")
     if chosen is not None and chosen.layer:

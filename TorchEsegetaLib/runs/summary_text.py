@@ -100,9 +100,12 @@ def colour_meaning(entry: Mapping[str, Any], class_name: str) -> str:
             f"In {title}, red and blue are the layer's own response, whatever the target: it does "
             f"not explain {class_name}."
         )
-    if "d score / d intensity" in quantity or "d score / d layer" in quantity:
+    # a derivative is a rate; times the input (or activation) it is a contribution again
+    contribution = quantity.startswith(("intensity x", "layer activation x"))
+    if "d score / d" in quantity and not contribution:
+        change = "a stronger layer response" if "d layer" in quantity else "a brighter voxel"
         return (
-            f"In {title}, red means that a brighter voxel there would raise {score}, blue that it "
+            f"In {title}, red means that {change} there would raise {score}, blue that it "
             "would lower it, and white no effect: a rate of change, not a share of the score."
         )
     return (
@@ -164,31 +167,36 @@ def recommendation_sentence(summary: Mapping[str, Any]) -> str:
 
 def _why(entry: Mapping[str, Any]) -> str:
     components = entry.get("components") or {}
+    sanity = entry.get("sanity") or {}
+    text = (
+        "it is the most faithful map that passed the randomisation check"
+        if sanity.get("status") == PASSED
+        else "it is the most faithful map"
+    )
+    score = format_value(entry.get("score"))
+    if entry.get("interval"):
+        low, high = (format_value(v) for v in entry["interval"])
+        text += f" (faithfulness {score}, 90% of draws {low} to {high}; 0 is a random order)"
     reasons = []
-    gains = [components.get(k) for k in ("deletion_gain", "insertion_gain")]
-    if any(g is not None for g in gains):
+    if any(components.get(k) is not None for k in ("deletion_gain", "insertion_gain")):
         reasons.append(
             "removing or restoring voxels in its order changes the score faster than a random "
             "order does"
         )
     r = components.get("faithfulness_correlation")
     if r is not None:
-        reasons.append(
-            f"its values predict how much the score drops when voxels are removed (r = {r:.2f})"
-        )
-    text = " and ".join(reasons) if reasons else "it follows the model best"
-    score = format_value(entry.get("score"))
-    if entry.get("interval"):
-        low, high = (format_value(v) for v in entry["interval"])
-        text += f" (faithfulness {score}, 90% of draws between {low} and {high}; 0 is chance)"
-    sanity = entry.get("sanity") or {}
+        reasons.append(f"its values predict how much the score drops when voxels go (r = {r:.2f})")
+    if reasons:
+        text += ": " + " and ".join(reasons)
+    text += "."
     if sanity.get("status") == PASSED:
-        text += ", and it changed when the model's weights were randomised, so it shows the model"
+        text += " It changed when the model's weights were randomised"
         if sanity.get("similarity") is not None:
             text += (
                 f" (similarity {format_value(sanity['similarity'])} < {sanity.get('threshold')})"
             )
-    return text + "."
+        text += ", so it reflects what the model learned."
+    return text
 
 
 def _structures_sentence(rows: list[dict[str, Any]], entry: Mapping[str, Any]) -> str:
@@ -197,8 +205,9 @@ def _structures_sentence(rows: list[dict[str, Any]], entry: Mapping[str, Any]) -
         return ""
     top = sorted(own, key=lambda r: -r["abs_share"])[:3]
     parts = [
-        f"{r['abs_share']:.0%} in {r['structure']} (enrichment {format_value(r['enrichment'])})"
-        for r in top
+        f"{r['abs_share']:.0%}{' of its attribution' if i == 0 else ''} in {r['structure']} "
+        f"(enrichment {format_value(r['enrichment'])})"
+        for i, r in enumerate(top)
     ]
     title = entry.get("title") or entry.get("label")
     return (
