@@ -125,7 +125,6 @@ def test_every_methods_colours_are_explained_for_its_quantity(name):
             else "a brighter voxel"
         )
         assert f"{change} there would raise the tumour score" in text
-        assert "a brighter voxel there would raise the tumour score" in text
     else:
         assert "raised the tumour score (evidence for tumour)" in text
 
