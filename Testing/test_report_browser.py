@@ -57,7 +57,7 @@ def test_the_first_screen_is_the_summary_and_the_structure_table(tmp_path):
     with sync_playwright() as playwright:
         context, page = openReport(playwright, report, tmp_path / "profile")
         try:
-            for selector in ("#summary", "#ranking", "#structures"):
+            for selector in ("#summary", "#structures"):
                 box = page.locator(selector).bounding_box()
                 assert box is not None and box["y"] + box["height"] <= FIRST_SCREEN["height"], (
                     selector,

@@ -22,7 +22,7 @@ from ..metrics.results import format_value
 from ..targets.spec import score_phrase
 from .evaluation import Evaluation, read_record
 from .report_summary import STYLE as SUMMARY_STYLE
-from .report_summary import structures_section, summary_section
+from .report_summary import ranking_table, structures_section, summary_section
 from .structures import STRUCTURES_FIGURE
 from .summary import summary_of
 
@@ -251,15 +251,15 @@ def render_report(folder: Path, record: dict[str, Any]) -> str:
             "<div class='missing'><strong>Missing from the run folder</strong> (listed in "
             f"run.json but not on disk: deleted or moved since the run):<ul>{items}</ul></div>"
         )
+    # The first screen: the plain words, the structure table, then the ranking's evidence.
     sections += ["<h2>Summary</h2>", summary_section(folder, record, summary)]
     structures = structures_section(folder, record, summary)
     if structures:
-        structure_figure = Path(STRUCTURES_FIGURE).name
-        sections += [
-            "<h2>By structure</h2>",
-            structures,
-            _figures(folder, record, only=(structure_figure,)),
-        ]
+        sections += ["<h2>By structure</h2>", structures]
+    if summary and summary.get("ranking"):
+        sections += ["<h2>Maps, most faithful first</h2>", ranking_table(summary)]
+    if structures:
+        sections.append(_figures(folder, record, only=(Path(STRUCTURES_FIGURE).name,)))
     maps = _figures(folder, record, only=_MAP_FIGURES)
     sections += ["<h2>Maps</h2>", maps or "<p class='note'>No map figures in this run folder.</p>"]
     sections += [

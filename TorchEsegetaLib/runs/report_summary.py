@@ -30,7 +30,7 @@ def _e(value: Any) -> str:
 def summary_section(
     folder: Path, record: Mapping[str, Any], summary: Mapping[str, Any] | None
 ) -> str:
-    """The plain-words summary and the ranking table (or a note that nothing was evaluated)."""
+    """The run in plain words, with the caveats."""
     sentences = describe_run(record, summary, read_structures_csv(folder))
     paragraphs = "".join(f"<p>{_e(text)}</p>" for topic, text in sentences if topic != "caveat")
     caveats = "".join(f"<li>{_e(text)}</li>" for topic, text in sentences if topic == "caveat")
@@ -38,8 +38,6 @@ def summary_section(
     if caveats:
         parts.append(f"<p><strong>Keep in mind:</strong></p><ul class='note'>{caveats}</ul>")
     parts.append("</div>")
-    if summary and summary.get("ranking"):
-        parts.append(ranking_table(summary))
     return "".join(parts)
 
 
