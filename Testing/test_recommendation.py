@@ -317,6 +317,7 @@ if __name__ == "__main__":
         for entry in summary["ranking"]:
             mass = masses[entry["method"]]
             print(
-                f"| {entry['title']} | {'n/a' if math.isnan(mass) else f'{mass:.2f}'} | "
+                f"| {REGISTRY[entry['method']].title} | "
+                f"{'n/a' if math.isnan(mass) else f'{mass:.2f}'} | "
                 f"{entry['score']} | {entry['sanity']['status']} | {entry['verdict']} |"
             )
