@@ -100,7 +100,8 @@ class _Ordering(Metric):
         importance = subject.on_model_grid(case)[0].sum(dim=0)
         if self.config["order"] == "absolute":
             importance = importance.abs()
-        means = block_means(importance, self.config["block"])
+        # on the CPU: the seeded permutation is drawn there, and an order is small
+        means = block_means(importance, self.config["block"]).cpu()
         generator = case.generator(3) if tie_order == 0 else case.generator(3, tie_order)
         shuffle = torch.randperm(means.numel(), generator=generator)
         ranked = torch.argsort(-means[shuffle], stable=True)
