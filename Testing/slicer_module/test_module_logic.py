@@ -134,7 +134,7 @@ def test_logic_runs_the_panel_settings_through_the_worker(module, scene, tmp_pat
     assert set(nodes["maps"]) == {"saliency", "occlusion"}
     assert p.lastRunFolder == str(run.runFolder)
     # the panel's text box shows the run in the library's plain words
-    assert p.runSummary.startswith("The model segmented the image into background and")
+    assert p.runSummary.startswith("UNet segmented the image into background and class 1.")
     assert "not evaluated, so no map is recommended" in p.runSummary
     assert run.runFolder.parent == tmp_path / "TorchEsegeta", "Slicer's temporary folder"
     job = json.loads((run.runFolder / "run.json").read_text())["job"]
