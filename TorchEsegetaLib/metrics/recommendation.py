@@ -406,8 +406,12 @@ def _caveats(
             "the image (or the network's fixed structure) more than its learned weights, and "
             f"{'is' if len(failed) == 1 else 'are'} never recommended."
         )
-    chosen = by_label.get(look_first or "")
-    low = float(np.quantile(chosen.draws, FAITHFUL_QUANTILE)) if chosen is not None else None
+    first = by_label.get(look_first or "")
+    low = (
+        float(np.quantile(first.draws, FAITHFUL_QUANTILE))
+        if first is not None and first.draws is not None
+        else None
+    )
 
     def clearly_behind(c: Candidate) -> bool:
         upper = float(np.quantile(c.draws, 1 - FAITHFUL_QUANTILE))  # type: ignore[arg-type]
@@ -423,10 +427,10 @@ def _caveats(
             "be recommended until it is."
         )
     if behind:
-        leader = chosen.title if chosen is not None else "the most faithful map"
+        ahead = first.title if first is not None else "the most faithful map"
         caveats.append(
             f"{_and(behind)} {'falls' if len(behind) == 1 else 'fall'} clearly short of "
-            f"{leader}, so {'its' if len(behind) == 1 else 'their'} randomisation check was "
+            f"{ahead}, so {'its' if len(behind) == 1 else 'their'} randomisation check was "
             "not run."
         )
     chosen = by_label.get(recommended or look_first or "")
