@@ -159,15 +159,29 @@ def test_a_label_image_on_another_grid_is_one_clear_error(tmp_path):
         load_structures({"labelmap": str(path)}, GEOMETRY)
 
 
-def test_structures_inside_the_output_folder_are_refused(tmp_path):
+def test_the_structure_files_are_inputs_the_output_folder_keeps_apart_from(tmp_path):
+    """Both files are in the job's inputs, so an output folder holding either is refused (the
+    command line's cases are in test_cli_safety)."""
+    from TorchEsegetaLib.runs.destination import check_apart_from_inputs
+    from TorchEsegetaLib.runs.job import Job
+
     out = tmp_path / "run"
-    path = write_volume(labels(), GEOMETRY, out / "atlas.nii.gz", dtype=np.uint8)
-    with pytest.raises(UserInputError, match="inside the output folder"):
-        load_structures({"labelmap": str(path)}, GEOMETRY, str(out))
+    atlas = write_volume(labels(), GEOMETRY, tmp_path / "atlas.nii.gz", dtype=np.uint8)
     names = write_colour_table(NAMES, out / "sub" / "names.ctbl")
-    elsewhere = write_volume(labels(), GEOMETRY, tmp_path / "atlas.nii.gz", dtype=np.uint8)
-    with pytest.raises(UserInputError, match="structure names file .* inside the output"):
-        load_structures({"labelmap": str(elsewhere), "names": str(names)}, GEOMETRY, str(out))
+    job = Job(
+        images=[str(tmp_path / "image.nii.gz")],
+        model={"kind": "demo"},
+        target="class:1",
+        methods=["saliency"],
+        output=str(out),
+        structures=f"{atlas}:{names}",
+    )
+    inputs = job.input_paths()
+    assert ("structure label image", str(atlas)) in inputs
+    assert ("structure names file", str(names)) in inputs
+    with pytest.raises(UserInputError, match="holds the structure names file"):
+        check_apart_from_inputs(out, inputs)
+    check_apart_from_inputs(out, [i for i in inputs if i[0] != "structure names file"])
 
 
 def test_a_slicer_segmentation_names_its_own_segments(tmp_path):

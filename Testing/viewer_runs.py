@@ -61,6 +61,7 @@ def makeViewerRun(folder: Path, imageFolder: Path | None = None) -> Path:
     (folder / "figures").mkdir()
     (folder / "figures" / "note.png").write_bytes(b"\x89PNG not really")
     record = {
+        "tool": "torchesegeta",  # a run folder of ours: the report is written into it
         "format_version": 1,
         "status": "complete",
         "title": "synthetic blocks: vessel (class)",

@@ -64,6 +64,7 @@ def panelValues(inputNode, model, tmp_path, **values):
         "modelPath": model["checkpoint"],
         "networkName": "UNet",
         "networkKwargs": json.dumps(TINY_UNET_KWARGS),
+        "trustModel": False,
         "segmentation": None,
         "targetClass": "",
         "targetRegion": "point",
@@ -77,6 +78,7 @@ def panelValues(inputNode, model, tmp_path, **values):
         "metricParameters": "{}",
         "device": "cpu",
         "precision": "float32",
+        "flushDenormals": True,
         "timeBudget": 0.0,
         "cropMargin": -1,
         "outputFolder": tmp_path / "runs",
@@ -86,6 +88,20 @@ def panelValues(inputNode, model, tmp_path, **values):
         "runSummary": "",
     }
     return SimpleNamespace(**{**defaults, **values})
+
+
+def test_the_panels_trust_checkbox_reaches_the_model_reference(module, tmp_path):
+    (tmp_path / "bundle").mkdir()
+    logic = module.TorchEsegetaLogic()
+    folder = {"modelKind": "bundle", "modelPath": tmp_path / "bundle"}
+    trusted = panelValues(None, {"checkpoint": None}, tmp_path, trustModel=True, **folder)
+    assert logic.modelReference(trusted) == {
+        "kind": "bundle",
+        "path": str(tmp_path / "bundle"),
+        "trust": True,
+    }
+    untrusted = panelValues(None, {"checkpoint": None}, tmp_path, **folder)
+    assert "trust" not in logic.modelReference(untrusted)
 
 
 def test_logic_explain_returns_the_new_nodes(module, scene, tmp_path):
@@ -122,6 +138,7 @@ def test_logic_runs_the_panel_settings_through_the_worker(module, scene, tmp_pat
         methods=["saliency", "occlusion"],
         methodParameters='{"occlusion": {"window": 8, "stride": 6}}',
         outputFolder=Path("."),  # what an empty folder picker holds
+        flushDenormals=False,
     )
     logic = module.TorchEsegetaLogic()
     assert logic.modelCard(p) is None, "a checkpoint's card is known once loaded"
@@ -137,8 +154,10 @@ def test_logic_runs_the_panel_settings_through_the_worker(module, scene, tmp_pat
     assert p.runSummary.startswith("UNet segmented the image into background and class 1.")
     assert "not evaluated, so no map is recommended" in p.runSummary
     assert run.runFolder.parent == tmp_path / "TorchEsegeta", "Slicer's temporary folder"
-    job = json.loads((run.runFolder / "run.json").read_text())["job"]
+    record = json.loads((run.runFolder / "run.json").read_text())
+    job = record["job"]
     assert job["methods"][1]["params"] == {"window": 8, "stride": 6}
+    assert job["flush_denormals"] is False and record["denormals"]["flush"] is False
     assert job["target"]["kind"] == "voxel" and job["target"]["coordinates"] == "ras"
 
     loaded = logic.loadModel(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +53,22 @@ def add_parsers(sub: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ..errors import UserInputError
     from ..io.images import write_volume
     from ..io.label_names import write_colour_table
     from ..models.demo import demo_structures, demo_volume
+    from ..runs.destination import TOOL, check_output_folder, save_run
     from ..runs.job import Job, MethodSpec
+    from ..runs.runner import claim_output
     from ..targets.spec import TargetSpec
 
     out = Path(args.out).absolute()
+    if not out.name:
+        raise UserInputError(f"--out {out} names no folder; give a folder path, e.g. --out demo")
     data = out.with_name(out.name + "-input")
-    volume, truth = demo_volume()
-    image = write_volume(volume.array[0], volume.geometry, data / "mra.nii.gz")
-    reference = write_volume(truth, volume.geometry, data / "vessels_truth.nii.gz", dtype=np.uint8)
+    image, reference = data / "mra.nii.gz", data / "vessels_truth.nii.gz"
     # An atlas of the demo input, to summarise the maps by structure (unless --structures)
-    labels, names = demo_structures(truth, volume.geometry)
-    atlas = write_volume(labels, volume.geometry, data / "structures.nii.gz", dtype=np.uint8)
-    table = write_colour_table(names, data / "structures.ctbl")
+    atlas, table = data / "structures.nii.gz", data / "structures.ctbl"
     methods = methods_from_args([args.method], [])
     for entry in methods:
         entry["params"].update(DEMO_PARAMS.get(entry["name"], {}))
@@ -81,12 +83,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         target=TargetSpec.parse("class:vessel"),
         methods=[MethodSpec.from_any(m) for m in methods],
         output=str(out),
-        overwrite=True,
         metrics=metrics,
         structures={"labelmap": str(atlas), "names": str(table)},
     )
     apply_overrides(job, args)
     job.output = str(out)
+    # The run folder and the demo's input folder follow explain's rules, both checked before
+    # anything is written: each is new, or (with --overwrite) one that the demo wrote. The input
+    # folder also keeps apart from what the user gave (--structures, --param FILE).
+    claim_output(job)
+    written = {str(path) for path in (image, reference, atlas, table)}
+    given = [(what, path) for what, path in job.input_paths() if path not in written]
+    inputs_destination = check_output_folder(
+        data, job.overwrite, [("demo run folder", out), *given], "demo input folder"
+    )
+    volume, truth = demo_volume()
+    labels, names = demo_structures(truth, volume.geometry)
+
+    def write_inputs(folder: Path) -> None:
+        write_volume(volume.array[0], volume.geometry, folder / image.name)
+        write_volume(truth, volume.geometry, folder / reference.name, dtype=np.uint8)
+        write_volume(labels, volume.geometry, folder / atlas.name, dtype=np.uint8)
+        write_colour_table(names, folder / table.name)
+        record = {"tool": TOOL, "contents": "the input of `torchesegeta demo`", "run": str(out)}
+        (folder / "demo.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+    save_run(inputs_destination, write_inputs)
     run_and_summarise(job, args.quiet)
     print(f"demo input: {image}; ground truth: {reference}")
     if not args.evaluate:

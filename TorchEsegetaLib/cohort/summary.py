@@ -26,6 +26,16 @@ from typing import Any
 from ..io.atomic import atomic_write
 
 FORMAT_VERSION = 1
+#: The files a cohort writes beside its run folders (so no case may be named like one).
+COHORT_FILES = (
+    "summary.csv",
+    "summary_stats.csv",
+    "summary.json",
+    "structures_stats.csv",
+    "failures.csv",
+    "cohort.json",
+    "cohort_report.html",
+)
 SECONDS = "seconds"
 STAT_FIELDS = ("method", "metric", "better", "n", "mean", "sd", "median", "min", "max")
 STRUCTURE_VALUES = ("volume_share", "abs_share", "positive_share", "enrichment")

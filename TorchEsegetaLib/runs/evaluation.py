@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import UserInputError
 from ..io.atomic import atomic_write
 from ..metrics.results import Evaluation, metrics_csv, rows_and_curves
+from .destination import check_apart_from_inputs, check_run_folder_update
 from .run_folder import json_default, row_title
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ..engine.context import CancelToken
+    from ..engine.denormals import DenormalFlush
     from ..io.volume import Volume
     from ..metrics import Case, MetricSpec, Subject
     from ..models.loading import LoadedModel
@@ -123,7 +125,9 @@ def _evaluate(
     cancel: CancelToken | None,
     older: Evaluation | None = None,
     names: dict[str, str] | None = None,
+    flush_denormals: bool | DenormalFlush = True,
 ) -> Evaluation:
+    from ..engine.denormals import DenormalFlush
     from ..metrics import Case, metric_specs
     from ..models.inference import resolve_device
     from ..targets.spec import score_phrase
@@ -132,8 +136,9 @@ def _evaluate(
 
     specs = metric_specs(metrics)
     torch_device = resolve_device(device)
+    denormals = DenormalFlush.of(flush_denormals, torch_device)
     try:
-        prepared = prepare_case(volume, model, target, torch_device)
+        prepared = prepare_case(volume, model, target, torch_device, denormals)
         case = Case(
             forward=prepared.forward,
             x=prepared.x,
@@ -148,8 +153,9 @@ def _evaluate(
             max_batch=max_batch,
             cancel=cancel,
         )
-        evaluation = evaluate_case(case, subjects, specs, progress)
-        evaluation = check_candidates(case, subjects, evaluation, older, names, progress)
+        with denormals.scope():  # the run's arithmetic (the segmentation's check decided it)
+            evaluation = evaluate_case(case, subjects, specs, progress)
+            evaluation = check_candidates(case, subjects, evaluation, older, names, progress)
         evaluation.score = score_phrase(prepared.target_info)
         return evaluation
     finally:
@@ -201,6 +207,7 @@ def evaluate_result(
         progress,
         cancel,
         names={m.spec.label: m.spec.name for m in result.methods},
+        flush_denormals=result.denormals if result.denormals is not None else True,
     )
     evaluation.method_info = {
         m.spec.label: {
@@ -272,13 +279,14 @@ def evaluate_run(
     parameters recorded in the run's job (the demo's reference mask, say) apply again unless
     ``metrics`` gives others.
     """
-    from ..io.images import read_channels
+    from ..io.images import read_channels, split_channel_selector
     from ..metrics import MetricSpec, metric_specs
     from ..models.loading import load_model
     from .job import Job
 
     folder = Path(run_folder).expanduser().absolute()
     record = read_record(folder)
+    check_run_folder_update(folder, "the evaluation")
     recorded_params = {
         entry["name"]: entry.get("params") or {} for entry in record["job"].get("metrics") or []
     }
@@ -287,6 +295,9 @@ def evaluate_run(
         for spec in metric_specs(metrics)
     ]
     job = Job.from_dict({k: v for k, v in record["job"].items() if k != "metrics"})
+    inputs = [*job.input_paths(), *(i for spec in specs for i in spec.input_files())]
+    inputs += [("image", str(split_channel_selector(p)[0])) for p in record.get("inputs") or []]
+    check_apart_from_inputs(folder, inputs)
     volume = read_channels(record.get("inputs") or job.images)
     model = load_model(job.model_to_load(), job.card)
     recorded = (record.get("model") or {}).get("sha256")
@@ -312,6 +323,7 @@ def evaluate_run(
         cancel,
         older=Evaluation.from_json(record["metrics"]) if record.get("metrics") else None,
         names=method_names(record),
+        flush_denormals=job.flush_denormals,
     )
     evaluation.method_info = {
         m["label"]: {

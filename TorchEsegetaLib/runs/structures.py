@@ -10,8 +10,8 @@ form the row "the rest of the image" (unless the names give label 0 a name), so 
 of a map add up to 1.
 
 The structures are an input, like the image: ``--structures LABELMAP[:NAMES]`` (or the job's
-``structures``); the label image must lie on the input's grid, and neither file may be inside
-the run's output folder.
+``structures``); the label image must lie on the input's grid, and the run's output folder
+keeps apart from both files as from every input (``Job.input_paths``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import UserInputError
 from ..io.atomic import atomic_write
 from ..io.label_names import NAME_SUFFIXES
+from ..io.paths import regular_file_inside
 
 if TYPE_CHECKING:
     from ..io.volume import Geometry
@@ -80,14 +81,12 @@ def parse_structures(text: str) -> dict[str, str | None]:
     return {"labelmap": text, "names": None}
 
 
-def load_structures(
-    spec: Mapping[str, Any], geometry: Geometry, output: str | None = None
-) -> Structures:
+def load_structures(spec: Mapping[str, Any], geometry: Geometry) -> Structures:
     """Read the structures of a job (``{"labelmap", "names"}``) for the image grid ``geometry``.
 
     Raises:
-        UserInputError: a missing file, a file inside the output folder, a label image on
-            another grid, or an unreadable names file (one line each, naming the fix).
+        UserInputError: a missing file, a label image on another grid, or an unreadable names
+            file (one line each, naming the fix).
     """
     from ..io.images import read_header, read_label
     from ..io.label_names import names_in_image_header, read_label_names
@@ -99,11 +98,6 @@ def load_structures(
             continue
         if not path.exists():
             raise UserInputError(f"{what} {path} does not exist; check the --structures path")
-        if output and _inside(path, Path(output)):
-            raise UserInputError(
-                f"{what} {path} is inside the output folder {output}; the run replaces that "
-                "folder, so keep the structures elsewhere"
-            )
     labels = read_label(labelmap, like=geometry)
     if names_file is not None:
         names = read_label_names(names_file)
@@ -171,8 +165,8 @@ def structures_csv(rows: list[dict[str, Any]]) -> str:
 
 def read_structures_csv(folder: Path) -> list[dict[str, Any]]:
     """The rows of a run folder's structures.csv (numbers as numbers), or [] when it has none."""
-    path = Path(folder) / STRUCTURES_FILE
-    if not path.is_file():
+    path = regular_file_inside(folder, STRUCTURES_FILE)  # a link out of the folder is not read
+    if path is None:
         return []
     rows = []
     with path.open(newline="", encoding="utf-8") as handle:
@@ -222,11 +216,6 @@ def _share(sums: np.ndarray, index: int) -> float | None:
 
 def _cell(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
-    return path == folder or folder in path.parents
 
 
 def _text(path: Path | None) -> str | None:

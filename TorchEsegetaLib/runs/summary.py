@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..io.atomic import atomic_write
+from ..io.paths import regular_file_inside
 from ..metrics.recommendation import SANITY_METRIC, pending_checks, recommend
 
 if TYPE_CHECKING:
@@ -67,8 +68,9 @@ def check_candidates(
 def summary_of(folder: Path, record: Mapping[str, Any]) -> dict[str, Any] | None:
     """The folder's summary.json, or (a run evaluated before summaries existed) one computed
     from run.json's evaluation; None when the run was not evaluated."""
-    path = Path(folder) / SUMMARY_FILE
-    if path.is_file():
+    # only the folder's own regular file: a link out of the folder or a FIFO is not read
+    path = regular_file_inside(folder, SUMMARY_FILE)
+    if path is not None:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
