@@ -449,3 +449,36 @@ def test_a_refused_cohort_leaves_nothing_behind(cohort, tmp_path, capfd):
     code = main(["batch", str(cohort["csv"]), "--job", str(changed), "--out", str(out)])
     capfd.readouterr()
     assert code == 2 and snapshot(out) == previous
+
+
+def test_a_cohort_keeps_apart_from_each_cases_structure_files(cohort, tmp_path, capfd):
+    """A case's ``structures`` column (label image and names file) is one of the cohort's
+    inputs: an output folder that is or holds either is refused before anything is made."""
+    atlas_folder, names_folder = tmp_path / "atlas", tmp_path / "names"
+    names_folder.mkdir()
+    atlas = write_volume(
+        np.ones((24, 24, 24), np.uint8),
+        Geometry((24, 24, 24), (0.8, 0.8, 0.8), (4.0, -2.0, 1.0)),
+        atlas_folder / "c000_atlas.nii.gz",
+        dtype=np.uint8,
+    )
+    names = names_folder / "names.csv"
+    names.write_text("label,name\n1,everything\n")
+    table = tmp_path / "cohort.csv"
+    table.write_text(
+        f"case_id,image,structures\nc000,{cohort['cases'] / 'c000.nii.gz'},{atlas}:{names}\n"
+    )
+    batch = ["batch", str(table), "--job", str(cohort["template"]), "--quiet"]
+    before = snapshot(tmp_path)
+    for out, words in (
+        (atlas_folder, f"holds the structure label image of case c000 {atlas}"),
+        (atlas, "is the structure label image of case c000"),
+        (names_folder, f"holds the structure names file of case c000 {names}"),
+    ):
+        code = main([*batch, "--out", str(out)])
+        refused(capfd, code, "choose an --out apart from the inputs", words)
+        assert snapshot(tmp_path) == before
+    # apart from them, the same cohort runs and summarises its case by structure
+    out = tmp_path / "results"
+    assert main([*batch, "--out", str(out)]) == 0
+    assert (out / "c000" / "structures.csv").is_file() and (out / "structures_stats.csv").is_file()
