@@ -28,11 +28,12 @@ GEOMETRY = Geometry((16, 16, 16), (1.0, 1.0, 1.2))
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """A user's folder: an image and a mask, a checkpoint, a card file, a reference mask, a
-    feature label map and a MONAI bundle, each in its own subfolder."""
+    feature label map, a structure label image, its names file and a MONAI bundle, each in its
+    own subfolder."""
     from TorchEsegetaLib.models.demo.export import write_bundle
 
     root = tmp_path_factory.mktemp("user")
-    for name in ("data", "models", "cards", "refs", "labels"):
+    for name in ("data", "models", "cards", "refs", "labels", "atlas", "names"):
         (root / name).mkdir()
     image = np.random.default_rng(0).random(GEOMETRY.size).astype(np.float32) * 100
     write_volume(image, GEOMETRY, root / "data" / "image.nii.gz")
@@ -41,6 +42,8 @@ def root(tmp_path_factory):
     write_volume(box, GEOMETRY, root / "data" / "mask.nii.gz", dtype=np.uint8)
     write_volume(box, GEOMETRY, root / "refs" / "reference.nii.gz", dtype=np.uint8)
     write_volume(box, GEOMETRY, root / "labels" / "features.nii.gz", dtype=np.uint8)
+    write_volume(box, GEOMETRY, root / "atlas" / "structures.nii.gz", dtype=np.uint8)
+    (root / "names" / "structures.csv").write_text("label,name\n1,box\n")
     torch.save(tiny_unet().state_dict(), root / "models" / "unet.pt")
     (root / "cards" / "card.json").write_text(json.dumps({"class_names": ["bg", "fg"]}))
     write_bundle(root / "bundle", form="pt")
@@ -94,6 +97,7 @@ def _scenarios(root):
     bundle = ["--model", str(root / "bundle")]
     reference = "relevance_rank_accuracy.reference=" + str(root / "refs" / "reference.nii.gz")
     features = f"feature_ablation:features=labels,feature_labels={root / 'labels/features.nii.gz'}"
+    structures = ["--structures", "atlas/structures.nii.gz:names/structures.csv"]
     return {
         "the image's folder": (explain_args(root, "data", "--overwrite"), "holds the image"),
         "an ancestor of the image": (explain_args(root, root.parent, "--overwrite"), "holds"),
@@ -131,6 +135,18 @@ def _scenarios(root):
             explain_args(root, "labels", "--overwrite", method=features),
             "holds the feature_labels file of method feature_ablation",
         ),
+        "the structure label image's folder": (
+            explain_args(root, "atlas", "--overwrite", *structures),
+            "holds the structure label image",
+        ),
+        "the structure label image itself": (
+            explain_args(root, "atlas/structures.nii.gz", "--overwrite", *structures),
+            "is the structure label image",
+        ),
+        "the structure names file's folder": (
+            explain_args(root, "names", "--overwrite", *structures),
+            "holds the structure names file",
+        ),
         "a link to the image's folder": (
             explain_args(root, "link-to-data", "--overwrite"),
             "holds the image",
@@ -152,6 +168,9 @@ def _scenarios(root):
         "the card file's folder",
         "a metric's reference file",
         "a method's label file",
+        "the structure label image's folder",
+        "the structure label image itself",
+        "the structure names file's folder",
         "a link to the image's folder",
     ],
 )
@@ -295,6 +314,13 @@ def test_demo_follows_the_rules_of_explain_for_its_run_and_input_folders(tmp_pat
     refused(capfd, main([*demo, "--out", str(out)]), "already exists", "--overwrite")
     assert main([*demo, "--out", str(out), "--overwrite"]) == 0
     assert json.loads((tmp_path / "demo-input" / "demo.json").read_text())["tool"] == "torchesegeta"
+    # the input folder, which --overwrite replaces, keeps apart from what the demo is given
+    atlas = tmp_path / "demo-input" / "my_atlas.nii.gz"
+    atlas.write_bytes((tmp_path / "demo-input" / "structures.nii.gz").read_bytes())
+    capfd.readouterr()
+    code = main([*demo, "--out", str(out), "--overwrite", "--structures", str(atlas)])
+    refused(capfd, code, f"{tmp_path / 'demo-input'} holds the structure label image {atlas}")
+    assert atlas.is_file()
     # the input folder beside the run folder is the demo's to replace only when it wrote it
     other = tmp_path / "other"
     (tmp_path / "other-input").mkdir()
@@ -368,6 +394,8 @@ def cohort(tmp_path_factory):
     [
         "summary.csv",
         "summary_stats.csv",
+        "summary.json",
+        "structures_stats.csv",
         "failures.csv",
         "cohort.json",
         "cohort_report.html",
@@ -411,11 +439,46 @@ def test_a_refused_cohort_leaves_nothing_behind(cohort, tmp_path, capfd):
     # refused once the folder is locked (another job in the way): only what was there stays
     out = tmp_path / "results"
     assert main([*batch, "--out", str(out)]) == 0
-    # what a cohort writes beside its run folders is what no case may be named
-    assert {p.name for p in out.iterdir()} == {*COHORT_FILES, "c000", ".cohort"}
+    # what a cohort writes beside its run folders is what no case may be named (all of it but
+    # structures_stats.csv, which only a cohort with structures writes)
+    written = {p.name for p in out.iterdir()}
+    assert written == {*COHORT_FILES, "c000", ".cohort"} - {"structures_stats.csv"}
     assert json.loads((out / "cohort.json").read_text())["tool"] == "torchesegeta"
     previous = snapshot(out)
     changed = write_template(tmp_path, methods=["input_x_gradient"])
     code = main(["batch", str(cohort["csv"]), "--job", str(changed), "--out", str(out)])
     capfd.readouterr()
     assert code == 2 and snapshot(out) == previous
+
+
+def test_a_cohort_keeps_apart_from_each_cases_structure_files(cohort, tmp_path, capfd):
+    """A case's ``structures`` column (label image and names file) is one of the cohort's
+    inputs: an output folder that is or holds either is refused before anything is made."""
+    atlas_folder, names_folder = tmp_path / "atlas", tmp_path / "names"
+    names_folder.mkdir()
+    atlas = write_volume(
+        np.ones((24, 24, 24), np.uint8),
+        Geometry((24, 24, 24), (0.8, 0.8, 0.8), (4.0, -2.0, 1.0)),
+        atlas_folder / "c000_atlas.nii.gz",
+        dtype=np.uint8,
+    )
+    names = names_folder / "names.csv"
+    names.write_text("label,name\n1,everything\n")
+    table = tmp_path / "cohort.csv"
+    table.write_text(
+        f"case_id,image,structures\nc000,{cohort['cases'] / 'c000.nii.gz'},{atlas}:{names}\n"
+    )
+    batch = ["batch", str(table), "--job", str(cohort["template"]), "--quiet"]
+    before = snapshot(tmp_path)
+    for out, words in (
+        (atlas_folder, f"holds the structure label image of case c000 {atlas}"),
+        (atlas, "is the structure label image of case c000"),
+        (names_folder, f"holds the structure names file of case c000 {names}"),
+    ):
+        code = main([*batch, "--out", str(out)])
+        refused(capfd, code, "choose an --out apart from the inputs", words)
+        assert snapshot(tmp_path) == before
+    # apart from them, the same cohort runs and summarises its case by structure
+    out = tmp_path / "results"
+    assert main([*batch, "--out", str(out)]) == 0
+    assert (out / "c000" / "structures.csv").is_file() and (out / "structures_stats.csv").is_file()

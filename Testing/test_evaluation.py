@@ -62,7 +62,21 @@ def run_folder(tmp_path_factory):
 
 def test_explain_with_evaluate_records_scores_and_peak_memory(run_folder):
     record = json.loads((run_folder / "run.json").read_text())
-    assert set(record["metrics"]["scores"]["saliency"]) == {"deletion", "mass_in_target"}
+    scores = record["metrics"]["scores"]
+    assert {"deletion", "mass_in_target"} <= set(scores["saliency"])
+    # The recommendation's randomisation check ran (one re-run, all layers at once) only for
+    # the methods it needed: those better than random block orders.
+    checked = set(record["metrics"]["details"].get("model_randomisation", {}))
+    summary = json.loads((run_folder / "summary.json").read_text())
+    faithful = {
+        e["method"] for e in summary["ranking"] if e["verdict"] != "no better than a random order"
+    }
+    assert checked <= faithful
+    if checked:
+        assert record["metrics"]["metrics"]["model_randomisation"]["params"]["steps"] == 1
+    assert summary["evidence"]["components"] == {
+        "deletion_gain": "deletion against random block orders"
+    }
     # as the metric reads it, as method parameters are: "5" from the command line becomes 5
     assert record["job"]["metrics"][0] == {"name": "deletion", "params": {"steps": 5}}
     assert len(record["metrics"]["curves"]["deletion"]["gradcam"]["x"]) == 6
@@ -129,8 +143,14 @@ def test_report_is_one_self_contained_html_file(run_folder):
     sources = re.findall(r"""\bsrc\s*=\s*['"]([^'"]*)""", text)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r"\bhref\s*=|<link\b|@import|url\(", text)
-    for expected in ("Model card", "saliency", "gradcam", "mean rank", "torch", "peak memory"):
+    for expected in ("Model card", "Saliency", "Grad-CAM", "faithfulness", "torch", "peak memory"):
         assert expected in text
+    # the first screen is the summary; provenance (sha256, sliding-window settings) at the end
+    assert text.index("<h2>Summary</h2>") < text.index("<h2>Evaluation</h2>")
+    assert text.index("<h2>Evaluation</h2>") < text.index("<h2>Provenance</h2>")
+    assert text.index("model sha256") > text.index("<h2>Provenance</h2>")
+    assert text.index("sw_batch_size") > text.index("<h2>Provenance</h2>")
+    assert "segmented the image into background and" in text
 
 
 def test_report_reads_as_prose_not_json(run_folder):
@@ -238,7 +258,7 @@ def test_in_memory_evaluation_gives_rows_and_curves_for_tables_and_plots(explain
         reference_mask=region,
     )
     rows, curves = rows_and_curves(evaluation)
-    assert [set(row) >= {"method", "mean_rank", "seconds", "insertion"} for row in rows] == [
+    assert [set(row) >= {"method", "faithfulness", "seconds", "insertion"} for row in rows] == [
         True,
         True,
     ]

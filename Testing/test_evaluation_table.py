@@ -78,7 +78,7 @@ def test_every_method_column_has_its_full_name_as_header_and_every_line_fits(wid
         rule = next(i for i, line in enumerate(block) if line.startswith("---"))
         assert block[rule - 1].split()[:2] == ["metric", "better"]
     for _, values in columns:
-        assert len(values) == 1 + len(evaluation.metrics)  # mean rank + one per metric
+        assert len(values) == 1 + len(evaluation.metrics)  # faithfulness + one per metric
         assert all(re.fullmatch(r"-?[0-9.]+(e[-+][0-9]+)?|n/a", v) for v in values), values
 
 
@@ -96,7 +96,11 @@ def test_each_row_names_its_metric_in_full_with_its_direction_in_words():
         assert mine, (name, text)
         assert all(direction in line for line in mine)
         assert f"{info['title']} ({name}): {info['unit']}" in " ".join(text.split())
-    assert any(line.startswith("mean rank") and "lower is better" in line for line in rows)
+    # the recommendation's score leads, not a mean rank over incomparable metrics
+    assert any(
+        line.startswith("faithfulness (0: chance)") and "higher is better" in line for line in rows
+    )
+    assert not any(line.startswith("mean rank") for line in rows)
     assert f"score = {evaluation.score}." in " ".join(text.split())
 
 

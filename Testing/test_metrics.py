@@ -267,3 +267,22 @@ def test_registry_declares_direction_cost_and_validates_names_and_params():
         MetricSpec("deletion", {"steps": 0})
     with pytest.raises(UserInputError, match="unknown parameter"):
         MetricSpec("entropy", {"bins": 3})
+
+
+def test_similarity_ignores_where_both_maps_are_exactly_zero():
+    """Zeros the architecture imposes on every map (a region the network never sees) are not
+    evidence that a map ignores the weights: only the maps' joint support is compared."""
+    from TorchEsegetaLib.metrics.randomisation import similarity
+
+    generator = torch.Generator().manual_seed(0)
+    box = torch.zeros((1, 1, 32, 32, 32))
+    box[..., 4:24, 4:24, 4:24] = 1.0  # a quarter of the volume
+    a = torch.rand(box.shape, generator=generator) * box
+    b = torch.rand(box.shape, generator=generator) * box
+    independent = similarity(a, b, absolute=True)
+    assert independent["spearman"] < 0.2 and independent["ssim"] < 0.3
+    # over the whole volume the shared zeros alone would make them look alike
+    assert spearman(a.numpy(), b.numpy()) > 0.9
+    same = similarity(a, a, absolute=True)
+    assert same["spearman"] == pytest.approx(1.0) and same["ssim"] == pytest.approx(1.0)
+    assert similarity(a * 0, b * 0, absolute=True) == {"spearman": 1.0, "ssim": 1.0}

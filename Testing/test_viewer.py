@@ -128,20 +128,37 @@ def test_the_engine_does_not_import_the_viewer_or_vtk():
 # --- pure parts ---------------------------------------------------------------------------------
 
 
-def test_metrics_table_rows_are_formatted_like_the_report(run):
+def test_the_panels_tables_come_from_the_runs_summary_scores_and_structures(run):
     sys.path.insert(0, str(REPOSITORY / "TorchEsegeta"))
-    from TorchEsegetaWeb.metricsView import curvesDataUrl, metricsTable
+    from TorchEsegetaWeb.metricsView import (
+        curvesDataUrl,
+        rankingTable,
+        scoresByMethod,
+        structuresByMethod,
+    )
+
+    from TorchEsegetaLib.runs.structures import read_structures_csv
+    from TorchEsegetaLib.runs.summary import summary_of
 
     record = json.loads((run / "run.json").read_text())
-    table = metricsTable(record["metrics"])
-    titles = [h["title"] for h in table["headers"]]
-    assert titles[:2] == ["method", "mean rank"]
-    assert "Deletion AUC \u2193" in titles and "Insertion AUC \u2191" in titles
-    byMethod = {row["method"]: dict(zip(titles, row["cells"])) for row in table["rows"]}
-    for label, scores in SCORES.items():
-        assert byMethod[label]["Deletion AUC \u2193"] == f"{scores['deletion']:.3g}"
-    assert [row["method"] for row in table["rows"]] == ["blocks", "signed"]  # best first
-    assert metricsTable(None) == {"headers": [], "rows": []}
+    ranking = rankingTable(summary_of(run, record))
+    # titles, not ids; the recommended map first and starred; the check's result
+    assert [row["title"] for row in ranking] == ["Signed blocks", "Blocks"]
+    assert ranking[0]["chosen"] and not ranking[1]["chosen"]
+    assert [row["check"] for row in ranking] == ["passed", "passed"]
+    assert ranking[1]["verdict"] == "no better than a random order"
+    scores = scoresByMethod(record["metrics"])
+    for label, values in SCORES.items():
+        shown = {row["metric"]: row["value"] for row in scores[label]}
+        assert shown["Deletion AUC \u2193"] == f"{values['deletion']:.3g}"
+        assert shown["Insertion AUC \u2191"] == f"{values['insertion']:.3g}"
+    structures = structuresByMethod(read_structures_csv(run))
+    assert [row["structure"] for row in structures["blocks"]][0] == "the rest of the image"
+    assert {row["structure"] for row in structures["signed"]} == {
+        "the rest of the image",
+        "segment block",
+    }
+    assert rankingTable(None) == [] and scoresByMethod(None) == {}
     assert curvesDataUrl(record["metrics"]).startswith("data:image/png;base64,")
     assert curvesDataUrl(None) == ""
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from extras import require_extra
 from viewer_browser import (
+    VIEWPORT,
     ViewerProcess,
     axialPixel,
     openBrowser,
@@ -101,6 +102,64 @@ def test_page_loads_with_every_view_rendered(session):
     page.screenshot(path=str(session["shots"] / "viewer-loaded.png"))
 
 
+def test_the_viewer_opens_on_the_recommended_map_with_named_oriented_views(session):
+    page = session["page"]
+    # summary.json recommends the second map ("signed"): the viewer shows it first, by title
+    assert "Signed blocks (signed)" in page.locator("#tv-method").locator("xpath=..").inner_text()
+    prepare(page)
+    waitForView(page, "Red", lambda p: _matches(p, SIGNED_BLOCKS, True))
+    summary = page.locator("#tv-summary").inner_text()
+    assert "Look first at Signed blocks" in summary and "red means" in summary
+    rows = page.locator("#tv-metrics tbody tr").all_inner_texts()
+    assert rows[0].startswith("\u2605 Signed blocks") and rows[1].startswith("Blocks")
+    # names and patient directions on the views (Slicer's radiological convention)
+    expected = {
+        "Red": ("Axial", "R", "L", "A", "P"),
+        "Green": ("Coronal", "R", "L", "S", "I"),
+        "Yellow": ("Sagittal", "A", "P", "S", "I"),
+    }
+    for view, (name, left, right, top, bottom) in expected.items():
+        letters = {
+            edge: page.locator(f"#tv-letter-{view}-{edge}").inner_text()
+            for edge in ("left", "right", "top", "bottom")
+        }
+        assert letters == {"left": left, "right": right, "top": top, "bottom": bottom}, view
+        marker = page.locator(f"#tv-view-{view}").locator("xpath=..")
+        assert name in marker.locator(".tv-view-name").inner_text()
+    page.screenshot(path=str(session["shots"] / "viewer-recommended.png"))
+    # the tests below start from the first map, shown
+    showMethod(page, "Blocks (unsigned)")
+    waitForView(page, "Red", lambda p: _matches(p, UNSIGNED_BLOCKS, False))
+
+
+def test_at_1280_pixels_the_panel_fits_and_the_legend_covers_no_view(session):
+    page = session["page"]
+    page.set_viewport_size({"width": 1280, "height": 800})
+    try:
+        page.wait_for_timeout(500)
+        panel = page.locator("#tv-panel").bounding_box()
+        assert panel["x"] + panel["width"] <= 1280
+        for table in ("#tv-metrics", "#tv-scores", "#tv-structures"):
+            width = page.locator(table).evaluate(
+                "t => [t.scrollWidth, t.parentElement.clientWidth, t.getBoundingClientRect().right]"
+            )
+            assert width[0] <= width[1] and width[2] <= 1280, (table, width)
+        legend = page.locator("#tv-legend-panel").bounding_box()
+        assert legend is not None and legend["width"] > 100
+        for view in ("Red", "Green", "Yellow", "ThreeD"):
+            image = page.locator(f"#tv-view-{view}").locator("xpath=..").bounding_box()
+            overlap_x = min(legend["x"] + legend["width"], image["x"] + image["width"]) - max(
+                legend["x"], image["x"]
+            )
+            overlap_y = min(legend["y"] + legend["height"], image["y"] + image["height"]) - max(
+                legend["y"], image["y"]
+            )
+            assert overlap_x <= 0 or overlap_y <= 0, view
+        page.screenshot(path=str(session["shots"] / "viewer-1280.png"))
+    finally:
+        page.set_viewport_size(VIEWPORT)
+
+
 def test_slice_view_shows_the_map_in_the_colour_tables_colours(session):
     page = session["page"]
     showMethod(page, "Blocks (unsigned)")
@@ -181,7 +240,7 @@ def test_segmentation_outline_can_be_hidden(session):
     waitForView(page, "Red", lambda p: outlinePixels(p) > 100)
 
 
-def test_colour_legend_is_drawn_over_the_views(session):
+def test_the_legend_in_the_views_can_be_switched_on(session):
     page = session["page"]
     prepare(page, legend=False)
     without = waitForView(page, "Red", lambda p: True)
@@ -193,22 +252,24 @@ def test_colour_legend_is_drawn_over_the_views(session):
     )
 
 
-def test_metrics_table_shows_the_runs_values(session):
+def test_the_shown_maps_scores_and_structures_follow_the_method(session):
     page = session["page"]
-    headers = page.locator("#tv-metrics thead").inner_text()
-    assert "Deletion AUC \u2193" in headers and "Insertion AUC \u2191" in headers
-    rows = {
-        cells[0]: cells
-        for cells in (
-            text.split("\t") for text in page.locator("#tv-metrics tbody tr").all_inner_texts()
+    for title, label in (("Signed blocks (signed)", "signed"), ("Blocks (unsigned)", "blocks")):
+        showMethod(page, title)
+        page.wait_for_function(
+            "(v) => document.querySelector('#tv-scores').innerText.includes(v)",
+            arg=f"{SCORES[label]['deletion']:.3g}",
         )
-    }
-    assert set(rows) == set(SCORES)
-    for label, scores in SCORES.items():
-        assert (
-            f"{scores['deletion']:.3g}" in rows[label]
-            and f"{scores['insertion']:.3g}" in rows[label]
-        )
+        rows = {
+            cells[0]: cells[1]
+            for cells in (
+                text.split("\t") for text in page.locator("#tv-scores tbody tr").all_inner_texts()
+            )
+        }
+        assert rows["Deletion AUC \u2193"] == f"{SCORES[label]['deletion']:.3g}"
+        assert rows["Insertion AUC \u2191"] == f"{SCORES[label]['insertion']:.3g}"
+        structures = page.locator("#tv-structures tbody").inner_text()
+        assert "segment block" in structures and "the rest of the image" in structures
     assert page.locator("#tv-curves").evaluate("img => img.naturalWidth") > 300
 
 
@@ -220,7 +281,7 @@ def test_cursor_value_and_linked_crosshair(session):
     scale = box["width"] / frame.shape[1]
     x, y = centre(frame, 1, 0)  # voxel (18, 6): image 100 + 18 + 6, map 0.25
     page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
-    page.wait_for_function("document.querySelector('#tv-cursor').innerText.includes('blocks 0.25')")
+    page.wait_for_function("document.querySelector('#tv-cursor').innerText.includes('Blocks 0.25')")
     assert "image 124" in page.locator("#tv-cursor").inner_text()
     coronal = waitForView(page, "Green", lambda p: True)
     x2, y2 = centre(frame, 1, 3)
@@ -235,9 +296,10 @@ def test_compare_shows_the_maps_side_by_side(session):
     prepare(page)
     page.locator("#tv-mode-compare").click()
     # Each compare view is fitted once the page gives it its size: wait for the colours there.
+    # in the recommendation's order: the recommended map first
     for view, blocks, signed in (
-        ("TorchEsegeta1", UNSIGNED_BLOCKS, False),
-        ("TorchEsegeta2", SIGNED_BLOCKS, True),
+        ("TorchEsegeta1", SIGNED_BLOCKS, True),
+        ("TorchEsegeta2", UNSIGNED_BLOCKS, False),
     ):
         expected = expectedColour(blocks, signed, *SHOWN)
         waitForView(
@@ -246,7 +308,7 @@ def test_compare_shows_the_maps_side_by_side(session):
             lambda p, e=expected: np.abs(patchColour(p, *centre(p, *SHOWN)) - e).max() <= TOLERANCE,
         )
     titles = page.locator(".tv-compare-title").all_inner_texts()
-    assert titles == ["Blocks", "Signed blocks"]
+    assert titles == ["Signed blocks", "Blocks"]
     page.screenshot(path=str(session["shots"] / "viewer-compare.png"))
     page.locator("#tv-mode-views").click()
     waitForView(page, "Red", lambda p: p.std() > 5)

@@ -34,6 +34,11 @@ def colourAt(pixels, bi, bj):
     return patchColour(pixels, x, y)
 
 
+def showBlocks(page):
+    page.locator("#tv-method").click(force=True)
+    page.locator(".v-overlay .v-list-item", has_text="Blocks (unsigned)").first.click()
+
+
 def test_cohort_case_picker_switches_the_whole_case(tmp_path):
     requireBrowser()
     from playwright.sync_api import sync_playwright
@@ -51,8 +56,9 @@ def test_cohort_case_picker_switches_the_whole_case(tmp_path):
             context, page = openBrowser(playwright, tmp_path / "chromium-profile")
             page.goto(url)
             page.wait_for_selector("#tv-case", state="attached")
-            page.locator("#tv-legend").click()
             slideTo(page, "tv-opacity", "End")
+            # each case opens on its recommended map ("signed"): compare the unsigned ones
+            showBlocks(page)
             # Block (0, 1): 1.0 in case a's map, 0.5 in case b's; both shown.
             expected = {"a": expectedColour(UNSIGNED_BLOCKS, False, 0, 1)}
             expected["b"] = expectedColour(flipped, False, 0, 1)
@@ -61,6 +67,8 @@ def test_cohort_case_picker_switches_the_whole_case(tmp_path):
             assert "case-a" in page.locator("#tv-run").inner_text()
             page.locator("#tv-case").click(force=True)
             page.locator(".v-overlay .v-list-item", has_text="case-b").first.click()
+            page.wait_for_function("document.querySelector('#tv-run').innerText.includes('case-b')")
+            showBlocks(page)
             waitForView(page, "Red", lambda p: np.abs(colourAt(p, 0, 1) - expected["b"]).max() < 6)
             page.wait_for_function("document.querySelector('#tv-run').innerText.includes('case-b')")
             context.close()

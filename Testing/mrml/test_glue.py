@@ -403,6 +403,39 @@ def test_segments_are_named_by_the_runs_label_names(scene, tmp_path):
         np.testing.assert_array_equal(mask, (twoClassLabels() == label).astype(np.uint8))
 
 
+def test_structures_become_a_table_node_and_the_summary_text_comes_along(scene, tmp_path):
+    from TorchEsegetaLib.runs.structures import Structures, structure_rows, structures_csv
+
+    maps = makeRunFolder(tmp_path / "run")
+    labels = twoClassLabels()
+    structures = Structures(labels, {1: "liver", 2: "tumour"}, "atlas.nii.gz")
+    rows = structure_rows(
+        {label: (label.title(), array) for label, array in maps.items()}, structures
+    )
+    (tmp_path / "run" / "structures.csv").write_text(structures_csv(rows))
+    reference = volumeNodeFromArray(scene, randomMap(), OBLIQUE, "CT")
+    loaded = loadRunFolder(scene, tmp_path / "run", reference)
+
+    table = loaded["structuresTable"]
+    assert table.GetName() == "CT structures"
+    assert table.GetNumberOfRows() == 2 * 3  # two maps x (outside, liver, tumour)
+    names = [table.GetCellText(row, 1) for row in range(table.GetNumberOfRows())]
+    assert names[:3] == ["the rest of the image", "liver", "tumour"]
+    shares = slicer.util.arrayFromTableColumn(table, "attribution %")
+    voxels = slicer.util.arrayFromTableColumn(table, "voxels")
+    expected = [
+        100 * np.abs(maps["saliency"])[labels == v].sum() / np.abs(maps["saliency"]).sum()
+        for v in (0, 1, 2)
+    ]
+    np.testing.assert_allclose(shares[:3], expected, rtol=1e-5)
+    assert voxels[:3].sum() == labels.size
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(table)) == loaded["folderItemId"]
+    # the run was not evaluated (an old record): the text says so rather than recommending
+    assert "not evaluated, so no map is recommended" in loaded["summaryText"]
+    assert "In Saliency, one colour scale" in loaded["summaryText"]
+
+
 def test_unfinished_or_damaged_run_is_refused(scene, tmp_path):
     makeRunFolder(tmp_path / "running", status="running")
     with pytest.raises(ValueError, match="not 'complete'"):

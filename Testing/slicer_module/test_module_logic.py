@@ -87,6 +87,7 @@ def panelValues(inputNode, model, tmp_path, **values):
         "opacity": 0.5,
         "showCompare": True,
         "lastRunFolder": "",
+        "runSummary": "",
     }
     return SimpleNamespace(**{**defaults, **values})
 
@@ -151,6 +152,9 @@ def test_logic_runs_the_panel_settings_through_the_worker(module, scene, tmp_pat
     nodes = logic.finishRun(run, p)
     assert set(nodes["maps"]) == {"saliency", "occlusion"}
     assert p.lastRunFolder == str(run.runFolder)
+    # the panel's text box shows the run in the library's plain words
+    assert p.runSummary.startswith("UNet segmented the image into background and class 1.")
+    assert "not evaluated, so no map is recommended" in p.runSummary
     assert run.runFolder.parent == tmp_path / "TorchEsegeta", "Slicer's temporary folder"
     record = json.loads((run.runFolder / "run.json").read_text())
     job = record["job"]

@@ -27,7 +27,7 @@ WRAPPER = "TorchEsegetaParameterNode"
 CONNECTABLE = {
     "node": {"qMRMLNodeComboBox"},
     "choice": {"QComboBox"},
-    "str": {"QLineEdit"},
+    "str": {"QLineEdit", "QTextEdit"},
     "bool": {"QCheckBox"},
     "float": {"QDoubleSpinBox", "ctkSliderWidget"},
     "int": {"QSpinBox"},
@@ -226,3 +226,15 @@ def test_no_two_widgets_of_a_grid_or_form_share_a_cell():
                     child.get("name"),
                 )
                 taken[cell] = child.get("name")
+
+
+def test_the_run_summary_is_a_read_only_text_box_bound_to_the_parameter_node(uiWidgets):
+    """After a run the panel shows the library's plain-words summary (panelRun.loadFinishedRun
+    sets the field; the binding shows it), and the user cannot edit it."""
+    assert parameterBindings()["runSummaryTextEdit"] == "runSummary"
+    assert widgetClasses()["runSummaryTextEdit"] == "QTextEdit"
+    assert uiWidgets["runSummaryTextEdit"].isReadOnly()
+    annotation, default = parameterFields()["runSummary"]
+    assert annotation == "str" and ast.literal_eval(default) == ""
+    source = (MODULE_FOLDER / "TorchEsegetaSlicer" / "panelRun.py").read_text(encoding="utf-8")
+    assert 'p.runSummary = nodes.get("summaryText", "")' in source

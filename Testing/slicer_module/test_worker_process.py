@@ -173,10 +173,13 @@ def test_panel_run_streams_progress_and_loads_on_the_input_grid(scene, panelInpu
     table = nodes["table"]
     assert table.GetNumberOfRows() == 2
     assert table.GetTable().GetColumnByName("mass_in_target") is not None
-    (chart,) = nodes["charts"].values()
+    chart = nodes["charts"]["Deletion AUC"]
     assert chart.GetNumberOfPlotSeriesNodes() == 2 and chart.GetXAxisTitle().startswith(
         "fraction of voxels"
     )
+    # besides: the randomisation check the recommendation ran for the maps it needed
+    assert set(nodes["charts"]) <= {"Deletion AUC", "Model randomisation check"}
+    assert "Look first at" in nodes["summaryText"] or "No " in nodes["summaryText"]
 
 
 def test_cancelling_mid_run_leaves_scene_inputs_and_output_untouched(scene, panelInputs, tmp_path):

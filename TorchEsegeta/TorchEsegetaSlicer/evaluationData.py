@@ -10,7 +10,7 @@ DEFAULT_AXES = ("x", "y")
 
 
 def evaluationTables(metrics: Any) -> tuple[list[dict], dict[str, tuple[dict, str, str]]]:
-    """``(rows, charts)``: one row per method (best mean rank first), and per metric with a
+    """``(rows, charts)``: one row per method (most faithful first), and per metric with a
     curve (deletion, insertion, randomisation...) ``{title: ({method: (x, y)}, x title, y title)}``.
 
     Accepts an engine ``Evaluation``, its JSON form (run.json's "metrics"), or an older

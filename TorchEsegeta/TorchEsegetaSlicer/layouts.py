@@ -122,3 +122,31 @@ def _checkedCount(count: int) -> int:
     if not 1 <= int(count) <= MAX_COMPARED:
         raise ValueError(f"the compare layout shows 1 to {MAX_COMPARED} maps, not {count}")
     return int(count)
+
+
+#: the patient direction of each RAS axis, positive then negative
+_AXIS_LETTERS = (("R", "L"), ("A", "P"), ("S", "I"))
+
+
+def orientationLetters(sliceNode) -> dict[str, str]:
+    """The patient directions at the edges of a slice view: ``{"left", "right", "top",
+    "bottom"}`` as letters (R/L, A/P, S/I), read from the view's slice-to-RAS matrix (so an
+    axial view in Slicer's radiological convention shows R on the left and A on top). A
+    direction off the patient axes gets the letters of its two largest components ("LA")."""
+    matrix = sliceNode.GetSliceToRAS()
+    screenX = [matrix.GetElement(row, 0) for row in range(3)]
+    screenY = [matrix.GetElement(row, 1) for row in range(3)]
+    return {
+        "right": _letters(screenX),
+        "left": _letters([-v for v in screenX]),
+        "top": _letters(screenY),
+        "bottom": _letters([-v for v in screenY]),
+    }
+
+
+def _letters(direction) -> str:
+    order = sorted(range(3), key=lambda axis: -abs(direction[axis]))
+    strongest = abs(direction[order[0]])
+    # a second axis counts when the direction leans towards it by more than ~20 degrees
+    kept = [axis for axis in order[:2] if abs(direction[axis]) >= 0.36 * strongest]
+    return "".join(_AXIS_LETTERS[axis][0 if direction[axis] > 0 else 1] for axis in kept)

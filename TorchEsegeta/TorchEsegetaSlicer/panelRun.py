@@ -205,6 +205,7 @@ def loadFinishedRun(scene, run: PanelRun, p) -> dict | None:
         raise RuntimeError(run.protocol.errorMessage)
     nodes = run.load(scene)
     p.lastRunFolder = str(run.runFolder)
+    p.runSummary = nodes.get("summaryText", "")
     return nodes
 
 

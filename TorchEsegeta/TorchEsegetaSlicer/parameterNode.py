@@ -57,3 +57,5 @@ class TorchEsegetaParameterNode:
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = MAP_OPACITY
     showCompare: bool = True
     lastRunFolder: str = ""
+    #: the last run in plain words (TorchEsegetaLib.runs.summary_text), shown read-only
+    runSummary: str = ""

@@ -37,8 +37,9 @@ def addResultNodes(
     folderName: str = "TorchEsegeta",
     referenceVolumeNode=None,
     inputName: str | None = None,
+    structures=None,
 ) -> dict:
-    """Add a run's maps, segmentation and metrics table to the scene, in one folder.
+    """Add a run's maps, segmentation, metrics and structures tables to the scene, in one folder.
 
     Args:
         scene: the scene to add the nodes to.
@@ -52,10 +53,12 @@ def addResultNodes(
         referenceVolumeNode: the input volume: nodes are named after it, share its parent
             transform and their folder goes beside it in the subject hierarchy.
         inputName: the name prefix when there is no reference node.
+        structures: the rows of the run's structures.csv (one per method and structure): a
+            table node with one row per structure and method.
 
     Returns:
         ``{"maps": {label: volume node}, "segmentation": node or None, "table": node or None,
-        "folderItemId": subject hierarchy folder item}``.
+        "structuresTable": node or None, "folderItemId": subject hierarchy folder item}``.
     """
     if inputName is None:
         inputName = referenceVolumeNode.GetName() if referenceVolumeNode is not None else folderName
@@ -74,6 +77,11 @@ def addResultNodes(
         )
     rows, curveCharts = evaluationTables(evaluation)
     tableNode = tableNodeFromMetrics(scene, rows, f"{inputName} metrics") if rows else None
+    structuresNode = (
+        tableNodeFromMetrics(scene, structureRows(structures), f"{inputName} structures")
+        if structures
+        else None
+    )
     charts = {
         title: plotChartFromCurves(scene, curves, f"{inputName} {title}", xTitle, yTitle)
         for title, (curves, xTitle, yTitle) in curveCharts.items()
@@ -82,7 +90,7 @@ def addResultNodes(
     if referenceVolumeNode is not None:
         for node in spatialNodes:
             node.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
-    folderNodes = spatialNodes + ([tableNode] if tableNode is not None else [])
+    folderNodes = spatialNodes + [n for n in (tableNode, structuresNode) if n is not None]
     for chartNode in charts.values():
         folderNodes += [chartNode, *_seriesAndTables(chartNode)]
     folderItemId = putInFolder(scene, folderName, folderNodes, besideNode=referenceVolumeNode)
@@ -90,9 +98,31 @@ def addResultNodes(
         "maps": nodes,
         "segmentation": segmentationNode,
         "table": tableNode,
+        "structuresTable": structuresNode,
         "charts": charts,
         "folderItemId": folderItemId,
     }
+
+
+def structureRows(rows) -> list[dict]:
+    """structures.csv's rows as table rows: the map by its title, shares in percent."""
+    return [
+        {
+            "map": row["title"],
+            "structure": row["structure"],
+            "label": row["label"],
+            "voxels": row["voxels"],
+            "volume %": _percent(row["volume_share"]),
+            "attribution %": _percent(row["abs_share"]),
+            "positive attribution %": _percent(row["positive_share"]),
+            "enrichment": row["enrichment"],
+        }
+        for row in rows
+    ]
+
+
+def _percent(value):
+    return None if value is None else 100.0 * float(value)
 
 
 def _seriesAndTables(chartNode) -> list:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from TorchEsegetaLib.io.images import read_volume
+from TorchEsegetaLib.runs.structures import read_structures_csv
+from TorchEsegetaLib.runs.summary_text import describe_run_folder, plain_text
 
 from .resultNodes import MapResult, addResultNodes
 from .volumeNodes import geometryFromVolumeNode
@@ -32,8 +34,9 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
     Returns:
         ``{"maps": {method label: volume node}, "segmentation": segmentation node or None,
         "folderItemId": subject hierarchy folder item, "table": metrics table node or None,
-        "charts": {metric title: plot chart node}, "skipped": {method label: status},
-        "run": the run.json contents}`` (methods that did not finish have no map).
+        "structuresTable": structures table node or None, "charts": {metric title: plot chart
+        node}, "skipped": {method label: status}, "run": the run.json contents,
+        "summaryText": the run in plain words}`` (methods that did not finish have no map).
 
     Raises:
         ValueError: not a finished run folder, a missing file, or a file off the reference grid.
@@ -71,8 +74,10 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
         folderName=runFolder.name,
         referenceVolumeNode=referenceVolumeNode,
         inputName=inputName,
+        structures=read_structures_csv(runFolder),
     )
-    return {**added, "skipped": skipped, "run": run}
+    summaryText = plain_text(describe_run_folder(runFolder))
+    return {**added, "skipped": skipped, "run": run, "summaryText": summaryText}
 
 
 def runCard(run: dict) -> dict:

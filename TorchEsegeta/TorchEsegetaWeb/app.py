@@ -12,7 +12,7 @@ from pathlib import Path
 
 import slicer
 from TorchEsegetaSlicer.display import setMapOpacity, showAsForeground
-from TorchEsegetaSlicer.layouts import MAX_COMPARED, linkCompareViews
+from TorchEsegetaSlicer.layouts import MAX_COMPARED, linkCompareViews, orientationLetters
 from trame_rca.encoders import RcaImageEncoder
 from trame_slicer import module as trameSlicerModule
 from trame_slicer.app.ui import (
@@ -24,11 +24,14 @@ from trame_slicer.rca_view import register_rca_factories
 
 from TorchEsegetaLib.figures import display as engineDisplay
 from TorchEsegetaLib.figures.metric_figures import format_value
+from TorchEsegetaLib.runs.structures import read_structures_csv
+from TorchEsegetaLib.runs.summary import summary_of
+from TorchEsegetaLib.runs.summary_text import colour_meaning, describe_run
 
 from . import panel, views
 from .caseScene import CaseNodes, loadCase, unloadCase
 from .httpFiles import addFileRoute, fileUrl
-from .metricsView import curvesDataUrl, metricsTable
+from .metricsView import curvesDataUrl, rankingTable, scoresByMethod, structuresByMethod
 from .runSource import ViewerRun, openRun
 
 
@@ -87,6 +90,9 @@ class ViewerApp:
         self.case = loadCase(self.scene, self.colorLogic, run)
         state = self.server.state
         maps = self.case.maps
+        summary = summary_of(run.folder, run.record)
+        structures = read_structures_csv(run.folder)
+        sentences = describe_run(run.record, summary, structures)
         state.current_case = name
         state.method_items = [
             {"value": m.label, "title": f"{m.title} ({'signed' if m.signed else 'unsigned'})"}
@@ -98,9 +104,17 @@ class ViewerApp:
             for index, node in enumerate(self.case.channels)
         ]
         state.channel = 0
-        state.method = next(iter(maps))
-        state.compare = list(maps)[:MAX_COMPARED]
-        state.metrics = metricsTable(run.evaluation)
+        state.summary_paragraphs = [text for topic, text in sentences if topic != "caveat"]
+        state.summary_caveats = [text for topic, text in sentences if topic == "caveat"]
+        state.ranking = rankingTable(summary)
+        state.scores = scoresByMethod(run.evaluation)
+        state.structures = structuresByMethod(structures)
+        # The map to look at first (summary.json), then the others in the ranking's order.
+        ranked = [row["method"] for row in state.ranking if row["method"] in maps]
+        ordered = ranked + [label for label in maps if label not in ranked]
+        lookFirst = (summary or {}).get("look_first")
+        state.method = lookFirst if lookFirst in maps else ordered[0]
+        state.compare = ordered[:MAX_COMPARED]
         state.curves_src = curvesDataUrl(run.evaluation)
         state.run_info = _runInfo(run)
         state.links = self._links(name, run)
@@ -108,6 +122,7 @@ class ViewerApp:
         self._showBackground(0)
         self._showMethod(state.method)
         self._showCompare()
+        self._showViewLetters()
         self._setSegmentationVisible(state.outline)
         views.centreCrosshair(self.crosshair, self.case.channels[0])
         for view in self.slicerApp.view_manager.get_views():
@@ -121,7 +136,10 @@ class ViewerApp:
         state.case_items = list(self.cases)
         state.opacity = engineDisplay.MAP_OPACITY  # the Slicer module's and the figures'
         state.outline = True
-        state.legend = True
+        # The panel's legend never covers the image; Slicer's own legend in the views is optional.
+        state.legend = False
+        state.legend_info = {}
+        state.view_letters = {}
         state.mode = "views"
         state.compare_orientation = "Axial"
         state.compare_titles = []
@@ -171,8 +189,40 @@ class ViewerApp:
             return
         mainViews = views.compositeNodesOf(self.scene, views.MAIN_SLICE_VIEWS)
         showAsForeground(self.scene, self.case.maps[label], self.server.state.opacity, mainViews)
+        self.server.state.legend_info = self._legendInfo(label)
         self._showLegends()
         self._render()
+
+    def _legendInfo(self, label: str) -> dict:
+        """The panel's colour legend of a map: its colours, window ends and what they mean."""
+        entry = next(m for m in self.case.run.record.get("methods", []) if m.get("label") == label)
+        signed = bool(entry.get("signed"))
+        values = slicer.util.arrayFromVolume(self.case.maps[label])
+        low, high = engineDisplay.map_window(values, signed)
+        colours = engineDisplay.DIVERGING_COLOURS if signed else engineDisplay.SEQUENTIAL_COLOURS
+        stops = ", ".join(
+            f"rgb({round(255 * r)}, {round(255 * g)}, {round(255 * b)}) {100 * i / (len(colours) - 1):.0f}%"
+            for i, (r, g, b) in enumerate(colours)
+        )
+        target = self.case.run.record.get("target") or {}
+        return {
+            "gradient": f"linear-gradient(to right, {stops})",
+            "low": format_value(low),
+            "high": format_value(high),
+            "middle": "0" if signed else "",
+            "meaning": colour_meaning(entry, str(target.get("class") or "the target")),
+        }
+
+    def _showViewLetters(self) -> None:
+        """Each slice view's name and the patient directions at its edges."""
+        letters = {}
+        for index in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            node = self.scene.GetNthNodeByClass(index, "vtkMRMLSliceNode")
+            letters[node.GetLayoutName()] = {
+                **orientationLetters(node),
+                "name": node.GetOrientation(),
+            }
+        self.server.state.view_letters = letters
 
     def _showCompare(self) -> None:
         state = self.server.state
@@ -195,6 +245,7 @@ class ViewerApp:
             linkCompareViews(self.scene, names, background, mapNodes, state.opacity)
             titles = {m.label: m.title for m in self.case.run.maps}
             state.compare_titles = [titles[label] for label in labels]
+        self._showViewLetters()
         self._showLegends()
         self._render()
 
@@ -230,12 +281,14 @@ class ViewerApp:
         views.fitOnResize(view)
         name = view.get_singleton_tag()
         panel.viewMarker(name)
+        panel.viewOrientation(name)
         if views.isCompareView(name):
             panel.compareViewTitle(views.compareIndex(name))
 
     def _threeDViewUi(self, server, viewId, view) -> None:
         create_vertical_view_gutter_ui(server, viewId, view)
         panel.viewMarker(view.get_singleton_tag())
+        panel.viewName("3D")
 
     def _onCursorMoved(self, ras) -> None:
         state = self.server.state
@@ -246,7 +299,8 @@ class ViewerApp:
             mapNode = self.case.maps.get(state.method)
             value = views.valueAt(mapNode, ras) if mapNode is not None else None
             position = ", ".join(f"{c:.1f}" for c in ras)
-            text = f"RAS ({position}) mm   image {_number(image)}   {state.method} {_number(value)}"
+            title = next((m.title for m in self.case.run.maps if m.label == state.method), "map")
+            text = f"RAS ({position}) mm   image {_number(image)}   {title} {_number(value)}"
         if text != state.cursor:
             with state:
                 state.cursor = text

@@ -1,41 +1,71 @@
-"""The run's evaluation as the viewer shows it: a table (one row per method, best first) and the
-deletion/insertion curves. Rows come from the Slicer module's ``evaluationTables`` and the figure
-from the engine's report code, so the browser, Slicer and report.html agree. Pure Python."""
+"""The run's evaluation as the viewer shows it, narrow enough for the side panel: the methods in
+the recommendation's order (title, faithfulness, randomisation check), every metric of the shown
+map as a list, its attribution by structure, and the deletion/insertion curves. The numbers come
+from the engine (summary.json, run.json, structures.csv) formatted as in the report. Pure Python.
+"""
 
 from __future__ import annotations
 
 import base64
 from typing import Any
 
-from TorchEsegetaSlicer.evaluationData import evaluationTables
-
 from TorchEsegetaLib.figures.metric_figures import curves_png, format_value
+from TorchEsegetaLib.metrics.recommendation import RECOMMENDED, TIED
 
 _ARROWS = {"higher": "\u2191", "lower": "\u2193"}
-_FIXED_COLUMNS = {
-    "method": "method",
-    "mean_rank": "mean rank",
-    "seconds": "seconds",
-    "peak_memory_mb": "peak MB",
-}
 
 
-def metricsTable(evaluation: dict[str, Any] | None) -> dict[str, Any]:
-    """``{"headers": [{"key", "title"}], "rows": [{"method", "cells": [text]}]}``; empty lists
-    when the run was not evaluated. Numbers have three significant digits, as in the report."""
-    rows, _ = evaluationTables(evaluation)
-    if not rows:
-        return {"headers": [], "rows": []}
-    metricInfo = (evaluation or {}).get("metrics", {})
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    headers = [{"key": key, "title": _columnTitle(key, metricInfo.get(key))} for key in keys]
-    return {
-        "headers": headers,
-        "rows": [
-            {"method": str(row.get("method")), "cells": [_cell(row.get(key)) for key in keys]}
-            for row in rows
-        ],
-    }
+def rankingTable(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per method, most faithful first: ``{"method", "title", "score", "check",
+    "verdict", "chosen"}`` (``chosen``: recommended, or tied for first); [] when not evaluated."""
+    rows = []
+    for entry in (summary or {}).get("ranking", []):
+        sanity = entry.get("sanity") or {}
+        rows.append(
+            {
+                "method": entry["method"],
+                "title": entry.get("title") or entry["method"],
+                "score": format_value(entry.get("score")),
+                "check": {"passed": "passed", "failed": "FAILED"}.get(sanity.get("status"), "-"),
+                "verdict": entry.get("verdict", ""),
+                "chosen": entry.get("verdict") in (RECOMMENDED, TIED),
+            }
+        )
+    return rows
+
+
+def scoresByMethod(evaluation: dict[str, Any] | None) -> dict[str, list[dict[str, str]]]:
+    """``{method: [{"metric": title and direction, "value": text}]}`` for every evaluated map."""
+    if not evaluation:
+        return {}
+    metrics = evaluation.get("metrics", {})
+    notes = evaluation.get("notes", {})
+    shown: dict[str, list[dict[str, str]]] = {}
+    for label, scores in (evaluation.get("scores") or {}).items():
+        shown[label] = [
+            {
+                "metric": _metricTitle(name, info),
+                "value": _cell(scores.get(name)),
+                "note": notes.get(label, {}).get(name, ""),
+            }
+            for name, info in metrics.items()
+        ]
+    return shown
+
+
+def structuresByMethod(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    """``{method: [{"structure", "share", "volume", "enrichment"}]}``, largest share first."""
+    shown: dict[str, list[dict[str, str]]] = {}
+    for row in sorted(rows, key=lambda r: -(r.get("abs_share") or 0.0)):
+        shown.setdefault(row["method"], []).append(
+            {
+                "structure": row["structure"],
+                "share": _percent(row.get("abs_share")),
+                "volume": _percent(row.get("volume_share")),
+                "enrichment": _cell(row.get("enrichment")),
+            }
+        )
+    return shown
 
 
 def curvesDataUrl(evaluation: dict[str, Any] | None) -> str:
@@ -48,12 +78,14 @@ def curvesDataUrl(evaluation: dict[str, Any] | None) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else ""
 
 
-def _columnTitle(key: str, info: dict[str, Any] | None) -> str:
-    if key in _FIXED_COLUMNS:
-        return _FIXED_COLUMNS[key]
+def _metricTitle(key: str, info: dict[str, Any] | None) -> str:
     if not info:
         return key
     return f"{info.get('title') or key} {_ARROWS.get(info.get('direction'), '')}".strip()
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.1f}%"
 
 
 def _cell(value) -> str:

@@ -103,6 +103,18 @@ def common_run_options(group: Any) -> None:
     )
 
 
+def structures_option(group: Any) -> None:
+    """--structures: a label image whose structures summarise each map (structures.csv)."""
+    group.add_argument(
+        "--structures",
+        default=None,
+        metavar="LABELMAP[:NAMES]",
+        help="label image on the input grid (an atlas, a TotalSegmentator or Slicer "
+        "segmentation): per map and structure, the share of the attribution and of the volume "
+        "(structures.csv); NAMES: a Slicer colour table (.ctbl, .txt), a CSV or a JSON file",
+    )
+
+
 def evaluation_options(group: Any) -> None:
     group.add_argument(
         "--evaluate",

@@ -13,6 +13,7 @@ from .common import (
     evaluation_options,
     methods_from_args,
     metrics_from_args,
+    structures_option,
 )
 from .explain import apply_overrides, run_and_summarise
 
@@ -44,6 +45,7 @@ def add_parsers(sub: Any) -> None:
         help=f"comma-separated methods (default {DEFAULT_DEMO_METHODS})",
     )
     evaluation_options(demo)
+    structures_option(demo)
     common_run_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
@@ -53,7 +55,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ..errors import UserInputError
     from ..io.images import write_volume
-    from ..models.demo import demo_volume
+    from ..io.label_names import write_colour_table
+    from ..models.demo import demo_structures, demo_volume
     from ..runs.destination import TOOL, check_output_folder, save_run
     from ..runs.job import Job, MethodSpec
     from ..runs.runner import claim_output
@@ -64,6 +67,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UserInputError(f"--out {out} names no folder; give a folder path, e.g. --out demo")
     data = out.with_name(out.name + "-input")
     image, reference = data / "mra.nii.gz", data / "vessels_truth.nii.gz"
+    # An atlas of the demo input, to summarise the maps by structure (unless --structures)
+    atlas, table = data / "structures.nii.gz", data / "structures.ctbl"
     methods = methods_from_args([args.method], [])
     for entry in methods:
         entry["params"].update(DEMO_PARAMS.get(entry["name"], {}))
@@ -79,20 +84,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
         methods=[MethodSpec.from_any(m) for m in methods],
         output=str(out),
         metrics=metrics,
+        structures={"labelmap": str(atlas), "names": str(table)},
     )
     apply_overrides(job, args)
     job.output = str(out)
     # The run folder and the demo's input folder follow explain's rules, both checked before
-    # anything is written: each is new, or (with --overwrite) one that the demo wrote.
+    # anything is written: each is new, or (with --overwrite) one that the demo wrote. The input
+    # folder also keeps apart from what the user gave (--structures, --param FILE).
     claim_output(job)
+    written = {str(path) for path in (image, reference, atlas, table)}
+    given = [(what, path) for what, path in job.input_paths() if path not in written]
     inputs_destination = check_output_folder(
-        data, job.overwrite, [("demo run folder", out)], "demo input folder"
+        data, job.overwrite, [("demo run folder", out), *given], "demo input folder"
     )
     volume, truth = demo_volume()
+    labels, names = demo_structures(truth, volume.geometry)
 
     def write_inputs(folder: Path) -> None:
         write_volume(volume.array[0], volume.geometry, folder / image.name)
         write_volume(truth, volume.geometry, folder / reference.name, dtype=np.uint8)
+        write_volume(labels, volume.geometry, folder / atlas.name, dtype=np.uint8)
+        write_colour_table(names, folder / table.name)
         record = {"tool": TOOL, "contents": "the input of `torchesegeta demo`", "run": str(out)}
         (folder / "demo.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
 

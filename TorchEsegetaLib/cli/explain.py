@@ -18,6 +18,7 @@ from .common import (
     methods_from_args,
     metrics_from_args,
     model_from_args,
+    structures_option,
     trust_option,
 )
 from .progress import progress_display
@@ -131,6 +132,7 @@ def add_parsers(sub: Any) -> None:
     )
     evaluation = explain.add_argument_group("evaluation")
     evaluation_options(evaluation)
+    structures_option(evaluation)
     run = explain.add_argument_group("run")
     run.add_argument("--out", required=True, help="run folder to create")
     run.add_argument(
@@ -181,6 +183,7 @@ def add_parsers(sub: Any) -> None:
     run_job.add_argument("job", help="job file")
     run_job.add_argument("--out", default=None, help="override the job's output folder")
     evaluation_options(run_job)
+    structures_option(run_job)
     common_run_options(run_job)
     run_job.set_defaults(handler=cmd_run)
 
@@ -235,6 +238,7 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         precision=args.precision or "float32",
         crop_margin=args.crop_margin,
         warn_after_s=args.warn_after,
+        structures=args.structures,
         flush_denormals=not args.no_flush_denormals,
     )
 
@@ -310,6 +314,10 @@ def apply_overrides(job: Any, args: argparse.Namespace) -> Any:
     ):
         if value is not None:
             setattr(job, field_name, value)
+    if getattr(args, "structures", None):
+        from ..runs.structures import parse_structures
+
+        job.structures = parse_structures(args.structures)
     return job
 
 

@@ -9,8 +9,9 @@ A cohort file has a header and one row per case::
 ``case_id`` names the case's run folder; every column whose name starts with ``image`` is an
 input channel, in the header's order; ``reference`` (optional) is a reference mask on the
 image grid, given to the metrics that take one; ``target`` (optional) replaces the template's
-target for that case, in the command line's form. Relative paths resolve against the cohort
-file's folder. Any other column is an error, so a misspelt ``refrence`` is not silently ignored.
+target for that case, in the command line's form; ``structures`` (optional) is the case's
+structure label image, ``LABELMAP[:NAMES]`` as ``--structures`` takes it (replacing the
+template's). Relative paths resolve against the cohort file's folder. Any other column is an error, so a misspelt ``refrence`` is not silently ignored.
 
 A folder is read with nnU-Net's naming: ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ... are
 the channels of case ``CASE``; a file without a 4-digit channel suffix is a one-channel case
@@ -32,7 +33,7 @@ from ..io.paths import refuse_special
 from .summary import COHORT_FILES
 
 ID_COLUMNS = ("case_id", "case")
-OPTIONAL_COLUMNS = ("reference", "target")
+OPTIONAL_COLUMNS = ("reference", "target", "structures")
 #: A case id names a folder: no separators, no leading dot (hidden names are the engine's own).
 _CASE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -48,12 +49,17 @@ class Case:
         images: absolute paths, one per model input channel, in order.
         reference: absolute path of a reference mask on the image grid, or None.
         target: a target in the command line's form replacing the template's, or None.
+        structures: ``{"labelmap", "names"}`` (absolute paths) replacing the template's, or None.
     """
 
     case_id: str
     images: tuple[str, ...]
     reference: str | None = None
     target: str | None = None
+    structures: tuple[tuple[str, str | None], ...] | None = None
+
+    def structures_dict(self) -> dict[str, str | None] | None:
+        return dict(self.structures) if self.structures else None
 
 
 def read_cohort(source: str | Path) -> list[Case]:
@@ -91,7 +97,8 @@ def read_cohort_file(path: Path) -> list[Case]:
         missing = "a case_id column" if id_column is None else "an image column"
         raise UserInputError(
             f"cohort file {path} has no {missing}; its header must hold case_id, one image "
-            "column per channel (image, or image_t1,image_t2,...) and optionally reference, target"
+            "column per channel (image, or image_t1,image_t2,...) and optionally reference, "
+            "target, structures"
         )
     known = {id_column, *image_columns, *OPTIONAL_COLUMNS}
     unknown = [name for name in header if name not in known]
@@ -99,7 +106,8 @@ def read_cohort_file(path: Path) -> list[Case]:
     if unknown or repeated:
         what = f"unknown column(s) {unknown}" if unknown else f"repeated column(s) {repeated}"
         raise UserInputError(
-            f"cohort file {path} has {what}; the columns are case_id, image..., reference, target"
+            f"cohort file {path} has {what}; the columns are case_id, image..., reference, "
+            "target, structures"
         )
     base = path.parent
     cases = []
@@ -127,6 +135,7 @@ def read_cohort_file(path: Path) -> list[Case]:
                 tuple(_resolve(value, base) for value in images),
                 _resolve(cells["reference"], base) if cells.get("reference") else None,
                 target,
+                _resolve_structures(cells["structures"], base) if cells.get("structures") else None,
             )
         )
     return cases
@@ -211,7 +220,7 @@ def check_cases(cases: list[Case], source: str, in_channels: int | None = None) 
     missing = [
         (c.case_id, path)
         for c in cases
-        for path in (*c.images, *([c.reference] if c.reference else []))
+        for path in (*c.images, *([c.reference] if c.reference else []), *_structure_files(c))
         if not Path(path).exists()
     ]
     if missing:
@@ -249,6 +258,17 @@ def _image_suffix(path: Path) -> str | None:
 def _resolve(value: str, base: Path) -> str:
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else (base / path).absolute())
+
+
+def _resolve_structures(text: str, base: Path) -> tuple[tuple[str, str | None], ...]:
+    from ..runs.structures import parse_structures
+
+    parsed = parse_structures(text)
+    return tuple((key, _resolve(value, base) if value else None) for key, value in parsed.items())
+
+
+def _structure_files(case: Case) -> list[str]:
+    return [value for _, value in case.structures or () if value]
 
 
 def _resolve_target(text: str, base: Path) -> str:

@@ -91,6 +91,8 @@ class Template:
             template = data["target"]
             keep = {k: template[k] for k in ("output", "coordinates", "reduction") if k in template}
             data["target"] = TargetSpec.parse(case.target, **keep).to_dict()
+        if case.structures:
+            data["structures"] = case.structures_dict()
         if case.reference:
             for metric in data.get("metrics", []):
                 if metric["name"] in self.reference_metrics and not metric["params"].get(

@@ -104,8 +104,57 @@ def _cases_table(cases: list[dict[str, Any]]) -> str:
     return f"<div class='wide'><table>{head}{''.join(rows)}</table></div>"
 
 
+def _recommendation(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return "<p class='note'>No case was evaluated: nothing to recommend.</p>"
+    from ..runs.report_summary import ranking_table
+    from ..runs.summary_text import recommendation_sentence
+
+    caveats = "".join(f"<li>{_e(c)}</li>" for c in summary.get("caveats", []))
+    return (
+        f"<p>{_e(recommendation_sentence(summary))}</p>{ranking_table(summary)}"
+        f"<p><strong>Keep in mind:</strong></p><ul class='note'>{caveats}</ul>"
+    )
+
+
+def _structures_table(structures: list[dict[str, Any]]) -> str:
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "method",
+            "structure",
+            "n",
+            "share of the volume",
+            "share of |attribution|",
+            "sd",
+            "enrichment",
+            "sd",
+        )
+    )
+    rows = "".join(
+        f"<tr><td>{_e(s['method'])}</td><td>{_e(s['structure'])}</td><td class='num'>{s['n']}</td>"
+        + "".join(
+            f"<td class='num'>{_e(format_value(s[k]))}</td>"
+            for k in (
+                "volume_share_mean",
+                "abs_share_mean",
+                "abs_share_sd",
+                "enrichment_mean",
+                "enrichment_sd",
+            )
+        )
+        + "</tr>"
+        for s in structures
+    )
+    return f"<div class='wide'><table><tr>{head}</tr>{rows}</table></div>"
+
+
 def render_cohort_report(
-    record: dict[str, Any], rows: list[dict[str, Any]], stats: list[dict[str, Any]]
+    record: dict[str, Any],
+    rows: list[dict[str, Any]],
+    stats: list[dict[str, Any]],
+    recommendation: dict[str, Any] | None = None,
+    structures: list[dict[str, Any]] | None = None,
 ) -> str:
     counts = record["counts"]
     template = record.get("template_job", {})
@@ -131,6 +180,15 @@ def render_cohort_report(
             "<p><b>Interrupted</b>: run the same command again to finish the missing cases.</p>"
         )
     sections += [
+        "<h2>Which map to look at first</h2>",
+        _recommendation(recommendation),
+    ]
+    if structures:
+        sections += [
+            "<h2>Attribution by structure (mean over the cases)</h2>",
+            _structures_table(structures),
+        ]
+    sections += [
         f"<table>{about_rows}</table>",
         "<h2>Methods across the cases</h2>",
         _figures(rows, stats),
@@ -152,8 +210,13 @@ def render_cohort_report(
 
 
 def write_cohort_report(
-    out: Path, record: dict[str, Any], rows: list[dict[str, Any]], stats: list[dict[str, Any]]
+    out: Path,
+    record: dict[str, Any],
+    rows: list[dict[str, Any]],
+    stats: list[dict[str, Any]],
+    recommendation: dict[str, Any] | None = None,
+    structures: list[dict[str, Any]] | None = None,
 ) -> Path:
     path = out / "cohort_report.html"
-    atomic_write(path, render_cohort_report(record, rows, stats))
+    atomic_write(path, render_cohort_report(record, rows, stats, recommendation, structures))
     return path

@@ -5,6 +5,10 @@
 * ``summary_stats.csv``: per method and metric over the cases: n, mean, sample standard
   deviation (n - 1), median, min, max, and which direction is better.
 * ``failures.csv``: the failed cases with their error (they have no run folder).
+* ``summary.json``: the recommendation over the cases (each case's summary.json aggregated by
+  :func:`~TorchEsegetaLib.metrics.recommendation.recommend_cohort`: the spread is over cases).
+* ``structures_stats.csv``: per method and structure over the cases that have structures.csv:
+  n, mean and sample standard deviation of the shares and the enrichment.
 * ``cohort.json``: what ran where, counts, and every case's status, time and error.
 
 Every file is written to a temporary name and renamed, so none is ever half-written.
@@ -26,12 +30,18 @@ FORMAT_VERSION = 1
 COHORT_FILES = (
     "summary.csv",
     "summary_stats.csv",
+    "summary.json",
+    "structures_stats.csv",
     "failures.csv",
     "cohort.json",
     "cohort_report.html",
 )
 SECONDS = "seconds"
 STAT_FIELDS = ("method", "metric", "better", "n", "mean", "sd", "median", "min", "max")
+STRUCTURE_VALUES = ("volume_share", "abs_share", "positive_share", "enrichment")
+STRUCTURE_FIELDS = ("method", "structure", "n") + tuple(
+    f"{value}_{stat}" for value in STRUCTURE_VALUES for stat in ("mean", "sd")
+)
 
 
 def scores_of(run_folder: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -89,6 +99,44 @@ def summarise(
     ]
 
 
+def cohort_recommendation(out: Path, cases: list[str]) -> dict[str, Any] | None:
+    """The recommendation over the cases that have a summary.json (None when none has)."""
+    from ..metrics.recommendation import recommend_cohort
+    from ..runs.summary import SUMMARY_FILE
+
+    summaries = {}
+    for case in cases:
+        path = out / case / SUMMARY_FILE
+        if path.is_file():
+            summaries[case] = json.loads(path.read_text(encoding="utf-8"))
+    return recommend_cohort(summaries) if summaries else None
+
+
+def structure_statistics(out: Path, cases: list[str]) -> list[dict[str, Any]]:
+    """Per (method, structure) over the cases with structures.csv: n, mean and sd of each value."""
+    from ..runs.structures import read_structures_csv
+
+    values: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for case in cases:
+        for found_row in read_structures_csv(out / case):
+            bucket = values.setdefault((found_row["method"], found_row["structure"]), {})
+            for name in STRUCTURE_VALUES:
+                if found_row.get(name) is not None:
+                    bucket.setdefault(name, []).append(float(found_row[name]))
+    stats = []
+    for (method, structure), found in values.items():
+        row: dict[str, Any] = {
+            "method": method,
+            "structure": structure,
+            "n": max((len(v) for v in found.values()), default=0),
+        }
+        for name in STRUCTURE_VALUES:
+            summary = statistics(found.get(name, []))
+            row[f"{name}_mean"], row[f"{name}_sd"] = summary["mean"], summary["sd"]
+        stats.append(row)
+    return stats
+
+
 def _csv(fields: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
@@ -124,6 +172,17 @@ def write_summary(out: Path, record: dict[str, Any]) -> dict[str, Any]:
     atomic_write(out / "summary.csv", _csv(("case", "method", "metric", "value"), long_rows))
     atomic_write(out / "summary_stats.csv", _csv(STAT_FIELDS, stats))
     atomic_write(out / "failures.csv", _csv(("case", "kind", "error"), failures))
+    recommendation = cohort_recommendation(out, list(case_rows))
+    if recommendation is not None:
+        atomic_write(out / "summary.json", json.dumps(recommendation, indent=2))
+    structures = structure_statistics(out, list(case_rows))
+    if structures:
+        atomic_write(out / "structures_stats.csv", _csv(STRUCTURE_FIELDS, structures))
     atomic_write(out / "cohort.json", json.dumps(record, indent=2, default=str))
-    write_cohort_report(out, record, long_rows, stats)
-    return {"stats": stats, "rows": long_rows}
+    write_cohort_report(out, record, long_rows, stats, recommendation, structures)
+    return {
+        "stats": stats,
+        "rows": long_rows,
+        "recommendation": recommendation,
+        "structures": structures,
+    }

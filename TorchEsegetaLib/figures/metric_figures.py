@@ -89,6 +89,17 @@ def _curves_figure(evaluation: Evaluation, colours: dict[str, Any]) -> Any:
             shown = evaluation.title(label)
             text = f"{shown} (AUC {area:.3g})" if area is not None else shown
             ax.plot(x, y, color=colours.get(label), label=text, linewidth=1.5)
+        # the chance level every map is measured against (the same for every map of the case)
+        random = next(
+            (
+                d["random_curve"]
+                for d in evaluation.details.get(name, {}).values()
+                if "random_curve" in d
+            ),
+            None,
+        )
+        if random is not None:
+            ax.plot(*random, color="black", linestyle="--", linewidth=1.2, label="random order")
         better = evaluation.metrics[name]["direction"]
         ax.set_title(f"{name} ({better} AUC is better)", fontsize=10)
         x_title, y_title = metric_registry()[name].curve_axes
@@ -133,14 +144,15 @@ def _ranking(evaluation: Evaluation, path: Path) -> Path:
 
 
 def _ranking_figure(evaluation: Evaluation) -> Any:
-    """A table: methods best first, one column per metric, cells coloured by rank."""
+    """A table: methods in the recommendation's order (most faithful first), one column per
+    metric, cells coloured by rank."""
     from matplotlib import colormaps
 
     rows = evaluation.rows()
     ranks = evaluation.ranks()
     metrics = list(evaluation.metrics)
     arrows = {"higher": "\u2191", "lower": "\u2193"}
-    header = ["method", "mean\nrank"] + [
+    header = ["method", "faith-\nfulness"] + [
         f"{m.replace('_', chr(10))}\n{arrows[evaluation.metrics[m]['direction']]}" for m in metrics
     ]
     cells, colours = [], []
@@ -148,7 +160,7 @@ def _ranking_figure(evaluation: Evaluation) -> Any:
     for row in rows:
         label = row["method"]
         cells.append(
-            [evaluation.title(label), format_value(row["mean_rank"])]
+            [evaluation.title(label), format_value(row["faithfulness"])]
             + [format_value(row[m]) for m in metrics]
         )
         shades: list[Any] = ["white", "white"]  # colour names or RGBA tuples
@@ -175,5 +187,8 @@ def _ranking_figure(evaluation: Evaluation) -> Any:
     share = header_height / (header_height + row_height * len(rows))
     for (r, _), cell in table.get_celld().items():
         cell.set_height(share if r == 0 else (1 - share) / len(rows))
-    fig.suptitle("methods ranked by mean rank over the metrics (green: better)", fontsize=10)
+    fig.suptitle(
+        "methods, most faithful first (faithfulness 0: a random order; green: better)",
+        fontsize=10,
+    )
     return fig

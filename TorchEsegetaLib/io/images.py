@@ -372,3 +372,16 @@ def _reason(error: Exception) -> str:
     # SimpleITK puts the source location first and the actual reason on the last line.
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
+
+
+def read_header(path: str | os.PathLike) -> dict[str, str]:
+    """The key/value pairs of an image file's header (a NRRD's fields, e.g. a Slicer
+    segmentation's ``Segment0_Name``), without reading its voxels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with native_stderr():
+            reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise UserInputError(f"{path} cannot be read as an image: {str(e).splitlines()[0]}") from e
+    return {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}

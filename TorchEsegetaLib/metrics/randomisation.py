@@ -3,7 +3,10 @@ model's parameters are randomised, and when another target is explained.
 
 The model is never modified: randomisation works on a deep copy. Similarity of two maps is
 the Spearman rank correlation and the 3D SSIM of their magnitudes (by default), computed on the
-model grid.
+model grid, over the voxels where either map is non-zero: where both are exactly zero the
+architecture decided (a region the network never sees, a receptive field's edge, a crop), not
+the weights, and counting that agreement made every faithful map of such a model "fail".
+For maps without exact zeros this is the whole volume, as in Adebayo et al.
 """
 
 from __future__ import annotations
@@ -50,12 +53,15 @@ def ssim3d(
     size: int = 7,
     sigma: float = 1.5,
     data_range: float | None = None,
+    support: torch.Tensor | np.ndarray | None = None,
 ) -> float:
     """Mean structural similarity of two 3D volumes (Wang et al. 2004) with a separable window.
 
     Local statistics use the window over the positions where it fits entirely ("valid"), as
     scikit-image does after cropping its borders; the window shrinks (odd size) for volumes
     smaller than it. ``data_range`` defaults to the range of ``a`` and ``b`` together.
+    ``support``: a bool volume; the mean is taken over the windows centred in it (default:
+    every window).
     """
     import torch
     import torch.nn.functional as F
@@ -84,19 +90,34 @@ def ssim3d(
     ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
         (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
     )
+    if support is not None:
+        inside = torch.as_tensor(
+            np.asarray(support) if not isinstance(support, torch.Tensor) else support
+        ).bool()
+        half = size // 2
+        centres = inside[tuple(slice(half, half + n) for n in ssim.shape)].cpu()
+        if bool(centres.any()):
+            return float(ssim[centres].mean())
     return float(ssim.mean())
 
 
 def similarity(reference: torch.Tensor, other: torch.Tensor, absolute: bool) -> dict[str, float]:
-    """Spearman and SSIM of two (1, C, *S) maps (channels summed), each scaled to [0, 1] for SSIM."""
+    """Spearman and SSIM of two (1, C, *S) maps (channels summed), each scaled to [0, 1] for
+    SSIM, over the voxels where either map is non-zero (see the module docstring)."""
     maps = []
     for t in (reference, other):
         v = t[0].sum(dim=0).double().cpu()
         maps.append(v.abs() if absolute else v)
+    support = (maps[0] != 0) | (maps[1] != 0)
+    if not bool(support.any()):
+        return {"spearman": 1.0, "ssim": 1.0}  # two zero maps: identical
     scaled = [(v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else v * 0 for v in maps]
+    everywhere = bool(support.all())
     return {
-        "spearman": spearman(maps[0].numpy(), maps[1].numpy()),
-        "ssim": ssim3d(scaled[0], scaled[1], data_range=1.0),
+        "spearman": spearman(maps[0][support].numpy(), maps[1][support].numpy()),
+        "ssim": ssim3d(
+            scaled[0], scaled[1], data_range=1.0, support=None if everywhere else support
+        ),
     }
 
 

@@ -1,5 +1,5 @@
-"""The scores of an evaluation as one table: methods x metrics, with curves, notes, ranks, and
-its JSON form in run.json (``"metrics"``)."""
+"""The scores of an evaluation as one table: methods x metrics, with curves, notes, ranks per
+metric, the methods in the recommendation's order, and its JSON form in run.json (``"metrics"``)."""
 
 from __future__ import annotations
 
@@ -87,23 +87,34 @@ class Evaluation:
             key=lambda item: order.index(item[0]) if item[0] in order else len(order),
         )
 
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per method, best mean rank first: method, mean_rank, seconds, peak memory, scores."""
-        ranks = self.ranks()
+    def recommendation(self, method_names: dict[str, str] | None = None) -> dict[str, Any]:
+        """Which map to look at first, with its evidence (see :mod:`.recommendation`)."""
+        from .recommendation import recommend
+
+        return recommend(self, method_names)
+
+    def rows(self, summary: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """One dict per method in the recommendation's order (most faithful first): method,
+        faithfulness (the recommendation's score: 0 is a random order), verdict, seconds, peak
+        memory, then the metrics' values. ``summary``: the recommendation, if already made."""
+        summary = summary if summary is not None else self.recommendation()
+        entries = {e["method"]: e for e in summary["ranking"]}
+        order = [e["method"] for e in summary["ranking"]]
+        order += [label for label in self.methods if label not in entries]
         rows = []
-        for label in self.methods:
-            own = [r[label] for r in ranks.values() if label in r]
+        for label in order:
             info = self.method_info.get(label, {})
+            entry = entries.get(label, {})
             rows.append(
                 {
                     "method": label,
-                    "mean_rank": round(float(np.mean(own)), 3) if own else None,
+                    "faithfulness": entry.get("score"),
+                    "verdict": entry.get("verdict"),
                     "seconds": info.get("seconds"),
                     "peak_memory_mb": info.get("peak_memory_mb"),
                     **{name: self.scores.get(label, {}).get(name) for name in self.metrics},
                 }
             )
-        rows.sort(key=lambda row: math.inf if row["mean_rank"] is None else row["mean_rank"])
         return rows
 
     def to_json(self) -> dict[str, Any]:
@@ -120,7 +131,7 @@ class Evaluation:
             "method_seconds": self.method_seconds,
             "method_info": self.method_info,
             "score": self.score,
-            "ranking": [row["method"] for row in self.rows()],
+            "ranking": [entry["method"] for entry in self.recommendation()["ranking"]],
         }
 
     @classmethod
@@ -196,7 +207,7 @@ def metrics_csv(evaluation: Evaluation) -> str:
 
 
 def rows_and_curves(evaluation: Evaluation) -> tuple[list[dict[str, Any]], dict[str, Curve]]:
-    """For table and plot nodes: the ranked rows, and ``"metric/method" -> (x, y)`` curves."""
+    """For table and plot nodes: the rows (most faithful first), and ``"metric/method" -> (x, y)`` curves."""
     curves = {
         f"{metric}/{label}": curve
         for metric, per in evaluation.curves.items()

@@ -1,8 +1,9 @@
 """An evaluation as a plain-text table for a terminal or a log: what ``torchesegeta evaluate``
 and ``--evaluate`` print.
 
-Methods are columns (best mean rank first) under their full names, wrapped over several header
-lines rather than cut; metrics are rows under their titles, each with its direction in words.
+Methods are columns (most faithful first: the recommendation's order) under their full names,
+wrapped over several header lines rather than cut; the first row is the recommendation's
+faithfulness score, then the metrics under their titles, each with its direction in words.
 When the methods do not fit the width, the table continues in further blocks of columns, each
 repeating the row names. Below it: each metric's unit and caveat, and every note once per
 metric (a metric that could not run for any method says so in one line).
@@ -30,11 +31,13 @@ def format_evaluation(evaluation: Evaluation, width: int | None = None) -> str:
     if width is None:
         width = shutil.get_terminal_size((100, 24)).columns
     width = max(int(width), 80)  # the row names alone take about 50
-    rows = evaluation.rows()
+    summary = evaluation.recommendation()
+    rows = evaluation.rows(summary)
     metrics = list(evaluation.metrics)
     intro = (
-        f"Scores of {len(rows)} method(s) by {len(metrics)} metric(s); columns: methods, "
-        "best mean rank first."
+        f"Scores of {len(rows)} method(s) by {len(metrics)} metric(s); columns: methods, most "
+        "faithful first (faithfulness: the mean of deletion and insertion against random "
+        "block orders and faithfulness correlation; 0 is no better than chance)."
     )
     if evaluation.score:
         intro += f" score = {evaluation.score}."
@@ -44,7 +47,7 @@ def format_evaluation(evaluation: Evaluation, width: int | None = None) -> str:
 
     units = {m: evaluation.unit_and_caveat(m) for m in metrics}
     marks = {m: f" [{i}]" for i, m in enumerate((m for m in metrics if units[m][1]), 1)}
-    labels = [("mean rank (over the metrics)", "lower is better")] + [
+    labels = [("faithfulness (0: chance)", "higher is better")] + [
         (
             _metric_title(evaluation, m) + marks.get(m, ""),
             _DIRECTION[evaluation.metrics[m]["direction"]],
@@ -56,7 +59,7 @@ def format_evaluation(evaluation: Evaluation, width: int | None = None) -> str:
         header = textwrap.wrap(
             evaluation.title(row["method"]), _HEADER_WRAP, break_long_words=False
         )
-        cells = [format_value(row["mean_rank"])] + [format_value(row[m]) for m in metrics]
+        cells = [format_value(row["faithfulness"])] + [format_value(row[m]) for m in metrics]
         columns.append((header, cells, max(_MIN_COLUMN, *map(len, header), *map(len, cells))))
 
     left = [
@@ -81,6 +84,8 @@ def format_evaluation(evaluation: Evaluation, width: int | None = None) -> str:
             every = set(labels_noted) >= set(evaluation.scores)
             who = "every method" if every else ", ".join(map(evaluation.title, labels_noted))
             lines += _indented(f"{name} ({who}): {text}", width)
+    lines += ["", "Recommendation (summary.json):"]
+    lines += _indented(recommendation_line(summary, evaluation), width)
     seconds = [f"{m} {evaluation.seconds[m]:.2f}s" for m in metrics if m in evaluation.seconds]
     if seconds:
         lines += [""] + textwrap.wrap(f"Evaluation time, all methods: {', '.join(seconds)}", width)
@@ -130,3 +135,33 @@ def _blocks(sizes: list[int], room: int) -> list[list[int]]:
         if all(sum(_GAP + sizes[i] for i in block) <= room for block in blocks):
             return blocks
     return [[i] for i in range(len(sizes))]
+
+
+def recommendation_line(summary: dict, evaluation: Evaluation) -> str:
+    """The recommendation in one sentence, with the first caveat that matters."""
+    from .recommendation import TIED
+
+    entries = {e["method"]: e for e in summary["ranking"]}
+    if summary["recommended"]:
+        entry = entries[summary["recommended"]]
+        text = (
+            f"look first at {entry['title']}: faithfulness {format_score(entry)}, "
+            f"randomisation check {entry['sanity']['status']}."
+        )
+    elif summary["verdict"] == TIED:
+        names = ", ".join(entries[label]["title"] for label in summary["tied"])
+        text = f"no clear winner between {names}; look at them side by side."
+    else:
+        text = "no map is recommended."
+    return text + " " + summary["caveats"][0] if summary["caveats"] else text
+
+
+def format_score(entry: dict) -> str:
+    """A ranking entry's score with its interval: ``0.31 (0.28 to 0.33)``."""
+    from .results import format_value
+
+    text = format_value(entry.get("score"))
+    if entry.get("interval"):
+        low, high = entry["interval"]
+        text += f" ({format_value(low)} to {format_value(high)})"
+    return text

@@ -3,9 +3,10 @@
 Metrics that need the model run on the model grid with the same forward pass, frozen intensity
 statistics and bound target as the explanations; the case is prepared exactly as the runner
 prepares it (:func:`~TorchEsegetaLib.runs.case.prepare_case`). A run folder gains ``metrics.csv``,
-a ``"metrics"`` entry in ``run.json`` (scores, curves, notes, timings) and figures; every file
-is written to a temporary name and renamed, so none is ever half-written. Evaluating again
-adds or replaces metrics and keeps the others.
+a ``"metrics"`` entry in ``run.json`` (scores, curves, notes, timings), ``summary.json`` (which
+map to look at first, see :mod:`.summary`) and figures; every file is written to a temporary
+name and renamed, so none is ever half-written. Evaluating again adds or replaces metrics and
+keeps the others.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def _evaluate(
     reference_mask: np.ndarray | None,
     progress: ProgressHandler | None,
     cancel: CancelToken | None,
+    older: Evaluation | None = None,
+    names: dict[str, str] | None = None,
     flush_denormals: bool | DenormalFlush = True,
 ) -> Evaluation:
     from ..engine.denormals import DenormalFlush
@@ -129,6 +132,7 @@ def _evaluate(
     from ..models.inference import resolve_device
     from ..targets.spec import score_phrase
     from .case import prepare_case
+    from .summary import check_candidates
 
     specs = metric_specs(metrics)
     torch_device = resolve_device(device)
@@ -151,6 +155,7 @@ def _evaluate(
         )
         with denormals.scope():  # the run's arithmetic (the segmentation's check decided it)
             evaluation = evaluate_case(case, subjects, specs, progress)
+            evaluation = check_candidates(case, subjects, evaluation, older, names, progress)
         evaluation.score = score_phrase(prepared.target_info)
         return evaluation
     finally:
@@ -201,7 +206,8 @@ def evaluate_result(
         reference_mask,
         progress,
         cancel,
-        result.denormals if result.denormals is not None else True,
+        names={m.spec.label: m.spec.name for m in result.methods},
+        flush_denormals=result.denormals if result.denormals is not None else True,
     )
     evaluation.method_info = {
         m.spec.label: {
@@ -301,6 +307,8 @@ def evaluate_run(
             "re-run the explanation to evaluate it"
         )
     subjects = _subjects_from_folder(folder, record, volume.channels, methods)
+    from .summary import method_names
+
     evaluation = _evaluate(
         volume,
         model,
@@ -313,7 +321,9 @@ def evaluate_run(
         reference_mask,
         progress,
         cancel,
-        job.flush_denormals,
+        older=Evaluation.from_json(record["metrics"]) if record.get("metrics") else None,
+        names=method_names(record),
+        flush_denormals=job.flush_denormals,
     )
     evaluation.method_info = {
         m["label"]: {
@@ -329,8 +339,10 @@ def evaluate_run(
 def write_evaluation(
     folder: Path, evaluation: Evaluation, record: dict[str, Any] | None = None
 ) -> Evaluation:
-    """Merge ``evaluation`` into the folder's earlier one; write metrics.csv, figures, run.json."""
+    """Merge ``evaluation`` into the folder's earlier one; write metrics.csv, figures,
+    summary.json and run.json."""
     from ..figures.metric_figures import write_metric_figures
+    from .summary import write_summary
 
     folder = Path(folder)
     record = read_record(folder) if record is None else record
@@ -342,5 +354,6 @@ def write_evaluation(
     ]
     record["metrics"] = evaluation.to_json()
     record["figures"] = list(dict.fromkeys([*record.get("figures", []), *figures]))
+    write_summary(folder, evaluation, record)
     atomic_write(folder / "run.json", json.dumps(record, indent=2, default=json_default))
     return evaluation

@@ -76,6 +76,9 @@ class Job:
     #: warn before the run about a method estimated to take longer than this (seconds; None:
     #: 10 minutes)
     warn_after_s: float | None = None
+    #: a label image on the input grid whose structures summarise the maps (structures.csv):
+    #: ``{"labelmap", "names"}``, or ``LABELMAP[:NAMES]``
+    structures: dict[str, Any] | None = None
     #: on the CPU, compute with denormal floats flushed to zero (checked on the first pass)
     flush_denormals: bool = True
 
@@ -95,6 +98,12 @@ class Job:
             from ..metrics import metric_specs
 
             self.metrics = metric_specs(list(self.metrics))
+        if isinstance(self.structures, str):
+            from .structures import parse_structures
+
+            self.structures = parse_structures(self.structures)
+        elif self.structures is not None:
+            self.structures = {"names": None, **self.structures}
 
     def model_to_load(self) -> dict[str, Any]:
         """The model reference to load; a job whose network was given in memory has none."""
@@ -107,8 +116,9 @@ class Job:
 
     def input_paths(self) -> list[tuple[str, str]]:
         """(what, path) of everything the job reads from disk: images, the model's files, the
-        target mask, files named by method and metric parameters. The output folder keeps apart
-        from all of them (:func:`~TorchEsegetaLib.runs.destination.check_output_folder`)."""
+        target mask, the structure label image and its names file, files named by method and
+        metric parameters. The output folder keeps apart from all of them
+        (:func:`~TorchEsegetaLib.runs.destination.check_output_folder`)."""
         from ..io.images import split_channel_selector
 
         found = [("image", str(split_channel_selector(image)[0])) for image in self.images]
@@ -120,6 +130,10 @@ class Job:
         found += [(what, str(model[key])) for key, what in _MODEL_FILES if model.get(key)]
         if self.target.kind == "mask" and self.target.mask:
             found.append(("target mask", str(self.target.mask)))
+        if self.structures:
+            found.append(("structure label image", str(self.structures["labelmap"])))
+            if self.structures.get("names"):
+                found.append(("structure names file", str(self.structures["names"])))
         for spec in [*self.methods, *self.metrics]:
             found += spec.input_files()
         # "<array in memory>", "<array>": what was given in memory has no file
@@ -144,6 +158,7 @@ class Job:
             "precision": self.precision,
             "crop_margin": self.crop_margin,
             "warn_after_s": self.warn_after_s,
+            "structures": None if self.structures is None else dict(self.structures),
             "flush_denormals": self.flush_denormals,
         }
 
@@ -165,6 +180,16 @@ class Job:
             target = data.get("target")
             if isinstance(target, dict) and target.get("mask"):
                 data["target"] = {**target, "mask": _resolve(target["mask"], base)}
+            if data.get("structures"):
+                from .structures import parse_structures
+
+                structures = data["structures"]
+                if isinstance(structures, str):
+                    structures = parse_structures(structures)
+                data["structures"] = {
+                    key: _resolve(value, base) if value else None
+                    for key, value in {"names": None, **structures}.items()
+                }
         return cls(**data)
 
     @classmethod

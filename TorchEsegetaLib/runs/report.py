@@ -1,10 +1,13 @@
 """A self-contained HTML report of a run folder: one file, figures embedded, nothing fetched.
 
-It shows the run (model card, target, device, versions, timings and peak memory), the methods'
-metrics ranked best first with the direction and unit of each, and every figure of the folder as
-an inline base64 PNG, so the file can be mailed or archived on its own. Values are written for
-people (``spacing 0.6 x 0.6 x 0.8``, not JSON), and a file that run.json lists but the folder
-lacks (a map deleted since) is flagged at the top rather than silently left out.
+Its first screen is what a reader needs (:mod:`.report_summary`): the run in plain words, which
+map to look at first with the evidence, and the attribution by structure. Then the maps, the
+evaluation (metrics in the recommendation's order, with the direction and unit of each), the
+methods, and at the end the provenance (model card and sliding-window settings, sha256, device,
+timings, versions). Every figure of the folder is an inline base64 PNG, so the file can be mailed
+or archived on its own. Values are written for people (``spacing 0.6 x 0.6 x 0.8``, not JSON),
+and a file that run.json lists but the folder lacks (a map deleted since) is flagged at the top
+rather than silently left out.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from ..metrics.results import format_value
 from ..targets.spec import score_phrase
 from .destination import check_run_folder_update
 from .evaluation import Evaluation, read_record
+from .report_summary import STYLE as SUMMARY_STYLE
+from .report_summary import ranking_table, structures_section, summary_section
+from .structures import STRUCTURES_FIGURE
+from .summary import summary_of
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -39,8 +46,12 @@ _CAPTIONS = {
     "slices.png": "Slices through the target, one row per method (segmentation outlined).",
     "deletion_insertion.png": "Target score as 3D blocks are removed (deletion) or inserted (insertion) in the order of each map.",
     "randomisation.png": "Similarity of each map to its original as the model's layers are randomised, output first.",
-    "ranking.png": "Methods ranked by their mean rank over the metrics.",
+    "ranking.png": "Methods in the recommendation's order (most faithful first), each metric's cells coloured by rank.",
+    "structures.png": "Share of each map's |attribution| per structure (bars) and the structure's share of the volume (black).",
 }
+#: figures by section; any other figure of the folder goes to "Other figures"
+_MAP_FIGURES = ("mip.png", "slices.png")
+_EVALUATION_FIGURES = ("deletion_insertion.png", "randomisation.png", "ranking.png")
 
 
 def _e(value: Any) -> str:
@@ -135,10 +146,10 @@ def _methods_table(record: dict[str, Any], missing: list[str]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _metrics_table(evaluation: Evaluation) -> str:
-    """Metrics as rows, methods as columns in rank order (best first): fits many metrics."""
+def _metrics_table(evaluation: Evaluation, summary: dict[str, Any] | None = None) -> str:
+    """Metrics as rows, methods as columns in the recommendation's order: fits many metrics."""
     ranks = evaluation.ranks()
-    rows = evaluation.rows()
+    rows = evaluation.rows(summary)
     arrows = {"higher": "&uarr; higher is better", "lower": "&darr; lower is better"}
     head = "<tr><th>metric</th>" + "".join(
         f"<th>{i}. {_e(evaluation.title(r['method']))}</th>" for i, r in enumerate(rows, 1)
@@ -146,7 +157,7 @@ def _metrics_table(evaluation: Evaluation) -> str:
     lines = [head + "</tr>"]
     caveats: list[str] = []
     for key, title in (
-        ("mean_rank", "mean rank"),
+        ("faithfulness", "faithfulness (0: chance)"),
         ("seconds", "seconds"),
         ("peak_memory_mb", "peak memory (MB)"),
     ):
@@ -197,13 +208,14 @@ def _metrics_table(evaluation: Evaluation) -> str:
     return "".join(parts)
 
 
-def _figures(folder: Path, record: dict[str, Any]) -> str:
-    """Each figure run.json lists, embedded: only regular files inside the run folder (the
+def _figures(folder: Path, record: dict[str, Any], only=None, exclude=()) -> str:
+    """The figures run.json lists whose file name is in ``only`` (every one when None) and not
+    in ``exclude``, embedded in run.json's order: only regular files inside the run folder (the
     record is data; a name such as ``../../etc/passwd`` must not put another file in the report)."""
     parts = []
     for name in record.get("figures", []):
         path = regular_file_inside(folder, str(name))
-        if path is None:
+        if path is None or path.name in exclude or (only is not None and path.name not in only):
             continue
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         caption = _CAPTIONS.get(path.name, path.name)
@@ -211,7 +223,7 @@ def _figures(folder: Path, record: dict[str, Any]) -> str:
             f"<figure><img alt='{_e(path.name)}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{_e(caption)}</figcaption></figure>"
         )
-    return "".join(parts) or "<p class='note'>No figures in this run folder.</p>"
+    return "".join(parts)
 
 
 def render_report(folder: Path, record: dict[str, Any]) -> str:
@@ -229,6 +241,7 @@ def render_report(folder: Path, record: dict[str, Any]) -> str:
         "spacing": _size(geometry.get("spacing"), " mm"),
     }
     missing = missing_files(folder, record)
+    summary = summary_of(folder, record)
     sections = [
         f"<h1>{_e(record.get('title') or 'TorchEsegeta run')}</h1>",
         f"<p class='note'>Run folder: {_e(folder)}</p>",
@@ -239,26 +252,43 @@ def render_report(folder: Path, record: dict[str, Any]) -> str:
             "<div class='missing'><strong>Missing from the run folder</strong> (listed in "
             f"run.json but not on disk: deleted or moved since the run):<ul>{items}</ul></div>"
         )
+    # The first screen: the plain words, the structure table, then the ranking's evidence.
+    sections += ["<h2>Summary</h2>", summary_section(folder, record, summary)]
+    structures = structures_section(folder, record, summary)
+    if structures:
+        sections += ["<h2>By structure</h2>", structures]
+    if summary and summary.get("ranking"):
+        sections += ["<h2>Maps, most faithful first</h2>", ranking_table(summary)]
+    if structures:
+        sections.append(_figures(folder, record, only=(Path(STRUCTURES_FIGURE).name,)))
+    maps = _figures(folder, record, only=_MAP_FIGURES)
+    sections += ["<h2>Maps</h2>", maps or "<p class='note'>No map figures in this run folder.</p>"]
     sections += [
-        "<h2>Run</h2>",
+        "<h2>Evaluation</h2>",
+        _metrics_table(Evaluation.from_json(record["metrics"]), summary)
+        if record.get("metrics")
+        else "<p class='note'>Not evaluated: run <code>torchesegeta evaluate</code> on this folder.</p>",
+        _figures(folder, record, only=_EVALUATION_FIGURES),
+    ]
+    known = (*_MAP_FIGURES, *_EVALUATION_FIGURES, Path(STRUCTURES_FIGURE).name)
+    others = _figures(folder, record, exclude=known)
+    if others:
+        sections += ["<h2>Other figures</h2>", others]
+    sections += [
+        "<h2>Methods</h2>",
+        _methods_table(record, missing),
+        "<h2>Provenance</h2>",
+        "<h3>Run</h3>",
         _key_value_table(run_info),
-        "<h2>Target</h2>",
+        "<h3>Target</h3>",
         _key_value_table(
             {"score": score_phrase(record.get("target", {})), **record.get("target", {})}
         ),
-        "<h2>Model card</h2>",
+        "<h3>Model card (preprocessing, sliding-window settings)</h3>",
         _key_value_table(card),
-        "<h2>Methods</h2>",
-        _methods_table(record, missing),
-        "<h2>Metrics</h2>",
-        _metrics_table(Evaluation.from_json(record["metrics"]))
-        if record.get("metrics")
-        else "<p class='note'>Not evaluated: run <code>torchesegeta evaluate</code> on this folder.</p>",
-        "<h2>Figures</h2>",
-        _figures(folder, record),
-        "<h2>Timings (s)</h2>",
+        "<h3>Timings (s)</h3>",
         _key_value_table(record.get("timings_s", {})),
-        "<h2>Versions</h2>",
+        "<h3>Versions</h3>",
         _key_value_table(record.get("versions", {})),
     ]
     if record.get("warnings"):
@@ -268,7 +298,7 @@ def render_report(folder: Path, record: dict[str, Any]) -> str:
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{_e(record.get('title') or 'TorchEsegeta report')}</title>"
-        f"<style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n"
+        f"<style>{_STYLE}{SUMMARY_STYLE}</style></head><body>\n{body}\n</body></html>\n"
     )
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..io.volume import Volume
     from ..models.loading import LoadedModel
     from .destination import Destination, Input
+    from .structures import Structures
 
 
 def _emit(progress: ProgressHandler | None, **event: Any) -> None:
@@ -358,8 +359,10 @@ def save_result(
     destination: Destination,
     record: dict[str, Any],
     progress: ProgressHandler | None = None,
+    structures: Structures | None = None,
 ) -> Path:
-    """Write ``result`` as ``job``'s run folder, published only when complete."""
+    """Write ``result`` as ``job``'s run folder, published only when complete; with the
+    ``structures`` of the job, its structures.csv (:mod:`.structures`)."""
     from .destination import save_run
     from .run_folder import write_run_folder
 
@@ -369,6 +372,12 @@ def save_result(
 
     def write(folder: Path) -> None:
         document = write_run_folder(result, folder, record, job.format, job.figures)
+        if structures is not None:
+            from .structures import write_structures
+
+            titles = {e["label"]: e.get("title") or e["label"] for e in document["methods"]}
+            maps = {label: (titles[label], m) for label, m in result.maps.items()}
+            write_structures(folder, maps, structures, document, job.figures)
         if result.evaluation is not None:
             from .evaluation import write_evaluation
 
@@ -397,6 +406,12 @@ def run_job(
     started = time.perf_counter()
     _emit(progress, stage="load", fraction=0.0, message="reading inputs and model")
     volume = read_channels(job.images)
+    structures = None
+    if job.structures:
+        from .structures import load_structures
+
+        # checked now, before the methods' work, not when the results are written
+        structures = load_structures(job.structures, volume.geometry)
     model = load_model(reference, job.card)
     load_seconds = time.perf_counter() - started
     result = explain_job(job, volume, model, progress, cancel)
@@ -405,6 +420,6 @@ def run_job(
         "title": f"{model.card.name}: {result.target.get('class')} ({job.target.kind})",
         "inputs": [str(Path(p).absolute()) for p in job.images],
     }
-    out = save_result(job, result, destination, record, progress)
+    out = save_result(job, result, destination, record, progress, structures)
     _emit(progress, stage="done", fraction=1.0, message=str(out))
     return out

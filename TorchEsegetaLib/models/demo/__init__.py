@@ -27,6 +27,7 @@ __all__ = [
     "DEMO_SHAPE",
     "build_demo_network",
     "demo_card",
+    "demo_structures",
     "demo_volume",
     "demo_weights_path",
     "make_vessel_volume",
@@ -58,6 +59,24 @@ def demo_volume() -> tuple[Volume, np.ndarray]:
     image, label = make_vessel_volume(DEMO_SHAPE, DEMO_SEED)
     geometry = Geometry(size=DEMO_SHAPE, spacing=DEMO_SPACING, origin=DEMO_ORIGIN)
     return Volume(image, geometry), label
+
+
+#: the demo's structures: the true vessels, a shell around them, and the rest
+DEMO_STRUCTURE_NAMES = {1: "vessels", 2: "vessel surroundings (1.5 mm)", 3: "other tissue"}
+DEMO_SHELL_MM = 1.5
+
+
+def demo_structures(truth: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, dict[int, str]]:
+    """A label image of the demo input, as an atlas would give one: its true vessels, the
+    tissue within 1.5 mm of them, and the rest (for ``--structures``)."""
+    from scipy.ndimage import distance_transform_edt
+
+    vessels = truth.astype(bool)
+    distance = distance_transform_edt(~vessels, sampling=geometry.spacing)
+    labels = np.full(truth.shape, 3, dtype=np.uint8)
+    labels[distance <= DEMO_SHELL_MM] = 2
+    labels[vessels] = 1
+    return labels, dict(DEMO_STRUCTURE_NAMES)
 
 
 def demo_card() -> ModelCard:
