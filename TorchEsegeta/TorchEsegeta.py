@@ -89,7 +89,10 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
             options: metrics, targetClass, segmentId, output ("logits" or "probabilities"),
                 card, device, seed, methodBudgetSeconds, maxBatch, precision ("float32",
                 "bfloat16" or "float16"), cropMargin (whole-volume models: explain on the
-                target's box grown by this many voxels, a measured approximation), folderName.
+                target's box grown by this many voxels, a measured approximation), folderName,
+                uncertainty (kinds "ensemble", "tta", "dropout": uncertainty maps join the
+                results), explainUncertainty (explain the predictive entropy over the target's
+                region instead of its score).
 
         Returns:
             ``{"maps": {label: volume node}, "segmentation": node, "table": node or None,

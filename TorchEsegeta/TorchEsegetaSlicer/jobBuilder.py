@@ -23,6 +23,9 @@ REGION_KINDS = {
 OUTPUTS = ("logits", "probabilities")
 PRECISIONS = ("float32", "float16", "bfloat16")
 BASE_DEVICES = ("auto", "cpu")
+# The panel's Uncertainty section: one check box per kind, in the engine's order.
+UNCERTAINTY_KINDS = ("ensemble", "tta", "dropout")
+DEFAULT_UNCERTAINTY_MEMBERS = 8
 
 
 class PanelInputError(ValueError):
@@ -94,6 +97,7 @@ def targetDict(
     roiStart: Sequence[float] | None = None,
     roiEnd: Sequence[float] | None = None,
     pointRas: Sequence[float] | None = None,
+    uncertainty: bool = False,
 ) -> dict[str, Any]:
     """The engine's target for the panel's Target section.
 
@@ -105,6 +109,8 @@ def targetDict(
         maskFile: label file of the segment on the input grid (region "segment").
         roiStart, roiEnd: the ROI's box in voxel indices of the input (region "ROI").
         pointRas: the point in the input volume's RAS coordinates (region "point").
+        uncertainty: explain the predictive entropy over the region (through the members of
+            the first checked uncertainty kind) instead of the class score.
     """
     if region not in REGION_KINDS:
         raise PanelInputError(
@@ -129,7 +135,28 @@ def targetDict(
         if pointRas is None:
             raise PanelInputError("choose a markups point list with at least one point")
         target.update(voxel=_triple(pointRas), coordinates="ras")
+    if uncertainty:
+        target["uncertainty"] = "auto"
     return target
+
+
+def uncertaintyEntries(
+    ensemble: bool = False,
+    tta: bool = False,
+    dropout: bool = False,
+    members: int = DEFAULT_UNCERTAINTY_MEMBERS,
+) -> list[dict[str, Any]]:
+    """The job's ``uncertainty`` list for the panel's Uncertainty check boxes; ``members``
+    counts the draws of tta and dropout (the ensemble's members are the model's)."""
+    checked = {"ensemble": ensemble, "tta": tta, "dropout": dropout}
+    entries: list[dict[str, Any]] = []
+    for kind in UNCERTAINTY_KINDS:
+        if checked[kind]:
+            entry: dict[str, Any] = {"kind": kind}
+            if kind != "ensemble" and int(members) != DEFAULT_UNCERTAINTY_MEMBERS:
+                entry["members"] = int(members)
+            entries.append(entry)
+    return entries
 
 
 def methodEntries(
@@ -184,6 +211,7 @@ def buildJob(
     seed: int = 0,
     maxBatch: int | None = None,
     cropMargin: int | None = None,
+    uncertainty: Sequence[dict[str, Any] | str] = (),
 ) -> dict[str, Any]:
     """A validated Job, as the dict the worker reads from job.json.
 
@@ -215,6 +243,12 @@ def buildJob(
         data["crop_margin"] = int(cropMargin)
     if metrics:
         data["metrics"] = list(metrics)
+    if target.get("uncertainty") and not uncertainty:
+        raise PanelInputError(
+            "explaining the uncertainty needs an uncertainty kind: check ensemble, tta or "
+            "dropout in the Uncertainty section"
+        )
+    data["uncertainty"] = list(uncertainty)
     if precision not in PRECISIONS:
         raise PanelInputError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     data["precision"] = precision

@@ -1,4 +1,5 @@
-"""Load an engine run folder (run.json, segmentation, one map per method) into the scene."""
+"""Load an engine run folder (run.json, segmentation, one map per method, uncertainty maps) into
+the scene."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from TorchEsegetaLib.io.images import read_volume
 
-from .resultNodes import MapResult, addResultNodes
+from .resultNodes import MapResult, UncertaintyMap, addResultNodes
 from .volumeNodes import geometryFromVolumeNode
 
 GEOMETRY_TOLERANCE = 1e-4
@@ -33,6 +34,7 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
         ``{"maps": {method label: volume node}, "segmentation": segmentation node or None,
         "folderItemId": subject hierarchy folder item, "table": metrics table node or None,
         "charts": {metric title: plot chart node}, "skipped": {method label: status},
+        "uncertainty": {map label: volume node}, "uncertaintyTable": table node or None,
         "run": the run.json contents}`` (methods that did not finish have no map).
 
     Raises:
@@ -55,6 +57,13 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
             continue
         fileName = entry.get("file", f"{label}.nii.gz")
         maps[label] = (entry, _readOnGrid(runFolder / fileName, expected))
+    uncertainty = {
+        entry.get("label", Path(entry["file"]).name.split(".")[0]): (
+            entry,
+            _readOnGrid(runFolder / entry["file"], expected),
+        )
+        for entry in run.get("uncertainty", [])
+    }
     segmentationPath = runFolder / SEGMENTATION_FILE
     segmentation = _readOnGrid(segmentationPath, expected) if segmentationPath.exists() else None
 
@@ -71,6 +80,11 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
         folderName=runFolder.name,
         referenceVolumeNode=referenceVolumeNode,
         inputName=inputName,
+        uncertainty={
+            label: UncertaintyMap(volume.array[0], entry.get("title", label), entry.get("unit", ""))
+            for label, (entry, volume) in uncertainty.items()
+        },
+        uncertaintySummaries=run.get("uncertainty_summary"),
     )
     return {**added, "skipped": skipped, "run": run}
 

@@ -28,7 +28,7 @@ from TorchEsegetaLib.figures.metric_figures import format_value
 from . import panel, views
 from .caseScene import CaseNodes, loadCase, unloadCase
 from .httpFiles import addFileRoute, fileUrl
-from .metricsView import curvesDataUrl, metricsTable
+from .metricsView import curvesDataUrl, metricsTable, uncertaintyTable
 from .runSource import ViewerRun, openRun
 
 
@@ -89,9 +89,7 @@ class ViewerApp:
         maps = self.case.maps
         state.current_case = name
         state.method_items = [
-            {"value": m.label, "title": f"{m.title} ({'signed' if m.signed else 'unsigned'})"}
-            for m in run.maps
-            if m.label in maps
+            {"value": m.label, "title": _mapTitle(m)} for m in run.maps if m.label in maps
         ]
         state.channel_items = [
             {"value": index, "title": node.GetName()}
@@ -102,6 +100,7 @@ class ViewerApp:
         state.compare = list(maps)[:MAX_COMPARED]
         state.metrics = metricsTable(run.evaluation)
         state.curves_src = curvesDataUrl(run.evaluation)
+        state.uncertainty = uncertaintyTable(run.record.get("uncertainty_summary"))
         state.run_info = _runInfo(run)
         state.links = self._links(name, run)
         state.skipped = [f"{label}: {status}" for label, status in run.skipped.items()]
@@ -126,6 +125,7 @@ class ViewerApp:
         state.compare_orientation = "Axial"
         state.compare_titles = []
         state.cursor = ""
+        state.uncertainty = {"headers": [], "rows": []}
 
     def _bindState(self) -> None:
         state = self.server.state
@@ -261,6 +261,12 @@ class ViewerApp:
         return [
             {"title": n, "href": fileUrl(prefix + n)} for n in names if (run.folder / n).is_file()
         ]
+
+
+def _mapTitle(entry) -> str:
+    if entry.uncertainty:
+        return entry.title
+    return f"{entry.title} ({'signed' if entry.signed else 'unsigned'})"
 
 
 def _runInfo(run: ViewerRun) -> list[dict]:

@@ -1,13 +1,14 @@
 """The run's evaluation as the viewer shows it: a table (one row per method, best first) and the
-deletion/insertion curves. Rows come from the Slicer module's ``evaluationTables`` and the figure
-from the engine's report code, so the browser, Slicer and report.html agree. Pure Python."""
+deletion/insertion curves; and its uncertainty summaries (one row per kind). Rows come from the
+Slicer module's ``evaluationTables`` and ``uncertaintyRows`` and the figure from the engine's
+report code, so the browser, Slicer and report.html agree. Pure Python."""
 
 from __future__ import annotations
 
 import base64
 from typing import Any
 
-from TorchEsegetaSlicer.evaluationData import evaluationTables
+from TorchEsegetaSlicer.evaluationData import evaluationTables, uncertaintyRows
 
 from TorchEsegetaLib.figures.metric_figures import curves_png, format_value
 
@@ -33,6 +34,20 @@ def metricsTable(evaluation: dict[str, Any] | None) -> dict[str, Any]:
         "headers": headers,
         "rows": [
             {"method": str(row.get("method")), "cells": [_cell(row.get(key)) for key in keys]}
+            for row in rows
+        ],
+    }
+
+
+def uncertaintyTable(summaries: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The run's uncertainty summaries as ``{"headers", "rows"}`` (see :func:`metricsTable`);
+    the row key is the kind."""
+    rows = uncertaintyRows(summaries)
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    return {
+        "headers": [{"key": key, "title": key} for key in keys],
+        "rows": [
+            {"method": str(row["kind"]), "cells": [_cell(row.get(key)) for key in keys]}
             for row in rows
         ],
     }

@@ -12,6 +12,8 @@ from .common import (
     evaluation_options,
     methods_from_args,
     metrics_from_args,
+    uncertainty_from_args,
+    uncertainty_option,
 )
 from .explain import apply_overrides, run_and_summarise
 
@@ -43,6 +45,7 @@ def add_parsers(sub: Any) -> None:
         help=f"comma-separated methods (default {DEFAULT_DEMO_METHODS})",
     )
     evaluation_options(demo)
+    uncertainty_option(demo)
     common_run_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
@@ -76,6 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         output=str(out),
         overwrite=True,
         metrics=metrics,
+        uncertainty=uncertainty_from_args(args),
     )
     apply_overrides(job, args)
     job.output = str(out)

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
+from ..models.uncertainty import uncertainty_specs
 from ..schema.registry import Registry, Spec
 from ..schema.validation import check_job, job_schema, plain, schema_path
 from ..targets.spec import TargetSpec
+from ..targets.uncertainty import resolve_members
 
 #: The job's fields, in the schema's order (the schema is the one list of them).
 JOB_FIELDS = tuple(job_schema()["properties"])
@@ -73,6 +75,9 @@ class Job:
     #: warn before the run about a method estimated to take longer than this (seconds; None:
     #: 10 minutes)
     warn_after_s: float | None = None
+    #: uncertainty maps to write beside the attributions: kinds or {kind, ...options}
+    #: (:class:`~TorchEsegetaLib.models.uncertainty.UncertaintySpec`)
+    uncertainty: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Every field against the shipped schema first, whichever front end built the job.
@@ -90,6 +95,13 @@ class Job:
             from ..metrics import metric_specs
 
             self.metrics = metric_specs(list(self.metrics))
+        self.uncertainty = uncertainty_specs(self.uncertainty)
+        self.target = resolve_members(self.target, self.uncertainty)
+        if self.target.uncertainty is not None and self.crop_margin is not None:
+            raise UserInputError(
+                "crop_margin does not apply to an uncertainty target (its members flip the "
+                "whole volume); remove --crop-margin"
+            )
 
     def model_to_load(self) -> dict[str, Any]:
         """The model reference to load; a job whose network was given in memory has none."""
@@ -119,6 +131,7 @@ class Job:
             "precision": self.precision,
             "crop_margin": self.crop_margin,
             "warn_after_s": self.warn_after_s,
+            "uncertainty": [spec.to_dict() for spec in self.uncertainty],
         }
 
     @classmethod
@@ -135,6 +148,8 @@ class Job:
                 for key in ("path", "checkpoint"):
                     if model.get(key):
                         model[key] = _resolve(model[key], base)
+                if isinstance(model.get("ensemble"), list):
+                    model["ensemble"] = [_resolve(p, base) for p in model["ensemble"]]
                 data["model"] = model
             target = data.get("target")
             if isinstance(target, dict) and target.get("mask"):

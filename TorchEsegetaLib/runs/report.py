@@ -1,7 +1,8 @@
 """A self-contained HTML report of a run folder: one file, figures embedded, nothing fetched.
 
 It shows the run (model card, target, device, versions, timings and peak memory), the methods'
-metrics ranked best first with the direction and unit of each, and every figure of the folder as
+metrics ranked best first with the direction and unit of each, the uncertainty maps and their
+summaries for the target (when the run computed them), and every figure of the folder as
 an inline base64 PNG, so the file can be mailed or archived on its own. Values are written for
 people (``spacing 0.6 x 0.6 x 0.8``, not JSON), and a file that run.json lists but the folder
 lacks (a map deleted since) is flagged at the top rather than silently left out.
@@ -38,6 +39,9 @@ _CAPTIONS = {
     "deletion_insertion.png": "Target score as 3D blocks are removed (deletion) or inserted (insertion) in the order of each map.",
     "randomisation.png": "Similarity of each map to its original as the model's layers are randomised, output first.",
     "ranking.png": "Methods ranked by their mean rank over the metrics.",
+    "uncertainty.png": "Uncertainty maps through the target (own colours, from 0 = sure): "
+    "predictive entropy, mutual information (the members' disagreement) and the standard "
+    "deviation of the target class's probability, per kind of members.",
 }
 
 
@@ -100,6 +104,7 @@ def missing_files(folder: Path, record: dict[str, Any]) -> list[str]:
     listed = [m.get("file") for m in record.get("methods", [])]
     listed += [name for m in record.get("methods", []) for name in m.get("channel_files", [])]
     listed += [(record.get("segmentation") or {}).get("file"), *record.get("figures", [])]
+    listed += [entry.get("file") for entry in record.get("uncertainty", [])]
     return [name for name in listed if name and not (Path(folder) / name).is_file()]
 
 
@@ -129,6 +134,40 @@ def _methods_table(record: dict[str, Any], missing: list[str]) -> str:
             f"<td>{_e(readable(m.get('params', {})) or 'none')}</td><td>{_e(notes)}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _uncertainty_section(record: dict[str, Any], missing: list[str]) -> str:
+    """The uncertainty summaries (one row per kind) and the maps' files."""
+    head = (
+        "<tr><th>kind</th><th>members</th><th>class</th><th>mean entropy in target (nats)</th>"
+        "<th>mean mutual information in target (nats)</th><th>class flip share</th>"
+        "<th>class volume (mL), min to max</th><th>seconds</th></tr>"
+    )
+    rows = []
+    for summary in record.get("uncertainty_summary", []):
+        volume = summary.get("class_volume_ml") or {}
+        cells = [
+            _e(summary.get("kind")),
+            _e(summary.get("members")),
+            _e(summary.get("class")),
+            _e(format_value(summary.get("mean_entropy_in_target"))),
+            _e(format_value(summary.get("mean_mutual_information_in_target"))),
+            _e(f"{summary.get('class_flip_share', 0):.1%}"),
+            _e(f"{format_value(volume.get('min'))} to {format_value(volume.get('max'))}"),
+            _e(format_value(summary.get("seconds"))),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    files = "".join(
+        f"<li><code>{_e(entry['file'])}</code>: {_e(entry.get('title', entry['quantity']))}, "
+        f"{_e(entry.get('unit', ''))}{' (missing)' if entry['file'] in missing else ''}</li>"
+        for entry in record.get("uncertainty", [])
+    )
+    return (
+        f"<table>{head}{''.join(rows)}</table>"
+        "<p class='note'>Class flip share: of the voxels some member labels as the class, those "
+        "not every member labels so. The maps (figure below) are on the input grid:</p>"
+        f"<ul class='note'>{files}</ul>"
+    )
 
 
 def _metrics_table(evaluation: Evaluation) -> str:
@@ -248,6 +287,11 @@ def render_report(folder: Path, record: dict[str, Any]) -> str:
         _metrics_table(Evaluation.from_json(record["metrics"]))
         if record.get("metrics")
         else "<p class='note'>Not evaluated: run <code>torchesegeta evaluate</code> on this folder.</p>",
+        *(
+            ["<h2>Uncertainty</h2>", _uncertainty_section(record, missing)]
+            if record.get("uncertainty_summary")
+            else []
+        ),
         "<h2>Figures</h2>",
         _figures(folder, record),
         "<h2>Timings (s)</h2>",

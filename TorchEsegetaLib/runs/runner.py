@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from ..engine.context import CancelToken
     from ..io.volume import Volume
     from ..models.loading import LoadedModel
+    from ..models.uncertainty import UncertaintySpec
     from .destination import Destination
 
 
@@ -70,6 +72,7 @@ def explain_volume(
     precision: str = "float32",
     crop_margin: int | None = None,
     warn_after_s: float | None = None,
+    uncertainty: Sequence[UncertaintySpec | str | dict[str, Any]] = (),
 ) -> ExplainResult:
     """Segment ``volume``, fix the target, and run each method; all results on the input grid.
 
@@ -78,7 +81,8 @@ def explain_volume(
     an approximation measured and recorded (see :mod:`TorchEsegetaLib.runs.cropping`).
     ``warn_after_s``: before the methods run, each one's cost is estimated (reported as
     progress events of stage "estimate"); a method estimated to take longer is warned about,
-    with cheaper settings (default :data:`~.cost.WARN_AFTER_S`).
+    with cheaper settings (default :data:`~.cost.WARN_AFTER_S`). ``uncertainty``: the kinds
+    whose maps are computed before the methods (``result.uncertainty``, see :mod:`.uncertainty`).
     """
     import torch
 
@@ -87,7 +91,11 @@ def explain_volume(
     from ..methods import ScoreModel
     from ..models.grids import restore_input_grid
     from ..models.inference import check_input, resolve_device
+    from ..models.uncertainty import uncertainty_specs
+    from ..models.uncertainty.members import check_available
+    from ..targets.uncertainty import resolve_members
     from .cost import WARN_AFTER_S, PassTimes, general_hints
+    from .uncertainty import compute_uncertainty, estimates, plan_members
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -99,10 +107,14 @@ def explain_volume(
         torch.backends.cudnn.benchmark = True  # fixed shapes: autotuned kernels pay off
     check_input(volume, model.card)
     instances = [spec.create() for spec in methods]
+    specs = uncertainty_specs(uncertainty)
+    target = resolve_members(target, specs)
+    for kind in [*specs, *([target.uncertainty] if target.uncertainty else [])]:
+        check_available(kind, model)  # no dropout layers, no ensemble: fail before any work
     seed_everything(seed)
 
     _emit(progress, stage="segment", fraction=0.0, message="segmenting")
-    case = prepare_case(volume, model, target, torch_device)
+    case = prepare_case(volume, model, target, torch_device, seed, specs)
     warnings.extend(case.warnings)
     timings["segment"] = time.perf_counter() - started
     warnings += [f"preprocessing: {note}" for note in case.segmentation.input.warnings]
@@ -124,18 +136,26 @@ def explain_volume(
     times = PassTimes()
     sample_bytes = None if max_batch else measure_sample_bytes(score_run, x_run, times)
     began = time.perf_counter()
-    estimates = _estimates(
+    limit = WARN_AFTER_S if warn_after_s is None else float(warn_after_s)
+    method_estimates = _estimates(
         methods,
         instances,
         score_run,
         x_run,
         times,
         Context(device=torch_device, max_batch=max_batch, sample_bytes=sample_bytes),
-        WARN_AFTER_S if warn_after_s is None else float(warn_after_s),
+        limit,
         general_hints(torch_device, forward_run, target.kind, crop is not None),
     )
+    planned = plan_members(specs, case, model, seed)
+    costs = estimates(planned, timings["segment"], limit)  # a member pass: a segmentation
     timings["estimate"] = time.perf_counter() - began
-    _report_estimates(estimates, progress, warnings)
+    _report_estimates(costs + method_estimates, progress, warnings)
+    uncertainty_results = compute_uncertainty(planned, case, model, progress, cancel)
+    for found, cost in zip(uncertainty_results, costs):
+        found.estimate = cost.record()
+        timings[f"uncertainty {found.spec.kind}"] = found.seconds
+    del planned
     tuned: dict[str, int] = {}  # the fastest batch size, found by the first method, kept for all
 
     def on_input_grid(method: Any, context: Any) -> np.ndarray:
@@ -175,7 +195,7 @@ def explain_volume(
             seed_everything(seed + index)
             t0 = time.perf_counter()
             result = MethodResult(spec, "ok", 0.0, bool(method.signed), method.shared_channels)
-            result.estimate = estimates[index].record()
+            result.estimate = method_estimates[index].record()
             try:
                 with PeakMemory(torch_device) as peak:
                     restored = on_input_grid(method, context)
@@ -198,7 +218,8 @@ def explain_volume(
             timings[spec.label] = result.seconds
             report(1.0, f"{spec.label}: {result.status} in {result.seconds:.1f} s", phase="end")
     finally:
-        model.network.to("cpu")
+        for network in (model.network, *model.ensemble):
+            network.to("cpu")
     timings["total"] = time.perf_counter() - started
     return ExplainResult(
         geometry=volume.geometry,
@@ -216,6 +237,7 @@ def explain_volume(
         model=model,
         target_spec=target,
         max_batch=max_batch,
+        uncertainty=uncertainty_results,
     )
 
 
@@ -291,6 +313,7 @@ def explain_job(
         precision=job.precision,
         crop_margin=job.crop_margin,
         warn_after_s=job.warn_after_s,
+        uncertainty=job.uncertainty,
     )
     if job.metrics:
         from .evaluation import evaluate_result

@@ -36,6 +36,9 @@ class TargetSpec:
         voxel: the voxel (kind "voxel"), in ``coordinates``.
         coordinates: "voxel" indices (i, j, k) of the input grid, or physical "lps" / "ras" mm.
         reduction: "mean" or "sum" of the scores over the region.
+        uncertainty: None, or score the predictive entropy of these members over the region
+            instead (:mod:`.uncertainty`): "auto" (the job's first uncertainty kind), a kind
+            ("ensemble", "tta", "dropout") or a kind with its options as a dict.
     """
 
     kind: str = "class"
@@ -48,6 +51,7 @@ class TargetSpec:
     voxel: tuple[float, float, float] | None = None
     coordinates: str = "voxel"
     reduction: str = "mean"
+    uncertainty: str | dict[str, Any] | None = None
     mask_array: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -70,6 +74,8 @@ class TargetSpec:
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "mask_array"}
         data["class"] = data.pop("class_")
+        if data["uncertainty"] is None:  # an ordinary target: its dict as before uncertainty
+            del data["uncertainty"]
         if self.mask_array is not None:
             data["mask"] = data["mask"] or "<array>"
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
@@ -91,9 +97,13 @@ class TargetSpec:
 
     @classmethod
     def parse(cls, text: str, **extra: Any) -> TargetSpec:
-        """Parse the CLI form: ``class``, ``mask:FILE[:LABEL]``, ``roi:A,B,C:D,E,F``, ``voxel:A,B,C``."""
+        """Parse the CLI form: ``class``, ``mask:FILE[:LABEL]``, ``roi:A,B,C:D,E,F``, ``voxel:A,B,C``;
+        ``uncertainty:`` before any of them explains the predictive entropy over that region."""
         kind, _, rest = text.partition(":")
         kind = kind.strip().lower()
+        if kind == "uncertainty":
+            extra.setdefault("uncertainty", "auto")
+            return cls.parse(rest or "class", **extra)
         check(kind, target_schema()["properties"]["kind"], "target kind")
         if kind == "class":
             if rest:
@@ -142,6 +152,8 @@ def score_phrase(target: dict[str, Any]) -> str:
     name = target.get("class")
     what = f"{name} {unit}" if name is not None else unit
     kind = target.get("kind", "class")
+    if target.get("uncertainty"):
+        what = f"predictive entropy ({target['uncertainty']}, {target.get('members')} members)"
     if kind == "voxel":
         return f"{what} at the target voxel"
     region = {"class": f"predicted {name} mask", "mask": "target mask", "roi": "target box"}

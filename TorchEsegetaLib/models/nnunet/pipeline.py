@@ -21,12 +21,15 @@ differentiated exactly.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .members import FlippedNetwork, MemberRecorder
 from .normalization import ChannelNormalization, channel_normalization
 from .resampling import Resampling, plan_resampling
 
@@ -101,6 +104,9 @@ class NnUNetPipeline(torch.nn.Module):
         self.explain_fold = explain_fold
         self.spacing: tuple[float, ...] | None = None
         self.case: Case | None = None
+        #: while set, the segmentation also hands over each ensemble member (see
+        #: :meth:`recording_members`)
+        self.member_recorder: MemberRecorder | None = None
 
     # -- engine hooks ---------------------------------------------------------------------
     def bind_geometry(self, geometry: Any) -> None:
@@ -112,6 +118,41 @@ class NnUNetPipeline(torch.nn.Module):
         """Keep the case (crop, mask, statistics) of ``x``, the unperturbed input, for every later
         call, and switch to float32 throughout (see the module doc)."""
         self.case = self.analyse(x[0].detach().cpu().numpy())
+
+    # -- the ensemble's members (uncertainty) -----------------------------------------------
+    def member_pairs(self) -> list[tuple[int, tuple[int, ...]]]:
+        """The ensemble's members, in the order nnU-Net sums them: (fold position, mirror axes)
+        for every fold and every mirror combination, no mirroring first (nnU-Net's axes)."""
+        axes = list(self.mirror_axes or ())
+        flips = [c for i in range(len(axes) + 1) for c in itertools.combinations(axes, i)]
+        return [(fold, tuple(flip)) for fold in range(len(self.folds)) for flip in flips]
+
+    def input_mirror_axes(self) -> tuple[int, ...]:
+        """The mirroring axes as axes of the input grid (i = 0, j = 1, k = 2)."""
+        offset = 3 - len(self.plan.patch_size)  # a 2d configuration's patches skip axis 0
+        forward = self.plan.transpose_forward
+        return tuple(sorted(2 - forward[a + offset] for a in self.mirror_axes or ()))
+
+    @contextmanager
+    def recording_members(self, consumer: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+        """While active, every segmentation (nnU-Net's numerics) also hands each member of
+        :meth:`member_pairs` to ``consumer(member index, logits (1, K, I, J, K) on the input
+        grid)``: each fold's prediction with one mirror combination, accumulated over the
+        windows and brought back exactly as nnUNetPredictor does for the ensemble. The passes
+        are the segmentation's; only the accumulation and the resampling back are added."""
+        self.member_recorder = MemberRecorder(consumer, len(self.member_pairs()) // len(self.folds))
+        try:
+            yield
+        finally:
+            self.member_recorder = None
+
+    def member_forward(self, x: torch.Tensor, fold: int, flip: tuple[int, ...]) -> torch.Tensor:
+        """One member of :meth:`member_pairs` as a differentiable function of ``x``: fold
+        ``fold`` alone, each window predicted flipped along ``flip`` and flipped back, on the
+        case of :meth:`freeze_statistics`, in float32."""
+        if self.case is None:
+            raise RuntimeError("freeze_statistics() must be called before running a member")
+        return self._run(x, self.case, [FlippedNetwork(self.folds[fold], flip)], None, False)
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,7 +242,7 @@ class NnUNetPipeline(torch.nn.Module):
         self,
         x: torch.Tensor,
         case: Case,
-        folds: list[int],
+        folds: list[int] | list[torch.nn.Module],
         mirror: tuple[int, ...] | None,
         exact: bool,
     ) -> torch.Tensor:
@@ -216,17 +257,26 @@ class NnUNetPipeline(torch.nn.Module):
             data = case.to_model(data)
         logits = None
         for fold in folds:
-            fold_logits = self._sliding_window(self.folds[fold], data, case, mirror, exact)
+            network = fold if isinstance(fold, torch.nn.Module) else self.folds[fold]
+            fold_logits = self._sliding_window(network, data, case, mirror, exact)
+            if self.member_recorder is not None:
+                self.member_recorder.emit(lambda t: self._restore(t, case, x.shape[0], exact))
             logits = fold_logits if logits is None else logits + fold_logits
         assert logits is not None
         if len(folds) > 1:
             logits = logits / len(folds)
+        return self._restore(logits, case, x.shape[0], exact)
+
+    def _restore(self, logits: torch.Tensor, case: Case, batch: int, exact: bool) -> torch.Tensor:
+        """Logits on the network's grid -> the input grid: resampled back, the crop undone
+        (background outside it), transposed back."""
+        plan = self.plan
         if exact:
             logits = self._nnunet_resampling("probabilities", logits, case.to_input, case).float()
         else:
             logits = case.to_input(logits)
         full = torch.full(
-            (x.shape[0], logits.shape[1], *case.shape),
+            (batch, logits.shape[1], *case.shape),
             OUTSIDE_LOGIT,
             dtype=logits.dtype,
             device=logits.device,
@@ -282,9 +332,11 @@ class NnUNetPipeline(torch.nn.Module):
         heads = None
         logits: torch.Tensor | None = None
         counts: torch.Tensor | None = None
+        recorder = self.member_recorder
         for window in case.windows:
             index = (slice(None), slice(None), *window)
-            prediction = self._mirrored(network, padded[index], mirror, exact)
+            kept: list[torch.Tensor] | None = [] if recorder is not None else None
+            prediction = self._mirrored(network, padded[index], mirror, exact, kept)
             if logits is None or counts is None:
                 heads = prediction.shape[1]
                 logits = torch.zeros(
@@ -292,6 +344,8 @@ class NnUNetPipeline(torch.nn.Module):
                 )
                 counts = torch.zeros(padded.shape[2:], dtype=accumulate, device=data.device)
             target = (slice(None), slice(None), *window)
+            if recorder is not None and kept is not None:
+                recorder.add_window(target, kept, gaussian, logits, exact)
             if exact:
                 prediction *= gaussian
                 logits[target] += prediction
@@ -306,6 +360,8 @@ class NnUNetPipeline(torch.nn.Module):
             logits = logits / counts
         inner = tuple(slice(b, n - a) for (b, a), n in zip(case.padding, padded.shape[2:]))
         index = (slice(None), slice(None), *inner)
+        if recorder is not None:
+            recorder.finish_fold(counts, index, exact)
         return logits[index]
 
     @staticmethod
@@ -314,17 +370,24 @@ class NnUNetPipeline(torch.nn.Module):
         patch: torch.Tensor,
         mirror: tuple[int, ...] | None,
         exact: bool,
+        keep: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """nnU-Net's ``_internal_maybe_mirror_and_predict``: the mean of the predictions of all
-        flips along the allowed axes."""
+        flips along the allowed axes. ``keep`` receives each flip's own prediction (flipped
+        back), no flip first."""
         prediction = _network(network, patch)
+        if keep is not None:
+            keep.append(prediction.clone())
         if not mirror:
             return prediction
         axes = [a + 2 for a in mirror]
         combinations = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
         if exact:
             for flip in combinations:
-                prediction += torch.flip(_network(network, torch.flip(patch, flip)), flip)
+                flipped = torch.flip(_network(network, torch.flip(patch, flip)), flip)
+                if keep is not None:
+                    keep.append(flipped)
+                prediction += flipped
             prediction /= len(combinations) + 1
             return prediction
         # all flips in one batch: one network call
@@ -332,6 +395,8 @@ class NnUNetPipeline(torch.nn.Module):
         outputs = _network(network, batch).split(patch.shape[0])
         total = outputs[0]
         for flip, output in zip(combinations, outputs[1:]):
+            if keep is not None:
+                keep.append(torch.flip(output, flip))
             total = total + torch.flip(output, flip)
         return total / (len(combinations) + 1)
 
