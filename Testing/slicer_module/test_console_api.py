@@ -229,3 +229,29 @@ def test_precision_reaches_the_engine(scene, inputNode, tmp_path):
     assert np.corrcoef(maps["float32"].ravel(), maps["bfloat16"].ravel())[0, 1] > 0.9
     with pytest.raises(UserInputError, match='"precision" must be one of float32'):
         explainNodes(scene, inputNode, model=reference, device="cpu", precision="float8")
+
+
+def test_explain_adds_uncertainty_maps_and_explains_the_uncertainty(scene, inputNode, tmp_path):
+    from TorchEsegetaSlicer import explainNodes
+
+    nodes = explainNodes(
+        scene,
+        inputNode,
+        model=tinyModelReference(tmp_path),
+        methods=["saliency"],
+        target="roi:4,4,4:10,10,10",
+        uncertainty=[{"kind": "tta", "members": 3}],
+        explainUncertainty=True,
+        device="cpu",
+    )
+    assert set(nodes["uncertainty"]) == {
+        "uncertainty_tta_entropy",
+        "uncertainty_tta_mutual_information",
+        "uncertainty_tta_std",
+    }
+    colours = {n.GetDisplayNode().GetColorNode().GetName() for n in nodes["uncertainty"].values()}
+    assert colours == {"TorchEsegetaUncertainty"}
+    assert nodes["uncertaintyTable"].GetNumberOfRows() == 1
+    assert nodes["result"].target["uncertainty"] == "tta"
+    for node in nodes["uncertainty"].values():
+        assert shFolderOf(scene, node) == nodes["folderItemId"]

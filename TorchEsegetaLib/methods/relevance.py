@@ -103,9 +103,13 @@ class LRP(Method):
         return Passes(backward=1)
 
     def preflight(self, forward, inputs, target):
+        from ..errors import UserInputError
         from . import rules
 
         rules.refuse_scripted(forward, self.name)
+        refused = getattr(target, "relevance_refused", None)  # a score that is not a logit
+        if refused:
+            raise UserInputError(f"{self.name} cannot explain this target: {refused}")
 
     def attribute(self, forward, inputs, target, context):
         import torch

@@ -29,6 +29,12 @@ class EntropyTarget(BoundTarget):
     """``target(member logits (B, M * K, *S)) -> (B,)``: the predictive entropy of the members'
     mean prediction, reduced over the region of ``bound`` (the mean by default)."""
 
+    #: why LRP cannot explain this target (read by its preflight)
+    relevance_refused = (
+        "LRP passes a class logit's relevance back through the network, and the predictive "
+        "entropy of several members is no logit; use a gradient, DeepLIFT or perturbation method"
+    )
+
     def __init__(self, bound: BoundTarget, kind: str, members: int, exclusive: bool) -> None:
         super().__init__(
             bound.class_index, bound.region, bound.output, bound.activation, bound.reduction

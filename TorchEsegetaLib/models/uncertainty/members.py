@@ -50,6 +50,12 @@ class MemberForward(torch.nn.Module):
 
     reused: tuple[int, ...] = ()
     recorded = False
+    #: why layer methods cannot explain through members (read by their preflight)
+    layer_maps_refused = (
+        "an uncertainty target's members run the network's layers on flipped, rescaled or "
+        "noisy inputs, or with dropped units, so a layer has no one map on the input grid; use "
+        "a gradient, DeepLIFT or perturbation method"
+    )
 
     def __init__(self, kind: str, base: SegmentationForward, names: list[str]) -> None:
         super().__init__()
