@@ -129,7 +129,7 @@ def _evaluate(
     specs = metric_specs(metrics)
     torch_device = resolve_device(device)
     try:
-        prepared = prepare_case(volume, model, target, torch_device)
+        prepared = prepare_case(volume, model, target, torch_device, seed)
         case = Case(
             forward=prepared.forward,
             x=prepared.x,

@@ -78,26 +78,19 @@ def segment_recording_members(
     from ..models.inference import check_input, segment
     from ..models.pipeline import model_input
     from ..models.postprocessing import restored_probabilities
+    from ..models.uncertainty.members import fold_mirror_names
 
     check_input(volume, model.card)
     prepared = model_input(volume, model.card)
-    names = _fold_mirror_names(model)
+    pipeline: Any = model.network
+    names = fold_mirror_names(pipeline, list(model.source.get("folds") or []))
 
     def fold_in(index: int, logits: torch.Tensor) -> None:
         probabilities = restored_probabilities(logits.float().cpu(), model.card, prepared.grid)
         statistics.add(probabilities, names[index])
 
-    with model.network.recording_members(fold_in):
+    with pipeline.recording_members(fold_in):
         return segment(model, volume, device, prepared)
-
-
-def _fold_mirror_names(model: LoadedModel) -> list[str]:
-    folds = list(model.source.get("folds") or [])
-    return [
-        f"fold {folds[f] if f < len(folds) else f}, "
-        + (f"mirror {','.join(map(str, flip))}" if flip else "no mirror")
-        for f, flip in model.network.member_pairs()
-    ]
 
 
 def plan_members(
@@ -170,6 +163,7 @@ def compute_uncertainty(
                 statistics.add(restored_probabilities(logits, card, grid), name)
         maps = statistics.maps()
         class_name = card.class_names[case.class_index]
+        assert case.geometry is not None
         summary = summarise(statistics, maps, case.input_region, case.geometry, class_name)
         result = UncertaintyResult(spec, statistics.names, maps, {"kind": spec.kind, **summary})
         result.seconds = time.perf_counter() - started

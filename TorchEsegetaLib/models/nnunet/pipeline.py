@@ -21,7 +21,7 @@ differentiated exactly.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -242,7 +242,7 @@ class NnUNetPipeline(torch.nn.Module):
         self,
         x: torch.Tensor,
         case: Case,
-        folds: list[int] | list[torch.nn.Module],
+        folds: Sequence[int | torch.nn.Module],
         mirror: tuple[int, ...] | None,
         exact: bool,
     ) -> torch.Tensor:

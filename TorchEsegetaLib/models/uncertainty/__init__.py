@@ -78,7 +78,7 @@ class UncertaintySpec:
 
     def to_dict(self, every: bool = False) -> dict[str, Any]:
         """``{"kind", ...options}``: the options given (``every``: all of this kind's)."""
-        options = {"members": self.members}
+        options: dict[str, Any] = {"members": self.members}
         if self.kind == "tta":
             options.update(
                 flip_axes=self.flip_axes, intensity_scale=self.intensity_scale, noise=self.noise

@@ -183,14 +183,14 @@ class DropoutMembers(MemberForward):
                 handle.remove()
 
     def _dropping(self, member: int, number: int) -> Any:
-        layer = self.layers[number]
+        layer: Any = self.layers[number]
         channels = not isinstance(layer, torch.nn.Dropout)  # Dropout1d/2d/3d drop channels
+        p = float(layer.p)
 
         def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
             shape = (1, output.shape[1], *([1] * (output.ndim - 2))) if channels else output.shape
-            return output * dropout_mask(shape[1:], layer.p, self.seed, member, number).to(
-                output.device, output.dtype
-            )
+            mask = dropout_mask(tuple(shape[1:]), p, self.seed, member, number)
+            return output * mask.to(output.device, output.dtype)
 
         return hook
 
@@ -212,7 +212,9 @@ def dropout_layers(network: torch.nn.Module) -> list[torch.nn.Module]:
             "Monte-Carlo dropout needs the network's Python modules, and this is a TorchScript "
             "model; give the network and its checkpoint (--network), or use tta"
         )
-    layers = [m for m in network.modules() if isinstance(m, _DROPOUT_LAYERS) and m.p > 0]
+    layers: list[torch.nn.Module] = [
+        m for m in network.modules() if isinstance(m, _DROPOUT_LAYERS) and m.p > 0
+    ]
     if not layers:
         raise UserInputError(
             "the network has no dropout layers (with p > 0), so Monte-Carlo dropout has nothing "
@@ -245,18 +247,24 @@ class FoldMirrorMembers(MemberForward):
     recorded = True
 
     def __init__(self, base: SegmentationForward, folds: list[Any]) -> None:
-        pairs = base.network.member_pairs()
-        names = [
-            f"fold {folds[fold] if fold < len(folds) else fold}, "
-            + (f"mirror {','.join(str(a) for a in flip)}" if flip else "no mirror")
-            for fold, flip in pairs
-        ]
-        super().__init__("ensemble", base, names)
-        self.pairs = pairs
+        pipeline: Any = base.network
+        super().__init__("ensemble", base, fold_mirror_names(pipeline, folds))
+        self.pairs = pipeline.member_pairs()
 
     def member(self, index: int, x: torch.Tensor) -> torch.Tensor:
         fold, flip = self.pairs[index]
-        return self.base.network.member_forward(self.base.preprocess(x), fold, flip)
+        pipeline: Any = self.base.network
+        return pipeline.member_forward(self.base.preprocess(x), fold, flip)
+
+
+def fold_mirror_names(pipeline: Any, folds: list[Any]) -> list[str]:
+    """ "fold 0, no mirror", "fold 1, mirror 0,2": the names of nnU-Net's members (``folds``:
+    the model's fold names, in the pipeline's order)."""
+    return [
+        f"fold {folds[fold] if fold < len(folds) else fold}, "
+        + (f"mirror {','.join(str(a) for a in flip)}" if flip else "no mirror")
+        for fold, flip in pipeline.member_pairs()
+    ]
 
 
 def check_available(spec: UncertaintySpec | str | dict[str, Any], model: LoadedModel) -> None:
@@ -283,7 +291,7 @@ def build_members(
 ) -> MemberForward:
     """The members ``spec`` asks for, on ``base`` (the case's frozen forward) and its input ``x``."""
     check_available(spec, model)
-    network = model.network
+    network: Any = model.network
     members: MemberForward
     if spec.kind == "tta":
         if spec.flip_axes is not None:
