@@ -234,7 +234,7 @@ def write_uncertainty(
             shown[label] = found.maps[quantity]
             short = SHORT_TITLES[quantity].format(found.summary.get("class", "class"))
             info[label] = (
-                f"{short}\n{found.spec.kind}",
+                f"{short} ({found.spec.kind})",
                 f"{UNITS[quantity]}, {len(found.members)} members",
             )
         summaries.append(

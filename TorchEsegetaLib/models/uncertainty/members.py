@@ -252,9 +252,15 @@ class FoldMirrorMembers(MemberForward):
         self.pairs = pipeline.member_pairs()
 
     def member(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        from ..inference import PRECISIONS
+
         fold, flip = self.pairs[index]
         pipeline: Any = self.base.network
-        return pipeline.member_forward(self.base.preprocess(x), fold, flip)
+        x = self.base.preprocess(x)
+        if self.base.precision == "float32":
+            return pipeline.member_forward(x, fold, flip)
+        with torch.autocast(device_type=x.device.type, dtype=PRECISIONS[self.base.precision]):
+            return pipeline.member_forward(x, fold, flip).float()
 
 
 def fold_mirror_names(pipeline: Any, folds: list[Any]) -> list[str]:
