@@ -151,11 +151,6 @@ def explain_volume(
     costs = estimates(planned, timings["segment"], limit)  # a member pass: a segmentation
     timings["estimate"] = time.perf_counter() - began
     _report_estimates(costs + method_estimates, progress, warnings)
-    uncertainty_results = compute_uncertainty(planned, case, model, progress, cancel)
-    for found, cost in zip(uncertainty_results, costs):
-        found.estimate = cost.record()
-        timings[f"uncertainty {found.spec.kind}"] = found.seconds
-    del planned
     tuned: dict[str, int] = {}  # the fastest batch size, found by the first method, kept for all
 
     def on_input_grid(method: Any, context: Any) -> np.ndarray:
@@ -166,6 +161,11 @@ def explain_volume(
 
     results: list[MethodResult] = []
     try:
+        uncertainty_results = compute_uncertainty(planned, case, model, progress, cancel)
+        for found, cost in zip(uncertainty_results, costs):
+            found.estimate = cost.record()
+            timings[f"uncertainty {found.spec.kind}"] = found.seconds
+        del planned  # the members' noise and networks: not kept while the methods run
         for index, (spec, method) in enumerate(zip(methods, instances)):
 
             def report(fraction: float, message: str, spec=spec, index=index, **phase: str) -> None:

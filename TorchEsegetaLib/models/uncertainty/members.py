@@ -45,11 +45,9 @@ class MemberForward(torch.nn.Module):
         kind: the kind of members.
         names: one name per member, for the record.
         reused: members whose logits are the segmentation's own (no extra pass for the maps).
-        recorded: the maps take the members from the segmentation's passes (nnU-Net).
     """
 
     reused: tuple[int, ...] = ()
-    recorded = False
     #: why layer methods cannot explain through members (read by their preflight)
     layer_maps_refused = (
         "an uncertainty target's members run the network's layers on flipped, rescaled or "
@@ -70,10 +68,6 @@ class MemberForward(torch.nn.Module):
 
     def __len__(self) -> int:
         return len(self.names)
-
-    @property
-    def out_channels(self) -> int:
-        return int(self.base.card.out_channels)
 
     @property
     def precision(self) -> str:
@@ -107,8 +101,9 @@ class MemberForward(torch.nn.Module):
 
     @property
     def extra_passes(self) -> int:
-        """Whole-volume passes the maps cost beyond the segmentation's."""
-        return 0 if self.recorded else len(self) - len(self.reused)
+        """Whole-volume passes the maps cost beyond the segmentation's (nnU-Net's ensemble:
+        none when the segmentation recorded the members, see :mod:`~TorchEsegetaLib.runs.uncertainty`)."""
+        return len(self) - len(self.reused)
 
 
 class AugmentedMembers(MemberForward):
@@ -128,7 +123,7 @@ class AugmentedMembers(MemberForward):
         plan: list[tuple[tuple[int, ...], float, torch.Tensor | None]] = [((), 1.0, None)]
         spread = x[:1].detach().flatten(2).std(dim=2).reshape(1, -1, *([1] * (x.ndim - 2)))
         for member in range(1, count):
-            draw = np.random.default_rng([seed, member])
+            draw = np.random.default_rng([seed % 2**32, member])
             factor = float(1.0 + scale * draw.uniform(-1.0, 1.0)) if scale else 1.0
             added = None
             if noise:
@@ -199,7 +194,7 @@ def dropout_mask(
     shape: tuple[int, ...], p: float, seed: int, member: int, layer: int
 ) -> torch.Tensor:
     """The (1, *shape) keep mask, scaled by 1 / (1 - p), of one member at one layer."""
-    state = np.random.SeedSequence([seed, member, layer]).generate_state(1)[0]
+    state = np.random.SeedSequence([seed % 2**32, member, layer]).generate_state(1)[0]
     generator = torch.Generator().manual_seed(int(state))
     keep = torch.rand((1, *shape), generator=generator) >= p
     return keep.float() / (1.0 - p)
@@ -243,8 +238,6 @@ class CheckpointMembers(MemberForward):
 
 class FoldMirrorMembers(MemberForward):
     """nnU-Net's ensemble: each fold with each mirror combination (nnU-Net's own order)."""
-
-    recorded = True
 
     def __init__(self, base: SegmentationForward, folds: list[Any]) -> None:
         pipeline: Any = base.network
