@@ -97,7 +97,7 @@ class ViewerApp:
         ]
         state.channel = 0
         state.method = next(iter(maps))
-        state.compare = list(maps)[:MAX_COMPARED]
+        state.compare = _compared(run, maps)
         state.metrics = metricsTable(run.evaluation)
         state.curves_src = curvesDataUrl(run.evaluation)
         state.uncertainty = uncertaintyTable(run.record.get("uncertainty_summary"))
@@ -261,6 +261,16 @@ class ViewerApp:
         return [
             {"title": n, "href": fileUrl(prefix + n)} for n in names if (run.folder / n).is_file()
         ]
+
+
+def _compared(run: ViewerRun, maps: dict) -> list[str]:
+    """The maps compared at first: the attributions, and the first uncertainty map (the
+    entropy) beside them when the run has one (as the Slicer module's compare layout)."""
+    attributions = [m.label for m in run.maps if m.label in maps and not m.uncertainty]
+    uncertain = [m.label for m in run.maps if m.label in maps and m.uncertainty]
+    if uncertain:
+        return attributions[: MAX_COMPARED - 1] + uncertain[:1]
+    return attributions[:MAX_COMPARED]
 
 
 def _mapTitle(entry) -> str:

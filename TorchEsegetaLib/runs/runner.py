@@ -145,7 +145,13 @@ def explain_volume(
         times,
         Context(device=torch_device, max_batch=max_batch, sample_bytes=sample_bytes),
         limit,
-        general_hints(torch_device, forward_run, target.kind, crop is not None),
+        general_hints(
+            torch_device,
+            forward_run,
+            target.kind,
+            # an uncertainty target is never cropped: no --crop-margin hint for it
+            crop is not None or target.uncertainty is not None,
+        ),
     )
     planned = plan_members(specs, case, model, seed)
     costs = estimates(planned, timings["segment"], limit)  # a member pass: a segmentation
