@@ -460,3 +460,20 @@ def test_command_line_writes_uncertainty_and_refuses_bad_kinds_in_one_line(tmp_p
         err = capsys.readouterr().err
         assert expected in err and len(err.strip().splitlines()) == 1, (what, err)
         assert "Traceback" not in err and not wrong.exists(), what
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_in_its_quick_configuration(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("nnunetv2")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "uncertainty.py"
+    spec = importlib.util.spec_from_file_location("uncertainty_benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.main(["--quick"]) == 0
+    printed = capsys.readouterr().out
+    assert "ensemble, nnU-Net (16 members: 2 folds x 8 mirrorings)" in printed
+    assert "network passes beyond the segmentation's: 0" in printed
+    assert printed.count("tta, 8 members") == 2

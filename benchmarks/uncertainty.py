@@ -117,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat")
+    parser.add_argument(
+        "--only",
+        choices=("ensemble", "tta"),
+        default=None,
+        help="measure one of the two questions (default both)",
+    )
     args = parser.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
     shape = (12, 16, 18) if args.quick else (24, 40, 44)
@@ -137,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         nnunet = load_model({"kind": "nnunet", "path": str(folder), "folds": [0, 1]})
         volume = nnunet_volume(shape)
         print(f"nnU-Net image {shape} at (2.2, 0.7, 0.62) mm, oblique")
-        ensemble_overhead(nnunet, volume, repeat, Path(work))
-        tta_overhead(f"nnU-Net {shape}", nnunet, volume, repeat)
+        if args.only != "tta":
+            ensemble_overhead(nnunet, volume, repeat, Path(work))
+        if args.only != "ensemble":
+            tta_overhead(f"nnU-Net {shape}", nnunet, volume, repeat)
+    if args.only == "ensemble":
+        return 0
     demo, _ = demo_volume()
     if args.quick:
         demo = Volume(demo.array[:, :32, :32, :32].copy(), Geometry((32, 32, 32)))
