@@ -6,12 +6,31 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Tests of an optional extra skip where it is absent, and fail instead on CI (extras.py).
+from extras import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402, F401
+
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(1)  # tiny tensors: threads cost more than they bring
     yield
+
+
+@pytest.fixture(scope="session")
+def nnunet_model_folder(tmp_path_factory):
+    """A tiny nnU-Net v2 model folder (two folds, random weights) made by nnU-Net's own code
+    (planner, preprocessing, trainer initialisation; models.nnunet.example), built once."""
+    pytest.importorskip("nnunetv2")
+    from TorchEsegetaLib.models.nnunet.example import build_model_folder, vessel_cases
+
+    return build_model_folder(
+        tmp_path_factory.mktemp("nnunet"),
+        vessel_cases(3, (10, 16, 18), (2.0, 0.7, 0.6)),
+        folds=(0, 1),
+        base_features=2,
+        max_features=8,
+    )
 
 
 @pytest.fixture

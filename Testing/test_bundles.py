@@ -375,7 +375,7 @@ def test_a_transform_that_cannot_be_honoured_is_named_with_the_fix(tmp_path, cap
 def test_only_affine_lambdas_are_read_without_trust(tmp_path):
     unknown = load() + [{"_target_": "Lambdad", "keys": "image", "func": "$lambda x: x ** 2"}]
     root, _ = bundle(tmp_path / "b", unknown, sliding([8, 8, 8]), post(ARGMAX), "ts", 2)
-    with pytest.raises(UserInputError, match="--trust-bundle"):
+    with pytest.raises(UserInputError, match="func.*lambda x: x \\*\\* 2.*--trust-model"):
         load_model({"kind": "bundle", "path": str(root)})
     with pytest.raises(UserInputError, match="not of the form lambda x: a \\* x \\+ b"):
         load_model({"kind": "bundle", "path": str(root), "trust": True})
@@ -398,7 +398,9 @@ def test_untrusted_network_def_outside_monai_is_refused(tmp_path):
     config = json.loads((root / "configs" / "inference.json").read_text())
     config["network_def"]["_target_"] = "scripts.net.Net"
     (root / "configs" / "inference.json").write_text(json.dumps(config))
-    with pytest.raises(UserInputError, match="outside MONAI.*--trust-bundle"):
+    with pytest.raises(
+        UserInputError, match="network_def::_target_: 'scripts.net.Net'.*--trust-model"
+    ):
         load_model({"kind": "bundle", "path": str(root)})
 
 

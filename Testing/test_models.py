@@ -272,7 +272,7 @@ def test_bundle_card_overrides_win(tmp_path):
 
 def test_bundle_code_runs_only_when_trusted(tmp_path):
     root = write_bundle(tmp_path / "bundle")
-    with pytest.raises(UserInputError, match="--trust-bundle"):
+    with pytest.raises(UserInputError, match="imports::0: '\\$import os'.*--trust-model"):
         load_model({"kind": "bundle", "path": str(root)})
     # A config without expressions holds no code: it loads without being trusted.
     plain = {
@@ -284,14 +284,17 @@ def test_bundle_code_runs_only_when_trusted(tmp_path):
         k: v for k, v in plain["network_def"].items() if not str(v).startswith("$")
     }
     plain_root = write_bundle(tmp_path / "plain", config=plain)
-    from TorchEsegetaLib.models.bundles.folder import config_expressions
+    from TorchEsegetaLib.models.bundles.analysis import analyse_bundle
 
-    assert config_expressions(plain_root / "configs" / "inference.json") == []
+    files = [plain_root / "configs" / "metadata.json"]
+    assert (
+        analyse_bundle(plain_root, plain_root / "configs" / "inference.json", files).findings == []
+    )
     assert load_model({"kind": "bundle", "path": str(plain_root)}).card.roi_size == (8, 8, 8)
 
 
 def test_not_a_bundle(tmp_path):
-    with pytest.raises(UserInputError, match="not a MONAI bundle"):
+    with pytest.raises(UserInputError, match="neither a MONAI bundle .* it holds nothing"):
         load_model({"kind": "bundle", "path": str(tmp_path)})
 
 

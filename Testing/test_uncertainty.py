@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from extras import require_extra
 from helpers import TINY_UNET_KWARGS, LinearVoxelModel, tiny_unet
 
 from TorchEsegetaLib.errors import UserInputError
@@ -467,7 +468,7 @@ def test_the_benchmark_runs_in_its_quick_configuration(capsys):
     import importlib.util
     from pathlib import Path
 
-    pytest.importorskip("nnunetv2")
+    require_extra("nnunet")
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "uncertainty.py"
     spec = importlib.util.spec_from_file_location("uncertainty_benchmark", path)
     benchmark = importlib.util.module_from_spec(spec)

@@ -4,11 +4,11 @@ colours, with the run's uncertainty summary (headless Chromium, a synthetic run)
 from __future__ import annotations
 
 import numpy as np
-import pytest
+from extras import require_extra
 from viewer_browser import ViewerProcess, openBrowser, requireBrowser, slideTo, waitForView
 from viewer_runs import UNCERTAINTY_SUMMARY, UNSIGNED_BLOCKS, addUncertainty, makeViewerRun
 
-pytest.importorskip("trame_slicer", reason="the viewer tests need torchesegeta[view]")
+require_extra("view")
 
 TOLERANCE = 6
 

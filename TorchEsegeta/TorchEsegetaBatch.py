@@ -14,7 +14,6 @@ case failed (the others still run), 2 for invalid arguments.
 """
 
 import argparse
-import json
 import sys
 import tempfile
 import traceback
@@ -51,6 +50,14 @@ def parseArguments(argv):
     )
     parser.add_argument("--network", help="monai.networks.nets class name for a checkpoint")
     parser.add_argument("--network-kwargs", default="{}", help="the network's arguments (JSON)")
+    parser.add_argument(
+        "--trust-model",
+        "--trust-bundle",
+        dest="trust_model",
+        action="store_true",
+        help="run the code a MONAI bundle or nnU-Net folder names (only for a folder from a "
+        "source you trust; see docs/safety.md)",
+    )
     parser.add_argument(
         "--method",
         action="append",
@@ -107,15 +114,15 @@ def explainCase(name, files, args, scene):
     """Run one case; returns its run folder (and writes ``<name>.mrb`` with --mrb)."""
     from TorchEsegetaSlicer import loadRunFolder, saveSceneBundle, volumeNodeFromArray
 
+    from TorchEsegetaLib.cli.common import model_from_args
     from TorchEsegetaLib.io.images import read_volume
-    from TorchEsegetaLib.models.loading import model_ref_from_string
     from TorchEsegetaLib.runs.job import Job
     from TorchEsegetaLib.runs.runner import run_job
 
     out = Path(args.out).expanduser().absolute()
     job = Job(
         images=files,
-        model=model_ref_from_string(args.model, args.network, json.loads(args.network_kwargs)),
+        model=model_from_args(args),  # --trust-model: "trust" for a bundle or nnU-Net folder
         target=args.target,
         methods=methodEntries(args.method),
         output=str(out / name),

@@ -33,7 +33,6 @@ from TorchEsegetaLib.models.demo.synthetic import make_vessel_volume  # noqa: E4
 from TorchEsegetaLib.models.inference import segment  # noqa: E402
 from TorchEsegetaLib.models.loading import LoadedModel, load_model  # noqa: E402
 from TorchEsegetaLib.models.uncertainty import UncertaintySpec  # noqa: E402
-from TorchEsegetaLib.models.uncertainty.statistics import MemberStatistics  # noqa: E402
 from TorchEsegetaLib.runs.case import prepare_case  # noqa: E402
 from TorchEsegetaLib.runs.uncertainty import (  # noqa: E402
     QUANTITIES,
@@ -69,9 +68,7 @@ def ensemble_overhead(model: LoadedModel, volume: Volume, repeat: int, out: Path
     from TorchEsegetaLib.io.images import write_volume
 
     def recorded():
-        statistics = MemberStatistics(model.card.exclusive, 1)
-        segment_recording_members(model, volume, torch.device("cpu"), statistics)
-        return statistics
+        return segment_recording_members(model, volume, torch.device("cpu"), 1)[1]
 
     (plain_s, recorded_s), (_, statistics) = best_of(
         repeat, lambda: segment(model, volume), recorded
@@ -94,7 +91,7 @@ def ensemble_overhead(model: LoadedModel, volume: Volume, repeat: int, out: Path
 def tta_overhead(name: str, model: LoadedModel, volume: Volume, repeat: int) -> None:
     spec = UncertaintySpec("tta", members=8)
     target = TargetSpec()
-    case = prepare_case(volume, model, target, torch.device("cpu"), 0, [spec])
+    case = prepare_case(volume, model, target, torch.device("cpu"), uncertainty=[spec])
 
     def run():
         planned = plan_members([spec], case, model, 0)

@@ -137,6 +137,28 @@ def test_cases_and_methods_from_the_command_line(tmp_path):
     assert batch.methodEntries(None) == [{"name": "saliency", "params": {}}]
 
 
+def test_trust_model_reaches_the_model_reference_of_a_model_folder(tmp_path):
+    from TorchEsegetaLib.cli.common import model_from_args
+
+    batch = batchModule()
+    (tmp_path / "bundle").mkdir()
+    for flag in ("--trust-model", "--trust-bundle"):
+        arguments = batch.parseArguments(
+            ["--input", "x", "--out", "o", "--model", str(tmp_path / "bundle"), flag]
+        )
+        assert model_from_args(arguments) == {
+            "kind": "bundle",
+            "path": str(tmp_path / "bundle"),
+            "trust": True,
+        }
+    untrusted = batch.parseArguments(
+        ["--input", "x", "--out", "o", "--model", str(tmp_path / "bundle")]
+    )
+    assert "trust" not in model_from_args(untrusted)
+    demo = batch.parseArguments(["--input", "x", "--out", "o", "--trust-model"])
+    assert model_from_args(demo) == {"kind": "demo"}  # names no code: nothing to consent to
+
+
 def test_batch_rerun_skips_cases_done_before(scene, tmp_path, capsys):
     batch = batchModule()
     write_volume(tinyImage(), GEOMETRY, tmp_path / "case.nii.gz")

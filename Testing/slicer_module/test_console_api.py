@@ -255,3 +255,20 @@ def test_explain_adds_uncertainty_maps_and_explains_the_uncertainty(scene, input
     assert nodes["result"].target["uncertainty"] == "tta"
     for node in nodes["uncertainty"].values():
         assert shFolderOf(scene, node) == nodes["folderItemId"]
+
+
+def test_denormals_are_flushed_for_the_call_only(scene, inputNode, tmp_path):
+    from TorchEsegetaSlicer import explainNodes
+    from TorchEsegetaSlicer.consoleApi import loadedModel, segmentNodes
+
+    from TorchEsegetaLib.engine.denormals import flushing_denormals
+
+    reference = tinyModelReference(tmp_path)
+    records = {}
+    for flush in (True, False):
+        nodes = explainNodes(scene, inputNode, model=reference, device="cpu", flushDenormals=flush)
+        records[flush] = nodes["result"].denormals.record()
+    assert records[True]["flush"] and records[True]["check"]["labelmaps_equal"]
+    assert records[False] == {"requested": False, "flush": False}
+    segmentNodes(scene, inputNode, loadedModel(reference), "cpu")
+    assert not flushing_denormals(), "Slicer's own thread is left as it was"

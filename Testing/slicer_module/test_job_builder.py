@@ -100,6 +100,19 @@ def test_every_model_kind_and_target_kind_makes_a_valid_job(modelFiles, kind, re
     assert job["method_budget_s"] == 30.0 and job["device"] == "cpu"
 
 
+def test_trusting_the_model_folder_reaches_the_job(modelFiles):
+    """The panel's "Trust the model folder's code" is "trust": true in the model reference of a
+    bundle or nnU-Net folder, the job keeps it; other kinds name no code and never carry it."""
+    for kind, (expected, pickers) in modelCases(modelFiles).items():
+        trusted = modelReference(kind, **pickers, trust=True)
+        job = buildJob([modelFiles / "t1.nrrd"], trusted, targetDict(), ["saliency"], "run")
+        if kind in jobBuilder.FOLDER_KINDS:
+            assert trusted == {**expected, "trust": True} and job["model"]["trust"] is True
+        else:
+            assert trusted == expected and "trust" not in job["model"]
+        assert modelReference(kind, **pickers, trust=False) == expected
+
+
 def test_unset_pickers_and_bad_values_are_named(modelFiles):
     with pytest.raises(PanelInputError, match="TorchScript file"):
         modelReference("torchscript", ".")
@@ -226,6 +239,12 @@ def test_precision_goes_into_the_job(tmp_path):
     assert buildJob(**common, precision="bfloat16")["precision"] == "bfloat16"
     with pytest.raises(PanelInputError, match="unknown precision"):
         buildJob(**common, precision="int4")
+
+
+def test_flushing_denormals_is_on_unless_the_panel_turns_it_off(tmp_path):
+    common = demoJobArguments(tmp_path)
+    assert buildJob(**common)["flush_denormals"] is True
+    assert buildJob(**common, flushDenormals=False)["flush_denormals"] is False
 
 
 def test_crop_margin_goes_into_the_job_only_when_set(tmp_path):

@@ -64,6 +64,7 @@ def panelValues(inputNode, model, tmp_path, **values):
         "modelPath": model["checkpoint"],
         "networkName": "UNet",
         "networkKwargs": json.dumps(TINY_UNET_KWARGS),
+        "trustModel": False,
         "segmentation": None,
         "targetClass": "",
         "targetRegion": "point",
@@ -82,6 +83,7 @@ def panelValues(inputNode, model, tmp_path, **values):
         "explainUncertainty": False,
         "device": "cpu",
         "precision": "float32",
+        "flushDenormals": True,
         "timeBudget": 0.0,
         "cropMargin": -1,
         "outputFolder": tmp_path / "runs",
@@ -90,6 +92,20 @@ def panelValues(inputNode, model, tmp_path, **values):
         "lastRunFolder": "",
     }
     return SimpleNamespace(**{**defaults, **values})
+
+
+def test_the_panels_trust_checkbox_reaches_the_model_reference(module, tmp_path):
+    (tmp_path / "bundle").mkdir()
+    logic = module.TorchEsegetaLogic()
+    folder = {"modelKind": "bundle", "modelPath": tmp_path / "bundle"}
+    trusted = panelValues(None, {"checkpoint": None}, tmp_path, trustModel=True, **folder)
+    assert logic.modelReference(trusted) == {
+        "kind": "bundle",
+        "path": str(tmp_path / "bundle"),
+        "trust": True,
+    }
+    untrusted = panelValues(None, {"checkpoint": None}, tmp_path, **folder)
+    assert "trust" not in logic.modelReference(untrusted)
 
 
 def test_logic_explain_returns_the_new_nodes(module, scene, tmp_path):
@@ -126,6 +142,7 @@ def test_logic_runs_the_panel_settings_through_the_worker(module, scene, tmp_pat
         methods=["saliency", "occlusion"],
         methodParameters='{"occlusion": {"window": 8, "stride": 6}}',
         outputFolder=Path("."),  # what an empty folder picker holds
+        flushDenormals=False,
     )
     logic = module.TorchEsegetaLogic()
     assert logic.modelCard(p) is None, "a checkpoint's card is known once loaded"
@@ -138,8 +155,10 @@ def test_logic_runs_the_panel_settings_through_the_worker(module, scene, tmp_pat
     assert set(nodes["maps"]) == {"saliency", "occlusion"}
     assert p.lastRunFolder == str(run.runFolder)
     assert run.runFolder.parent == tmp_path / "TorchEsegeta", "Slicer's temporary folder"
-    job = json.loads((run.runFolder / "run.json").read_text())["job"]
+    record = json.loads((run.runFolder / "run.json").read_text())
+    job = record["job"]
     assert job["methods"][1]["params"] == {"window": 8, "stride": 6}
+    assert job["flush_denormals"] is False and record["denormals"]["flush"] is False
     assert job["target"]["kind"] == "voxel" and job["target"]["coordinates"] == "ras"
 
     loaded = logic.loadModel(p)

@@ -156,6 +156,17 @@ def test_panel_selectors_cover_the_channels_the_panel_offers(uiWidgets):
         assert f"inputVolume{index}" in parameterFields()
 
 
+def test_trusting_the_model_folder_is_an_unticked_checkbox_with_a_warning(uiWidgets):
+    """Consent to a model folder's code (docs/safety.md) is the user's explicit act: a checkbox
+    bound to the parameter node, off by default, and a warning beside it."""
+    assert parameterBindings()["trustModelCheckBox"] == "trustModel"
+    annotation, default = parameterFields()["trustModel"]
+    assert annotation == "bool" and ast.literal_eval(default) is False
+    assert not uiWidgets["trustModelCheckBox"].isChecked()
+    warning = uiWidgets["trustModelWarningLabel"].text()
+    assert "source you trust" in warning and "permissions" in warning
+
+
 def test_panel_renders_offscreen_for_the_documentation(uiWidgets, tmp_path):
     from panelScreenshot import renderPanel
     from PIL import Image

@@ -39,6 +39,7 @@ def explainNodes(
     progress=None,
     uncertainty: Sequence[str | dict] = (),
     explainUncertainty: bool = False,
+    flushDenormals: bool = True,
 ) -> dict:
     """Explain the model's segmentation of ``volumeNodes`` and add the results to ``scene``.
 
@@ -69,6 +70,9 @@ def explainNodes(
             dicts: their maps join the results, in their own colours (docs/uncertainty.md).
         explainUncertainty: explain the predictive entropy over the target's region (through
             the first ``uncertainty`` kind's members) instead of the class score.
+        flushDenormals: on the CPU, compute with denormal floats flushed to zero (checked
+            against exact arithmetic on the first pass), for this call only: Slicer's threads
+            get their own setting back afterwards.
 
     Returns:
         ``{"maps": {label: volume node}, "uncertainty": {label: volume node},
@@ -106,6 +110,7 @@ def explainNodes(
         precision=precision,
         crop_margin=cropMargin,
         uncertainty=list(uncertainty),
+        flush_denormals=flushDenormals,
     )
     result = explain_job_in_memory(job, Volume(arrays, geometry), loaded, progress)
     evaluation = result.evaluation
@@ -136,9 +141,10 @@ def explainNodes(
     return {**added, "skipped": skipped, "result": result, "evaluation": evaluation}
 
 
-def segmentNodes(scene, volumeNodes, loaded, device: str = "auto"):
+def segmentNodes(scene, volumeNodes, loaded, device: str = "auto", flushDenormals: bool = True):
     """Segment ``volumeNodes`` with a loaded model; returns a new segmentation node whose
-    segments are named and coloured by class, under the input's transform."""
+    segments are named and coloured by class, under the input's transform. ``flushDenormals``:
+    as in :func:`explainNodes`."""
     from TorchEsegetaLib.io.volume import Volume
     from TorchEsegetaLib.models.inference import segment
 
@@ -146,7 +152,7 @@ def segmentNodes(scene, volumeNodes, loaded, device: str = "auto"):
 
     volumeNodes = _asList(volumeNodes)
     arrays, geometry = channelsOfNodes(volumeNodes)
-    result = segment(loaded, Volume(arrays, geometry), device)
+    result = segment(loaded, Volume(arrays, geometry), device, flush_denormals=flushDenormals)
     node = segmentationNodeFromLabelmap(
         scene,
         result.labelmap,

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-MODEL_KINDS = ("demo", "torchscript", "monai", "bundle", "nnunet")
+from TorchEsegetaLib.models.trust import FOLDER_KINDS
+
+MODEL_KINDS = ("demo", "torchscript", "monai", *FOLDER_KINDS)
 NNUNET_FILES = ("dataset.json", "plans.json")
 # What the panel's "Region" combo box offers, and the engine target kind each one becomes.
 REGION_KINDS = {
@@ -33,7 +35,11 @@ class PanelInputError(ValueError):
 
 
 def modelReference(
-    kind: str, path: str | Path | None = None, network: str = "", networkKwargs: str = ""
+    kind: str,
+    path: str | Path | None = None,
+    network: str = "",
+    networkKwargs: str = "",
+    trust: bool = False,
 ) -> dict[str, Any]:
     """The engine's model reference for the panel's model kind and pickers.
 
@@ -44,6 +50,8 @@ def modelReference(
             trained fold, with test-time mirroring, as nnU-Net predicts).
         network: a ``monai.networks.nets`` class name (kind "monai").
         networkKwargs: the network's keyword arguments as a JSON object (kind "monai").
+        trust: the panel's "Trust the model folder's code": consent to run the code a bundle or
+            nnU-Net folder names (``"trust": true``); other kinds name no code and ignore it.
     """
     if kind not in MODEL_KINDS:
         raise PanelInputError(
@@ -86,7 +94,10 @@ def modelReference(
             f"{path} is not an nnU-Net v2 model folder (it needs {' and '.join(NNUNET_FILES)} "
             "and fold_N/ folders); choose the Trainer__Plans__configuration folder"
         )
-    return {"kind": kind, "path": str(path)}
+    reference: dict[str, Any] = {"kind": kind, "path": str(path)}
+    if trust and kind in FOLDER_KINDS:
+        reference["trust"] = True
+    return reference
 
 
 def targetDict(
@@ -212,6 +223,7 @@ def buildJob(
     maxBatch: int | None = None,
     cropMargin: int | None = None,
     uncertainty: Sequence[dict[str, Any] | str] = (),
+    flushDenormals: bool = True,
 ) -> dict[str, Any]:
     """A validated Job, as the dict the worker reads from job.json.
 
@@ -234,6 +246,7 @@ def buildJob(
         "device": device,
         "seed": int(seed),
         "figures": bool(figures),
+        "flush_denormals": bool(flushDenormals),
     }
     if budgetSeconds and budgetSeconds > 0:
         data["method_budget_s"] = float(budgetSeconds)

@@ -52,6 +52,7 @@ class RunRequest:
     #: the job's uncertainty entries (jobBuilder.uncertaintyEntries)
     uncertainty: list[dict[str, Any]] = field(default_factory=list)
     explainUncertainty: bool = False
+    flushDenormals: bool = True
 
 
 class PanelRun:
@@ -145,6 +146,7 @@ def requestFromPanel(p, volumeNodes, model, defaultOutputFolder) -> RunRequest:
             p.uncertaintyEnsemble, p.uncertaintyTta, p.uncertaintyDropout, p.uncertaintyMembers
         ),
         explainUncertainty=p.explainUncertainty,
+        flushDenormals=p.flushDenormals,
     )
 
 
@@ -181,6 +183,7 @@ def startRun(request: RunRequest, python: str | None = None) -> PanelRun:
             maxBatch=request.maxBatch,
             cropMargin=request.cropMargin,
             uncertainty=request.uncertainty,
+            flushDenormals=request.flushDenormals,
         )
         jobFile = writeJob(job, workFolder / "job.json")
         worker = WorkerProcess(jobFile, python, engineFolder=enginePath.engineParentFolder())

@@ -53,7 +53,9 @@ def showUnboundState(ui, p, running: bool) -> None:
         ui.networkKwargsLineEdit,
     ):
         widget.setVisible(p.modelKind == "monai")
-    folder = p.modelKind in ("bundle", "nnunet")
+    folder = p.modelKind in jobBuilder.FOLDER_KINDS
+    for widget in (ui.trustModelCheckBox, ui.trustModelWarningLabel):
+        widget.setVisible(folder)
     kind = ctk.ctkPathLineEdit.Dirs if folder else ctk.ctkPathLineEdit.Files
     ui.modelPathLineEdit.filters = kind | ctk.ctkPathLineEdit.Readable
     for region, widgets in (

@@ -35,6 +35,8 @@ class TorchEsegetaParameterNode:
     modelPath: pathlib.Path
     networkName: str = "UNet"
     networkKwargs: str = ""
+    #: consent to run the code a bundle or nnU-Net folder names (docs/safety.md)
+    trustModel: bool = False
     segmentation: vtkMRMLSegmentationNode
     targetClass: str = ""
     targetRegion: Annotated[str, Choice(list(REGION_KINDS))] = "predicted mask"
@@ -54,6 +56,8 @@ class TorchEsegetaParameterNode:
     explainUncertainty: bool = False
     device: str = "auto"
     precision: Annotated[str, Choice(list(PRECISIONS))] = "float32"
+    #: on the CPU, flush denormal floats to zero during runs (checked on the first pass)
+    flushDenormals: bool = True
     timeBudget: Annotated[float, WithinRange(0.0, 86400.0)] = 0.0
     #: whole-volume models: explain on the target's box grown by this many voxels; -1: off
     cropMargin: Annotated[int, WithinRange(-1, 1000)] = -1

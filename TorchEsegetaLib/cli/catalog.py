@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserInputError
-from .common import EXIT_OK, json_option
+from .common import EXIT_OK, model_from_args, trust_option
 
 
 def add_parsers(sub: Any) -> None:
@@ -27,6 +27,7 @@ def add_parsers(sub: Any) -> None:
     layers.add_argument("--model", default="demo")
     layers.add_argument("--network", default=None)
     layers.add_argument("--network-kwargs", default=None)
+    trust_option(layers)
     layers.set_defaults(handler=cmd_layers)
 
     schema = sub.add_parser("schema", help="print the JSON schema of job files")
@@ -136,13 +137,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
     from ..methods.layer import default_layer, trace_layers
     from ..models.inference import SegmentationForward
-    from ..models.loading import load_model, model_ref_from_string
+    from ..models.loading import load_model
 
-    model = load_model(
-        model_ref_from_string(
-            args.model, args.network, json_option(args.network_kwargs, "--network-kwargs")
-        )
-    )
+    model = load_model(model_from_args(args))
     card = model.card
     # A dry run on a small blank input finds the layers in the order they run, with their shapes.
     side = max(32, 2 * card.size_divisible)

@@ -41,8 +41,41 @@ def output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def model_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The model reference of --model, --network, --network-kwargs and --trust-model (which
+    only a bundle or nnU-Net folder takes: no other kind of model names code)."""
+    from ..models.loading import model_ref_from_string
+    from ..models.trust import FOLDER_KINDS
+
+    if args.model is None and (args.network or args.network_kwargs is not None):
+        raise UserInputError(
+            "--network and --network-kwargs describe the network of a state-dict checkpoint, "
+            "and no checkpoint was given; add --model CHECKPOINT (or drop them to explain the "
+            "demo model)"
+        )
+    model = model_ref_from_string(
+        args.model or "demo", args.network, json_option(args.network_kwargs, "--network-kwargs")
+    )
+    if args.trust_model and model["kind"] in FOLDER_KINDS:
+        model["trust"] = True
+    return model
+
+
+def trust_option(group: Any) -> None:
+    """--trust-model (alias --trust-bundle): consent to the code a model folder names."""
+    group.add_argument(
+        "--trust-model",
+        "--trust-bundle",
+        dest="trust_model",
+        action="store_true",
+        help="run the code a MONAI bundle or nnU-Net folder names (Python expressions, classes "
+        "outside MONAI's and nnU-Net's own); only for folders from a source you trust, see "
+        "docs/safety.md",
+    )
+
+
 def common_run_options(group: Any) -> None:
-    """Options of every command that runs a job: device, seed, overwrite, precision."""
+    """Options of every command that runs a job: device, seed, overwrite, precision, denormals."""
     group.add_argument(
         "--device",
         default=None,
@@ -59,6 +92,14 @@ def common_run_options(group: Any) -> None:
         choices=job_field_schema("precision")["enum"],
         default=None,
         help="autocast precision of the network (default float32; a non-finite map is recomputed in float32)",
+    )
+    group.add_argument(
+        "--no-flush-denormals",
+        action="store_true",
+        default=None,
+        help="on the CPU, compute with denormal floats as they are (exact, and tens of times "
+        "slower for a model full of them) instead of flushing them to zero, which the first "
+        "pass checks against exact arithmetic (see docs/denormals.md)",
     )
 
 

@@ -102,11 +102,14 @@ class LRP(Method):
     def passes(self, shape, forward=None):
         return Passes(backward=1)
 
-    def preflight(self, forward, inputs, target):
-        from ..errors import UserInputError
+    def refusal(self, network):
         from . import rules
 
-        rules.refuse_scripted(forward, self.name)
+        return rules.scripted_refusal(network, self.name)
+
+    def preflight(self, forward, inputs, target):
+        from ..errors import UserInputError
+
         refused = getattr(target, "relevance_refused", None)  # a score that is not a logit
         if refused:
             raise UserInputError(f"{self.name} cannot explain this target: {refused}")

@@ -39,6 +39,7 @@ def explain(
     cancel: CancelToken | None = None,
     warn_after_s: float | None = None,
     uncertainty: Sequence[str | dict[str, Any]] = (),
+    flush_denormals: bool = True,
 ) -> ExplainResult:
     """Explain a segmentation model on one case.
 
@@ -63,6 +64,9 @@ def explain(
         uncertainty: uncertainty kinds ("ensemble", "tta", "dropout") or ``{"kind", ...}``
             dicts with options: maps and summaries in ``result.uncertainty`` (see
             docs/uncertainty.md).
+        flush_denormals: on the CPU, compute with denormal floats flushed to zero (checked
+            against exact arithmetic on the first pass; ``result.denormals``), restoring every
+            thread's own setting afterwards; False: exact, slower with denormal weights.
 
     The settings are checked as a :class:`Job`'s fields are, before anything runs.
 
@@ -93,6 +97,7 @@ def explain(
             "crop_margin": crop_margin,
             "warn_after_s": warn_after_s,
             "uncertainty": list(uncertainty),
+            "flush_denormals": flush_denormals,
         }
     )
     volume = _as_volume(images, geometry, read_channels)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 if TYPE_CHECKING:
+    from ..engine.denormals import DenormalFlush
     from ..io.volume import Geometry, Volume
     from ..metrics.results import Evaluation
     from ..models.inference import SegmentationForward
@@ -66,14 +67,16 @@ def prepare_case(
     model: LoadedModel,
     target: TargetSpec,
     torch_device: Any,
+    flush_denormals: bool | DenormalFlush = True,
     seed: int = 0,
     uncertainty: Sequence[UncertaintySpec] = (),
 ) -> PreparedCase:
     """Segment ``volume``, fix the target on the unperturbed prediction, freeze the statistics.
 
-    ``uncertainty``: the kinds whose maps the run writes; nnU-Net's ensemble members are
-    recorded as the segmentation runs (``recorded``). ``seed`` draws an uncertainty target's
-    members (the maps' draws are the same).
+    ``flush_denormals``: the run's arithmetic on the CPU (see
+    :func:`~TorchEsegetaLib.models.inference.segment`). ``uncertainty``: the kinds whose maps
+    the run writes; nnU-Net's ensemble members are recorded as the segmentation runs
+    (``recorded``). ``seed`` draws an uncertainty target's members (the maps' draws are the same).
     """
     from ..models.inference import SegmentationForward, segment
     from ..models.intensity import statistics_on
@@ -84,13 +87,13 @@ def prepare_case(
     if any(s.kind == "ensemble" for s in uncertainty) and hasattr(
         model.network, "recording_members"
     ):
-        from ..models.uncertainty.statistics import MemberStatistics
         from .uncertainty import segment_recording_members
 
-        recorded["ensemble"] = MemberStatistics(model.card.exclusive, class_index)
-        segmentation = segment_recording_members(model, volume, torch_device, recorded["ensemble"])
+        segmentation, recorded["ensemble"] = segment_recording_members(
+            model, volume, torch_device, class_index, flush_denormals
+        )
     else:
-        segmentation = segment(model, volume, torch_device)
+        segmentation = segment(model, volume, torch_device, flush_denormals=flush_denormals)
     model_input = segmentation.input
     if model_input is None:
         raise ValueError("segment() gave no model input")
@@ -190,6 +193,8 @@ class ExplainResult:
     evaluation: Evaluation | None = None
     #: one per uncertainty kind the run computed (:mod:`.uncertainty`)
     uncertainty: list[UncertaintyResult] = field(default_factory=list)
+    #: whether the run flushed denormal floats to zero, and its check (run.json's "denormals")
+    denormals: DenormalFlush | None = None
 
     @property
     def maps(self) -> dict[str, np.ndarray]:

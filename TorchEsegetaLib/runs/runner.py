@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,13 +15,15 @@ from ..errors import BudgetExceededError, UserInputError
 from ..targets.spec import TargetSpec
 from .case import ExplainResult, MethodResult, ProgressHandler, prepare_case
 from .job import Job, MethodSpec
+from .preflight import preflight
 
 if TYPE_CHECKING:
     from ..engine.context import CancelToken
+    from ..engine.denormals import DenormalFlush
     from ..io.volume import Volume
     from ..models.loading import LoadedModel
     from ..models.uncertainty import UncertaintySpec
-    from .destination import Destination
+    from .destination import Destination, Input
 
 
 def _emit(progress: ProgressHandler | None, **event: Any) -> None:
@@ -38,6 +40,7 @@ def _estimates(
     context: Any,
     warn_after_s: float,
     hints: list[str],
+    denormals: DenormalFlush,
 ) -> list[Any]:
     """Each method's cost from its declared passes and measured passes (see :mod:`.cost`)."""
     from .cost import estimate, measure_pass_times
@@ -51,7 +54,7 @@ def _estimates(
             batch = context.batch_limit(kind)
             # a batch is timed only where it costs little next to the work it predicts
             batches[kind] = batch if most >= 4 * batch else 1
-    measure_pass_times(score, x, times, batches)
+    measure_pass_times(score, x, times, batches, denormals)
     return [
         estimate(spec.label, method, p, times, warn_after_s, hints)
         for spec, method, p in zip(specs, instances, passes)
@@ -73,6 +76,7 @@ def explain_volume(
     crop_margin: int | None = None,
     warn_after_s: float | None = None,
     uncertainty: Sequence[UncertaintySpec | str | dict[str, Any]] = (),
+    denormals: DenormalFlush | None = None,
 ) -> ExplainResult:
     """Segment ``volume``, fix the target, and run each method; all results on the input grid.
 
@@ -83,14 +87,18 @@ def explain_volume(
     progress events of stage "estimate"); a method estimated to take longer is warned about,
     with cheaper settings (default :data:`~.cost.WARN_AFTER_S`). ``uncertainty``: the kinds
     whose maps are computed before the methods (``result.uncertainty``, see :mod:`.uncertainty`).
+    ``denormals``: whether CPU passes flush denormal floats to zero (checked on the first pass;
+    None: they do, as a job's default); :func:`explain_job` gives the job's and holds its scope
+    around the whole run.
     """
     import torch
 
     from ..engine.context import Context, measure_sample_bytes
+    from ..engine.denormals import DenormalFlush
     from ..engine.memory import PeakMemory
     from ..methods import ScoreModel
     from ..models.grids import restore_input_grid
-    from ..models.inference import check_input, resolve_device
+    from ..models.inference import resolve_device
     from ..models.uncertainty import uncertainty_specs
     from ..models.uncertainty.members import check_available
     from ..targets.uncertainty import resolve_members
@@ -102,20 +110,22 @@ def explain_volume(
     warnings = list(model.source.get("warnings", [])) + [
         f"preprocessing step not applied: {step}" for step in model.card.ignored_preprocessing
     ]
-    torch_device = resolve_device(device)
-    if torch_device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: autotuned kernels pay off
-    check_input(volume, model.card)
     instances = [spec.create() for spec in methods]
+    preflight(volume, model, target, methods, instances)  # before any network pass
     specs = uncertainty_specs(uncertainty)
     target = resolve_members(target, specs)
     for kind in [*specs, *([target.uncertainty] if target.uncertainty else [])]:
-        check_available(kind, model)  # no dropout layers, no ensemble: fail before any work
+        check_available(kind, model)  # no dropout layers, no ensemble: fail before any pass
+    torch_device = resolve_device(device)
+    if torch_device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotuned kernels pay off
+    denormals = denormals if denormals is not None else DenormalFlush(True, torch_device)
     seed_everything(seed)
 
     _emit(progress, stage="segment", fraction=0.0, message="segmenting")
-    case = prepare_case(volume, model, target, torch_device, seed, specs)
+    case = prepare_case(volume, model, target, torch_device, denormals, seed, specs)
     warnings.extend(case.warnings)
+    warnings.extend(denormals.warnings(model.denormal_weights()["share"]))
     timings["segment"] = time.perf_counter() - started
     warnings += [f"preprocessing: {note}" for note in case.segmentation.input.warnings]
     segmentation, x, info, bound, forward = (
@@ -126,15 +136,23 @@ def explain_volume(
         case.forward,
     )
     forward.precision = precision
-    for method in instances:  # a method that cannot explain this model fails the run now
-        method.preflight(forward, x, bound)
-    crop = None if crop_margin is None else _crop(case, int(crop_margin), torch_device, warnings)
+    if forward is not case.base:  # an uncertainty target's members: the network methods see
+        refusals = [reason for method in instances if (reason := method.refusal(forward))]
+        if refusals:
+            raise UserInputError(refusals[0])
+    with denormals.scope():  # free inside explain_job's; here for direct callers
+        for method in instances:  # what the prepared case decides (a default layer) fails it now
+            method.preflight(forward, x, bound)
+        crop = (
+            None if crop_margin is None else _crop(case, int(crop_margin), torch_device, warnings)
+        )
     x_run, bound_run = (x, bound) if crop is None else (crop.take(x), crop.target(bound))
     forward_run = forward if crop is None else forward.on_crop(crop.padding)
     # One sample's memory, measured once, sizes every method's batches to the free memory.
     score_run = ScoreModel(forward_run, bound_run)
     times = PassTimes()
-    sample_bytes = None if max_batch else measure_sample_bytes(score_run, x_run, times)
+    with denormals.scope():
+        sample_bytes = None if max_batch else measure_sample_bytes(score_run, x_run, times)
     began = time.perf_counter()
     limit = WARN_AFTER_S if warn_after_s is None else float(warn_after_s)
     method_estimates = _estimates(
@@ -152,6 +170,7 @@ def explain_volume(
             # an uncertainty target is never cropped: no --crop-margin hint for it
             crop is not None or target.uncertainty is not None,
         ),
+        denormals,
     )
     planned = plan_members(specs, case, model, seed)
     costs = estimates(planned, timings["segment"], limit)  # a member pass: a segmentation
@@ -167,7 +186,8 @@ def explain_volume(
 
     results: list[MethodResult] = []
     try:
-        uncertainty_results = compute_uncertainty(planned, case, model, progress, cancel)
+        with denormals.scope():
+            uncertainty_results = compute_uncertainty(planned, case, model, progress, cancel)
         for found, cost in zip(uncertainty_results, costs):
             found.estimate = cost.record()
             timings[f"uncertainty {found.spec.kind}"] = found.seconds
@@ -203,7 +223,7 @@ def explain_volume(
             result = MethodResult(spec, "ok", 0.0, bool(method.signed), method.shared_channels)
             result.estimate = method_estimates[index].record()
             try:
-                with PeakMemory(torch_device) as peak:
+                with PeakMemory(torch_device) as peak, denormals.scope():
                     restored = on_input_grid(method, context)
                     if precision != "float32" and not np.isfinite(restored).all():
                         context.notes.append(
@@ -244,6 +264,7 @@ def explain_volume(
         target_spec=target,
         max_batch=max_batch,
         uncertainty=uncertainty_results,
+        denormals=denormals,
     )
 
 
@@ -304,7 +325,25 @@ def explain_job(
     cancel: CancelToken | None = None,
 ) -> ExplainResult:
     """Explain ``volume`` with ``model`` as ``job`` says, and evaluate the maps when the job
-    asks for metrics (``result.evaluation``); nothing is written."""
+    asks for metrics (``result.evaluation``); nothing is written. On the CPU the work runs with
+    denormal floats flushed to zero unless the job says otherwise (``flush_denormals``), and
+    every thread gets its own setting back afterwards."""
+    from ..engine.denormals import DenormalFlush
+    from ..models.inference import resolve_device
+
+    denormals = DenormalFlush(job.flush_denormals, resolve_device(job.device))
+    with denormals.scope():
+        return _explain_job(job, volume, model, denormals, progress, cancel)
+
+
+def _explain_job(
+    job: Job,
+    volume: Volume,
+    model: LoadedModel,
+    denormals: DenormalFlush,
+    progress: ProgressHandler | None,
+    cancel: CancelToken | None,
+) -> ExplainResult:
     result = explain_volume(
         volume,
         model,
@@ -320,6 +359,7 @@ def explain_job(
         crop_margin=job.crop_margin,
         warn_after_s=job.warn_after_s,
         uncertainty=job.uncertainty,
+        denormals=denormals,
     )
     if job.metrics:
         from .evaluation import evaluate_result
@@ -328,14 +368,18 @@ def explain_job(
     return result
 
 
-def claim_output(job: Job) -> Destination:
-    """The job's run folder as it is before any work: absent, or replaceable with
-    ``overwrite`` (see :func:`~TorchEsegetaLib.runs.destination.check_output_folder`)."""
+def claim_output(job: Job, inputs: Iterable[Input] = ()) -> Destination:
+    """The job's run folder as it is before any work: absent, or a run folder this tool wrote
+    and ``overwrite`` replaces; apart from every input of the job and from ``inputs`` (what the
+    job itself was read from: its file, a card file). See
+    :func:`~TorchEsegetaLib.runs.destination.check_output_folder`."""
     from .destination import check_output_folder
 
     if not job.output:
         raise UserInputError("the job has no output folder; give one (--out FOLDER)")
-    return check_output_folder(Path(job.output), job.overwrite)
+    return check_output_folder(
+        Path(job.output), job.overwrite, [*job.input_paths(), *inputs], "run folder"
+    )
 
 
 def save_result(
@@ -365,13 +409,20 @@ def save_result(
 
 
 def run_job(
-    job: Job, progress: ProgressHandler | None = None, cancel: CancelToken | None = None
+    job: Job,
+    progress: ProgressHandler | None = None,
+    cancel: CancelToken | None = None,
+    inputs: Iterable[Input] = (),
 ) -> Path:
-    """Execute ``job`` and return its run folder. Nothing is left behind when it fails."""
+    """Execute ``job`` and return its run folder. Nothing is left behind when it fails.
+
+    ``inputs``: what the job was read from besides its own fields, as (what, path), e.g.
+    ``[("job file", "job.json")]``: the run folder keeps apart from them too.
+    """
     from ..io.images import read_channels
     from ..models.loading import load_model
 
-    destination = claim_output(job)
+    destination = claim_output(job, inputs)
     reference = job.model_to_load()
     started = time.perf_counter()
     _emit(progress, stage="load", fraction=0.0, message="reading inputs and model")

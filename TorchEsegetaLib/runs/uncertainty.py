@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..engine.context import CancelToken
+    from ..engine.denormals import DenormalFlush
     from ..io.volume import Geometry, Volume
     from ..models.inference import SegmentationResult
     from ..models.loading import LoadedModel
@@ -71,26 +72,46 @@ def segment_recording_members(
     model: LoadedModel,
     volume: Volume,
     device: torch.device,
-    statistics: MemberStatistics,
-) -> SegmentationResult:
-    """Segment ``volume`` (nnU-Net) and fold each ensemble member of its passes into
-    ``statistics`` on the way (see :meth:`~TorchEsegetaLib.models.nnunet.pipeline.NnUNetPipeline.recording_members`)."""
-    from ..models.inference import check_input, segment
+    class_index: int,
+    flush_denormals: bool | DenormalFlush = True,
+) -> tuple[SegmentationResult, MemberStatistics]:
+    """Segment ``volume`` (nnU-Net) and fold each ensemble member of its passes into statistics
+    of the class ``class_index`` on the way (see
+    :meth:`~TorchEsegetaLib.models.nnunet.pipeline.NnUNetPipeline.recording_members`).
+
+    The first pass of a run may check denormal flushing first (:mod:`~TorchEsegetaLib.models.denormal_check`):
+    a pass on a central box of the input is no member; where the box is the whole input, the
+    check's two passes (flushed, exact) both record, and the statistics of the pass whose
+    logits the segmentation keeps are returned."""
+    from ..engine.denormals import DenormalFlush
+    from ..models.inference import check_input, resolve_device, segment
     from ..models.pipeline import model_input
     from ..models.postprocessing import restored_probabilities
     from ..models.uncertainty.members import fold_mirror_names
+    from ..models.uncertainty.statistics import MemberStatistics
 
     check_input(volume, model.card)
     prepared = model_input(volume, model.card)
     pipeline: Any = model.network
     names = fold_mirror_names(pipeline, list(model.source.get("folds") or []))
+    flush = DenormalFlush.of(flush_denormals, resolve_device(device))
+    passes: list[MemberStatistics] = []
 
     def fold_in(index: int, logits: torch.Tensor) -> None:
+        if tuple(logits.shape[2:]) != tuple(volume.spatial_shape):
+            return  # the denormal check's pass on a central box of the input
+        if index == 0:
+            passes.append(MemberStatistics(model.card.exclusive, class_index))
         probabilities = restored_probabilities(logits.float().cpu(), model.card, prepared.grid)
-        statistics.add(probabilities, names[index])
+        passes[-1].add(probabilities, names[index])
 
     with pipeline.recording_members(fold_in):
-        return segment(model, volume, device, prepared)
+        segmentation = segment(model, volume, device, prepared, flush)
+    if not passes:
+        raise RuntimeError("the segmentation recorded no ensemble member")
+    # two whole passes: the check's flushed one, then its exact one (kept where flushing is not)
+    kept = passes[0] if len(passes) == 2 and flush.active else passes[-1]
+    return segmentation, kept
 
 
 def plan_members(

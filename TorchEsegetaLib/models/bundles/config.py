@@ -7,9 +7,10 @@ becomes the card's postprocessing (:mod:`..postprocessing`); the ``inferer`` the
 settings. What cannot be honoured is listed in ``ignored_preprocessing`` with the reason, and
 loading stops on it (unless the card allows it): the network never silently sees another input.
 
-Nothing is instantiated and no ``$`` expression is evaluated here except through the parser of
-a bundle the user trusts; the few Python lambdas bundles use for an intensity scaling or a
-foreground threshold are recognised from their syntax tree (:mod:`.lambdas`), never executed.
+Nothing is instantiated here. The parser of an untrusted bundle holds no ``$`` expression but
+the two lambda forms of the allow-list (:mod:`.analysis`), and the lambdas bundles use for an
+intensity scaling or a foreground threshold are recognised from their syntax tree
+(:mod:`.lambdas`), never executed.
 """
 
 from __future__ import annotations

@@ -4,16 +4,17 @@ The bundle's ``preprocessing``, ``inferer`` and ``postprocessing`` become the ca
 (:mod:`.config`), so that the segmentation equals MONAI's own bundle inference and the
 explanations explain exactly that function.
 
-A bundle's config is code: its ``$`` expressions are Python that MONAI's parser evaluates, and
-a ``_target_`` outside MONAI names code of the bundle. So a bundle whose config holds either is
-loaded only when the reference says it is trusted (``"trust": true``, ``--trust-bundle`` on the
-command line); the lambdas of an intensity scaling or a foreground threshold are read from their
-syntax, never run, and need no trust. Weights are always read with ``weights_only=True``.
+A bundle's config is code: its ``$`` expressions are Python that MONAI's parser evaluates, and a
+``_target_`` names something it calls. So before anything is parsed, :mod:`.analysis` builds the
+config as MONAI would (metadata, macros to any file) and holds every part of it against the
+allow-list; a bundle with anything else loads only when the reference says it is trusted
+(``"trust": true``, ``--trust-model`` on the command line), and is then parsed by MONAI from its
+files as MONAI's own run parses it. An untrusted bundle's parser gets the analysed config, so
+what runs is what was checked. Weights are always read with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,34 +29,9 @@ from ..files import (
     network_size_divisible,
     sha256_file,
 )
+from ..trust import require_consent
 from . import config as bundle_config
-from .lambdas import is_recognised_expression
-
-
-def config_expressions(config_file: Path) -> list[str]:
-    """The ``$`` expressions of a bundle config (JSON or YAML) that loading would execute."""
-    text = config_file.read_text(encoding="utf-8")
-    if config_file.suffix == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
-
-        data = yaml.safe_load(text)
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str) and value.startswith("$"):
-            if not is_recognised_expression(value):
-                found.append(value)
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(data)
-    return found
+from .analysis import analyse_bundle, read_config_file, read_metadata
 
 
 def load_bundle(ref: dict) -> tuple[torch.nn.Module, dict, dict, str | None]:
@@ -63,28 +39,33 @@ def load_bundle(ref: dict) -> tuple[torch.nn.Module, dict, dict, str | None]:
 
     root = existing_path(ref.get("path"), "bundle folder")
     configs = [root / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")]
-    config_file = next((c for c in configs if c.is_file()), None)
+    config_file = next((c for c in configs if c.exists()), None)
     if not root.is_dir() or config_file is None:
-        raise UserInputError(
-            f"{root} is not a MONAI bundle: configs/inference.json (or .yaml) is missing; "
-            "give the bundle's top folder"
-        )
-    expressions = config_expressions(config_file)
-    if expressions and not ref.get("trust"):
-        raise UserInputError(
-            f"bundle {root.name}'s config holds {len(expressions)} Python expression(s) (e.g. "
-            f"{expressions[0][:60]!r}) that loading would execute; if you trust the bundle's "
-            'source, pass --trust-bundle (in a job: "trust": true in the model reference)'
-        )
-    metadata = _bundle_metadata(root)
-    parser = ConfigParser()
-    parser.read_meta(metadata)  # configs may refer to @_meta_::network_data_format...
-    parser.read_config(str(config_file))
-    parser.set(str(root), "bundle_root")
+        from ..loading import describe_folder
+
+        what = describe_folder(root) if root.is_dir() else "a file, not a MONAI bundle folder"
+        raise UserInputError(f"{root} is {what}")
+    trusted = bool(ref.get("trust"))
+    metadata_files = [
+        p for p in (root / "metadata.json", root / "configs" / "metadata.json") if p.exists()
+    ]
+    if trusted:  # MONAI's own parsing of the files, macros and all
+        metadata, _ = read_metadata(root, metadata_files)
+        parser = ConfigParser()
+        parser.read_meta(metadata)  # configs may refer to @_meta_::network_data_format...
+        parser.read_config(read_config_file(config_file, root))
+        parser.set(str(root), "bundle_root")
+    else:
+        analysis = analyse_bundle(root, config_file, metadata_files)
+        require_consent(f"bundle {root.name}", analysis.findings, trusted)
+        parser = ConfigParser(analysis.config)  # already resolved: no file is read again
+        metadata = analysis.metadata
     source: dict[str, Any] = {"kind": "bundle", "path": str(root), "config": str(config_file)}
+    if trusted:
+        source["trust"] = True
     weights = root / "models" / "model.pt"
     if weights.is_file():
-        network = _bundle_network(parser, root, bool(ref.get("trust")))
+        network = _bundle_network(parser, root, trusted)
         load_state_dict_file(network, weights)
         source["network"] = str(parser.get("network_def", {}).get("_target_", "?"))
     elif (root / "models" / "model.ts").is_file():
@@ -149,13 +130,15 @@ def _bundle_network(parser: Any, root: Path, trusted: bool) -> torch.nn.Module:
             f"bundle {root} has models/model.pt but its inference config defines no network_def; "
             "add network_def or provide models/model.ts"
         )
-    target = str((parser.get("network_def") or {}).get("_target_", ""))
-    if not trusted and "." in target and not target.startswith("monai."):
+    definition = parser.get("network_def")
+    if not isinstance(definition, dict):
         raise UserInputError(
-            f"bundle {root.name}'s network_def is {target!r}, code outside MONAI that building "
-            "it would run; if you trust the bundle's source, pass --trust-bundle"
+            f"bundle {root.name}'s network_def is {str(definition)[:60]!r}, not a component "
+            "(an object with _target_ and the network's arguments), so it is not read; write the "
+            "network's _target_ and arguments into network_def, or provide models/model.ts"
         )
-    sys.path.insert(0, str(root))  # network_def may name a class in the bundle's scripts/
+    if trusted:
+        sys.path.insert(0, str(root))  # network_def may name a class in the bundle's scripts/
     try:
         network = parser.get_parsed_content("network_def", instantiate=True)
     except Exception as error:
@@ -163,23 +146,13 @@ def _bundle_network(parser: Any, root: Path, trusted: bool) -> torch.nn.Module:
             f"cannot build the network_def of bundle {root} ({error}); fix its configs/inference file"
         ) from error
     finally:
-        sys.path.remove(str(root))
+        if trusted:
+            sys.path.remove(str(root))
     if not isinstance(network, torch.nn.Module):
         raise UserInputError(
             f"network_def of bundle {root} is not a torch.nn.Module; fix the config"
         )
     return network
-
-
-def _bundle_metadata(root: Path) -> dict:
-    metadata: dict = {}
-    for path in (root / "metadata.json", root / "configs" / "metadata.json"):
-        if path.is_file():
-            try:
-                metadata.update(json.loads(path.read_text()))
-            except (OSError, ValueError) as error:
-                raise UserInputError(f"cannot read {path} ({error}); fix or remove it") from error
-    return metadata
 
 
 def _first(entries: dict, preferred: str) -> dict:

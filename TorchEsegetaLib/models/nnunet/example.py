@@ -147,7 +147,7 @@ def save_fold(
     initialisation (seeded), its checkpoint format; trained for ``train_iterations`` steps."""
     import torch
 
-    from .folder import trainer_class
+    from .analysis import trainer_class
 
     trainer_type = trainer_class(trainer_name)
     torch.manual_seed(seed)

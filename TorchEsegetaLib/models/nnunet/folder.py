@@ -14,6 +14,10 @@ a checkpoint holding any other pickled object is refused. Of a checkpoint we use
 ``network_weights`` (the state dict), ``trainer_name``, ``init_args["configuration"]`` and
 ``inference_allowed_mirroring_axes``; the optimizer state, grad scaler and training log are
 loaded but ignored.
+
+The plans name code: nnU-Net imports and calls the classes they name. Before anything is built,
+:mod:`.analysis` holds those names against nnU-Net's own classes; a folder naming anything else
+loads only with consent (``"trust": true`` in the reference, ``--trust-model``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ import numpy as np
 import torch
 
 from ...errors import UserInputError
+from ..files import torch_load_weights_only
+from ..trust import require_consent
 from . import CHECKPOINTS, require_nnunetv2
+from .analysis import analyse_plans, trainer_class
 from .pipeline import NnUNetPipeline, Plan
 
 
@@ -37,10 +44,9 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
     (pipeline module, card defaults, source record, sha256 of plans + dataset.json + checkpoints)."""
     folder = Path(ref.get("path") or "").expanduser().resolve()
     if not (folder / "plans.json").is_file() or not (folder / "dataset.json").is_file():
-        raise UserInputError(
-            f"{folder} is not an nnU-Net v2 model folder (it needs dataset.json, plans.json and "
-            "fold_N/ folders); give the Trainer__Plans__configuration folder"
-        )
+        from ..loading import describe_folder
+
+        raise UserInputError(f"{folder} is {describe_folder(folder)}")
     checkpoint_name = ref.get("checkpoint_name") or CHECKPOINTS[0]
     if checkpoint_name not in CHECKPOINTS:
         raise UserInputError(
@@ -52,6 +58,7 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     dataset_json, plans = _json(folder / "dataset.json"), _json(folder / "plans.json")
+    _check_labels(dataset_json, folder / "dataset.json")
     paths = [folder / f"fold_{fold}" / checkpoint_name for fold in folds]
     checkpoints = [load_checkpoint(path) for path in paths]
     first = checkpoints[0]
@@ -72,6 +79,8 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
                 f"{path} was trained as {other}, fold {folds[0]} as {(trainer_name, configuration)}; "
                 "give folds of one model"
             )
+    require_consent(f"nnU-Net folder {folder.name}", analyse_plans(plans), bool(ref.get("trust")))
+    trainer = trainer_class(trainer_name)
     manager = PlansManager(plans)
     try:
         config = manager.get_configuration(configuration)
@@ -93,7 +102,7 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
     in_channels = determine_num_input_channels(manager, config, dataset_json)
     out_channels = labels.num_segmentation_heads
     networks = [
-        _build_network(trainer_name, manager, config, in_channels, out_channels, c, p)
+        _build_network(trainer, manager, config, in_channels, out_channels, c, p)
         for c, p in zip(checkpoints, paths)
     ]
     explain_fold = ref.get("explain_fold")
@@ -132,6 +141,8 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
         "explain_fold": explain_fold,
         "checkpoints_sha256": digests,
     }
+    if ref.get("trust"):
+        source["trust"] = True
     if explain_fold is not None:
         source["warnings"] = [
             f"explanations use fold {explain_fold} alone without test-time mirroring; the "
@@ -159,7 +170,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     allowed += [type(np.dtype(code)) for code in "?bhilqBHILQefdFD"]
     try:
         with torch.serialization.safe_globals(allowed):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch_load_weights_only(path)
     except pickle.UnpicklingError as error:
         raise UserInputError(
             f"{path} holds pickled objects other than tensors, numbers and numpy scalars, which "
@@ -214,7 +225,7 @@ def _folds(folder: Path, folds: Any, checkpoint: str) -> list[int | str]:
 
 
 def _build_network(
-    trainer_name: str,
+    trainer: Any,
     manager: Any,
     config: Any,
     in_channels: int,
@@ -225,25 +236,31 @@ def _build_network(
     """The fold's network, built as nnUNetPredictor builds it, with the checkpoint's weights."""
     import inspect
 
-    trainer = trainer_class(trainer_name)
-    if trainer is None:
+    try:
+        if "plans_manager" in inspect.signature(trainer.build_network_architecture).parameters:
+            network = trainer.build_network_architecture(
+                manager, config, in_channels, out_channels, enable_deep_supervision=False
+            )
+        else:  # the older signature nnUNetPredictor still accepts
+            network = trainer.build_network_architecture(
+                config.network_arch_class_name,
+                config.network_arch_init_kwargs,
+                config.network_arch_init_kwargs_req_import,
+                in_channels,
+                out_channels,
+                enable_deep_supervision=False,
+            )
+    except ImportError as error:  # an architecture (or nnU-Net's search for one) needs timm, ...
         raise UserInputError(
-            f"{path} was trained with {trainer_name}, which this nnunetv2 installation does not "
-            "have; install the nnU-Net version (or plug-in) that defines it"
-        )
-    if "plans_manager" in inspect.signature(trainer.build_network_architecture).parameters:
-        network = trainer.build_network_architecture(
-            manager, config, in_channels, out_channels, enable_deep_supervision=False
-        )
-    else:  # the older signature nnUNetPredictor still accepts
-        network = trainer.build_network_architecture(
-            config.network_arch_class_name,
-            config.network_arch_init_kwargs,
-            config.network_arch_init_kwargs_req_import,
-            in_channels,
-            out_channels,
-            enable_deep_supervision=False,
-        )
+            f"nnU-Net cannot build the network the plans of {path.parent.parent.name} describe: "
+            + _missing_package(error, "looking it up")
+        ) from error
+    except Exception as error:  # what the plans name (with consent) failed, or is missing
+        problem = " ".join(str(error).split())
+        raise UserInputError(
+            f"nnU-Net cannot build the network the plans of {path.parent.parent.name} describe "
+            f"({type(error).__name__}: {problem}); check plans.json"
+        ) from error
     weights = checkpoint["network_weights"]
     if weights and all(k.startswith("module.") for k in weights):
         weights = {k[len("module.") :]: v for k, v in weights.items()}
@@ -257,16 +274,50 @@ def _build_network(
     return network.eval()
 
 
-def trainer_class(name: str) -> Any:
-    """nnU-Net's trainer class of that name, found as nnU-Net finds it (None: unknown)."""
-    import nnunetv2
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-
-    return recursive_find_python_class(
-        str(Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer"),
-        name,
-        "nnunetv2.training.nnUNetTrainer",
+def _missing_package(error: ImportError, doing: str) -> str:
+    """The one line for a package that nnU-Net's code needs and this installation lacks."""
+    package = (getattr(error, "name", None) or "").split(".")[0]
+    if not package:
+        return f"{doing} failed to import nnU-Net's code ({error}); check the nnunetv2 installation"
+    return (
+        f"{doing} needs the Python package {package!r}, which is not installed (nnU-Net's "
+        f"code imports it); install it (pip install {package}) or use a model whose trainer "
+        "does without it"
     )
+
+
+def _check_labels(dataset: Any, path: Path) -> None:
+    """dataset.json's labels as nnU-Net needs them: an object of name -> value (or list of
+    values for regions) with "background": 0."""
+    labels = dataset.get("labels") if isinstance(dataset, dict) else None
+    example = '"labels": {"background": 0, "tumour": 1}'
+    if not isinstance(labels, dict):
+        got = "none" if labels is None else f"a {type(labels).__name__}"
+        raise UserInputError(
+            f"{path}'s labels must be an object of label names and values, e.g. {example}; got "
+            f"{got}: fix the file"
+        )
+    if not _is_zero(labels.get("background")):
+        background = labels.get("background")
+        have = "no background" if background is None else f"background {background!r}"
+        raise UserInputError(
+            f'{path}\'s labels have {have}; nnU-Net needs "background": 0 among them, e.g. '
+            f"{example}: fix the file"
+        )
+    for key in ("channel_names", "modality"):
+        if isinstance(dataset.get(key), dict):
+            return
+    raise UserInputError(
+        f'{path} has no channel_names (e.g. "channel_names": {{"0": "CT"}}); fix the file'
+    )
+
+
+def _is_zero(value: Any) -> bool:
+    """Whether nnU-Net's LabelManager takes ``value`` as the background label (int 0)."""
+    try:
+        return not isinstance(value, (list, tuple)) and int(value) == 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _plan(manager: Any, config: Any, regions: bool) -> Plan:

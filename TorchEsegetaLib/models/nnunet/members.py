@@ -51,6 +51,12 @@ class MemberRecorder:
         self._sums: list[torch.Tensor] | None = None
         self._finished: list[torch.Tensor] = []
 
+    def start_pass(self) -> None:
+        """Forget what an earlier pass left (one that failed part way): number from 0."""
+        self.folds_done = 0
+        self._sums = None
+        self._finished = []
+
     def add_window(
         self,
         target: tuple[slice, ...],

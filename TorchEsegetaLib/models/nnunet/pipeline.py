@@ -156,6 +156,8 @@ class NnUNetPipeline(torch.nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.member_recorder is not None:
+            self.member_recorder.start_pass()  # members are numbered per pass
         if self.case is not None:
             folds = range(len(self.folds)) if self.explain_fold is None else [self.explain_fold]
             mirror = self.mirror_axes if self.explain_fold is None else None
