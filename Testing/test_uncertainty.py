@@ -396,24 +396,49 @@ def test_run_folder_holds_the_maps_their_record_and_summaries(tmp_path):
     assert "<h2>Uncertainty</h2>" in html and "uncertainty_tta_entropy" in html
 
 
-def test_cohort_summary_rows_sort_cases_by_uncertainty(tmp_path):
-    from TorchEsegetaLib.cohort.summary import UNCERTAINTY_METRICS, scores_of
+def test_cohort_summary_csv_has_each_cases_uncertainty_to_sort_by(tmp_path):
+    """A cohort run with uncertainty: summary.csv has, per case, the rows of method
+    ``uncertainty tta`` with the values of that case's run.json summary; summary_stats.csv
+    has their statistics over the cases."""
+    import csv
 
-    folder = tmp_path / "case"
-    folder.mkdir()
-    summary = {
-        "kind": "tta",
-        "mean_entropy_in_target": 0.3,
-        "mean_mutual_information_in_target": 0.01,
-        "class_flip_share": 0.2,
-        "class_volume_ml": {"min": 1.0, "max": 1.5, "range": 0.5},
+    from cohort_cases import write_cases, write_cohort
+
+    from TorchEsegetaLib.cohort import run_cohort
+    from TorchEsegetaLib.cohort.summary import UNCERTAINTY_METRICS
+
+    ids = write_cases(tmp_path / "data", 2)
+    template = {
+        "model": {"kind": "demo"},
+        "target": {"kind": "class", "class": "vessel"},
+        "methods": ["saliency"],
+        "device": "cpu",
+        "figures": False,
+        "uncertainty": [{"kind": "tta", "members": 3}],
     }
-    record = {"methods": [], "uncertainty_summary": [summary]}
-    (folder / "run.json").write_text(json.dumps(record))
-    rows, _ = scores_of(folder)
-    values = {row["metric"]: row["value"] for row in rows if row["method"] == "uncertainty tta"}
-    assert list(values) == list(UNCERTAINTY_METRICS)
-    assert values["mean_entropy_in_target"] == 0.3 and values["class_volume_range_ml"] == 0.5
+    out = tmp_path / "results"
+    result = run_cohort(
+        write_cohort(tmp_path / "data", ids), template, out, workers=1, progress=False
+    )
+    assert result.exit_status == 0
+    with open(out / "summary.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["method"] == "uncertainty tta"]
+    by_case: dict[str, dict[str, float]] = {}
+    for row in rows:
+        by_case.setdefault(row["case"], {})[row["metric"]] = float(row["value"])
+    assert sorted(by_case) == ids
+    for case, values in by_case.items():
+        assert list(values) == list(UNCERTAINTY_METRICS)
+        (summary,) = json.loads((out / case / "run.json").read_text())["uncertainty_summary"]
+        assert values["mean_entropy_in_target"] == pytest.approx(summary["mean_entropy_in_target"])
+        assert values["class_flip_share"] == pytest.approx(summary["class_flip_share"])
+        volume = summary["class_volume_ml"]
+        assert values["class_volume_range_ml"] == pytest.approx(volume["max"] - volume["min"])
+    entropies = [values["mean_entropy_in_target"] for values in by_case.values()]
+    assert entropies[0] != entropies[1]  # two cases, two different uncertainties to sort by
+    with open(out / "summary_stats.csv", newline="") as handle:
+        stats = {(r["method"], r["metric"]): r for r in csv.DictReader(handle)}
+    assert stats[("uncertainty tta", "mean_entropy_in_target")]["n"] == "2"
 
 
 def test_command_line_writes_uncertainty_and_refuses_bad_kinds_in_one_line(tmp_path, capsys):

@@ -113,7 +113,8 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
                 region instead of its score).
 
         Returns:
-            ``{"maps": {label: volume node}, "segmentation": node, "table": node or None,
+            ``{"maps": {label: volume node}, "uncertainty": {label: volume node},
+            "uncertaintyTable": node or None, "segmentation": node, "table": node or None,
             "charts": {...}, "folderItemId": ..., "skipped": {...}, "result": ...}``.
 
         Example::
@@ -123,6 +124,7 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
             nodes = logic.explain(volume, methods=["saliency", "gradcam"], targetClass="vessel")
             roi = slicer.util.getNode("R")
             nodes = logic.explain(volume, methods=["integrated_gradients"], target=roi)
+            nodes = logic.explain(volume, uncertainty=["tta"], explainUncertainty=True)
         """
         from TorchEsegetaSlicer import consoleApi, dependencies
 
