@@ -1,19 +1,21 @@
 """What uncertainty costs next to the segmentation it comes with.
 
-    python benchmarks/uncertainty.py            # a few minutes on 2 cores
+    python benchmarks/uncertainty.py            # long on 2 cores: tta-nnunet is most of it
     python benchmarks/uncertainty.py --quick    # tiny sizes, one repeat: checks that it runs
+    python benchmarks/uncertainty.py --only tta-demo --only ensemble   # some of the questions
 
-Two questions, each timed in one run as the best of ``--repeat`` on the same threads:
+Three questions, each timed in one run as the best of ``--repeat`` on the same threads:
 
-* ``ensemble`` on nnU-Net (a 2-fold, mirrored model folder made by nnU-Net's own code, the
+* ``ensemble``: on nnU-Net (a 2-fold, mirrored model folder made by nnU-Net's own code, the
   anisotropic oblique image of benchmarks/nnunet.py): the segmentation with the 16 members
   recorded from its own passes against the segmentation alone, and writing the three maps. The
   goal is no overhead beyond writing files: the network passes are the segmentation's; what is
   added is each member's sum over the windows and its resampling back to the input grid.
-* ``tta`` with 8 members (7 passes beyond the segmentation, member 0 is the segmentation) on the
-  built-in demo (64^3) and on the nnU-Net model, against the segmentation.
+* ``tta-demo``, ``tta-nnunet``: ``tta`` with 8 members (7 passes beyond the segmentation,
+  member 0 is the segmentation) on the built-in demo (64^3) and on the nnU-Net model, against
+  the segmentation.
 
-Both are computed as a run computes them (``explain_job``): denormal floats flushed to zero on
+All are computed as a run computes them (``explain_job``): denormal floats flushed to zero on
 every thread, the flushing checked once on the first segmentation (not timed), the scope held
 around everything.
 
@@ -70,6 +72,8 @@ def nnunet_volume(shape: tuple[int, int, int]) -> Volume:
 
 
 CPU = torch.device("cpu")
+#: what --only picks: the ensemble on nnU-Net, tta on nnU-Net, tta on the demo
+QUESTIONS = ("ensemble", "tta-nnunet", "tta-demo")
 
 
 def checked_flush(model: LoadedModel, volume: Volume) -> DenormalFlush:
@@ -137,40 +141,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat")
     parser.add_argument(
         "--only",
-        choices=("ensemble", "tta"),
-        default=None,
-        help="measure one of the two questions (default both)",
+        choices=QUESTIONS,
+        action="append",
+        help="measure only this question (repeatable; default all three)",
     )
     args = parser.parse_args(argv)
+    asked = args.only or QUESTIONS
     repeat = 1 if args.quick else args.repeat
     shape = (12, 16, 18) if args.quick else (24, 40, 44)
     features = (2, 8) if args.quick else (8, 32)
     print(f"{torch.get_num_threads()} threads, CPU, best of {repeat}")
-    with tempfile.TemporaryDirectory() as work:
-        folder = build_model_folder(
-            Path(work),
-            vessel_cases(
-                3 if args.quick else 4,
-                (10, 16, 18) if args.quick else (20, 32, 36),
-                (2.0, 0.7, 0.6),
-            ),
-            folds=(0, 1),
-            base_features=features[0],
-            max_features=features[1],
-        )
-        nnunet = load_model({"kind": "nnunet", "path": str(folder), "folds": [0, 1]})
-        volume = nnunet_volume(shape)
-        print(f"nnU-Net image {shape} at (2.2, 0.7, 0.62) mm, oblique")
-        if args.only != "tta":
-            ensemble_overhead(nnunet, volume, repeat, Path(work))
-        if args.only != "ensemble":
-            tta_overhead(f"nnU-Net {shape}", nnunet, volume, repeat)
-    if args.only == "ensemble":
-        return 0
-    demo, _ = demo_volume()
-    if args.quick:
-        demo = Volume(demo.array[:, :32, :32, :32].copy(), Geometry((32, 32, 32)))
-    tta_overhead(f"demo {demo.spatial_shape}", load_model({"kind": "demo"}), demo, repeat)
+    if "ensemble" in asked or "tta-nnunet" in asked:
+        with tempfile.TemporaryDirectory() as work:
+            folder = build_model_folder(
+                Path(work),
+                vessel_cases(
+                    3 if args.quick else 4,
+                    (10, 16, 18) if args.quick else (20, 32, 36),
+                    (2.0, 0.7, 0.6),
+                ),
+                folds=(0, 1),
+                base_features=features[0],
+                max_features=features[1],
+            )
+            nnunet = load_model({"kind": "nnunet", "path": str(folder), "folds": [0, 1]})
+            volume = nnunet_volume(shape)
+            print(f"nnU-Net image {shape} at (2.2, 0.7, 0.62) mm, oblique")
+            if "ensemble" in asked:
+                ensemble_overhead(nnunet, volume, repeat, Path(work))
+            if "tta-nnunet" in asked:
+                tta_overhead(f"nnU-Net {shape}", nnunet, volume, repeat)
+    if "tta-demo" in asked:
+        demo, _ = demo_volume()
+        if args.quick:
+            demo = Volume(demo.array[:, :32, :32, :32].copy(), Geometry((32, 32, 32)))
+        tta_overhead(f"demo {demo.spatial_shape}", load_model({"kind": "demo"}), demo, repeat)
     return 0
 
 
