@@ -289,6 +289,24 @@ def test_extra_checkpoints_are_the_ensemble(tmp_path):
     assert len(different.model.source["ensemble_sha256"]) == 2
 
 
+def test_an_output_folder_holding_an_ensemble_checkpoint_is_refused(tmp_path):
+    """The extra checkpoints are inputs like the model's own: no run writes beside them."""
+    import TorchEsegetaLib as te
+
+    models = tmp_path / "models"
+    models.mkdir()
+    paths = [models / "net0.pt", tmp_path / "net1.pt"]
+    for path in paths:
+        torch.save(tiny_unet().state_dict(), path)
+    reference = {"kind": "monai", "network": "UNet", "kwargs": TINY_UNET_KWARGS}
+    model = {**reference, "checkpoint": str(paths[1]), "ensemble": [str(paths[0])]}
+    with pytest.raises(UserInputError, match="ensemble checkpoint"):
+        te.explain(
+            oblique_volume(), model=model, device="cpu", out=models, uncertainty=["ensemble"]
+        )
+    assert sorted(p.name for p in models.iterdir()) == ["net0.pt"]
+
+
 # --- the uncertainty target ----------------------------------------------------------------
 
 
