@@ -47,7 +47,16 @@ def explain_args(case, out, *extra):
 def test_explain_help_is_grouped_and_shows_the_default_method():
     text = build_parser()._subparsers._group_actions[0].choices["explain"].format_help()
     titles = re.findall(r"^(\w[\w ]*):$", text, flags=re.MULTILINE)
-    assert titles[1:] == ["inputs", "model", "target", "methods", "evaluation", "run", "output"]
+    assert titles[1:] == [
+        "inputs",
+        "model",
+        "target",
+        "methods",
+        "evaluation",
+        "uncertainty",
+        "run",
+        "output",
+    ]
     methods = text[text.index("\nmethods:") : text.index("\nevaluation:")]
     assert "--method" in methods and "default: saliency" in methods
     run = text[text.index("\nrun:") : text.index("\noutput:")]

@@ -263,6 +263,104 @@ def test_command_line_runs_an_nnunet_folder(folder, volume, tmp_path, capsys):
     assert "apply to nnU-Net v2 model folders only" in capsys.readouterr().err
 
 
+# --- the ensemble's members (uncertainty) ------------------------------------------------
+
+
+def test_ensemble_members_are_nnunet_predictors_per_fold_per_mirror_predictions(folder, volume):
+    """Recorded during the segmentation's own passes, each member (a fold with one mirror
+    combination) equals what nnUNetPredictor gives for that fold with that flip alone; the
+    segmentation stays nnU-Net's."""
+    from TorchEsegetaLib.models.inference import segment
+    from TorchEsegetaLib.models.loading import load_model
+    from TorchEsegetaLib.models.nnunet.reference import nnunet_member_predict, nnunet_predict
+
+    model = load_model({"kind": "nnunet", "path": str(folder), "folds": [0, 1]})
+    members: dict[int, torch.Tensor] = {}
+    with model.network.recording_members(members.__setitem__):
+        ours = segment(model, volume)
+    pairs = model.network.member_pairs()
+    assert len(pairs) == len(members) == 16  # 2 folds x 8 mirror combinations
+    labels, probabilities = nnunet_predict(folder, volume, [0, 1], True)
+    assert np.array_equal(ours.labelmap, labels)
+    assert np.abs(ours.probabilities - probabilities).max() <= 1e-6
+    for index in (0, 1, 7, 8, 12):  # both folds; no flip, one axis, two, all three
+        fold, flip = pairs[index]
+        _, theirs = nnunet_member_predict(folder, volume, fold, flip)
+        mine = torch.softmax(members[index], dim=1)[0].numpy()
+        assert np.abs(mine - theirs).max() <= 1e-6, pairs[index]
+    # nnU-Net averages the logits: their mean is its prediction, up to its float16 sums
+    # (subnormal where only the windows' Gaussian tails reach, at the image's edges)
+    mean = torch.stack([members[i] for i in range(16)]).mean(dim=0)
+    mean_probabilities = torch.softmax(mean, dim=1)[0].numpy()
+    assert np.array_equal(mean_probabilities.argmax(axis=0), probabilities.argmax(axis=0))
+    assert np.median(np.abs(mean_probabilities - probabilities)) < 1e-4
+
+
+@pytest.mark.parametrize("check_edge", [None, 6], ids=["check-whole-input", "check-box"])
+def test_the_denormal_check_adds_no_member(folder, volume, monkeypatch, check_edge):
+    """The first pass of a run may check denormal flushing on a central box (no member) or on
+    the whole input (two passes, flushed and exact): the members are one pass's 16 either way,
+    and equal those of an exact run."""
+    from TorchEsegetaLib.engine.denormals import DenormalFlush
+    from TorchEsegetaLib.models import denormal_check
+    from TorchEsegetaLib.models.loading import load_model
+    from TorchEsegetaLib.runs.uncertainty import segment_recording_members
+
+    if check_edge is not None:
+        monkeypatch.setattr(denormal_check, "CHECK_EDGE", check_edge)
+    model = load_model({"kind": "nnunet", "path": str(folder), "folds": [0, 1]})
+    cpu = torch.device("cpu")
+    flush = DenormalFlush(True, cpu)
+    _, flushed = segment_recording_members(model, volume, cpu, 1, flush)
+    assert flush.check is not None
+    assert flush.check["region"].startswith("whole" if check_edge is None else "central box")
+    _, exact = segment_recording_members(model, volume, cpu, 1, False)
+    assert flushed.count == exact.count == 16
+    assert flushed.names == exact.names
+    for quantity, values in flushed.maps().items():
+        np.testing.assert_allclose(values, exact.maps()[quantity], atol=1e-5, err_msg=quantity)
+
+
+def test_the_ensemble_is_the_mean_of_its_members_in_float32(folder, volume):
+    from TorchEsegetaLib.models.loading import load_model
+
+    model = load_model({"kind": "nnunet", "path": str(folder), "folds": [0, 1]})
+    pipeline = model.network
+    pipeline.bind_geometry(volume.geometry)
+    x = torch.from_numpy(np.ascontiguousarray(volume.array[None]))
+    pipeline.freeze_statistics(x)
+    with torch.no_grad():
+        ensemble = pipeline(x)
+        members = [pipeline.member_forward(x, f, flip) for f, flip in pipeline.member_pairs()]
+    inside = (slice(None), slice(None), slice(2, None))  # nnU-Net's crop
+    mean = torch.stack(members).mean(dim=0)
+    torch.testing.assert_close(mean[inside], ensemble[inside], atol=1e-5, rtol=1e-5)
+
+
+def test_ensemble_uncertainty_costs_no_pass_and_explains_through_the_members(folder, volume):
+    import TorchEsegetaLib as te
+
+    reference = {"kind": "nnunet", "path": str(folder), "folds": [0, 1]}
+    result = te.explain(
+        volume,
+        model=reference,
+        target="uncertainty:roi:3,4,5:8,9,12",
+        methods=["saliency"],
+        uncertainty=["ensemble"],
+        device="cpu",
+    )
+    (found,) = result.uncertainty
+    assert found.summary["members"] == 16 and found.estimate["forward_passes"] == 0
+    assert found.members[0] == "fold 0, no mirror" and found.members[-1] == "fold 1, mirror 0,1,2"
+    for values in found.maps.values():
+        assert values.shape == SHAPE and np.isfinite(values).all()
+        assert (values[:2] == 0).all()  # cropped away by nnU-Net: background for every member
+    assert found.maps["mutual_information"].max() > 0
+    saliency = result.maps["saliency"]
+    assert np.isfinite(saliency).all() and np.abs(saliency).max() > 0
+    assert result.target["uncertainty"] == "ensemble" and result.target["members"] == 16
+
+
 def _copy_with(folder, tmp_path, dataset=None, trainer=None):
     """A copy of the model folder with dataset.json's fields or the checkpoints' trainer changed."""
     import json

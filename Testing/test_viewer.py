@@ -187,6 +187,33 @@ def test_cohort_cases_are_the_finished_run_folders(tmp_path):
     assert list(cohortCases(results)) == ["case1", "case2"]
 
 
+def test_uncertainty_maps_join_the_map_list_and_their_summary_the_panel(run):
+    sys.path.insert(0, str(REPOSITORY / "TorchEsegeta"))
+    from TorchEsegetaWeb.metricsView import uncertaintyTable
+    from TorchEsegetaWeb.runSource import openRun
+    from viewer_runs import UNCERTAINTY_SUMMARY, addUncertainty
+
+    from TorchEsegetaLib.errors import UserInputError
+
+    addUncertainty(run)
+    opened = openRun(run)
+    assert [m.label for m in opened.maps] == ["blocks", "signed", "uncertainty_tta_entropy"]
+    entry = opened.maps[-1]
+    assert entry.uncertainty and not entry.signed
+    assert entry.title == "uncertainty: predictive entropy (tta, 8 members)"
+    table = uncertaintyTable(opened.record["uncertainty_summary"])
+    (row,) = table["rows"]
+    cells = dict(zip([h["title"] for h in table["headers"]], row["cells"]))
+    assert cells["kind"] == "tta" and cells["class"] == "vessel"
+    assert cells["class flip share"] == f"{UNCERTAINTY_SUMMARY['class_flip_share']:.3g}"
+    assert uncertaintyTable(None) == {"headers": [], "rows": []}
+    (run / "uncertainty_tta_entropy.nii.gz").unlink()
+    with pytest.raises(
+        UserInputError, match="uncertainty map uncertainty_tta_entropy.nii.gz is missing"
+    ):
+        openRun(run)
+
+
 def test_run_files_route_answers_404_for_names_no_file_can_have(tmp_path):
     """The run folder's file route on a real loopback server: a NUL byte, a name too long or a
     way out of the folder is 404 (never 500, never the file); a file of the folder is served."""

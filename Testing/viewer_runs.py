@@ -160,3 +160,36 @@ def expectedColour(blocks: np.ndarray, signed: bool, bi: int, bj: int) -> np.nda
     position = np.clip((value - lower) / (upper - lower), 0.0, 1.0)
     points = np.linspace(0.0, 1.0, len(table))
     return np.array([np.interp(position, points, table[:, c]) for c in range(3)]) * 255.0
+
+
+def addUncertainty(folder: Path) -> Path:
+    """Add a tta entropy map (the unsigned blocks) and its summary to a run folder of
+    :func:`makeViewerRun`."""
+    folder = Path(folder)
+    write_volume(blockArray(UNSIGNED_BLOCKS), GEOMETRY, folder / "uncertainty_tta_entropy.nii.gz")
+    record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    record["uncertainty"] = [
+        {
+            "kind": "tta",
+            "quantity": "entropy",
+            "file": "uncertainty_tta_entropy.nii.gz",
+            "members": 8,
+            "label": "uncertainty_tta_entropy",
+            "title": "predictive entropy (tta, 8 members)",
+            "unit": "nats",
+        }
+    ]
+    record["uncertainty_summary"] = [UNCERTAINTY_SUMMARY]
+    (folder / "run.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    return folder
+
+
+UNCERTAINTY_SUMMARY = {
+    "kind": "tta",
+    "members": 8,
+    "class": "vessel",
+    "mean_entropy_in_target": 0.4321,
+    "mean_mutual_information_in_target": 0.0123,
+    "class_flip_share": 0.25,
+    "class_volume_ml": {"min": 0.5, "max": 0.75, "range": 0.25},
+}

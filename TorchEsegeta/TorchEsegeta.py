@@ -109,10 +109,14 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
                 "bfloat16" or "float16"), cropMargin (whole-volume models: explain on the
                 target's box grown by this many voxels, a measured approximation),
                 flushDenormals (default True: on the CPU, denormal floats flushed to zero
-                during the run only, checked against exact arithmetic first), folderName.
+                during the run only, checked against exact arithmetic first), folderName,
+                uncertainty (kinds "ensemble", "tta", "dropout": uncertainty maps join the
+                results), explainUncertainty (explain the predictive entropy over the target's
+                region instead of its score).
 
         Returns:
-            ``{"maps": {label: volume node}, "segmentation": node, "table": node or None,
+            ``{"maps": {label: volume node}, "uncertainty": {label: volume node},
+            "uncertaintyTable": node or None, "segmentation": node, "table": node or None,
             "charts": {...}, "folderItemId": ..., "skipped": {...}, "result": ...}``.
 
         Example::
@@ -122,6 +126,7 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
             nodes = logic.explain(volume, methods=["saliency", "gradcam"], targetClass="vessel")
             roi = slicer.util.getNode("R")
             nodes = logic.explain(volume, methods=["integrated_gradients"], target=roi)
+            nodes = logic.explain(volume, uncertainty=["tta"], explainUncertainty=True)
         """
         from TorchEsegetaSlicer import consoleApi, dependencies
 

@@ -170,6 +170,37 @@ def test_signed_map_is_diverging_and_centred_on_zero(scene):
     assert red[0] > red[2] + 50 and blue[2] > blue[0] + 50
 
 
+def test_uncertainty_map_has_its_own_colours_a_window_from_zero_and_a_titled_legend(
+    sceneAndLogics,
+):
+    from TorchEsegetaSlicer import (
+        showColorLegend,
+        styleUncertaintyNode,
+        uncertaintyColorNode,
+    )
+    from TorchEsegetaSlicer.display import LEGEND_TITLE_ATTRIBUTE
+
+    scene, logics = sceneAndLogics
+    array = randomMap(4)
+    array[1, 1, 1] = 0.0  # sure: below the threshold, never drawn
+    node = volumeNodeFromArray(scene, array, OBLIQUE, "entropy")
+    node.SetAttribute(LEGEND_TITLE_ATTRIBUTE, "predictive entropy (tta, 8 members) (nats)")
+    displayNode = styleUncertaintyNode(scene, node)
+    assert displayNode.GetColorNodeID() == uncertaintyColorNode(scene).GetID()
+    assert uncertaintyColorNode(scene).GetID() not in (
+        sequentialColorNode(scene).GetID(),
+        divergingColorNode(scene).GetID(),
+    )
+    low = displayNode.GetLevel() - displayNode.GetWindow() / 2
+    high = displayNode.GetLevel() + displayNode.GetWindow() / 2
+    assert low == pytest.approx(0.0, abs=1e-9)
+    assert high == pytest.approx(np.percentile(array[array > 0], 99.5))
+    rgba = renderedRgba(node)
+    assert rgba[1, 1, 1, 3] == 0 and rgba[np.unravel_index(array.argmax(), SIZE)][3] == 255
+    legend = showColorLegend(logics["Colors"], node)
+    assert legend.GetTitleText() == "predictive entropy (tta, 8 members) (nats)"
+
+
 def test_colour_nodes_are_created_once_per_scene(scene):
     for index in range(3):
         node = volumeNodeFromArray(scene, randomMap(index, signed=True), OBLIQUE, f"map {index}")
@@ -374,6 +405,52 @@ def test_run_folder_loads_on_the_reference_grid_in_one_folder(scene, tmp_path):
     assert shNode.GetItemParent(loaded["folderItemId"]) == studyItemId
     for node in [*loaded["maps"].values(), loaded["segmentation"], table]:
         assert shNode.GetItemParent(shNode.GetItemByDataNode(node)) == loaded["folderItemId"]
+
+
+def test_run_folder_uncertainty_maps_load_beside_the_attributions(scene, tmp_path):
+    from TorchEsegetaSlicer import uncertaintyColorNode
+
+    makeRunFolder(tmp_path / "run")
+    entropy = randomMap(5)
+    write_volume(entropy, OBLIQUE, tmp_path / "run" / "uncertainty_tta_entropy.nii.gz")
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    run["uncertainty"] = [
+        {
+            "kind": "tta",
+            "quantity": "entropy",
+            "file": "uncertainty_tta_entropy.nii.gz",
+            "members": 8,
+            "label": "uncertainty_tta_entropy",
+            "title": "predictive entropy (tta, 8 members)",
+            "unit": "nats",
+        }
+    ]
+    run["uncertainty_summary"] = [
+        {
+            "kind": "tta",
+            "members": 8,
+            "class": "liver",
+            "mean_entropy_in_target": 0.25,
+            "mean_mutual_information_in_target": 0.01,
+            "class_flip_share": 0.1,
+            "class_volume_ml": {"min": 1.0, "max": 1.2},
+        }
+    ]
+    (tmp_path / "run" / "run.json").write_text(json.dumps(run))
+    reference = volumeNodeFromArray(scene, randomMap(), OBLIQUE, "CT")
+    loaded = loadRunFolder(scene, tmp_path / "run", reference)
+    node = loaded["uncertainty"]["uncertainty_tta_entropy"]
+    assert set(loaded["maps"]) == {"saliency", "integrated_gradients"}
+    assert node.GetName() == "CT predictive entropy (tta, 8 members)"
+    assert node.GetDisplayNode().GetColorNodeID() == uncertaintyColorNode(scene).GetID()
+    np.testing.assert_array_equal(arrayAndGeometryFromVolumeNode(node)[0], entropy)
+    table = loaded["uncertaintyTable"]
+    assert table.GetNumberOfRows() == 1
+    column = table.GetTable().GetColumnByName("mean entropy in target (nats)")
+    assert column.GetValue(0) == 0.25
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    for added in (node, table):
+        assert shNode.GetItemParent(shNode.GetItemByDataNode(added)) == loaded["folderItemId"]
 
 
 def test_run_folder_off_the_reference_grid_is_refused_and_adds_nothing(scene, tmp_path):

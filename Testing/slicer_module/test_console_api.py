@@ -264,6 +264,32 @@ def test_precision_reaches_the_engine(scene, inputNode, tmp_path):
         explainNodes(scene, inputNode, model=reference, device="cpu", precision="float8")
 
 
+def test_explain_adds_uncertainty_maps_and_explains_the_uncertainty(scene, inputNode, tmp_path):
+    from TorchEsegetaSlicer import explainNodes
+
+    nodes = explainNodes(
+        scene,
+        inputNode,
+        model=tinyModelReference(tmp_path),
+        methods=["saliency"],
+        target="roi:4,4,4:10,10,10",
+        uncertainty=[{"kind": "tta", "members": 3}],
+        explainUncertainty=True,
+        device="cpu",
+    )
+    assert set(nodes["uncertainty"]) == {
+        "uncertainty_tta_entropy",
+        "uncertainty_tta_mutual_information",
+        "uncertainty_tta_std",
+    }
+    colours = {n.GetDisplayNode().GetColorNode().GetName() for n in nodes["uncertainty"].values()}
+    assert colours == {"TorchEsegetaUncertainty"}
+    assert nodes["uncertaintyTable"].GetNumberOfRows() == 1
+    assert nodes["result"].target["uncertainty"] == "tta"
+    for node in nodes["uncertainty"].values():
+        assert shFolderOf(scene, node) == nodes["folderItemId"]
+
+
 def test_denormals_are_flushed_for_the_call_only(scene, inputNode, tmp_path):
     from TorchEsegetaSlicer import explainNodes
     from TorchEsegetaSlicer.consoleApi import loadedModel, segmentNodes

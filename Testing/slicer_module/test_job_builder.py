@@ -283,3 +283,25 @@ def test_dependencies_are_checked_without_installing_and_torch_comes_first():
     assert "PyTorch extension" in message and "captum" in message
     assert dependencies.missingModules(lambda name: True) == []
     assert "PyTorch" not in dependencies.installMessage(["captum"])
+
+
+def test_uncertainty_check_boxes_become_the_jobs_uncertainty():
+    from TorchEsegetaSlicer.jobBuilder import uncertaintyEntries
+
+    assert uncertaintyEntries() == []
+    assert uncertaintyEntries(ensemble=True, dropout=True, members=16) == [
+        {"kind": "ensemble"},
+        {"kind": "dropout", "members": 16},
+    ]
+    assert uncertaintyEntries(tta=True) == [{"kind": "tta"}]  # the default count stays implicit
+    common = {"images": ["a.nrrd"], "model": {"kind": "demo"}, "methods": ["saliency"]}
+    job = buildJob(
+        **common,
+        target=targetDict("ROI", roiStart=(1, 2, 3), roiEnd=(4, 5, 6), uncertainty=True),
+        output="run",
+        uncertainty=uncertaintyEntries(tta=True),
+    )
+    assert Job.from_dict(job).to_dict() == job
+    assert job["target"]["kind"] == "roi" and job["target"]["uncertainty"]["kind"] == "tta"
+    with pytest.raises(PanelInputError, match="check ensemble, tta or dropout"):
+        buildJob(**common, target=targetDict(uncertainty=True), output="run")

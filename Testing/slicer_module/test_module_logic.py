@@ -78,6 +78,11 @@ def panelValues(inputNode, model, tmp_path, **values):
         "methodParameters": "{}",
         "metrics": [],
         "metricParameters": "{}",
+        "uncertaintyEnsemble": False,
+        "uncertaintyTta": False,
+        "uncertaintyDropout": False,
+        "uncertaintyMembers": 8,
+        "explainUncertainty": False,
         "device": "cpu",
         "precision": "float32",
         "flushDenormals": True,
@@ -211,3 +216,31 @@ def test_the_crop_margin_box_reaches_the_run_request_only_when_set(scene, tmp_pa
         panelValues(inputNode, model, tmp_path, cropMargin=6), [inputNode], model, tmp_path
     )
     assert off.cropMargin is None and on.cropMargin == 6
+
+
+def test_the_uncertainty_section_reaches_the_run_request_and_its_job(scene, tmp_path):
+    from TorchEsegetaSlicer import volumeNodeFromArray
+    from TorchEsegetaSlicer.jobBuilder import buildJob, targetDict
+    from TorchEsegetaSlicer.panelRun import requestFromPanel
+
+    inputNode = volumeNodeFromArray(scene, tinyImage(), GEOMETRY, "T1")
+    model = tinyModelReference(tmp_path)
+    values = {"uncertaintyTta": True, "uncertaintyMembers": 4, "explainUncertainty": True}
+    request = requestFromPanel(
+        panelValues(inputNode, model, tmp_path, targetRegion="predicted mask", **values),
+        [inputNode],
+        model,
+        tmp_path,
+    )
+    assert request.uncertainty == [{"kind": "tta", "members": 4}] and request.explainUncertainty
+    job = buildJob(
+        ["t1.nrrd"],
+        model,
+        targetDict(uncertainty=request.explainUncertainty),
+        request.methods,
+        tmp_path / "run",
+        uncertainty=request.uncertainty,
+    )
+    assert job["uncertainty"] == [{"kind": "tta", "members": 4}]
+    assert job["target"]["uncertainty"]["kind"] == "tta"
+    assert job["target"]["uncertainty"]["members"] == 4

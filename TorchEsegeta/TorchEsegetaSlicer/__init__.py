@@ -31,8 +31,10 @@ _LAZY = {
     "showAsForeground": "display",
     "showColorLegend": "display",
     "styleAttributionNode": "display",
+    "styleUncertaintyNode": "display",
     "tableNodeFromMetrics": "tables",
     "targetFromNode": "targetNodes",
+    "uncertaintyColorNode": "display",
     "volumeNodeFromArray": "volumeNodes",
 }
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .resultNodes import MapResult, addResultNodes
+from .resultNodes import MapResult, UncertaintyMap, addResultNodes
 from .targetNodes import targetFromNode
 from .volumeNodes import arrayAndGeometryFromVolumeNode
 
@@ -38,6 +38,8 @@ def explainNodes(
     cropMargin: int | None = None,
     folderName: str | None = None,
     progress=None,
+    uncertainty: Sequence[str | dict] = (),
+    explainUncertainty: bool = False,
     flushDenormals: bool = True,
 ) -> dict:
     """Explain the model's segmentation of ``volumeNodes`` and add the results to ``scene``.
@@ -67,13 +69,18 @@ def explainNodes(
             an approximation measured in ``result.target["crop"]`` (None: the whole volume).
         folderName: subject hierarchy folder of the results (default "TorchEsegeta <input>").
         progress: optional callable receiving the engine's progress events.
+        uncertainty: uncertainty kinds ("ensemble", "tta", "dropout") or ``{"kind", ...}``
+            dicts: their maps join the results, in their own colours (docs/uncertainty.md).
+        explainUncertainty: explain the predictive entropy over the target's region (through
+            the first ``uncertainty`` kind's members) instead of the class score.
         flushDenormals: on the CPU, compute with denormal floats flushed to zero (checked
             against exact arithmetic on the first pass), for this call only: Slicer's threads
             get their own setting back afterwards.
 
     Returns:
-        ``{"maps": {label: volume node}, "segmentation": segmentation node, "table": metrics
-        table node or None, "charts": {metric title: plot chart node}, "folderItemId": folder
+        ``{"maps": {label: volume node}, "uncertainty": {label: volume node},
+        "uncertaintyTable": table node or None, "segmentation": segmentation node, "table":
+        metrics table node or None, "charts": {metric title: plot chart node}, "folderItemId": folder
         item, "skipped": {label: status}, "result": ExplainResult, "evaluation": Evaluation or
         None}``.
     """
@@ -81,6 +88,7 @@ def explainNodes(
     from TorchEsegetaLib.models.loading import LoadedModel
     from TorchEsegetaLib.runs.api import explain_job_in_memory, job_model
     from TorchEsegetaLib.runs.job import Job
+    from TorchEsegetaLib.runs.uncertainty import UNITS
 
     volumeNodes = _asList(volumeNodes)
     if not volumeNodes:
@@ -88,11 +96,14 @@ def explainNodes(
     reference = volumeNodes[0]
     arrays, geometry = channelsOfNodes(volumeNodes)
     loaded = model if isinstance(model, LoadedModel) else None
+    targetSpec = targetFromNode(target, reference, targetClass, output, segmentId, pointTarget)
+    if explainUncertainty:
+        targetSpec.uncertainty = targetSpec.uncertainty or "auto"
     job = Job(  # validates every setting before anything runs
         images=[f"<volume node {node.GetName()!r}>" for node in volumeNodes],
         model=job_model(model),
         card=card,
-        target=targetFromNode(target, reference, targetClass, output, segmentId, pointTarget),
+        target=targetSpec,
         methods=methods,
         metrics=metrics,
         device=device,
@@ -101,6 +112,7 @@ def explainNodes(
         max_batch=maxBatch,
         precision=precision,
         crop_margin=cropMargin,
+        uncertainty=list(uncertainty),
         flush_denormals=flushDenormals,
     )
     result = explain_job_in_memory(job, Volume(arrays, geometry), loaded, progress)
@@ -119,6 +131,14 @@ def explainNodes(
         evaluation=evaluation,
         folderName=folderName or f"TorchEsegeta {reference.GetName()}",
         referenceVolumeNode=reference,
+        uncertainty={
+            found.label(quantity): UncertaintyMap(
+                found.maps[quantity], found.title(quantity), UNITS[quantity]
+            )
+            for found in result.uncertainty
+            for quantity in found.maps
+        },
+        uncertaintySummaries=[found.summary for found in result.uncertainty],
     )
     skipped = {m.spec.label: m.status for m in result.methods if m.attribution is None}
     return {**added, "skipped": skipped, "result": result, "evaluation": evaluation}

@@ -1,4 +1,5 @@
-"""How attribution maps look: colour maps, robust window/level, transparency, slice layers."""
+"""How attribution and uncertainty maps look: colour maps, robust window/level, transparency,
+legends, slice layers."""
 
 from __future__ import annotations
 
@@ -25,7 +26,12 @@ SEQUENTIAL_COLOR_NAME = "TorchEsegetaSequential"
 # Node attribute marking attribution maps (its value: the method label).
 MAP_ATTRIBUTE = "TorchEsegeta.method"
 DIVERGING_COLOR_NAME = "TorchEsegetaDiverging"
+UNCERTAINTY_COLOR_NAME = "TorchEsegetaUncertainty"
+# Node attribute marking uncertainty maps (its value: the map's label, e.g. uncertainty_tta_entropy).
+UNCERTAINTY_ATTRIBUTE = "TorchEsegeta.uncertainty"
 LEGEND_LABEL_FORMAT = "%.3g"
+# Node attribute holding a map's colour legend title (uncertainty maps: "entropy (nats)").
+LEGEND_TITLE_ATTRIBUTE = "TorchEsegeta.legendTitle"
 
 
 def styleAttributionNode(
@@ -80,6 +86,36 @@ def styleAttributionNode(
     return displayNode
 
 
+def styleUncertaintyNode(scene, node, transparentBelow: float = engineDisplay.TRANSPARENT_BELOW):
+    """Colour an uncertainty map as the run folder's uncertainty figure does: its own colour
+    table (:func:`uncertaintyColorNode`), windowed from zero (sure) to the 99.5th percentile of
+    its non-zero values, transparent in the lowest ``transparentBelow`` of that window.
+
+    Returns:
+        The volume's display node.
+    """
+    values = slicer.util.arrayFromVolume(node)
+    lower, upper = engineDisplay.uncertainty_window(values)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    displayNode = node.GetDisplayNode()
+    displayNode.AutoWindowLevelOff()
+    displayNode.AutoThresholdOff()
+    displayNode.SetAndObserveColorNodeID(uncertaintyColorNode(scene).GetID())
+    window = upper - lower
+    finite = values[np.isfinite(values)]
+    top = max(float(finite.max()) if finite.size else upper, upper)
+    displayNode.SetWindowLevel(window, lower + window / 2.0)
+    displayNode.SetThreshold(lower + transparentBelow * window, top)
+    displayNode.SetApplyThreshold(True)
+    return displayNode
+
+
+def uncertaintyColorNode(scene):
+    """The scene's viridis-like colour node for uncertainty maps (created on first use)."""
+    return _proceduralColorNode(scene, UNCERTAINTY_COLOR_NAME, engineDisplay.UNCERTAINTY_COLOURS)
+
+
 def sequentialColorNode(scene):
     """The scene's inferno-like colour node for unsigned maps (created on first use)."""
     return _proceduralColorNode(scene, SEQUENTIAL_COLOR_NAME, engineDisplay.SEQUENTIAL_COLOURS)
@@ -126,7 +162,10 @@ def setMapOpacity(scene, opacity: float) -> int:
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         compositeNode = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
         foreground = scene.GetNodeByID(compositeNode.GetForegroundVolumeID() or "")
-        if foreground is not None and foreground.GetAttribute(MAP_ATTRIBUTE) is not None:
+        if foreground is not None and (
+            foreground.GetAttribute(MAP_ATTRIBUTE) is not None
+            or foreground.GetAttribute(UNCERTAINTY_ATTRIBUTE) is not None
+        ):
             compositeNode.SetForegroundOpacity(float(np.clip(opacity, 0.0, 1.0)))
             changed += 1
     return changed
@@ -150,7 +189,8 @@ def showColorLegend(colorLogic, volumeNode, visible: bool = True):
 
     Args:
         colorLogic: the Colors module logic (``slicer.modules.colors.logic()`` in the app).
-        volumeNode: the styled map.
+        volumeNode: the styled map; an uncertainty map's legend is titled with what it holds
+            and its unit (the node's ``TorchEsegeta.legendTitle`` attribute).
         visible: show or hide the legend.
 
     Returns:
@@ -162,5 +202,8 @@ def showColorLegend(colorLogic, volumeNode, visible: bool = True):
         # Attributions are often far below 1 (a gradient is ~1e-3): Slicer's default "%.1f"
         # would label every tick 0.0.
         legend.SetLabelFormat(LEGEND_LABEL_FORMAT)
+        title = volumeNode.GetAttribute(LEGEND_TITLE_ATTRIBUTE)
+        if title:
+            legend.SetTitleText(title)
     legend.SetVisibility(visible)
     return legend

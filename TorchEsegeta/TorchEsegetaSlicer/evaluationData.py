@@ -1,5 +1,6 @@
 """The engine's evaluation (run.json "metrics", or an in-memory Evaluation) as table rows and
-curves, ready for table and plot chart nodes. Pure Python: no slicer."""
+curves, and the uncertainty summaries as table rows, ready for table and plot chart nodes. Pure
+Python: no slicer."""
 
 from __future__ import annotations
 
@@ -65,3 +66,25 @@ def _cells(rows: list[dict]) -> list[dict]:
         }
         for row in rows
     ]
+
+
+def uncertaintyRows(summaries) -> list[dict]:
+    """One table row per uncertainty kind, from run.json's "uncertainty_summary" entries."""
+    rows = []
+    for summary in summaries or []:
+        volume = summary.get("class_volume_ml") or {}
+        rows.append(
+            {
+                "kind": summary.get("kind"),
+                "members": summary.get("members"),
+                "class": summary.get("class"),
+                "mean entropy in target (nats)": summary.get("mean_entropy_in_target"),
+                "mean mutual information in target (nats)": summary.get(
+                    "mean_mutual_information_in_target"
+                ),
+                "class flip share": summary.get("class_flip_share"),
+                "class volume min (mL)": volume.get("min"),
+                "class volume max (mL)": volume.get("max"),
+            }
+        )
+    return rows

@@ -31,6 +31,9 @@ POINT_REGIONS = ("point", "object at point")
 OUTPUTS = ("logits", "probabilities")
 PRECISIONS = ("float32", "float16", "bfloat16")
 BASE_DEVICES = ("auto", "cpu")
+# The panel's Uncertainty section: one check box per kind, in the engine's order.
+UNCERTAINTY_KINDS = ("ensemble", "tta", "dropout")
+DEFAULT_UNCERTAINTY_MEMBERS = 8
 
 
 class PanelInputError(ValueError):
@@ -113,6 +116,7 @@ def targetDict(
     pointRas: Sequence[float] | None = None,
     width: int = 1,
     versusClass: str | int | None = None,
+    uncertainty: bool = False,
 ) -> dict[str, Any]:
     """The engine's target for the panel's Target section.
 
@@ -127,6 +131,8 @@ def targetDict(
             "object at point").
         width: the band's half-width in voxels (region "boundary").
         versusClass: the class whose score is subtracted (region "versus class").
+        uncertainty: explain the predictive entropy over the region (through the members of
+            the first checked uncertainty kind) instead of the class score.
     """
     if region not in REGION_KINDS:
         raise PanelInputError(
@@ -157,7 +163,28 @@ def targetDict(
         if versusClass in ("", None):
             raise PanelInputError("choose the class to contrast with in Versus")
         target["versus"] = versusClass
+    if uncertainty:
+        target["uncertainty"] = "auto"
     return target
+
+
+def uncertaintyEntries(
+    ensemble: bool = False,
+    tta: bool = False,
+    dropout: bool = False,
+    members: int = DEFAULT_UNCERTAINTY_MEMBERS,
+) -> list[dict[str, Any]]:
+    """The job's ``uncertainty`` list for the panel's Uncertainty check boxes; ``members``
+    counts the draws of tta and dropout (the ensemble's members are the model's)."""
+    checked = {"ensemble": ensemble, "tta": tta, "dropout": dropout}
+    entries: list[dict[str, Any]] = []
+    for kind in UNCERTAINTY_KINDS:
+        if checked[kind]:
+            entry: dict[str, Any] = {"kind": kind}
+            if kind != "ensemble" and int(members) != DEFAULT_UNCERTAINTY_MEMBERS:
+                entry["members"] = int(members)
+            entries.append(entry)
+    return entries
 
 
 def methodEntries(
@@ -212,6 +239,7 @@ def buildJob(
     seed: int = 0,
     maxBatch: int | None = None,
     cropMargin: int | None = None,
+    uncertainty: Sequence[dict[str, Any] | str] = (),
     flushDenormals: bool = True,
 ) -> dict[str, Any]:
     """A validated Job, as the dict the worker reads from job.json.
@@ -245,6 +273,12 @@ def buildJob(
         data["crop_margin"] = int(cropMargin)
     if metrics:
         data["metrics"] = list(metrics)
+    if target.get("uncertainty") and not uncertainty:
+        raise PanelInputError(
+            "explaining the uncertainty needs an uncertainty kind: check ensemble, tta or "
+            "dropout in the Uncertainty section"
+        )
+    data["uncertainty"] = list(uncertainty)
     if precision not in PRECISIONS:
         raise PanelInputError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     data["precision"] = precision

@@ -68,7 +68,8 @@ def linkCompareViews(
 
 
 def showResults(scene, nodes, backgroundNode, opacity: float = MAP_OPACITY, compare: bool = True):
-    """Overlay the first map with its colour legend; compare up to four maps side by side.
+    """Overlay the first map with its colour legend; compare up to four maps side by side, the
+    first uncertainty map (the entropy) among them when the run has uncertainty maps.
 
     ``nodes`` as returned by :func:`consoleApi.explainNodes`; nothing happens without views.
     """
@@ -77,13 +78,18 @@ def showResults(scene, nodes, backgroundNode, opacity: float = MAP_OPACITY, comp
     from .display import showAsForeground, showColorLegend
 
     maps = list(nodes["maps"].values())
+    uncertainty = list(nodes.get("uncertainty", {}).values())
     if not maps or not slicer.app.layoutManager():
         return
+    colorLogic = slicer.modules.colors.logic()
+    for node in uncertainty:  # titled legends, ready when the user shows these maps
+        showColorLegend(colorLogic, node, False)
     slicer.util.setSliceViewerLayers(background=backgroundNode, fit=True)
     showAsForeground(scene, maps[0], opacity)
-    showColorLegend(slicer.modules.colors.logic(), maps[0])
-    if compare and len(maps) > 1:
-        showCompareLayout(maps, backgroundNode, opacity)
+    showColorLegend(colorLogic, maps[0])
+    compared = maps[: MAX_COMPARED - 1] + uncertainty[:1] if uncertainty else maps
+    if compare and len(compared) > 1:
+        showCompareLayout(compared, backgroundNode, opacity)
 
 
 def showCompareLayout(mapNodes, backgroundNode, opacity: float = MAP_OPACITY) -> list:

@@ -51,6 +51,9 @@ class RunRequest:
     metrics: list[str] = field(default_factory=list)
     maxBatch: int | None = None
     cropMargin: int | None = None
+    #: the job's uncertainty entries (jobBuilder.uncertaintyEntries)
+    uncertainty: list[dict[str, Any]] = field(default_factory=list)
+    explainUncertainty: bool = False
     flushDenormals: bool = True
 
 
@@ -120,7 +123,7 @@ def requestFromPanel(p, volumeNodes, model, defaultOutputFolder) -> RunRequest:
         defaultOutputFolder: where run folders go when the panel names no folder.
     """
     from . import methodForms
-    from .jobBuilder import methodEntries, metricEntries
+    from .jobBuilder import methodEntries, metricEntries, uncertaintyEntries
 
     custom = str(p.outputFolder or "") not in ("", ".")
     metrics = list(p.metrics) if methodForms.evaluationAvailable() else []
@@ -143,6 +146,10 @@ def requestFromPanel(p, volumeNodes, model, defaultOutputFolder) -> RunRequest:
         precision=p.precision,
         budgetSeconds=p.timeBudget,
         cropMargin=p.cropMargin if p.cropMargin >= 0 else None,
+        uncertainty=uncertaintyEntries(
+            p.uncertaintyEnsemble, p.uncertaintyTta, p.uncertaintyDropout, p.uncertaintyMembers
+        ),
+        explainUncertainty=p.explainUncertainty,
         flushDenormals=p.flushDenormals,
     )
 
@@ -179,6 +186,7 @@ def startRun(request: RunRequest, python: str | None = None) -> PanelRun:
             metrics=request.metrics,
             maxBatch=request.maxBatch,
             cropMargin=request.cropMargin,
+            uncertainty=request.uncertainty,
             flushDenormals=request.flushDenormals,
         )
         jobFile = writeJob(job, workFolder / "job.json")
@@ -221,7 +229,12 @@ def newRunFolder(outputFolder: str | Path, inputName: str) -> Path:
 
 
 def _target(request: RunRequest, reference, geometry, workFolder: Path) -> dict[str, Any]:
-    common = {"region": request.region, "className": request.className, "output": request.output}
+    common = {
+        "region": request.region,
+        "className": request.className,
+        "output": request.output,
+        "uncertainty": request.explainUncertainty,
+    }
     if request.region == "segment":
         if request.segmentationNode is None:
             raise PanelInputError("choose the segmentation whose segment is the target")

@@ -14,7 +14,13 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 
 from TorchEsegetaLib.figures.display import MAP_OPACITY
 
-from .jobBuilder import MODEL_KINDS, OUTPUTS, PRECISIONS, REGION_KINDS
+from .jobBuilder import (
+    DEFAULT_UNCERTAINTY_MEMBERS,
+    MODEL_KINDS,
+    OUTPUTS,
+    PRECISIONS,
+    REGION_KINDS,
+)
 
 
 @parameterNodeWrapper
@@ -46,6 +52,12 @@ class TorchEsegetaParameterNode:
     methodParameters: str = "{}"
     metrics: list[str]
     metricParameters: str = "{}"
+    uncertaintyEnsemble: bool = False
+    uncertaintyTta: bool = False
+    uncertaintyDropout: bool = False
+    uncertaintyMembers: Annotated[int, WithinRange(2, 256)] = DEFAULT_UNCERTAINTY_MEMBERS
+    #: explain the predictive entropy over the target region instead of the class score
+    explainUncertainty: bool = False
     device: str = "auto"
     precision: Annotated[str, Choice(list(PRECISIONS))] = "float32"
     #: on the CPU, flush denormal floats to zero during runs (checked on the first pass)

@@ -1,4 +1,5 @@
-"""Engine results -> scene nodes: styled maps, segmentation and metrics in one folder.
+"""Engine results -> scene nodes: styled maps, uncertainty maps, segmentation and metrics in one
+folder.
 
 Shared by the run-folder loader (the panel and batch mode) and the in-process console API, so
 results look the same however they were computed.
@@ -11,8 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 import slicer
 
-from .display import MAP_ATTRIBUTE, styleAttributionNode
-from .evaluationData import evaluationTables
+from .display import (
+    LEGEND_TITLE_ATTRIBUTE,
+    MAP_ATTRIBUTE,
+    UNCERTAINTY_ATTRIBUTE,
+    styleAttributionNode,
+    styleUncertaintyNode,
+)
+from .evaluationData import evaluationTables, uncertaintyRows
 from .segmentations import segmentationNodeFromLabelmap
 from .tables import plotChartFromCurves, tableNodeFromMetrics
 from .volumeNodes import volumeNodeFromArray
@@ -27,6 +34,15 @@ class MapResult:
     signed: bool
 
 
+@dataclass
+class UncertaintyMap:
+    """One uncertainty map to add: (I, J, K) values, its title and the unit of its values."""
+
+    array: np.ndarray
+    title: str
+    unit: str
+
+
 def addResultNodes(
     scene,
     geometry,
@@ -38,6 +54,8 @@ def addResultNodes(
     referenceVolumeNode=None,
     inputName: str | None = None,
     structures=None,
+    uncertainty: dict | None = None,
+    uncertaintySummaries=None,
 ) -> dict:
     """Add a run's maps, segmentation, metrics and structures tables to the scene, in one folder.
 
@@ -55,10 +73,14 @@ def addResultNodes(
         inputName: the name prefix when there is no reference node.
         structures: the rows of the run's structures.csv (one per method and structure): a
             table node with one row per structure and method.
+        uncertainty: ``{label: UncertaintyMap}``: volume nodes in the uncertainty colours,
+            their legends titled with what they hold.
+        uncertaintySummaries: run.json's "uncertainty_summary": a table node, one row per kind.
 
     Returns:
-        ``{"maps": {label: volume node}, "segmentation": node or None, "table": node or None,
-        "structuresTable": node or None, "folderItemId": subject hierarchy folder item}``.
+        ``{"maps": {label: volume node}, "uncertainty": {label: volume node}, "segmentation":
+        node or None, "table": node or None, "structuresTable": node or None,
+        "uncertaintyTable": node or None, "folderItemId": subject hierarchy folder item}``.
     """
     if inputName is None:
         inputName = referenceVolumeNode.GetName() if referenceVolumeNode is not None else folderName
@@ -69,6 +91,19 @@ def addResultNodes(
         node.SetAttribute("TorchEsegeta.signed", str(bool(result.signed)).lower())
         styleAttributionNode(scene, node, signed=result.signed)
         nodes[label] = node
+    uncertaintyNodes = {}
+    for label, found in (uncertainty or {}).items():
+        node = volumeNodeFromArray(scene, found.array, geometry, f"{inputName} {found.title}")
+        node.SetAttribute(UNCERTAINTY_ATTRIBUTE, label)
+        node.SetAttribute(LEGEND_TITLE_ATTRIBUTE, f"{found.title} ({found.unit})")
+        styleUncertaintyNode(scene, node)
+        uncertaintyNodes[label] = node
+    summaryRows = uncertaintyRows(uncertaintySummaries)
+    uncertaintyTable = (
+        tableNodeFromMetrics(scene, summaryRows, f"{inputName} uncertainty")
+        if summaryRows
+        else None
+    )
     segmentationNode = None
     if labelmap is not None:
         labels = np.rint(np.asarray(labelmap)).astype(np.int16)
@@ -86,19 +121,27 @@ def addResultNodes(
         title: plotChartFromCurves(scene, curves, f"{inputName} {title}", xTitle, yTitle)
         for title, (curves, xTitle, yTitle) in curveCharts.items()
     }
-    spatialNodes = [node for node in [*nodes.values(), segmentationNode] if node is not None]
+    spatialNodes = [
+        node
+        for node in [*nodes.values(), *uncertaintyNodes.values(), segmentationNode]
+        if node is not None
+    ]
     if referenceVolumeNode is not None:
         for node in spatialNodes:
             node.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
-    folderNodes = spatialNodes + [n for n in (tableNode, structuresNode) if n is not None]
+    folderNodes = spatialNodes + [
+        n for n in (tableNode, structuresNode, uncertaintyTable) if n is not None
+    ]
     for chartNode in charts.values():
         folderNodes += [chartNode, *_seriesAndTables(chartNode)]
     folderItemId = putInFolder(scene, folderName, folderNodes, besideNode=referenceVolumeNode)
     return {
         "maps": nodes,
+        "uncertainty": uncertaintyNodes,
         "segmentation": segmentationNode,
         "table": tableNode,
         "structuresTable": structuresNode,
+        "uncertaintyTable": uncertaintyTable,
         "charts": charts,
         "folderItemId": folderItemId,
     }

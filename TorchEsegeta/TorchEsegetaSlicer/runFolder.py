@@ -1,4 +1,5 @@
-"""Load an engine run folder (run.json, segmentation, one map per method) into the scene."""
+"""Load an engine run folder (run.json, segmentation, one map per method, uncertainty maps) into
+the scene."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from TorchEsegetaLib.io.images import read_volume
 from TorchEsegetaLib.runs.structures import read_structures_csv
 from TorchEsegetaLib.runs.summary_text import describe_run_folder, plain_text
 
-from .resultNodes import MapResult, addResultNodes
+from .resultNodes import MapResult, UncertaintyMap, addResultNodes
 from .volumeNodes import geometryFromVolumeNode
 
 GEOMETRY_TOLERANCE = 1e-4
@@ -35,8 +36,9 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
         ``{"maps": {method label: volume node}, "segmentation": segmentation node or None,
         "folderItemId": subject hierarchy folder item, "table": metrics table node or None,
         "structuresTable": structures table node or None, "charts": {metric title: plot chart
-        node}, "skipped": {method label: status}, "run": the run.json contents,
-        "summaryText": the run in plain words}`` (methods that did not finish have no map).
+        node}, "skipped": {method label: status}, "uncertainty": {map label: volume node},
+        "uncertaintyTable": table node or None, "run": the run.json contents, "summaryText":
+        the run in plain words}`` (methods that did not finish have no map).
 
     Raises:
         ValueError: not a finished run folder, a missing file, or a file off the reference grid.
@@ -58,6 +60,13 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
             continue
         fileName = entry.get("file", f"{label}.nii.gz")
         maps[label] = (entry, _readOnGrid(runFolder / fileName, expected))
+    uncertainty = {
+        entry.get("label", Path(entry["file"]).name.split(".")[0]): (
+            entry,
+            _readOnGrid(runFolder / entry["file"], expected),
+        )
+        for entry in run.get("uncertainty", [])
+    }
     segmentationPath = runFolder / SEGMENTATION_FILE
     segmentation = _readOnGrid(segmentationPath, expected) if segmentationPath.exists() else None
 
@@ -75,6 +84,11 @@ def loadRunFolder(scene, runFolder, referenceVolumeNode=None) -> dict:
         referenceVolumeNode=referenceVolumeNode,
         inputName=inputName,
         structures=read_structures_csv(runFolder),
+        uncertainty={
+            label: UncertaintyMap(volume.array[0], entry.get("title", label), entry.get("unit", ""))
+            for label, (entry, volume) in uncertainty.items()
+        },
+        uncertaintySummaries=run.get("uncertainty_summary"),
     )
     summaryText = plain_text(describe_run_folder(runFolder))
     return {**added, "skipped": skipped, "run": run, "summaryText": summaryText}

@@ -31,7 +31,13 @@ from TorchEsegetaLib.runs.summary_text import colour_meaning, describe_run
 from . import panel, views
 from .caseScene import CaseNodes, loadCase, unloadCase
 from .httpFiles import addFileRoute, fileUrl
-from .metricsView import curvesDataUrl, rankingTable, scoresByMethod, structuresByMethod
+from .metricsView import (
+    curvesDataUrl,
+    rankingTable,
+    scoresByMethod,
+    structuresByMethod,
+    uncertaintyTable,
+)
 from .runSource import ViewerRun, openRun
 
 
@@ -95,9 +101,7 @@ class ViewerApp:
         sentences = describe_run(run.record, summary, structures)
         state.current_case = name
         state.method_items = [
-            {"value": m.label, "title": f"{m.title} ({'signed' if m.signed else 'unsigned'})"}
-            for m in run.maps
-            if m.label in maps
+            {"value": m.label, "title": _mapTitle(m)} for m in run.maps if m.label in maps
         ]
         state.channel_items = [
             {"value": index, "title": node.GetName()}
@@ -114,8 +118,9 @@ class ViewerApp:
         ordered = ranked + [label for label in maps if label not in ranked]
         lookFirst = (summary or {}).get("look_first")
         state.method = lookFirst if lookFirst in maps else ordered[0]
-        state.compare = ordered[:MAX_COMPARED]
+        state.compare = _compared(run, ordered)
         state.curves_src = curvesDataUrl(run.evaluation)
+        state.uncertainty = uncertaintyTable(run.record.get("uncertainty_summary"))
         state.run_info = _runInfo(run)
         state.links = self._links(name, run)
         state.skipped = [f"{label}: {status}" for label, status in run.skipped.items()]
@@ -144,6 +149,7 @@ class ViewerApp:
         state.compare_orientation = "Axial"
         state.compare_titles = []
         state.cursor = ""
+        state.uncertainty = {"headers": [], "rows": []}
 
     def _bindState(self) -> None:
         state = self.server.state
@@ -315,6 +321,24 @@ class ViewerApp:
         return [
             {"title": n, "href": fileUrl(prefix + n)} for n in names if (run.folder / n).is_file()
         ]
+
+
+def _compared(run: ViewerRun, ordered: list[str]) -> list[str]:
+    """The maps compared at first, in ``ordered``'s order (the recommendation's): the
+    attributions, and the first uncertainty map (the entropy) beside them when the run has one
+    (as the Slicer module's compare layout)."""
+    uncertainLabels = {m.label for m in run.maps if m.uncertainty}
+    attributions = [label for label in ordered if label not in uncertainLabels]
+    uncertain = [label for label in ordered if label in uncertainLabels]
+    if uncertain:
+        return attributions[: MAX_COMPARED - 1] + uncertain[:1]
+    return attributions[:MAX_COMPARED]
+
+
+def _mapTitle(entry) -> str:
+    if entry.uncertainty:
+        return entry.title
+    return f"{entry.title} ({'signed' if entry.signed else 'unsigned'})"
 
 
 def _runInfo(run: ViewerRun) -> list[dict]:

@@ -26,7 +26,7 @@ class CaseNodes:
 
     run: ViewerRun
     channels: list  # input volume nodes, one per channel
-    maps: dict  # method label -> volume node
+    maps: dict  # method or uncertainty map label -> volume node
     segmentation: object | None
     legends: dict = field(default_factory=dict)  # method label -> colour legend display node
     nodeIds: list = field(default_factory=list)
@@ -60,11 +60,11 @@ def loadCase(scene, colorLogic, run: ViewerRun) -> CaseNodes:
     segmentation = loaded["segmentation"]
     if segmentation is not None:
         _showAsOutline(segmentation)
-    legends = {
-        label: showColorLegend(colorLogic, node, False) for label, node in loaded["maps"].items()
-    }
+    # uncertainty maps are switched and compared like the attributions, in their own colours
+    maps = {**loaded["maps"], **loaded["uncertainty"]}
+    legends = {label: showColorLegend(colorLogic, node, False) for label, node in maps.items()}
     added = [nodeId for nodeId in _orderedIds(scene) if nodeId not in before]
-    return CaseNodes(run, channels, loaded["maps"], segmentation, legends, added)
+    return CaseNodes(run, channels, maps, segmentation, legends, added)
 
 
 def unloadCase(scene, case: CaseNodes) -> None:

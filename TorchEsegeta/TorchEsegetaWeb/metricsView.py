@@ -1,13 +1,16 @@
 """The run's evaluation as the viewer shows it, narrow enough for the side panel: the methods in
 the recommendation's order (title, faithfulness, randomisation check), every metric of the shown
-map as a list, its attribution by structure, and the deletion/insertion curves. The numbers come
-from the engine (summary.json, run.json, structures.csv) formatted as in the report. Pure Python.
+map as a list, its attribution by structure, the deletion/insertion curves, and the uncertainty
+summaries (one row per kind, from the Slicer module's ``uncertaintyRows``). The numbers come from
+the engine (summary.json, run.json, structures.csv) formatted as in the report. Pure Python.
 """
 
 from __future__ import annotations
 
 import base64
 from typing import Any
+
+from TorchEsegetaSlicer.evaluationData import uncertaintyRows
 
 from TorchEsegetaLib.figures.metric_figures import curves_png, format_value
 from TorchEsegetaLib.metrics.recommendation import RECOMMENDED, TIED
@@ -66,6 +69,20 @@ def structuresByMethod(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, s
             }
         )
     return shown
+
+
+def uncertaintyTable(summaries: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The run's uncertainty summaries as ``{"headers": [{"key", "title"}], "rows": [{"method",
+    "cells"}]}``; a row's "method" is the kind."""
+    rows = uncertaintyRows(summaries)
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    return {
+        "headers": [{"key": key, "title": key} for key in keys],
+        "rows": [
+            {"method": str(row["kind"]), "cells": [_cell(row.get(key)) for key in keys]}
+            for row in rows
+        ],
+    }
 
 
 def curvesDataUrl(evaluation: dict[str, Any] | None) -> str:

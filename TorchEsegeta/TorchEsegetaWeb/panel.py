@@ -67,6 +67,7 @@ def buildUi(server, layoutManager, cohort: bool) -> VAppLayout:
                 _compareControls()
                 _cursor()
                 _metrics()
+                _uncertainty()
                 _runFacts()
     return layout
 
@@ -254,6 +255,25 @@ def _metrics() -> None:
         v_if="!ranking.length",
         classes="text-caption my-2",
     )
+
+
+def _uncertainty() -> None:
+    with html.Div(v_if="uncertainty.rows.length", classes="mb-2", id="tv-uncertainty"):
+        html.Div(
+            "Uncertainty in the target region (its maps are in the map list)",
+            classes="text-subtitle-2",
+        )
+        with html.Div(style="overflow-x: auto;"):
+            with v3.VTable(density="compact", classes="tv-metrics"):
+                with html.Thead(), html.Tr():
+                    html.Th(
+                        "{{ header.title }}",
+                        v_for="header in uncertainty.headers",
+                        key="header.key",
+                    )
+                with html.Tbody():
+                    with html.Tr(v_for="row in uncertainty.rows", key="row.method"):
+                        html.Td("{{ cell }}", v_for="(cell, index) in row.cells", key="index")
 
 
 def _runFacts() -> None:

@@ -22,12 +22,14 @@ VIEWABLE_STATUSES = ("complete", "partial")
 
 @dataclass
 class MapEntry:
-    """One attribution map of the run: the label names its file and the method switcher."""
+    """One map of the run (an attribution or an uncertainty map): the label names its file and
+    the map switcher."""
 
     label: str
     title: str
     signed: bool
     file: Path
+    uncertainty: bool = False
 
 
 @dataclass
@@ -87,6 +89,16 @@ def openRun(folder, images=None) -> ViewerRun:
         maps.append(MapEntry(label, title, bool(entry.get("signed")), path))
     if not maps:
         raise UserInputError(f"run {folder} holds no attribution map to view")
+    for entry in record.get("uncertainty") or []:
+        path = insideFolder(folder, str(entry.get("file")))
+        if path is None or not path.is_file():
+            raise UserInputError(
+                f"the uncertainty map {entry.get('file')} is missing from {folder}; the run "
+                "folder is incomplete: run the explanation again"
+            )
+        label = str(entry.get("label") or path.name.split(".")[0])
+        title = f"uncertainty: {entry.get('title') or label}"
+        maps.append(MapEntry(label, title, False, path, uncertainty=True))
     return ViewerRun(folder, record, _inputImages(folder, record, images), maps, skipped)
 
 

@@ -124,6 +124,27 @@ def evaluation_options(group: Any) -> None:
     )
 
 
+def uncertainty_option(group: Any) -> None:
+    group.add_argument(
+        "--uncertainty",
+        default=None,
+        metavar="KINDS",
+        help="also write uncertainty maps (predictive entropy, mutual information, std of the "
+        "target class's probability): comma-separated kinds ensemble (the model's own members: "
+        "nnU-Net folds x mirrorings), tta (flips, intensity scaling and noise), dropout "
+        "(Monte-Carlo dropout), each optionally KIND:key=value;... e.g. tta:members=16;noise=0 "
+        "(see docs/uncertainty.md)",
+    )
+
+
+def uncertainty_from_args(args: argparse.Namespace) -> list[Any]:
+    """The job's ``uncertainty`` list from --uncertainty (empty without it)."""
+    from ..models.uncertainty import parse_uncertainty
+
+    text = getattr(args, "uncertainty", None)
+    return parse_uncertainty(text) if text else []
+
+
 def json_option(text: str | None, what: str) -> dict[str, Any] | None:
     if text is None:
         return None

@@ -14,6 +14,8 @@ from .common import (
     methods_from_args,
     metrics_from_args,
     structures_option,
+    uncertainty_from_args,
+    uncertainty_option,
 )
 from .explain import apply_overrides, run_and_summarise
 
@@ -46,6 +48,7 @@ def add_parsers(sub: Any) -> None:
     )
     evaluation_options(demo)
     structures_option(demo)
+    uncertainty_option(demo)
     common_run_options(demo)
     demo.set_defaults(handler=cmd_demo)
 
@@ -85,6 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         output=str(out),
         metrics=metrics,
         structures={"labelmap": str(atlas), "names": str(table)},
+        uncertainty=uncertainty_from_args(args),
     )
     apply_overrides(job, args)
     job.output = str(out)

@@ -20,6 +20,8 @@ from .common import (
     model_from_args,
     structures_option,
     trust_option,
+    uncertainty_from_args,
+    uncertainty_option,
 )
 from .progress import progress_display
 
@@ -89,7 +91,9 @@ def add_parsers(sub: Any) -> None:
         help="class[:NAME] (default: the predicted mask of a class) | mask:FILE[:LABEL] | "
         "roi:i0,j0,k0:i1,j1,k1 | voxel:i,j,k | component:i,j,k (the connected object of the "
         "predicted class holding the voxel) | boundary[:CLASS[:WIDTH]] (the band of WIDTH voxels "
-        "each side of the class's surface) | contrast:A,B (class A's score minus B's over A)",
+        "each side of the class's surface) | contrast:A,B (class A's score minus B's over A); "
+        "uncertainty:REGION (any of these) explains the predictive entropy over the region "
+        "through the first --uncertainty kind's members",
     )
     target.add_argument(
         "--class",
@@ -133,6 +137,7 @@ def add_parsers(sub: Any) -> None:
     evaluation = explain.add_argument_group("evaluation")
     evaluation_options(evaluation)
     structures_option(evaluation)
+    uncertainty_option(explain.add_argument_group("uncertainty"))
     run = explain.add_argument_group("run")
     run.add_argument("--out", required=True, help="run folder to create")
     run.add_argument(
@@ -184,6 +189,7 @@ def add_parsers(sub: Any) -> None:
     run_job.add_argument("--out", default=None, help="override the job's output folder")
     evaluation_options(run_job)
     structures_option(run_job)
+    uncertainty_option(run_job)
     common_run_options(run_job)
     run_job.set_defaults(handler=cmd_run)
 
@@ -239,6 +245,7 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         crop_margin=args.crop_margin,
         warn_after_s=args.warn_after,
         structures=args.structures,
+        uncertainty=uncertainty_from_args(args),
         flush_denormals=not args.no_flush_denormals,
     )
 
@@ -293,6 +300,14 @@ def _summarise(out: Path) -> None:
     for method in record["methods"]:
         where = method.get("file", method.get("message", ""))
         print(f"  {method['label']:<22} {method['status']:<9} {method['seconds']:8.2f} s  {where}")
+    for summary in record.get("uncertainty_summary", []):
+        volume = summary["class_volume_ml"]
+        print(
+            f"  uncertainty {summary['kind']:<10} {summary['members']} members: mean entropy "
+            f"{_number(summary['mean_entropy_in_target'])} nats in the target, "
+            f"{summary['class_flip_share']:.1%} of the {summary['class']} segmentation flips, "
+            f"volume {volume['min']:.3g}-{volume['max']:.3g} mL"
+        )
     for warning in record.get("warnings", []):
         print(f"  warning: {warning}")
     if record.get("metrics"):
@@ -300,6 +315,10 @@ def _summarise(out: Path) -> None:
         from .evaluate import print_evaluation
 
         print_evaluation(Evaluation.from_json(record["metrics"]))
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def apply_overrides(job: Any, args: argparse.Namespace) -> Any:
@@ -370,5 +389,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = apply_overrides(Job.load(args.job), args)
     if args.evaluate:
         job.metrics = metrics_from_args([args.evaluate], [])
+    if args.uncertainty:
+        job = Job.from_dict({**job.to_dict(), "uncertainty": uncertainty_from_args(args)})
     run_and_summarise(job, args.quiet, [("job file", args.job)])
     return EXIT_OK

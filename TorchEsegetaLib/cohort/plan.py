@@ -89,7 +89,8 @@ class Template:
             from ..targets.spec import TargetSpec
 
             template = data["target"]
-            keep = {k: template[k] for k in ("output", "coordinates", "reduction") if k in template}
+            shared = ("output", "coordinates", "reduction", "uncertainty")
+            keep = {k: template[k] for k in shared if k in template}
             data["target"] = TargetSpec.parse(case.target, **keep).to_dict()
         if case.structures:
             data["structures"] = case.structures_dict()

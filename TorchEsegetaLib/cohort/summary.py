@@ -1,7 +1,10 @@
 """The cohort's summary files, gathered from the run folders and the cases' outcomes.
 
 * ``summary.csv``: one row per case x method x metric (``value`` empty when the metric could
-  not be computed); the method's run time is the metric ``seconds``.
+  not be computed); the method's run time is the metric ``seconds``. A run with uncertainty
+  maps adds, per kind, rows of method ``uncertainty <kind>`` (:data:`UNCERTAINTY_METRICS`:
+  mean entropy and mutual information in the target region, the class's flip share and
+  volume across members), so cases can be sorted by how sure the model is.
 * ``summary_stats.csv``: per method and metric over the cases: n, mean, sample standard
   deviation (n - 1), median, min, max, and which direction is better.
 * ``failures.csv``: the failed cases with their error (they have no run folder).
@@ -42,6 +45,15 @@ STRUCTURE_VALUES = ("volume_share", "abs_share", "positive_share", "enrichment")
 STRUCTURE_FIELDS = ("method", "structure", "n") + tuple(
     f"{value}_{stat}" for value in STRUCTURE_VALUES for stat in ("mean", "sd")
 )
+#: summary.csv's metrics of an uncertainty kind, from run.json's "uncertainty_summary".
+UNCERTAINTY_METRICS = (
+    "mean_entropy_in_target",
+    "mean_mutual_information_in_target",
+    "class_flip_share",
+    "class_volume_min_ml",
+    "class_volume_max_ml",
+    "class_volume_range_ml",
+)
 
 
 def scores_of(run_folder: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -59,6 +71,18 @@ def scores_of(run_folder: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
         scores = evaluation.get("scores", {}).get(label, {})
         for name in evaluation.get("metrics", {}):
             rows.append({"method": label, "metric": name, "value": scores.get(name)})
+    for summary in record.get("uncertainty_summary", []):
+        volume = summary.get("class_volume_ml") or {}
+        values = {
+            **summary,
+            "class_volume_min_ml": volume.get("min"),
+            "class_volume_max_ml": volume.get("max"),
+            "class_volume_range_ml": volume.get("range"),
+        }
+        for name in UNCERTAINTY_METRICS:
+            rows.append(
+                {"method": f"uncertainty {summary['kind']}", "metric": name, "value": values[name]}
+            )
     return rows, directions
 
 

@@ -9,7 +9,10 @@ the 3D Slicer module, so a map looks the same in both.
   percentiles to zero. Values beyond the window take its end colour.
 * Colours: ``SEQUENTIAL_COLOURS`` (matplotlib's perceptually uniform "inferno" from 0.2 up, so
   the weakest visible colour is purple rather than black, which would read as dark image) and
-  ``DIVERGING_COLOURS`` ("RdBu_r", white at zero), as RGB samples at equal steps.
+  ``DIVERGING_COLOURS`` ("RdBu_r", white at zero), as RGB samples at equal steps. Uncertainty
+  maps have their own, ``UNCERTAINTY_COLOURS`` ("viridis" from 0.15 up), so they are never
+  mistaken for attributions, windowed from zero (:func:`uncertainty_window`): an entropy of 0
+  means sure, whatever the rest of the map holds.
 * Transparency: voxels in the lowest ``TRANSPARENT_BELOW`` (5%) of an unsigned window, or within
   that fraction of the bound around zero for a signed one, are not drawn, so the image shows
   where the map says (almost) nothing. Slicer blends the map layer at one opacity, the panel's
@@ -54,6 +57,18 @@ DIVERGING_COLOURS = (
     (0.7285, 0.1550, 0.1974),
     (0.4039, 0.0, 0.1216),
 )
+UNCERTAINTY_COLOURS = (
+    (0.2730, 0.2045, 0.5017),
+    (0.2336, 0.3138, 0.5439),
+    (0.1889, 0.4109, 0.5563),
+    (0.1519, 0.5007, 0.5576),
+    (0.1211, 0.5927, 0.5446),
+    (0.1539, 0.6802, 0.5042),
+    (0.2965, 0.7616, 0.4242),
+    (0.5063, 0.8288, 0.3004),
+    (0.7519, 0.8750, 0.1432),
+    (0.9932, 0.9062, 0.1439),
+)
 # Percentiles of more values than this are taken on an even subsample: same window, bounded time.
 _PERCENTILE_SAMPLE = 2_000_000
 
@@ -77,6 +92,16 @@ def robust_range(values: np.ndarray, low: float = 1.0, high: float = 99.5) -> tu
         return vmin, vmax
     half_width = 0.5 * abs(vmin) if vmin != 0 else 0.5
     return vmin - half_width, vmin + half_width
+
+
+def uncertainty_window(
+    values: np.ndarray, percentile: float = ROBUST_PERCENTILES[1]
+) -> tuple[float, float]:
+    """The colour window (0, high) of an uncertainty map: from zero (sure) to the upper
+    percentile of its non-zero values."""
+    values = np.asarray(values).ravel()
+    values = values[np.isfinite(values) & (values > 0)]
+    return 0.0, robust_range(values, 0.0, percentile)[1] if values.size else 1.0
 
 
 def map_window(

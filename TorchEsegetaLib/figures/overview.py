@@ -48,11 +48,13 @@ class MapInfo:
         title: the row's name (the method's title, e.g. "Integrated Gradients").
         quantity: what a value means, for the colour bar ("d score / d intensity").
         signed: diverging colours symmetric about 0; None: signed when the map has negative values.
+        palette: "attribution", or "uncertainty" (its own colours, windowed from zero).
     """
 
     title: str
     quantity: str = "attribution"
     signed: bool | None = None
+    palette: str = "attribution"
 
 
 def write_overview_figures(
@@ -129,7 +131,15 @@ def overview_figures(
         quantity = info[name].quantity
         quantity = f"max |{quantity}|" if info[name].signed else f"max {quantity}"
         mip_rows.append(
-            _map_row(info[name].title, quantity, magnitude, all_magnitudes, False, mip_rows[0])
+            _map_row(
+                info[name].title,
+                quantity,
+                magnitude,
+                all_magnitudes,
+                False,
+                mip_rows[0],
+                info[name].palette,
+            )
         )
     mip = render(
         mip_rows,
@@ -145,7 +155,13 @@ def overview_figures(
         quantity = f"{info[name].quantity}, signed" if info[name].signed else info[name].quantity
         slice_rows.append(
             _map_row(
-                info[name].title, quantity, cuts, values, bool(info[name].signed), slice_rows[0]
+                info[name].title,
+                quantity,
+                cuts,
+                values,
+                bool(info[name].signed),
+                slice_rows[0],
+                info[name].palette,
             )
         )
     slices = render(
@@ -160,7 +176,7 @@ def overview_figures(
 def _resolved(name: str, given: MapInfo | None, values: np.ndarray) -> MapInfo:
     given = given or MapInfo(name)
     signed = bool(np.any(values < 0)) if given.signed is None else bool(given.signed)
-    return MapInfo(given.title or name, given.quantity or "attribution", signed)
+    return MapInfo(given.title or name, given.quantity or "attribution", signed, given.palette)
 
 
 def _image_row(planes: list[np.ndarray], range_of: np.ndarray | None = None) -> Row:
@@ -175,6 +191,7 @@ def _map_row(
     range_of: np.ndarray,
     signed: bool,
     image: Row,
+    palette: str = "attribution",
 ) -> Row:
     """A method's row over the image row's planes, windowed on the whole ``range_of``."""
     backgrounds, background_range = image.backgrounds, image.background_range
@@ -183,7 +200,10 @@ def _map_row(
         return Row(f"{title}\n(all zero)", backgrounds, background_range, quantity)
     constant = np.ptp(nonzero) == 0 and nonzero.size == range_of.size
     label = f"{title}\n(constant)" if constant else title
-    overlay = Overlay(*display.map_window(nonzero, signed), signed)
+    if palette == "uncertainty":
+        overlay = Overlay(*display.uncertainty_window(nonzero), False, palette)
+    else:
+        overlay = Overlay(*display.map_window(nonzero, signed), signed)
     # The image is dimmed under a map so that the map's colours stand out against it.
     low, high = background_range
     dimmed = (low, low + (high - low) / display.FIGURE_IMAGE_BRIGHTNESS)

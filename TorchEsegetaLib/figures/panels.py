@@ -36,16 +36,20 @@ _COLORBAR_GAP, _COLORBAR_WIDTH = 0.1, 0.12
 
 @dataclass
 class Overlay:
-    """How one map is coloured: window, and whether it is symmetric about zero."""
+    """How one map is coloured: window, whether it is symmetric about zero, and its palette
+    ("attribution", or "uncertainty": :data:`~.display.UNCERTAINTY_COLOURS`)."""
 
     vmin: float
     vmax: float
     signed: bool
+    palette: str = "attribution"
 
     @property
     def cmap(self):
         from matplotlib.colors import LinearSegmentedColormap
 
+        if self.palette == "uncertainty":
+            return LinearSegmentedColormap.from_list("uncertainty", display.UNCERTAINTY_COLOURS)
         if self.signed:
             return LinearSegmentedColormap.from_list("diverging", display.DIVERGING_COLOURS)
         return LinearSegmentedColormap.from_list("sequential", display.SEQUENTIAL_COLOURS)

@@ -107,6 +107,13 @@ class LRP(Method):
 
         return rules.scripted_refusal(network, self.name)
 
+    def preflight(self, forward, inputs, target):
+        from ..errors import UserInputError
+
+        refused = getattr(target, "relevance_refused", None)  # a score that is not a logit
+        if refused:
+            raise UserInputError(f"{self.name} cannot explain this target: {refused}")
+
     def attribute(self, forward, inputs, target, context):
         import torch
 

@@ -134,6 +134,15 @@ class SegmentationForward(WindowPasses, torch.nn.Module):
         cropped.padding = tuple((int(a), int(b)) for a, b in padding)
         return cropped
 
+    def with_network(self, network: torch.nn.Module) -> SegmentationForward:
+        """The same forward (precision, frozen intensity statistics, padding, windows) with
+        another network of the same card: another checkpoint of an ensemble."""
+        other = SegmentationForward(network, self.card, self.precision)
+        other.frozen_statistics, other.fills = self.frozen_statistics, self.fills
+        other.padding = self.padding
+        other.restrict_to(self.region)
+        return other
+
     def restrict_to(self, region: np.ndarray | None) -> None:
         """Run only the sliding windows that touch ``region`` (bool, model grid); None: all.
 

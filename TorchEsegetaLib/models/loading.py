@@ -10,6 +10,11 @@ A model reference is a small JSON-able dict (what a Job holds):
   "folds": [0, 1] | null, "checkpoint_name": "checkpoint_final.pth", "mirroring": true,
   "tile_step_size": 0.5, "explain_fold": null}`` (:mod:`TorchEsegetaLib.models.nnunet`)
 
+A monai, torchscript or bundle reference may list ``"ensemble": [files]``: more checkpoints of
+the same network (state dicts; TorchScript files for a TorchScript model), loaded beside it as
+the members of the ``ensemble`` uncertainty (:mod:`TorchEsegetaLib.models.uncertainty`); the
+segmentation and the explanations use the model's own checkpoint.
+
 Weights are read with ``torch.load(weights_only=True)`` only: unpickling arbitrary objects can
 run arbitrary code, so whole pickled models are refused with instructions to export a state
 dict or TorchScript. A bundle's config and an nnU-Net folder's plans, on the other hand, name
@@ -20,6 +25,7 @@ outside the allow-list of :mod:`TorchEsegetaLib.models.trust` loads only when it
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from collections.abc import Mapping
@@ -44,9 +50,9 @@ from .files import (
 
 _REF_KEYS = {
     "demo": {"kind"},
-    "monai": {"kind", "network", "kwargs", "checkpoint"},
-    "torchscript": {"kind", "path"},
-    "bundle": {"kind", "path", "trust"},
+    "monai": {"kind", "network", "kwargs", "checkpoint", "ensemble"},
+    "torchscript": {"kind", "path", "ensemble"},
+    "bundle": {"kind", "path", "trust", "ensemble"},
     "nnunet": {
         "kind",
         "path",
@@ -69,12 +75,14 @@ class LoadedModel:
         card: the model card (the user's overrides already applied).
         source: JSON-serialisable description (kind, paths, network name, kwargs, warnings).
         sha256: of the weight file (checkpoint, TorchScript or bundle model file); None without one.
+        ensemble: the networks of the reference's extra checkpoints (``"ensemble"``), on the CPU.
     """
 
     network: torch.nn.Module
     card: ModelCard
     source: dict
     sha256: str | None
+    ensemble: list[torch.nn.Module] = field(default_factory=list)
     _denormal_weights: dict | None = field(default=None, init=False, repr=False)
 
     def record(self) -> dict:
@@ -124,6 +132,7 @@ def load_model(ref: dict, card: dict | ModelCard | None = None) -> LoadedModel:
         card = card.to_dict()
     network = network.eval().cpu()
     loaded = LoadedModel(network, _make_card(card_defaults, card, network), source, sha)
+    loaded.ensemble = _ensemble_networks(ref, network, source)
     loaded.denormal_weights()  # counted as loaded (run.json; they slow CPU passes down)
     problems = loaded.card.ignored_preprocessing
     if problems and not loaded.card.allow_unapplied_preprocessing:
@@ -309,6 +318,30 @@ def _load_torchscript(ref: dict) -> tuple[torch.nn.Module, dict, dict, str | Non
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def _ensemble_networks(
+    ref: Mapping, network: torch.nn.Module, source: dict
+) -> list[torch.nn.Module]:
+    """The networks of the reference's extra checkpoints, recorded (with their sha256) in
+    ``source``."""
+    files = ref.get("ensemble") or []
+    if isinstance(files, (str, Path)) or not isinstance(files, (list, tuple)):
+        raise UserInputError(
+            f'the model reference\'s "ensemble" must be a list of checkpoint files, not {files!r}'
+        )
+    members = []
+    for item in files:
+        path = existing_path(item, "ensemble checkpoint")
+        if ref["kind"] == "torchscript":
+            member = jit_load(path)
+        else:
+            member = copy.deepcopy(network)
+            load_state_dict_file(member, path)
+        members.append(member.eval().cpu())
+        source.setdefault("ensemble", []).append(str(path))
+        source.setdefault("ensemble_sha256", []).append(sha256_file(path))
+    return members
 
 
 def _make_card(defaults: dict, overrides: dict | None, network: torch.nn.Module) -> ModelCard:

@@ -57,15 +57,20 @@ def segmentation_outputs(
     probabilities, the (*S) labelmap and, for classes that may overlap (not mutually
     exclusive) under a bundle's postprocessing, each channel's (K, *S) bool mask after that
     postprocessing (None otherwise: the labelmap holds every class then)."""
-    probabilities = probabilities_from_logits(logits, card.activation)
+    restored = restored_probabilities(logits, card, grid)
     if not card.postprocessing:
-        restored = grid.to_input_grid(probabilities)[0].cpu().numpy().astype(np.float32)
         return restored, labelmap_from_probabilities(restored, card.activation), None
-    invert = next((s for s in card.postprocessing if s["kind"] == "invert"), None)
-    mode = "nearest" if invert is not None and invert.get("nearest", True) else "trilinear"
-    restored = grid.to_input_grid(probabilities, mode)[0].cpu().numpy().astype(np.float32)
     labelmap, masks = _follow(logits[0].float(), card, grid)
     return restored, labelmap, masks
+
+
+def restored_probabilities(logits: torch.Tensor, card: ModelCard, grid: Any) -> np.ndarray:
+    """The (K, *S) float32 probabilities on the input grid of a (1, K, *model shape) network
+    output, brought back as the segmentation's are (a bundle's ``invert`` step says how)."""
+    probabilities = probabilities_from_logits(logits, card.activation)
+    invert = next((s for s in card.postprocessing if s["kind"] == "invert"), None)
+    mode = "nearest" if invert is not None and invert.get("nearest", True) else "trilinear"
+    return grid.to_input_grid(probabilities, mode)[0].cpu().numpy().astype(np.float32)
 
 
 def class_mask(

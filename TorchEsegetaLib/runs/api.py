@@ -38,6 +38,7 @@ def explain(
     metrics: Sequence[str | dict[str, Any]] = (),
     cancel: CancelToken | None = None,
     warn_after_s: float | None = None,
+    uncertainty: Sequence[str | dict[str, Any]] = (),
     flush_denormals: bool = True,
 ) -> ExplainResult:
     """Explain a segmentation model on one case.
@@ -49,7 +50,9 @@ def explain(
             dict (see docs/models.md) or a :class:`~TorchEsegetaLib.models.loading.LoadedModel`.
         target: "class", "class:NAME", "mask:FILE", "roi:i0,j0,k0:i1,j1,k1", "voxel:i,j,k",
             "component:i,j,k", "boundary:NAME[:WIDTH]", "contrast:A,B", a dict of
-            :class:`TargetSpec` fields, or a TargetSpec.
+            :class:`TargetSpec` fields, or a TargetSpec; "uncertainty:" before any of them
+            explains the predictive entropy over that region (through the members of the first
+            ``uncertainty`` kind).
         methods: method names, ``{"name", "params", "label"}`` dicts or MethodSpecs.
         out: when given, also write a run folder there (as ``torchesegeta run`` does).
         precision: "float32", or "bfloat16" / "float16" autocast of the network.
@@ -59,6 +62,9 @@ def explain(
         cancel: a :class:`~TorchEsegetaLib.engine.context.CancelToken` that stops the run.
         warn_after_s: warn (progress event and ``result.warnings``) about a method estimated
             to take longer (default 10 minutes); each method's estimate is in run.json.
+        uncertainty: uncertainty kinds ("ensemble", "tta", "dropout") or ``{"kind", ...}``
+            dicts with options: maps and summaries in ``result.uncertainty`` (see
+            docs/uncertainty.md).
         flush_denormals: on the CPU, compute with denormal floats flushed to zero (checked
             against exact arithmetic on the first pass; ``result.denormals``), restoring every
             thread's own setting afterwards; False: exact, slower with denormal weights.
@@ -91,6 +97,7 @@ def explain(
             "precision": precision,
             "crop_margin": crop_margin,
             "warn_after_s": warn_after_s,
+            "uncertainty": list(uncertainty),
             "flush_denormals": flush_denormals,
         }
     )

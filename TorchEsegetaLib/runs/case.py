@@ -2,12 +2,13 @@
 
 :func:`prepare_case` segments the volume, fixes the target on the unperturbed prediction and
 freezes the network's input statistics; the runner explains the prepared case and the
-evaluation scores the explanations on the same one.
+evaluation scores the explanations on the same one. An uncertainty target (``uncertainty:``)
+is explained through its members (:mod:`TorchEsegetaLib.targets.uncertainty`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -17,9 +18,13 @@ if TYPE_CHECKING:
     from ..engine.denormals import DenormalFlush
     from ..io.volume import Geometry, Volume
     from ..metrics.results import Evaluation
+    from ..models.inference import SegmentationForward
     from ..models.loading import LoadedModel
+    from ..models.uncertainty import UncertaintySpec
+    from ..models.uncertainty.statistics import MemberStatistics
     from ..targets.spec import TargetSpec
     from .job import MethodSpec
+    from .uncertainty import UncertaintyResult
 
 #: progress(event) with event = {"stage", "fraction", "message", ["method", "index", "total"],
 #: ["phase": "start" | "end" of a method or metric]}.
@@ -29,7 +34,8 @@ ProgressHandler = Callable[[dict[str, Any]], None]
 @dataclass
 class PreparedCase:
     """One case ready to be explained or evaluated: the model-grid input, the frozen forward
-    and the bound target, exactly as every method sees them."""
+    and the bound target, exactly as every method sees them (for an uncertainty target the
+    forward is its members' and the target scores their entropy)."""
 
     segmentation: Any
     x: Any
@@ -40,6 +46,20 @@ class PreparedCase:
     target_info: dict[str, Any]
     #: what the run's warnings must say about the target (an ROI's corners reordered or clipped)
     warnings: list[str] = field(default_factory=list)
+    #: the output channel the target (and the uncertainty summaries) follow
+    class_index: int = 0
+    geometry: Geometry | None = None
+    #: uncertainty kinds whose members the segmentation's own passes gave (nnU-Net's ensemble)
+    recorded: dict[str, MemberStatistics] = field(default_factory=dict)
+    #: the model's frozen forward, before any member wraps it
+    base: SegmentationForward | None = None
+
+    def whole_volume_forward(self) -> SegmentationForward:
+        """The frozen forward on every window: what the uncertainty maps run."""
+        base = self.base if self.base is not None else self.forward
+        whole = base.with_network(base.network)
+        whole.restrict_to(None)
+        return whole
 
 
 def prepare_case(
@@ -48,24 +68,42 @@ def prepare_case(
     target: TargetSpec,
     torch_device: Any,
     flush_denormals: bool | DenormalFlush = True,
+    seed: int = 0,
+    uncertainty: Sequence[UncertaintySpec] = (),
 ) -> PreparedCase:
     """Segment ``volume``, fix the target on the unperturbed prediction, freeze the statistics.
-    ``flush_denormals``: the run's arithmetic on the CPU (see :func:`~TorchEsegetaLib.models.inference.segment`)."""
+
+    ``flush_denormals``: the run's arithmetic on the CPU (see
+    :func:`~TorchEsegetaLib.models.inference.segment`). ``uncertainty``: the kinds whose maps
+    the run writes; nnU-Net's ensemble members are recorded as the segmentation runs
+    (``recorded``). ``seed`` draws an uncertainty target's members (the maps' draws are the same).
+    """
     from ..models.inference import SegmentationForward, segment
     from ..models.intensity import statistics_on
-    from ..targets.bound import resolve_target, roi_box
+    from ..targets.bound import resolve_target, roi_box, target_class
 
-    segmentation = segment(model, volume, torch_device, flush_denormals=flush_denormals)
+    class_index = target_class(target, model.card)
+    recorded: dict[str, MemberStatistics] = {}
+    if any(s.kind == "ensemble" for s in uncertainty) and hasattr(
+        model.network, "recording_members"
+    ):
+        from .uncertainty import segment_recording_members
+
+        segmentation, recorded["ensemble"] = segment_recording_members(
+            model, volume, torch_device, class_index, flush_denormals
+        )
+    else:
+        segmentation = segment(model, volume, torch_device, flush_denormals=flush_denormals)
     model_input = segmentation.input
     if model_input is None:
         raise ValueError("segment() gave no model input")
     x, info = model_input.x, model_input.grid
     bound, input_region = resolve_target(target, model.card, segmentation, volume.geometry)
-    target_info = {**target.to_dict(), **bound.describe(model.card)}
     warnings: list[str] = []
+    box = None
     if target.kind == "roi":
         low, high, warnings = roi_box(target, volume.geometry)
-        target_info["box"] = {"start": low, "end": high, "coordinates": "voxel"}
+        box = {"start": low, "end": high, "coordinates": "voxel"}
     forward = SegmentationForward(model.network, model.card).to(torch_device)
     x = x.to(torch_device)
     forward.frozen_statistics = statistics_on(model_input.statistics, torch_device)
@@ -73,12 +111,37 @@ def prepare_case(
     freeze = getattr(model.network, "freeze_statistics", None)
     if callable(freeze):  # a network with input-dependent steps of its own (nnU-Net's pipeline)
         freeze(x)
+    explained: Any = forward
+    if target.uncertainty is not None:
+        from ..models.uncertainty import UncertaintySpec
+        from ..models.uncertainty.members import build_members
+        from ..targets.uncertainty import EntropyTarget
+
+        spec = UncertaintySpec.from_any(target.uncertainty)
+        explained = build_members(spec, model, forward, x, seed)
+        bound = EntropyTarget(bound, spec.kind, len(explained), model.card.exclusive)
+    target_info = {**target.to_dict(), **bound.describe(model.card)}
+    if box is not None:
+        target_info["box"] = box
     # Sliding-window models: only the windows that touch the target run (exact; see windows.py).
-    forward.restrict_to(bound.region.cpu().numpy())
+    explained.restrict_to(bound.region.cpu().numpy())
     if forward.sliding:
         target_info["windows"] = forward.window_usage(x.shape[2:])
     bound.region = bound.region.to(torch_device)
-    return PreparedCase(segmentation, x, info, bound, forward, input_region, target_info, warnings)
+    return PreparedCase(
+        segmentation,
+        x,
+        info,
+        bound,
+        explained,
+        input_region,
+        target_info,
+        warnings,
+        class_index,
+        volume.geometry,
+        recorded,
+        forward,
+    )
 
 
 @dataclass
@@ -128,6 +191,8 @@ class ExplainResult:
     max_batch: int | None = None
     #: the scores of the maps, when the job asked for metrics (:func:`.runner.explain_job`)
     evaluation: Evaluation | None = None
+    #: one per uncertainty kind the run computed (:mod:`.uncertainty`)
+    uncertainty: list[UncertaintyResult] = field(default_factory=list)
     #: whether the run flushed denormal floats to zero, and its check (run.json's "denormals")
     denormals: DenormalFlush | None = None
 

@@ -138,7 +138,7 @@ def _evaluate(
     torch_device = resolve_device(device)
     denormals = DenormalFlush.of(flush_denormals, torch_device)
     try:
-        prepared = prepare_case(volume, model, target, torch_device, denormals)
+        prepared = prepare_case(volume, model, target, torch_device, denormals, seed)
         case = Case(
             forward=prepared.forward,
             x=prepared.x,

@@ -14,9 +14,11 @@ from typing import Any
 
 from ..errors import UserInputError, parser_error_line
 from ..io.paths import refuse_special
+from ..models.uncertainty import uncertainty_specs
 from ..schema.registry import Registry, Spec
 from ..schema.validation import check_job, job_schema, plain, schema_path
 from ..targets.spec import TargetSpec
+from ..targets.uncertainty import resolve_members
 
 #: The job's fields, in the schema's order (the schema is the one list of them).
 JOB_FIELDS = tuple(job_schema()["properties"])
@@ -79,6 +81,9 @@ class Job:
     #: a label image on the input grid whose structures summarise the maps (structures.csv):
     #: ``{"labelmap", "names"}``, or ``LABELMAP[:NAMES]``
     structures: dict[str, Any] | None = None
+    #: uncertainty maps to write beside the attributions: kinds or {kind, ...options}
+    #: (:class:`~TorchEsegetaLib.models.uncertainty.UncertaintySpec`)
+    uncertainty: list[Any] = field(default_factory=list)
     #: on the CPU, compute with denormal floats flushed to zero (checked on the first pass)
     flush_denormals: bool = True
 
@@ -104,6 +109,13 @@ class Job:
             self.structures = parse_structures(self.structures)
         elif self.structures is not None:
             self.structures = {"names": None, **self.structures}
+        self.uncertainty = uncertainty_specs(self.uncertainty)
+        self.target = resolve_members(self.target, self.uncertainty)
+        if self.target.uncertainty is not None and self.crop_margin is not None:
+            raise UserInputError(
+                "crop_margin does not apply to an uncertainty target (its members flip the "
+                "whole volume); remove --crop-margin"
+            )
 
     def model_to_load(self) -> dict[str, Any]:
         """The model reference to load; a job whose network was given in memory has none."""
@@ -128,6 +140,8 @@ class Job:
 
             found.append(("demo model", str(demo_weights_path())))
         found += [(what, str(model[key])) for key, what in _MODEL_FILES if model.get(key)]
+        if isinstance(model.get("ensemble"), list):  # the extra checkpoints of the ensemble
+            found += [("ensemble checkpoint", str(path)) for path in model["ensemble"]]
         if self.target.kind == "mask" and self.target.mask:
             found.append(("target mask", str(self.target.mask)))
         if self.structures:
@@ -159,6 +173,7 @@ class Job:
             "crop_margin": self.crop_margin,
             "warn_after_s": self.warn_after_s,
             "structures": None if self.structures is None else dict(self.structures),
+            "uncertainty": [spec.to_dict() for spec in self.uncertainty],
             "flush_denormals": self.flush_denormals,
         }
 
@@ -176,6 +191,8 @@ class Job:
                 for key in ("path", "checkpoint"):
                     if model.get(key):
                         model[key] = _resolve(model[key], base)
+                if isinstance(model.get("ensemble"), list):
+                    model["ensemble"] = [_resolve(p, base) for p in model["ensemble"]]
                 data["model"] = model
             target = data.get("target")
             if isinstance(target, dict) and target.get("mask"):

@@ -2,6 +2,7 @@
 
 Its first screen is what a reader needs (:mod:`.report_summary`): the run in plain words, which
 map to look at first with the evidence, and the attribution by structure. Then the maps, the
+uncertainty maps and their summaries for the target (when the run computed them), the
 evaluation (metrics in the recommendation's order, with the direction and unit of each), the
 methods, and at the end the provenance (model card and sliding-window settings, sha256, device,
 timings, versions). Every figure of the folder is an inline base64 PNG, so the file can be mailed
@@ -48,10 +49,14 @@ _CAPTIONS = {
     "randomisation.png": "Similarity of each map to its original as the model's layers are randomised, output first.",
     "ranking.png": "Methods in the recommendation's order (most faithful first), each metric's cells coloured by rank.",
     "structures.png": "Share of each map's |attribution| per structure (bars) and the structure's share of the volume (black).",
+    "uncertainty.png": "Uncertainty maps through the target (own colours, from 0 = sure): "
+    "predictive entropy, mutual information (the members' disagreement) and the standard "
+    "deviation of the target class's probability, per kind of members.",
 }
 #: figures by section; any other figure of the folder goes to "Other figures"
 _MAP_FIGURES = ("mip.png", "slices.png")
 _EVALUATION_FIGURES = ("deletion_insertion.png", "randomisation.png", "ranking.png")
+_UNCERTAINTY_FIGURES = ("uncertainty.png",)
 
 
 def _e(value: Any) -> str:
@@ -115,6 +120,7 @@ def missing_files(folder: Path, record: dict[str, Any]) -> list[str]:
     listed = [m.get("file") for m in record.get("methods", [])]
     listed += [name for m in record.get("methods", []) for name in m.get("channel_files", [])]
     listed += [(record.get("segmentation") or {}).get("file"), *record.get("figures", [])]
+    listed += [entry.get("file") for entry in record.get("uncertainty", [])]
     return [str(name) for name in listed if name and regular_file_inside(folder, str(name)) is None]
 
 
@@ -144,6 +150,40 @@ def _methods_table(record: dict[str, Any], missing: list[str]) -> str:
             f"<td>{_e(readable(m.get('params', {})) or 'none')}</td><td>{_e(notes)}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _uncertainty_section(record: dict[str, Any], missing: list[str]) -> str:
+    """The uncertainty summaries (one row per kind) and the maps' files."""
+    head = (
+        "<tr><th>kind</th><th>members</th><th>class</th><th>mean entropy in target (nats)</th>"
+        "<th>mean mutual information in target (nats)</th><th>class flip share</th>"
+        "<th>class volume (mL), min to max</th><th>seconds</th></tr>"
+    )
+    rows = []
+    for summary in record.get("uncertainty_summary", []):
+        volume = summary.get("class_volume_ml") or {}
+        cells = [
+            _e(summary.get("kind")),
+            _e(summary.get("members")),
+            _e(summary.get("class")),
+            _e(format_value(summary.get("mean_entropy_in_target"))),
+            _e(format_value(summary.get("mean_mutual_information_in_target"))),
+            _e(f"{summary.get('class_flip_share', 0):.1%}"),
+            _e(f"{format_value(volume.get('min'))} to {format_value(volume.get('max'))}"),
+            _e(format_value(summary.get("seconds"))),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    files = "".join(
+        f"<li><code>{_e(entry['file'])}</code>: {_e(entry.get('title', entry['quantity']))}, "
+        f"{_e(entry.get('unit', ''))}{' (missing)' if entry['file'] in missing else ''}</li>"
+        for entry in record.get("uncertainty", [])
+    )
+    return (
+        f"<table>{head}{''.join(rows)}</table>"
+        "<p class='note'>Class flip share: of the voxels some member labels as the class, those "
+        "not every member labels so. The maps (figure below) are on the input grid:</p>"
+        f"<ul class='note'>{files}</ul>"
+    )
 
 
 def _metrics_table(evaluation: Evaluation, summary: dict[str, Any] | None = None) -> str:
@@ -263,6 +303,12 @@ def render_report(folder: Path, record: dict[str, Any]) -> str:
         sections.append(_figures(folder, record, only=(Path(STRUCTURES_FIGURE).name,)))
     maps = _figures(folder, record, only=_MAP_FIGURES)
     sections += ["<h2>Maps</h2>", maps or "<p class='note'>No map figures in this run folder.</p>"]
+    if record.get("uncertainty_summary"):
+        sections += [
+            "<h2>Uncertainty</h2>",
+            _uncertainty_section(record, missing),
+            _figures(folder, record, only=_UNCERTAINTY_FIGURES),
+        ]
     sections += [
         "<h2>Evaluation</h2>",
         _metrics_table(Evaluation.from_json(record["metrics"]), summary)
@@ -270,7 +316,12 @@ def render_report(folder: Path, record: dict[str, Any]) -> str:
         else "<p class='note'>Not evaluated: run <code>torchesegeta evaluate</code> on this folder.</p>",
         _figures(folder, record, only=_EVALUATION_FIGURES),
     ]
-    known = (*_MAP_FIGURES, *_EVALUATION_FIGURES, Path(STRUCTURES_FIGURE).name)
+    known = (
+        *_MAP_FIGURES,
+        *_EVALUATION_FIGURES,
+        *_UNCERTAINTY_FIGURES,
+        Path(STRUCTURES_FIGURE).name,
+    )
     others = _figures(folder, record, exclude=known)
     if others:
         sections += ["<h2>Other figures</h2>", others]

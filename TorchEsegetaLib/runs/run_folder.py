@@ -99,6 +99,15 @@ def write_run_folder(
             score=score_phrase(result.target),
         )
         figure_files = [str(Path(p).relative_to(out)) for p in paths]
+    uncertainty: dict[str, Any] = {}
+    if result.uncertainty:
+        from .uncertainty import write_uncertainty
+
+        maps, summaries, files = write_uncertainty(
+            result, out, suffix, figures, record.get("title", "")
+        )
+        uncertainty = {"uncertainty": maps, "uncertainty_summary": summaries}
+        figure_files += files
     statuses = {m.status for m in result.methods}
     document = {
         "format_version": RUN_FORMAT_VERSION,
@@ -117,6 +126,7 @@ def write_run_folder(
             },
         },
         "methods": method_records,
+        **uncertainty,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "figures": figure_files,
         "warnings": result.warnings,

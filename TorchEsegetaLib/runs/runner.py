@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..engine.denormals import DenormalFlush
     from ..io.volume import Volume
     from ..models.loading import LoadedModel
+    from ..models.uncertainty import UncertaintySpec
     from .destination import Destination, Input
     from .structures import Structures
 
@@ -75,6 +76,7 @@ def explain_volume(
     precision: str = "float32",
     crop_margin: int | None = None,
     warn_after_s: float | None = None,
+    uncertainty: Sequence[UncertaintySpec | str | dict[str, Any]] = (),
     denormals: DenormalFlush | None = None,
 ) -> ExplainResult:
     """Segment ``volume``, fix the target, and run each method; all results on the input grid.
@@ -84,9 +86,11 @@ def explain_volume(
     an approximation measured and recorded (see :mod:`TorchEsegetaLib.runs.cropping`).
     ``warn_after_s``: before the methods run, each one's cost is estimated (reported as
     progress events of stage "estimate"); a method estimated to take longer is warned about,
-    with cheaper settings (default :data:`~.cost.WARN_AFTER_S`). ``denormals``: whether CPU
-    passes flush denormal floats to zero (checked on the first pass; None: they do, as a job's
-    default); :func:`explain_job` gives the job's and holds its scope around the whole run.
+    with cheaper settings (default :data:`~.cost.WARN_AFTER_S`). ``uncertainty``: the kinds
+    whose maps are computed before the methods (``result.uncertainty``, see :mod:`.uncertainty`).
+    ``denormals``: whether CPU passes flush denormal floats to zero (checked on the first pass;
+    None: they do, as a job's default); :func:`explain_job` gives the job's and holds its scope
+    around the whole run.
     """
     import torch
 
@@ -96,7 +100,11 @@ def explain_volume(
     from ..methods import ScoreModel
     from ..models.grids import restore_input_grid
     from ..models.inference import resolve_device
+    from ..models.uncertainty import uncertainty_specs
+    from ..models.uncertainty.members import check_available
+    from ..targets.uncertainty import resolve_members
     from .cost import WARN_AFTER_S, PassTimes, general_hints, measure_window_batch
+    from .uncertainty import compute_uncertainty, estimates, plan_members
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -105,6 +113,10 @@ def explain_volume(
     ]
     instances = [spec.create() for spec in methods]
     preflight(volume, model, target, methods, instances)  # before any network pass
+    specs = uncertainty_specs(uncertainty)
+    target = resolve_members(target, specs)
+    for kind in [*specs, *([target.uncertainty] if target.uncertainty else [])]:
+        check_available(kind, model)  # no dropout layers, no ensemble: fail before any pass
     torch_device = resolve_device(device)
     if torch_device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: autotuned kernels pay off
@@ -112,7 +124,7 @@ def explain_volume(
     seed_everything(seed)
 
     _emit(progress, stage="segment", fraction=0.0, message="segmenting")
-    case = prepare_case(volume, model, target, torch_device, denormals)
+    case = prepare_case(volume, model, target, torch_device, denormals, seed, specs)
     warnings.extend(case.warnings)
     warnings.extend(denormals.warnings(model.denormal_weights()["share"]))
     timings["segment"] = time.perf_counter() - started
@@ -125,6 +137,10 @@ def explain_volume(
         case.forward,
     )
     forward.precision = precision
+    if forward is not case.base:  # an uncertainty target's members: the network methods see
+        refusals = [reason for method in instances if (reason := method.refusal(forward))]
+        if refusals:
+            raise UserInputError(refusals[0])
     with denormals.scope():  # free inside explain_job's; here for direct callers
         for method in instances:  # what the prepared case decides (a default layer) fails it now
             method.preflight(forward, x, bound)
@@ -143,19 +159,28 @@ def explain_volume(
         sample_bytes = None if max_batch else window_bytes
         if sample_bytes is None and not max_batch:
             sample_bytes = measure_sample_bytes(score_run, x_run, times)
-    estimates = _estimates(
+    limit = WARN_AFTER_S if warn_after_s is None else float(warn_after_s)
+    method_estimates = _estimates(
         methods,
         instances,
         score_run,
         x_run,
         times,
         Context(device=torch_device, max_batch=max_batch, sample_bytes=sample_bytes),
-        WARN_AFTER_S if warn_after_s is None else float(warn_after_s),
-        general_hints(torch_device, forward_run, target.kind, crop is not None),
+        limit,
+        general_hints(
+            torch_device,
+            forward_run,
+            target.kind,
+            # an uncertainty target is never cropped: no --crop-margin hint for it
+            crop is not None or target.uncertainty is not None,
+        ),
         denormals,
     )
+    planned = plan_members(specs, case, model, seed)
+    costs = estimates(planned, timings["segment"], limit)  # a member pass: a segmentation
     timings["estimate"] = time.perf_counter() - began
-    _report_estimates(estimates, progress, warnings)
+    _report_estimates(costs + method_estimates, progress, warnings)
     tuned: dict[str, int] = {}  # the fastest batch size, found by the first method, kept for all
 
     def on_input_grid(method: Any, context: Any) -> np.ndarray:
@@ -166,6 +191,12 @@ def explain_volume(
 
     results: list[MethodResult] = []
     try:
+        with denormals.scope():
+            uncertainty_results = compute_uncertainty(planned, case, model, progress, cancel)
+        for found, cost in zip(uncertainty_results, costs):
+            found.estimate = cost.record()
+            timings[f"uncertainty {found.spec.kind}"] = found.seconds
+        del planned  # the members' noise and networks: not kept while the methods run
         for index, (spec, method) in enumerate(zip(methods, instances)):
 
             def report(fraction: float, message: str, spec=spec, index=index, **phase: str) -> None:
@@ -195,7 +226,7 @@ def explain_volume(
             seed_everything(seed + index)
             t0 = time.perf_counter()
             result = MethodResult(spec, "ok", 0.0, bool(method.signed), method.shared_channels)
-            result.estimate = estimates[index].record()
+            result.estimate = method_estimates[index].record()
             try:
                 with PeakMemory(torch_device) as peak, denormals.scope():
                     restored = on_input_grid(method, context)
@@ -218,7 +249,8 @@ def explain_volume(
             timings[spec.label] = result.seconds
             report(1.0, f"{spec.label}: {result.status} in {result.seconds:.1f} s", phase="end")
     finally:
-        model.network.to("cpu")
+        for network in (model.network, *model.ensemble):
+            network.to("cpu")
     timings["total"] = time.perf_counter() - started
     return ExplainResult(
         geometry=volume.geometry,
@@ -236,6 +268,7 @@ def explain_volume(
         model=model,
         target_spec=target,
         max_batch=max_batch,
+        uncertainty=uncertainty_results,
         denormals=denormals,
     )
 
@@ -330,6 +363,7 @@ def _explain_job(
         precision=job.precision,
         crop_margin=job.crop_margin,
         warn_after_s=job.warn_after_s,
+        uncertainty=job.uncertainty,
         denormals=denormals,
     )
     if job.metrics:

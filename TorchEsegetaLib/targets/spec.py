@@ -24,7 +24,7 @@ def target_schema() -> dict[str, Any]:
 
 
 #: Fields only some kinds use, written into a job only when set.
-OPTIONAL_FIELDS = ("width", "versus")
+OPTIONAL_FIELDS = ("width", "versus", "uncertainty")
 
 
 @dataclass
@@ -50,6 +50,9 @@ class TargetSpec:
         reduction: "mean" or "sum" of the scores over the region.
         width: the boundary band's half-width in voxels (kind "boundary"; None: 1).
         versus: class B of a contrast target, by name or output-channel index.
+        uncertainty: None, or score the predictive entropy of these members over the region
+            instead (:mod:`.uncertainty`): "auto" (the job's first uncertainty kind), a kind
+            ("ensemble", "tta", "dropout") or a kind with its options as a dict.
     """
 
     kind: str = "class"
@@ -64,6 +67,7 @@ class TargetSpec:
     reduction: str = "mean"
     width: int | None = None
     versus: str | int | None = None
+    uncertainty: str | dict[str, Any] | None = None
     mask_array: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -117,9 +121,13 @@ class TargetSpec:
     @classmethod
     def parse(cls, text: str, **extra: Any) -> TargetSpec:
         """Parse the CLI form: ``class[:NAME]``, ``mask:FILE[:LABEL]``, ``roi:A,B,C:D,E,F``,
-        ``voxel:A,B,C``, ``component:A,B,C``, ``boundary[:CLASS[:WIDTH]]``, ``contrast:A,B``."""
+        ``voxel:A,B,C``, ``component:A,B,C``, ``boundary[:CLASS[:WIDTH]]``, ``contrast:A,B``;
+        ``uncertainty:`` before any of them explains the predictive entropy over that region."""
         kind, _, rest = text.partition(":")
         kind = kind.strip().lower()
+        if kind == "uncertainty":
+            extra.setdefault("uncertainty", "auto")
+            return cls.parse(rest or "class", **extra)
         check(kind, target_schema()["properties"]["kind"], "target kind")
         return PARSERS[kind](text, rest, extra)
 
@@ -220,6 +228,8 @@ def score_phrase(target: dict[str, Any]) -> str:
     name = target.get("class")
     what = f"{name} {unit}" if name is not None else unit
     kind = target.get("kind", "class")
+    if target.get("uncertainty"):
+        what = f"predictive entropy ({target['uncertainty']}, {target.get('members')} members)"
     if kind == "voxel":
         return f"{what} at the target voxel"
     if kind == "contrast":

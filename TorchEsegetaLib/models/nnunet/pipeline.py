@@ -21,12 +21,15 @@ differentiated exactly.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .members import FlippedNetwork, MemberRecorder
 from .normalization import ChannelNormalization, channel_normalization
 from .resampling import Resampling, plan_resampling
 
@@ -101,6 +104,9 @@ class NnUNetPipeline(torch.nn.Module):
         self.explain_fold = explain_fold
         self.spacing: tuple[float, ...] | None = None
         self.case: Case | None = None
+        #: while set, the segmentation also hands over each ensemble member (see
+        #: :meth:`recording_members`)
+        self.member_recorder: MemberRecorder | None = None
 
     # -- engine hooks ---------------------------------------------------------------------
     def bind_geometry(self, geometry: Any) -> None:
@@ -160,8 +166,45 @@ class NnUNetPipeline(torch.nn.Module):
             (grad,) = torch.autograd.grad(data, raw, grad_outputs=passes.data_gradient())
         return passes.scores(), grad
 
+    # -- the ensemble's members (uncertainty) -----------------------------------------------
+    def member_pairs(self) -> list[tuple[int, tuple[int, ...]]]:
+        """The ensemble's members, in the order nnU-Net sums them: (fold position, mirror axes)
+        for every fold and every mirror combination, no mirroring first (nnU-Net's axes)."""
+        axes = list(self.mirror_axes or ())
+        flips = [c for i in range(len(axes) + 1) for c in itertools.combinations(axes, i)]
+        return [(fold, tuple(flip)) for fold in range(len(self.folds)) for flip in flips]
+
+    def input_mirror_axes(self) -> tuple[int, ...]:
+        """The mirroring axes as axes of the input grid (i = 0, j = 1, k = 2)."""
+        offset = 3 - len(self.plan.patch_size)  # a 2d configuration's patches skip axis 0
+        forward = self.plan.transpose_forward
+        return tuple(sorted(2 - forward[a + offset] for a in self.mirror_axes or ()))
+
+    @contextmanager
+    def recording_members(self, consumer: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+        """While active, every segmentation (nnU-Net's numerics) also hands each member of
+        :meth:`member_pairs` to ``consumer(member index, logits (1, K, I, J, K) on the input
+        grid)``: each fold's prediction with one mirror combination, accumulated over the
+        windows and brought back exactly as nnUNetPredictor does for the ensemble. The passes
+        are the segmentation's; only the accumulation and the resampling back are added."""
+        self.member_recorder = MemberRecorder(consumer, len(self.member_pairs()) // len(self.folds))
+        try:
+            yield
+        finally:
+            self.member_recorder = None
+
+    def member_forward(self, x: torch.Tensor, fold: int, flip: tuple[int, ...]) -> torch.Tensor:
+        """One member of :meth:`member_pairs` as a differentiable function of ``x``: fold
+        ``fold`` alone, each window predicted flipped along ``flip`` and flipped back, on the
+        case of :meth:`freeze_statistics`, in float32."""
+        if self.case is None:
+            raise RuntimeError("freeze_statistics() must be called before running a member")
+        return self._run(x, self.case, [FlippedNetwork(self.folds[fold], flip)], None, False)
+
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.member_recorder is not None:
+            self.member_recorder.start_pass()  # members are numbered per pass
         if self.case is not None:
             folds, mirror = self.explained()
             # example by example: the network calls run in the order of a windowed pass's rows
@@ -253,14 +296,17 @@ class NnUNetPipeline(torch.nn.Module):
         self,
         x: torch.Tensor,
         case: Case,
-        folds: list[int],
+        folds: Sequence[int | torch.nn.Module],
         mirror: tuple[int, ...] | None,
         exact: bool,
     ) -> torch.Tensor:
         data = self.prepare(x, case, exact)
         logits = None
         for fold in folds:
-            fold_logits = self._sliding_window(self.folds[fold], data, case, mirror, exact)
+            network = fold if isinstance(fold, torch.nn.Module) else self.folds[fold]
+            fold_logits = self._sliding_window(network, data, case, mirror, exact)
+            if self.member_recorder is not None:
+                self.member_recorder.emit(lambda t: self.restore(t, case, exact=exact))
             logits = fold_logits if logits is None else logits + fold_logits
         assert logits is not None
         if len(folds) > 1:
@@ -348,9 +394,11 @@ class NnUNetPipeline(torch.nn.Module):
         heads = None
         logits: torch.Tensor | None = None
         counts: torch.Tensor | None = None
+        recorder = self.member_recorder
         for window in case.windows:
             index = (slice(None), slice(None), *window)
-            prediction = self._mirrored(network, padded[index], mirror, exact)
+            kept: list[torch.Tensor] | None = [] if recorder is not None else None
+            prediction = self._mirrored(network, padded[index], mirror, exact, kept)
             if logits is None or counts is None:
                 heads = prediction.shape[1]
                 logits = torch.zeros(
@@ -358,6 +406,8 @@ class NnUNetPipeline(torch.nn.Module):
                 )
                 counts = torch.zeros(padded.shape[2:], dtype=accumulate, device=data.device)
             target = (slice(None), slice(None), *window)
+            if recorder is not None and kept is not None:
+                recorder.add_window(target, kept, gaussian, logits, exact)
             if exact:
                 prediction *= gaussian
                 logits[target] += prediction
@@ -372,6 +422,8 @@ class NnUNetPipeline(torch.nn.Module):
             logits = logits / counts
         inner = tuple(slice(b, n - a) for (b, a), n in zip(case.padding, padded.shape[2:]))
         index = (slice(None), slice(None), *inner)
+        if recorder is not None:
+            recorder.finish_fold(counts, index, exact)
         return logits[index]
 
     @staticmethod
@@ -380,23 +432,37 @@ class NnUNetPipeline(torch.nn.Module):
         patch: torch.Tensor,
         mirror: tuple[int, ...] | None,
         exact: bool,
+        keep: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """nnU-Net's ``_internal_maybe_mirror_and_predict``: the mean of the predictions of all
-        flips along the allowed axes."""
+        flips along the allowed axes. ``keep`` receives each flip's own prediction (flipped
+        back), no flip first."""
         if not mirror:
-            return network_output(network, patch)
+            prediction = network_output(network, patch)
+            if keep is not None:
+                keep.append(prediction.clone())
+            return prediction
         combinations = mirror_flips(mirror)[1:]
         if exact:
             prediction = network_output(network, patch)
+            if keep is not None:
+                keep.append(prediction.clone())
             for flip in combinations:
-                prediction += torch.flip(network_output(network, torch.flip(patch, flip)), flip)
+                flipped = torch.flip(network_output(network, torch.flip(patch, flip)), flip)
+                if keep is not None:
+                    keep.append(flipped)
+                prediction += flipped
             prediction /= len(combinations) + 1
             return prediction
         # all flips in one batch: one network call
         batch = torch.cat([patch] + [torch.flip(patch, flip) for flip in combinations])
         outputs = network_output(network, batch).split(patch.shape[0])
         total = outputs[0]
+        if keep is not None:
+            keep.append(outputs[0].clone())
         for flip, output in zip(combinations, outputs[1:]):
+            if keep is not None:
+                keep.append(torch.flip(output, flip))
             total = total + torch.flip(output, flip)
         return total / (len(combinations) + 1)
 
