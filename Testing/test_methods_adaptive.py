@@ -135,6 +135,25 @@ def test_the_passes_meet_the_declared_bound_when_the_cap_decides():
     assert context.facts["passes"] == method.passes(tuple(x.shape[1:])).forward == 57
 
 
+def test_a_cap_that_keeps_less_than_the_share_is_recorded_and_said():
+    # On an additive score over the whole volume every box drops about alike: refining half of
+    # the drop would need half of the boxes, max_refined lets through a quarter.
+    net, x = LinearVoxelModel(), tiny_input()
+    target = BoundTarget(1, torch.ones((16,) * 3, dtype=torch.bool), "logits", "softmax", "mean")
+    params = {"window": 4, "stride": 4, "levels": 2, "refine_share": 0.9, "max_refined": 0.25}
+    context = Context()
+    create_method("occlusion_adaptive", params).attribute(net, x, target, context)
+    first, last = context.facts["levels"]
+    assert first["refined"] == 2  # a quarter of the 8 coarse boxes
+    assert 0 < first["share_refined"] < 0.9 and "share_refined" not in last
+    assert any("level 1 (window 8)" in note and "max_refined" in note for note in context.notes)
+    # Without the cap the share is held, and nothing is said.
+    context = Context()
+    uncapped = {**params, "max_refined": 1.0}
+    create_method("occlusion_adaptive", uncapped).attribute(net, x, target, context)
+    assert context.facts["levels"][0]["share_refined"] >= 0.9 and not context.notes
+
+
 def test_a_score_no_box_changes_is_not_refined():
     class Constant(torch.nn.Module):
         def forward(self, x):

@@ -186,7 +186,7 @@ class AdaptiveOcclusion(Method):
 
         score = ScoreModel(forward, target)
         records = [
-            {"window": w, "stride": s, "boxes": 0, "evaluated": 0, "refined": 0}
+            {"window": w, "stride": s, "boxes": 0, "evaluated": 0, "refined": 0, "held": []}
             for w, s in self.level_sizes()
         ]
         bound = max(1, self.passes(tuple(inputs.shape[1:]), forward).forward - 1)
@@ -196,6 +196,18 @@ class AdaptiveOcclusion(Method):
             share = (example / inputs.shape[0], (example + 1) / inputs.shape[0])
             progress = context.part(*share)
             out[example] = self.explain_one(score, x, records, bound, progress)[0]
+        for level, record in enumerate(records[:-1]):
+            held = record.pop("held")
+            record["share_refined"] = round(min(held), 4) if held else 0.0
+            if held and min(held) < self.config["refine_share"] - 1e-9:
+                context.notes.append(
+                    f"level {level + 1} (window {record['window']}): the drop is spread over "
+                    f"many boxes; max_refined let the refined ones hold only {min(held):.0%} "
+                    f"of it, not the {self.config['refine_share']:.0%} of refine_share, so "
+                    "finer boxes with large drops may be missed (raise max_refined, or use "
+                    "plain occlusion)"
+                )
+        records[-1].pop("held")
         evaluated = sum(record["evaluated"] for record in records)
         context.facts.update(passes=evaluated + inputs.shape[0], levels=records)
         return out
@@ -242,6 +254,9 @@ class AdaptiveOcclusion(Method):
             most = math.ceil(self.config["max_refined"] * len(grid))
             chosen = refined_boxes(drops, self.config["refine_share"], most)
             record["refined"] += len(chosen)
+            magnitude = drops.abs()
+            if magnitude.sum() > 0:
+                record["held"].append(float(magnitude[chosen].sum() / magnitude.sum()))
             region = torch.zeros(spatial, dtype=torch.bool)
             for index in chosen:
                 region[boxes[index]] = True
