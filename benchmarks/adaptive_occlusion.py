@@ -49,9 +49,11 @@ def random_unet(channels: tuple[int, ...]) -> torch.nn.Module:
         2,
         channels=channels,
         strides=(2,) * (len(channels) - 1),
-        num_res_units=1,
         act="RELU",
         norm="INSTANCE",
+        # No residual units: a third of the time of a pass, so that the 4,096 passes of
+        # exhaustive occlusion at 128^3 stay within minutes on a CPU.
+        num_res_units=0,
     ).eval()
 
 

@@ -67,7 +67,7 @@ class Config:
     #: final window, channels of the random-weight MONAI UNet
     adaptive_size: int = 0
     adaptive_window: int = 8
-    adaptive_unet: tuple[int, ...] = (4, 8, 16)
+    adaptive_unet: tuple[int, ...] = (2, 4, 8)
     notes: list[str] = field(default_factory=list)
 
 
