@@ -6,6 +6,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Tests of an optional extra skip where it is absent, and fail instead on CI (extras.py).
+from extras import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402, F401
+
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch():

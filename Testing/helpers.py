@@ -87,6 +87,7 @@ def ours(name, net, x, target, max_batch=3, seed=0, **params) -> torch.Tensor:
 
 def close(a, b, rtol=1e-4, atol=1e-6) -> bool:
     """Same shape and equal up to ``rtol``/``atol`` relative to the largest magnitude of ``b``."""
+    b = b.to(a.dtype)  # captum 0.7 returns float64 for its Gauss-Legendre path
     scale = b.abs().max().clamp(min=1e-12)
     return a.shape == b.shape and torch.allclose(a / scale, b / scale, rtol=rtol, atol=atol)
 

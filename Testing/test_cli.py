@@ -326,14 +326,21 @@ def test_out_of_memory_is_reported_and_leaves_nothing(case, tmp_path, capsys, mo
     assert "out of memory" in capsys.readouterr().err and not out.exists()
 
 
-def test_existing_output_needs_overwrite(case, tmp_path, capsys):
+def test_existing_output_needs_overwrite_and_then_must_be_a_run_folder(case, tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "keep.txt").write_text("x")
+    assert explain(case, out, "--no-figures") == 0
+    (out / "added.txt").write_text("x")
     assert explain(case, out) == 2
-    assert "--overwrite" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert "--overwrite" in capsys.readouterr().err and (out / "added.txt").exists()
     assert explain(case, out, "--overwrite", "--no-figures") == 0
-    assert (out / "run.json").exists() and not (out / "keep.txt").exists()
+    assert (out / "run.json").exists() and not (out / "added.txt").exists()
+    # a folder torchesegeta did not write is never replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    assert explain(case, mine, "--overwrite") == 2
+    assert "replaces only a run folder" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"]
 
 
 def test_methods_listing_documents_every_method(capsys):

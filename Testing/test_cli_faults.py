@@ -365,13 +365,16 @@ def hostile_cases(case, tmp_path):
     nan[1, 2, 3] = np.inf
     write_volume(nan, GEOMETRY, tmp_path / "inf.nrrd")
     image = str(case / "image.nii.gz")
+    no_dicom = tmp_path / "no-dicom"  # beside the output folders, never holding them
+    no_dicom.mkdir()
+    (no_dicom / "notes.txt").write_text("not a DICOM file")
     return {
         "empty file": ([empty], "is an empty file (0 bytes)"),
         "text named .nii": ([text], "notes.nii"),
         "detached data missing": ([header_only], "which does not exist"),
         "mismatched geometry": ([image, other_grid], "is not on the grid of"),
         "Inf voxels": ([tmp_path / "inf.nrrd"], "NaN/Inf"),
-        "folder with no DICOM": ([tmp_path], "contains no DICOM series"),
+        "folder with no DICOM": ([no_dicom], "contains no DICOM series"),
         "corrupt checkpoint": ((["--model", str(bad_checkpoint)], [image]), "bad.pt"),
         "output under a file": ((["--out", str(a_file / "run")], [image]), "is a file"),
         "class unknown": ((["--class", "tumour"], [image]), "unknown class"),

@@ -111,6 +111,8 @@ def test_plan_skips_done_cases_and_refuses_changed_ones(data, tmp_path):
     states = [p.state for p in plan_cases(cases, template, out, sha)]
     assert states == [DONE, TODO]
     assert [p.state for p in plan_cases(cases, template, out, sha, device="cuda")] == [DONE, TODO]
+    exact = Template.load(write_template(tmp_path, "exact.json", metrics=[], flush_denormals=False))
+    assert [p.state for p in plan_cases(cases, exact, out, sha)] == [DONE, TODO], "how, not what"
 
     changed = Template.load(write_template(tmp_path, "t2.json", metrics=[], seed=5))
     with pytest.raises(
@@ -214,13 +216,13 @@ ZOMBIE = (
 def test_a_ray_client_connection_is_retried_only_when_its_server_died(
     scheme, failures, error, connects
 ):
-    import socket
+    from loopback import SETTINGS_FRAME, loopback_listener
 
     from TorchEsegetaLib.cohort.ray_engine import CLIENT_ATTEMPTS, RayEngine
     from TorchEsegetaLib.errors import UserInputError
 
-    with socket.create_server(("127.0.0.1", 0)) as listening:  # something answers there
-        address = f"{scheme}127.0.0.1:{listening.getsockname()[1]}"
+    with loopback_listener(SETTINGS_FRAME) as port:  # something answers there as gRPC does
+        address = f"{scheme}127.0.0.1:{port}"
         ray = FlakyRay(failures, error)
         engine = RayEngine(address=address)
         if connects:

@@ -27,6 +27,7 @@ from cohort_cases import (
     write_faulty_cases,
     write_template,
 )
+from extras import require_extra, skip_reason
 
 from TorchEsegetaLib.cohort import CohortInterrupted, run_cohort
 from TorchEsegetaLib.errors import UserInputError
@@ -80,7 +81,7 @@ def _ray_client_installed() -> bool:
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A Ray head on loopback for this module (`ray start --block`; ended by its own pid)."""
-    pytest.importorskip("ray")
+    require_extra("ray")
     port = _free_port()
     temp = Path("/tmp") / f"te-ray-{os.getpid()}"  # Ray's socket paths must stay short
     log = tmp_path_factory.mktemp("ray") / "head.log"
@@ -225,7 +226,7 @@ def test_a_ray_client_address_runs_the_cohort_as_a_remote_driver(
     """`--address ray://HOST:PORT`: the driver is a Ray Client, not a node of the cluster; the
     cases run on the cluster and give the same maps as the local engine."""
     if ray_head.client is None:
-        pytest.skip("Ray Client needs `pip install ray[client]`")
+        pytest.skip(skip_reason("ray", "Ray Client's packages (ray[client]) are missing"))
     local_out, _ = local_run
     out = tmp_path / "results"
     cohort = write_cohort(data["folder"], data["ids"][:2], name="two.csv")
@@ -244,7 +245,6 @@ def test_a_ray_client_address_runs_the_cohort_as_a_remote_driver(
 def test_an_address_where_nothing_listens_is_one_line_at_once(data, ray_head, tmp_path, scheme):
     """A mistyped --address fails in seconds, naming it (ray.init alone retries for minutes),
     and leaves nothing behind: a later run in this process still connects."""
-    pytest.importorskip("ray")
     address = f"{scheme}127.0.0.1:{_free_port()}"
     started = time.monotonic()
     with pytest.raises(UserInputError, match="no Ray cluster answers at --address") as refused:
@@ -315,7 +315,14 @@ def test_ctrl_c_stops_workers_and_keeps_only_complete_run_folders(data, tmp_path
         sys.executable, "-m", "TorchEsegetaLib.cli", "batch", str(cohort), "--job", str(data["slow"]),
         "--out", str(out), "--workers", "1",
     ]  # fmt: skip
-    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as at a terminal, however this test was started: a shell's background job (nohup
+    # ... &) has SIGINT ignored, which a child inherits, and Python then never raises
+    # KeyboardInterrupt. A handler (unlike "ignored") is reset to the default at exec.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert cli.stderr is not None
         seen = []  # up to the first finished case (not a TTY: one line per case)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 
 import pytest
 
@@ -34,14 +35,16 @@ def rename_kind(request, monkeypatch, tmp_path):
 
 
 def folder(path, **files):
+    """A run folder as the tool writes one (its run.json names the tool) with ``files``."""
     path.mkdir(parents=True)
+    (path / "run.json").write_text('{"tool": "torchesegeta"}')
     for name, text in files.items():
         (path / name).write_text(text)
     return path
 
 
 def contents(path):
-    return {p.name: p.read_text() for p in path.iterdir()}
+    return {p.name: p.read_text() for p in path.iterdir() if p.name != "run.json"}
 
 
 def leftovers(parent):
@@ -52,7 +55,8 @@ def test_a_no_replace_rename_refuses_an_empty_folder_that_posix_rename_would_rep
     tmp_path, rename_kind
 ):
     source = folder(tmp_path / "new", result="mine")
-    target = folder(tmp_path / "taken")  # empty: os.rename(source, target) would succeed
+    target = tmp_path / "taken"
+    target.mkdir()  # empty: os.rename(source, target) would succeed
     with pytest.raises(FileExistsError):
         rename_no_replace(source, target)
     assert contents(source) == {"result": "mine"} and list(target.iterdir()) == []
@@ -115,8 +119,7 @@ def test_overwrite_keeps_the_folder_when_another_run_changed_it_meanwhile(tmp_pa
 def test_overwrite_of_a_folder_removed_meanwhile_publishes(tmp_path, rename_kind):
     out = folder(tmp_path / "run", result="old")
     claim = check_output_folder(out, overwrite=True)
-    (out / "result").unlink()
-    out.rmdir()
+    shutil.rmtree(out)
     save_run(claim, lambda temporary: folder(temporary, result="new"))
     assert contents(out) == {"result": "new"}
 

@@ -124,6 +124,8 @@ def test_deletion_curve_is_deterministic_with_the_documented_number_of_points(li
     x, y = first.curve
     assert len(x) == len(y) == 8 and x[0] == 0.0 and x[-1] == 1.0
     assert np.all(np.diff(x) > 0)
+    area = sum((b - a) * (u + v) / 2 for a, b, u, v in zip(x, x[1:], y, y[1:]))
+    assert first.value == pytest.approx(area, rel=1e-12)  # the trapezoidal rule
     assert first.curve == again.curve and first.value == again.value
     other_seed = make_case(case.forward, case.x, case.target, seed=5)
     assert metric.evaluate(other_seed, flat).curve != first.curve

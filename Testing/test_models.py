@@ -294,7 +294,7 @@ def test_bundle_code_runs_only_when_trusted(tmp_path):
 
 
 def test_not_a_bundle(tmp_path):
-    with pytest.raises(UserInputError, match="not a MONAI bundle"):
+    with pytest.raises(UserInputError, match="neither a MONAI bundle .* it holds nothing"):
         load_model({"kind": "bundle", "path": str(tmp_path)})
 
 

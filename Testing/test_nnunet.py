@@ -13,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from extras import require_extra
 
-pytest.importorskip("nnunetv2")
+require_extra("nnunet")
 
 from TorchEsegetaLib.errors import UserInputError  # noqa: E402
 from TorchEsegetaLib.io.volume import Geometry, Volume  # noqa: E402
@@ -96,9 +97,12 @@ def test_maps_come_back_on_the_input_grid(folder, volume):
     assert any("fold 1 alone" in w for w in result.model.source["warnings"])
 
 
-def test_layer_methods_are_refused_up_front(folder, volume):
+def test_layer_methods_are_refused_up_front(folder, volume, monkeypatch):
+    """Before the segmentation (minutes on a real model), not after it."""
     import TorchEsegetaLib as te
+    from TorchEsegetaLib.models import inference
 
+    monkeypatch.setattr(inference, "segment", lambda *a, **k: pytest.fail("segmented first"))
     model = {"kind": "nnunet", "path": str(folder), "folds": [0, 1], "explain_fold": 0}
     with pytest.raises(UserInputError, match="gradcam cannot explain this model: nnU-Net's layers"):
         te.explain(volume, model=model, target="class:vessel", methods=["gradcam"], device="cpu")
@@ -255,3 +259,68 @@ def test_command_line_runs_an_nnunet_folder(folder, volume, tmp_path, capsys):
         main(["explain", "--image", str(image), "--folds", "0", "--out", str(tmp_path / "x")]) == 2
     )
     assert "apply to nnU-Net v2 model folders only" in capsys.readouterr().err
+
+
+def _copy_with(folder, tmp_path, dataset=None, trainer=None):
+    """A copy of the model folder with dataset.json's fields or the checkpoints' trainer changed."""
+    import json
+    import shutil
+
+    from TorchEsegetaLib.models.nnunet.folder import load_checkpoint
+
+    copy = shutil.copytree(folder, tmp_path / folder.name)
+    if dataset is not None:
+        data = json.loads((copy / "dataset.json").read_text())
+        (copy / "dataset.json").write_text(json.dumps({**data, **dataset}))
+    if trainer is not None:
+        for path in copy.glob("fold_*/checkpoint_final.pth"):
+            checkpoint = load_checkpoint(path)
+            checkpoint["trainer_name"] = trainer
+            torch.save(checkpoint, path)
+    return copy
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        ({"vessel": 1}, 'labels have no background; nnU-Net needs "background": 0'),
+        ({"background": 1, "vessel": 2}, "labels have background 1; nnU-Net needs"),
+        (["background", "vessel"], "labels must be an object of label names and values"),
+    ],
+    ids=["no-background", "background-not-0", "list"],
+)
+def test_dataset_json_labels_nnunet_cannot_take_are_one_line(
+    folder, volume, tmp_path, capfd, labels, expected
+):
+    from TorchEsegetaLib.cli import main
+    from TorchEsegetaLib.io.images import write_volume
+
+    copy = _copy_with(folder, tmp_path, dataset={"labels": labels})
+    image = write_volume(volume.array[0], volume.geometry, tmp_path / "image.nii.gz")
+    code = main(["explain", "--image", str(image), "--model", str(copy), "--out",
+                 str(tmp_path / "run"), "--quiet"])  # fmt: skip
+    err = capfd.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{copy / 'dataset.json'}'s {expected}" in err and "fix the file" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("trainer", ["nnUNet_Primus_S_Trainer", "nnUNetTrainer_5epochs"])
+def test_a_trainer_that_needs_an_absent_package_is_one_line(
+    folder, volume, tmp_path, capfd, monkeypatch, trainer
+):
+    """nnU-Net imports every trainer module while it looks for one (its Primus trainers need
+    timm, which this tool does not install): the missing package is named with the fix."""
+    from TorchEsegetaLib.cli import main
+    from TorchEsegetaLib.io.images import write_volume
+
+    for name in [n for n in sys.modules if "primus" in n or n.split(".")[0] == "timm"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "timm", None)  # absent, whether installed or not
+    copy = _copy_with(folder, tmp_path, trainer=trainer)
+    image = write_volume(volume.array[0], volume.geometry, tmp_path / "image.nii.gz")
+    code = main(["explain", "--image", str(image), "--model", str(copy), "--out",
+                 str(tmp_path / "run"), "--quiet"])  # fmt: skip
+    err = capfd.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "internal error" not in err, err
+    assert trainer in err and "timm" in err and "pip install timm" in err, err

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from extras import require_extra
 from viewer_browser import REPOSITORY
 from viewer_runs import SCORES, makeViewerRun
 
@@ -21,6 +22,9 @@ def run(tmp_path):
 
 
 def view(capsys, *args):
+    """``torchesegeta view ARGS``: (exit code, stderr). The command looks for the viewer's
+    packages before it looks at its arguments, so these tests need the [view] extra."""
+    require_extra("view")
     code = main(["view", *args])
     return code, capsys.readouterr().err
 
@@ -105,9 +109,11 @@ def test_an_empty_cohort_folder(tmp_path, capsys):
 def test_without_the_view_extra_the_command_says_what_to_install(run, capsys, monkeypatch):
     # None in sys.modules makes `import trame_slicer` fail as if it were not installed.
     monkeypatch.setitem(sys.modules, "trame_slicer", None)
-    code, err = view(capsys, str(run))
+    code, err = main(["view", str(run)]), capsys.readouterr().err
     assert code == 2
-    assert "needs trame-slicer" in err and 'pip install "torchesegeta[view]"' in err
+    # (where the extra is absent altogether, its other packages are named too)
+    assert err.startswith("torchesegeta: error: the web viewer needs ") and "trame-slicer" in err
+    assert 'pip install "torchesegeta[view]"' in err
 
 
 def test_the_engine_does_not_import_the_viewer_or_vtk():
@@ -162,3 +168,50 @@ def test_cohort_cases_are_the_finished_run_folders(tmp_path):
     rewrite(failed, lambda r: r.update(status="failed"))
     (results / ".case4.tmp").mkdir()
     assert list(cohortCases(results)) == ["case1", "case2"]
+
+
+def test_run_files_route_answers_404_for_names_no_file_can_have(tmp_path):
+    """The run folder's file route on a real loopback server: a NUL byte, a name too long or a
+    way out of the folder is 404 (never 500, never the file); a file of the folder is served."""
+    aiohttp = pytest.importorskip("aiohttp")
+    import asyncio
+
+    sys.path.insert(0, str(REPOSITORY / "TorchEsegeta"))
+    from aiohttp import web
+    from TorchEsegetaWeb.httpFiles import addFileRoute
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (tmp_path / "secret.txt").write_text("not for the browser")
+
+    async def statuses():
+        app = web.Application()
+        addFileRoute(app, run)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        found = {}
+        try:
+            async with aiohttp.ClientSession() as session:
+                for path in (
+                    "run.json",
+                    "run.json%00",
+                    "%00",
+                    "a%00b",
+                    "x" * 5000,
+                    "..%2fsecret.txt",
+                ):
+                    url = f"http://127.0.0.1:{port}/run-files/{path}"
+                    async with session.get(url) as response:
+                        found[path] = (response.status, await response.text())
+        finally:
+            await runner.cleanup()
+        return found
+
+    found = asyncio.run(statuses())
+    assert found.pop("run.json") == (200, "{}")
+    for path, (status, body) in found.items():
+        assert status == 404 and "not for the browser" not in body, (path[:20], status)

@@ -4,7 +4,7 @@ Chromium; served on every address (``--host 0.0.0.0``), which prints a warning."
 from __future__ import annotations
 
 import numpy as np
-import pytest
+from extras import require_extra
 from viewer_browser import (
     ViewerProcess,
     axialPixel,
@@ -26,7 +26,7 @@ from viewer_runs import (
 
 from TorchEsegetaLib.io.images import write_volume
 
-pytest.importorskip("trame_slicer", reason="the viewer tests need torchesegeta[view]")
+require_extra("view")
 
 
 def colourAt(pixels, bi, bj):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from extras import require_extra
 from viewer_browser import (
     REPOSITORY,
     ViewerProcess,
@@ -21,7 +22,7 @@ from viewer_browser import (
     waitForView,
 )
 
-pytest.importorskip("trame_slicer", reason="the viewer tests need torchesegeta[view]")
+require_extra("view")
 
 METHODS = "saliency,integrated_gradients,deeplift,gradcam"
 

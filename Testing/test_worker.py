@@ -73,6 +73,9 @@ def test_worker_emits_progress_lines_and_a_complete_run_folder(tmp_path):
     assert (tmp_path / "run" / "run.json").is_file() and (
         tmp_path / "run" / "integrated_gradients.nii.gz"
     ).is_file()
+    # the worker computes with denormals flushed, checked on its first pass
+    denormals = json.loads((tmp_path / "run" / "run.json").read_text())["denormals"]
+    assert denormals["flush"] and denormals["check"]["labelmaps_equal"]
 
 
 def test_worker_reports_input_errors(tmp_path):

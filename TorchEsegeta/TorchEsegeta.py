@@ -1,3 +1,4 @@
+import logging
 import pathlib
 import time
 
@@ -9,11 +10,18 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from TorchEsegetaSlicer import jobBuilder, layouts, methodForms, modelInfo
-from TorchEsegetaSlicer.panelWidget import PanelWidget
-from TorchEsegetaSlicer.parameterNode import TorchEsegetaParameterNode
+from TorchEsegetaSlicer.compatibility import pythonProblem
 
-DOCUMENTATION_URL = "https://github.com/soumickmj/TorchEsegeta#3d-slicer"
+# Up to here the file runs on Python 3.9 (Slicer 5.8 and older); the panel and the engine need
+# 3.10, so an older Slicer gets one line and a module that shows it instead of a traceback.
+PYTHON_PROBLEM = pythonProblem()
+if PYTHON_PROBLEM:
+    logging.error(PYTHON_PROBLEM)
+    PanelWidget = object
+else:
+    from TorchEsegetaSlicer import jobBuilder, layouts, methodForms, modelInfo
+    from TorchEsegetaSlicer.panelWidget import PanelWidget
+    from TorchEsegetaSlicer.parameterNode import TorchEsegetaParameterNode
 
 
 class TorchEsegeta(ScriptedLoadableModule):
@@ -24,20 +32,22 @@ class TorchEsegeta(ScriptedLoadableModule):
         # torch comes from the PyTorch extension at first use, not when the module loads.
         self.parent.dependencies = []
         self.parent.contributors = ["TorchEsegeta developers"]
-        self.parent.helpText = _(
+        self.parent.helpText = PYTHON_PROBLEM or _(
             "Explain a 3D segmentation model: which voxels drove its decision. Pick the input "
             "volume(s), a model (TorchScript, MONAI network + checkpoint, MONAI bundle, nnU-Net v2 model folder, or the "
             "built-in demo), the class and region to explain and the attribution methods, then "
             "Apply. Each map becomes a volume over the input, coloured sequentially (unsigned "
             "maps) or blue-white-red around zero (signed maps), in one folder per run.<br><br>"
             "Python console: <code>slicer.util.getModuleLogic('TorchEsegeta').explain(volume, "
-            "methods=['saliency', 'gradcam'])</code>. See the "
-            f'<a href="{DOCUMENTATION_URL}">documentation</a>.'
+            "methods=['saliency', 'gradcam'])</code>. The README.md of the TorchEsegeta "
+            "repository (the folder above this module's) documents the methods, the metrics, "
+            "the batch script and the command line."
         )
         self.parent.acknowledgementText = _(
-            "Based on: A. Chatterjee, C. Sarasaen, et al., <i>TorchEsegeta: Framework for "
-            "Interpretability and Explainability of Image-based Deep Learning Models</i>, "
-            "Applied Sciences 12(4):1834, 2022, "
+            "Based on: S. Chatterjee, A. Das, C. Mandal, B. Mukhopadhyay, M. Vipinraj, A. Shukla, "
+            "R. Nagaraja Rao, C. Sarasaen, O. Speck, A. Nürnberger, <i>TorchEsegeta: "
+            "Framework for Interpretability and Explainability of Image-based Deep Learning "
+            "Models</i>, Applied Sciences 12(4):1834, 2022, "
             '<a href="https://doi.org/10.3390/app12041834">doi:10.3390/app12041834</a>. '
             "Attribution methods after captum; models through MONAI and PyTorch."
         )
@@ -52,12 +62,18 @@ class TorchEsegetaWidget(ScriptedLoadableModuleWidget, PanelWidget):
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        if PYTHON_PROBLEM:
+            import qt
+
+            self.layout.addWidget(qt.QLabel(PYTHON_PROBLEM))
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/TorchEsegeta.ui"))
         self.layout.addWidget(uiWidget)
         self.setupPanel(uiWidget, TorchEsegetaLogic())
 
     def cleanup(self):
-        self.cleanupPanel()
+        if not PYTHON_PROBLEM:
+            self.cleanupPanel()
 
 
 class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
@@ -89,7 +105,9 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
             options: metrics, targetClass, segmentId, output ("logits" or "probabilities"),
                 card, device, seed, methodBudgetSeconds, maxBatch, precision ("float32",
                 "bfloat16" or "float16"), cropMargin (whole-volume models: explain on the
-                target's box grown by this many voxels, a measured approximation), folderName.
+                target's box grown by this many voxels, a measured approximation),
+                flushDenormals (default True: on the CPU, denormal floats flushed to zero
+                during the run only, checked against exact arithmetic first), folderName.
 
         Returns:
             ``{"maps": {label: volume node}, "segmentation": node, "table": node or None,
@@ -166,7 +184,9 @@ class TorchEsegetaLogic(ScriptedLoadableModuleLogic):
         from TorchEsegetaSlicer import consoleApi
 
         loaded = self.loadModel(p)
-        return consoleApi.segmentNodes(slicer.mrmlScene, self.inputVolumes(p), loaded, p.device)
+        return consoleApi.segmentNodes(
+            slicer.mrmlScene, self.inputVolumes(p), loaded, p.device, p.flushDenormals
+        )
 
     def startRun(self, p):
         """Start the worker process for the panel's settings; returns the run to poll."""
@@ -197,6 +217,8 @@ class TorchEsegetaTest(ScriptedLoadableModuleTest):
     def setUp(self):
         from TorchEsegetaSlicer import dependencies
 
+        if PYTHON_PROBLEM:
+            self.skipTest(PYTHON_PROBLEM)
         if dependencies.missingModules():
             self.skipTest("install torch, monai and captum first (Apply once in the panel)")
         slicer.mrmlScene.Clear()

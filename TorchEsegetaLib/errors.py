@@ -77,3 +77,19 @@ def unwritable_errno(said: str, path: Path, needed: int) -> int | None:
     except OSError:
         return None
     return errno.ENOSPC if free < needed else None
+
+
+def parser_error_line(error: Exception, holder: str = "this file") -> str:
+    """A JSON or YAML parser's error in one line (YAML's span several, with the offending text
+    underlined); a YAML tag that would build a Python object is named as such, with the fix
+    (``holder`` says what holds plain data only, e.g. "a job file")."""
+    problem = getattr(error, "problem", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    if "could not determine a constructor for the tag" in problem:
+        # safe_load refuses Python object tags (they would run code): say so plainly
+        return f"{problem}{where}; {holder} holds plain data only: remove the tag"
+    context = getattr(error, "context", None)
+    return f"{context + ': ' if context else ''}{problem}{where}"

@@ -229,3 +229,20 @@ def test_precision_reaches_the_engine(scene, inputNode, tmp_path):
     assert np.corrcoef(maps["float32"].ravel(), maps["bfloat16"].ravel())[0, 1] > 0.9
     with pytest.raises(UserInputError, match='"precision" must be one of float32'):
         explainNodes(scene, inputNode, model=reference, device="cpu", precision="float8")
+
+
+def test_denormals_are_flushed_for_the_call_only(scene, inputNode, tmp_path):
+    from TorchEsegetaSlicer import explainNodes
+    from TorchEsegetaSlicer.consoleApi import loadedModel, segmentNodes
+
+    from TorchEsegetaLib.engine.denormals import flushing_denormals
+
+    reference = tinyModelReference(tmp_path)
+    records = {}
+    for flush in (True, False):
+        nodes = explainNodes(scene, inputNode, model=reference, device="cpu", flushDenormals=flush)
+        records[flush] = nodes["result"].denormals.record()
+    assert records[True]["flush"] and records[True]["check"]["labelmaps_equal"]
+    assert records[False] == {"requested": False, "flush": False}
+    segmentNodes(scene, inputNode, loadedModel(reference), "cpu")
+    assert not flushing_denormals(), "Slicer's own thread is left as it was"

@@ -241,6 +241,12 @@ def test_precision_goes_into_the_job(tmp_path):
         buildJob(**common, precision="int4")
 
 
+def test_flushing_denormals_is_on_unless_the_panel_turns_it_off(tmp_path):
+    common = demoJobArguments(tmp_path)
+    assert buildJob(**common)["flush_denormals"] is True
+    assert buildJob(**common, flushDenormals=False)["flush_denormals"] is False
+
+
 def test_crop_margin_goes_into_the_job_only_when_set(tmp_path):
     common = demoJobArguments(tmp_path)
     assert buildJob(**common)["crop_margin"] is None

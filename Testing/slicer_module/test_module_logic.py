@@ -78,6 +78,7 @@ def panelValues(inputNode, model, tmp_path, **values):
         "metricParameters": "{}",
         "device": "cpu",
         "precision": "float32",
+        "flushDenormals": True,
         "timeBudget": 0.0,
         "cropMargin": -1,
         "outputFolder": tmp_path / "runs",
@@ -136,6 +137,7 @@ def test_logic_runs_the_panel_settings_through_the_worker(module, scene, tmp_pat
         methods=["saliency", "occlusion"],
         methodParameters='{"occlusion": {"window": 8, "stride": 6}}',
         outputFolder=Path("."),  # what an empty folder picker holds
+        flushDenormals=False,
     )
     logic = module.TorchEsegetaLogic()
     assert logic.modelCard(p) is None, "a checkpoint's card is known once loaded"
@@ -148,8 +150,10 @@ def test_logic_runs_the_panel_settings_through_the_worker(module, scene, tmp_pat
     assert set(nodes["maps"]) == {"saliency", "occlusion"}
     assert p.lastRunFolder == str(run.runFolder)
     assert run.runFolder.parent == tmp_path / "TorchEsegeta", "Slicer's temporary folder"
-    job = json.loads((run.runFolder / "run.json").read_text())["job"]
+    record = json.loads((run.runFolder / "run.json").read_text())
+    job = record["job"]
     assert job["methods"][1]["params"] == {"window": 8, "stride": 6}
+    assert job["flush_denormals"] is False and record["denormals"]["flush"] is False
     assert job["target"]["kind"] == "voxel" and job["target"]["coordinates"] == "ras"
 
     loaded = logic.loadModel(p)

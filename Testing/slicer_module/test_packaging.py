@@ -80,14 +80,12 @@ def test_the_engine_globs_cover_every_engine_file():
 def test_top_level_cmake_describes_the_extension():
     text = TOP_CMAKE.read_text(encoding="utf-8")
     assert re.search(r"cmake_minimum_required\(VERSION [\d.]+\.\.\.[\d.]+", text)
-    for variable in (
-        "EXTENSION_HOMEPAGE",
-        "EXTENSION_CONTRIBUTORS",
-        "EXTENSION_DESCRIPTION",
-        "EXTENSION_ICONURL",
-        "EXTENSION_SCREENSHOTURLS",
-    ):
+    # Slicer packages no extension with an empty homepage; icon and screenshot may be empty
+    # (their values: test_metadata.py).
+    for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION"):
         assert re.search(rf'set\({variable} "[^"]+"\)', text), variable
+    for variable in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert re.search(rf'set\({variable} "[^"]*"\)', text), variable
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
     order = [
         "find_package(Slicer REQUIRED)",
@@ -102,7 +100,7 @@ def test_top_level_cmake_describes_the_extension():
 
 def test_extension_description_and_catalog_entry_agree():
     s4ext = dict(
-        line.split(" ", 1)
+        line.partition(" ")[::2]
         for line in (REPOSITORY / "TorchEsegeta.s4ext").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     )
@@ -113,7 +111,8 @@ def test_extension_description_and_catalog_entry_agree():
     assert catalog["scm_url"] == s4ext["scmurl"]
     assert catalog["category"] == s4ext["category"]
     assert f'set(EXTENSION_CATEGORY "{catalog["category"]}")' in top
-    assert s4ext["iconurl"].endswith("TorchEsegeta/Resources/Icons/TorchEsegeta.png")
+    icon = s4ext["iconurl"]  # empty while the repository has no address (test_metadata.py)
+    assert icon == "" or icon.endswith("TorchEsegeta/Resources/Icons/TorchEsegeta.png")
 
 
 def test_icon_is_a_small_128_pixel_png():

@@ -37,6 +37,7 @@ def explainNodes(
     cropMargin: int | None = None,
     folderName: str | None = None,
     progress=None,
+    flushDenormals: bool = True,
 ) -> dict:
     """Explain the model's segmentation of ``volumeNodes`` and add the results to ``scene``.
 
@@ -63,6 +64,9 @@ def explainNodes(
             an approximation measured in ``result.target["crop"]`` (None: the whole volume).
         folderName: subject hierarchy folder of the results (default "TorchEsegeta <input>").
         progress: optional callable receiving the engine's progress events.
+        flushDenormals: on the CPU, compute with denormal floats flushed to zero (checked
+            against exact arithmetic on the first pass), for this call only: Slicer's threads
+            get their own setting back afterwards.
 
     Returns:
         ``{"maps": {label: volume node}, "segmentation": segmentation node, "table": metrics
@@ -94,6 +98,7 @@ def explainNodes(
         max_batch=maxBatch,
         precision=precision,
         crop_margin=cropMargin,
+        flush_denormals=flushDenormals,
     )
     result = explain_job_in_memory(job, Volume(arrays, geometry), loaded, progress)
     evaluation = result.evaluation
@@ -116,9 +121,10 @@ def explainNodes(
     return {**added, "skipped": skipped, "result": result, "evaluation": evaluation}
 
 
-def segmentNodes(scene, volumeNodes, loaded, device: str = "auto"):
+def segmentNodes(scene, volumeNodes, loaded, device: str = "auto", flushDenormals: bool = True):
     """Segment ``volumeNodes`` with a loaded model; returns a new segmentation node whose
-    segments are named and coloured by class, under the input's transform."""
+    segments are named and coloured by class, under the input's transform. ``flushDenormals``:
+    as in :func:`explainNodes`."""
     from TorchEsegetaLib.io.volume import Volume
     from TorchEsegetaLib.models.inference import segment
 
@@ -126,7 +132,7 @@ def segmentNodes(scene, volumeNodes, loaded, device: str = "auto"):
 
     volumeNodes = _asList(volumeNodes)
     arrays, geometry = channelsOfNodes(volumeNodes)
-    result = segment(loaded, Volume(arrays, geometry), device)
+    result = segment(loaded, Volume(arrays, geometry), device, flush_denormals=flushDenormals)
     node = segmentationNodeFromLabelmap(
         scene,
         result.labelmap,

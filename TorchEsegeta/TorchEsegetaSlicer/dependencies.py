@@ -14,7 +14,7 @@ from collections.abc import Callable
 PIP_REQUIREMENTS = {
     "monai": "monai>=1.3",
     "captum": "captum>=0.7",
-    "matplotlib": "matplotlib>=3.6",
+    "matplotlib": "matplotlib>=3.8",
 }
 REQUIRED_MODULES = ("torch", *PIP_REQUIREMENTS)
 

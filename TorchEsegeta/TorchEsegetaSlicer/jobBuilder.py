@@ -195,6 +195,7 @@ def buildJob(
     seed: int = 0,
     maxBatch: int | None = None,
     cropMargin: int | None = None,
+    flushDenormals: bool = True,
 ) -> dict[str, Any]:
     """A validated Job, as the dict the worker reads from job.json.
 
@@ -217,6 +218,7 @@ def buildJob(
         "device": device,
         "seed": int(seed),
         "figures": bool(figures),
+        "flush_denormals": bool(flushDenormals),
     }
     if budgetSeconds and budgetSeconds > 0:
         data["method_budget_s"] = float(budgetSeconds)

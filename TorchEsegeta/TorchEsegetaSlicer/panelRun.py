@@ -49,6 +49,7 @@ class RunRequest:
     metrics: list[str] = field(default_factory=list)
     maxBatch: int | None = None
     cropMargin: int | None = None
+    flushDenormals: bool = True
 
 
 class PanelRun:
@@ -138,6 +139,7 @@ def requestFromPanel(p, volumeNodes, model, defaultOutputFolder) -> RunRequest:
         precision=p.precision,
         budgetSeconds=p.timeBudget,
         cropMargin=p.cropMargin if p.cropMargin >= 0 else None,
+        flushDenormals=p.flushDenormals,
     )
 
 
@@ -173,6 +175,7 @@ def startRun(request: RunRequest, python: str | None = None) -> PanelRun:
             metrics=request.metrics,
             maxBatch=request.maxBatch,
             cropMargin=request.cropMargin,
+            flushDenormals=request.flushDenormals,
         )
         jobFile = writeJob(job, workFolder / "job.json")
         worker = WorkerProcess(jobFile, python, engineFolder=enginePath.engineParentFolder())

@@ -44,6 +44,8 @@ class TorchEsegetaParameterNode:
     metricParameters: str = "{}"
     device: str = "auto"
     precision: Annotated[str, Choice(list(PRECISIONS))] = "float32"
+    #: on the CPU, flush denormal floats to zero during runs (checked on the first pass)
+    flushDenormals: bool = True
     timeBudget: Annotated[float, WithinRange(0.0, 86400.0)] = 0.0
     #: whole-volume models: explain on the target's box grown by this many voxels; -1: off
     cropMargin: Annotated[int, WithinRange(-1, 1000)] = -1

@@ -1,15 +1,16 @@
 """Read-only HTTP access to the files of the run folder (its report and figures).
 
 Only GET and HEAD exist on this route, only regular files inside the folder are served, and a
-path that leaves the folder (``..``, an absolute path, an encoded slash, a symbolic link out)
-gets 404 like a missing file, so the server tells nothing about the rest of the disk.
+path that leaves the folder (``..``, an absolute path, an encoded slash, a symbolic link out) or
+that no file can have (a NUL byte, a name too long) gets 404 like a missing file, so the server
+tells nothing about the rest of the disk and never fails on a name.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .runSource import insideFolder
+from TorchEsegetaLib.io.paths import regular_file_inside
 
 ROUTE_PREFIX = "/run-files/"
 
@@ -21,8 +22,8 @@ def addFileRoute(app, folder) -> None:
     root = Path(folder).resolve()
 
     async def serveFile(request):
-        path = insideFolder(root, request.match_info["path"])
-        if path is None or not path.is_file():
+        path = regular_file_inside(root, request.match_info["path"])
+        if path is None:
             raise web.HTTPNotFound(text="not a file of this run folder")
         return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from TorchEsegetaLib.errors import UserInputError
+from TorchEsegetaLib.io.paths import inside_folder
 
 RUN_FILE = "run.json"
 SEGMENTATION_FILE = "segmentation.nii.gz"
@@ -92,14 +93,11 @@ def openRun(folder, images=None) -> ViewerRun:
 def insideFolder(folder: Path, relative: str) -> Path | None:
     """``folder / relative`` when it stays inside ``folder`` once links are resolved, else None.
 
-    Run records and URLs are data: a name such as ``../../etc/passwd`` or a symbolic link out
-    of the folder must never reach a file elsewhere.
+    Run records and URLs are data: a name such as ``../../etc/passwd``, a symbolic link out of
+    the folder or a name the system cannot take (a NUL byte) must never reach a file elsewhere
+    nor fail the server.
     """
-    root = Path(folder).resolve()
-    candidate = (root / relative).resolve()
-    if candidate != root and root not in candidate.parents:
-        return None
-    return candidate
+    return inside_folder(folder, relative)
 
 
 def cohortCases(resultsFolder) -> dict[str, Path]:

@@ -47,8 +47,14 @@ def model_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from ..models.loading import model_ref_from_string
     from ..models.trust import FOLDER_KINDS
 
+    if args.model is None and (args.network or args.network_kwargs is not None):
+        raise UserInputError(
+            "--network and --network-kwargs describe the network of a state-dict checkpoint, "
+            "and no checkpoint was given; add --model CHECKPOINT (or drop them to explain the "
+            "demo model)"
+        )
     model = model_ref_from_string(
-        args.model, args.network, json_option(args.network_kwargs, "--network-kwargs")
+        args.model or "demo", args.network, json_option(args.network_kwargs, "--network-kwargs")
     )
     if args.trust_model and model["kind"] in FOLDER_KINDS:
         model["trust"] = True
@@ -69,7 +75,7 @@ def trust_option(group: Any) -> None:
 
 
 def common_run_options(group: Any) -> None:
-    """Options of every command that runs a job: device, seed, overwrite, precision."""
+    """Options of every command that runs a job: device, seed, overwrite, precision, denormals."""
     group.add_argument(
         "--device",
         default=None,
@@ -86,6 +92,14 @@ def common_run_options(group: Any) -> None:
         choices=job_field_schema("precision")["enum"],
         default=None,
         help="autocast precision of the network (default float32; a non-finite map is recomputed in float32)",
+    )
+    group.add_argument(
+        "--no-flush-denormals",
+        action="store_true",
+        default=None,
+        help="on the CPU, compute with denormal floats as they are (exact, and tens of times "
+        "slower for a model full of them) instead of flushing them to zero, which the first "
+        "pass checks against exact arithmetic (see docs/denormals.md)",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +51,19 @@ def add_parsers(sub: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ..errors import UserInputError
     from ..io.images import write_volume
     from ..models.demo import demo_volume
+    from ..runs.destination import TOOL, check_output_folder, save_run
     from ..runs.job import Job, MethodSpec
+    from ..runs.runner import claim_output
     from ..targets.spec import TargetSpec
 
     out = Path(args.out).absolute()
+    if not out.name:
+        raise UserInputError(f"--out {out} names no folder; give a folder path, e.g. --out demo")
     data = out.with_name(out.name + "-input")
-    volume, truth = demo_volume()
-    image = write_volume(volume.array[0], volume.geometry, data / "mra.nii.gz")
-    reference = write_volume(truth, volume.geometry, data / "vessels_truth.nii.gz", dtype=np.uint8)
+    image, reference = data / "mra.nii.gz", data / "vessels_truth.nii.gz"
     methods = methods_from_args([args.method], [])
     for entry in methods:
         entry["params"].update(DEMO_PARAMS.get(entry["name"], {}))
@@ -74,11 +78,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         target=TargetSpec.parse("class:vessel"),
         methods=[MethodSpec.from_any(m) for m in methods],
         output=str(out),
-        overwrite=True,
         metrics=metrics,
     )
     apply_overrides(job, args)
     job.output = str(out)
+    # The run folder and the demo's input folder follow explain's rules, both checked before
+    # anything is written: each is new, or (with --overwrite) one that the demo wrote.
+    claim_output(job)
+    inputs_destination = check_output_folder(
+        data, job.overwrite, [("demo run folder", out)], "demo input folder"
+    )
+    volume, truth = demo_volume()
+
+    def write_inputs(folder: Path) -> None:
+        write_volume(volume.array[0], volume.geometry, folder / image.name)
+        write_volume(truth, volume.geometry, folder / reference.name, dtype=np.uint8)
+        record = {"tool": TOOL, "contents": "the input of `torchesegeta demo`", "run": str(out)}
+        (folder / "demo.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+    save_run(inputs_destination, write_inputs)
     run_and_summarise(job, args.quiet)
     print(f"demo input: {image}; ground truth: {reference}")
     if not args.evaluate:

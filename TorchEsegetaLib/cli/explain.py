@@ -38,7 +38,7 @@ def add_parsers(sub: Any) -> None:
     model = explain.add_argument_group("model")
     model.add_argument(
         "--model",
-        default="demo",
+        default=None,
         help="'demo' (default), a TorchScript file, a MONAI bundle folder, an nnU-Net v2 model "
         "folder, or a checkpoint with --network",
     )
@@ -233,6 +233,7 @@ def _job_from_explain(args: argparse.Namespace) -> Any:
         precision=args.precision or "float32",
         crop_margin=args.crop_margin,
         warn_after_s=args.warn_after,
+        flush_denormals=not args.no_flush_denormals,
     )
 
 
@@ -266,12 +267,14 @@ def _fold(text: str, flag: str) -> int:
     return int(text)
 
 
-def run_and_summarise(job: Any, quiet: bool) -> Path:
+def run_and_summarise(job: Any, quiet: bool, inputs: list[tuple[str, str]] | None = None) -> Path:
+    """Run ``job`` with a progress display and print its summary; ``inputs``: what the job was
+    read from besides its fields (its file, a card file), kept apart from the run folder."""
     from ..runs.runner import run_job
 
     bar = progress_display(quiet)
     try:
-        out = run_job(job, progress=bar)
+        out = run_job(job, progress=bar, inputs=inputs or ())
     finally:
         bar.close()
     _summarise(out)
@@ -300,6 +303,7 @@ def apply_overrides(job: Any, args: argparse.Namespace) -> Any:
         ("seed", args.seed),
         ("overwrite", args.overwrite),
         ("precision", args.precision),
+        ("flush_denormals", False if args.no_flush_denormals else None),
         ("output", getattr(args, "out", None)),
     ):
         if value is not None:
@@ -308,11 +312,46 @@ def apply_overrides(job: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from ..runs.runner import claim_output
+
     job = _job_from_explain(args)
+    inputs = [("card file", args.card)] if _names_a_file(args.card) else []
     if args.save_job:
-        Path(args.save_job).write_text(json.dumps(job.to_dict(), indent=2), encoding="utf-8")
-    run_and_summarise(job, args.quiet)
+        claim_output(job, inputs)  # a run that cannot start leaves no job file either
+        _save_job(Path(args.save_job), job, [*job.input_paths(), *inputs])
+    run_and_summarise(job, args.quiet, inputs)
     return EXIT_OK
+
+
+def _names_a_file(option: str | None) -> bool:
+    """Whether a JSON-or-file option (--card) names a file rather than holding JSON text."""
+    return option is not None and not option.lstrip().startswith("{") and Path(option).is_file()
+
+
+def _save_job(path: Path, job: Any, inputs: list[tuple[str, str]]) -> None:
+    """Write the job as JSON to ``path``: never over or inside an input or the run folder, and
+    over an existing file only when it is a job file."""
+    from ..io.paths import overlap
+    from ..runs.job import JOB_FIELDS
+
+    for what, source in [("run folder", str(job.output)), *inputs]:
+        relation = overlap(path, source)
+        if relation in ("is", "lies inside"):
+            raise UserInputError(
+                f"--save-job {path} {relation} the {what} {source}; save the job elsewhere"
+            )
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            existing = None
+        is_job = isinstance(existing, dict) and "images" in existing
+        if not (is_job and set(existing) <= set(JOB_FIELDS)):
+            raise UserInputError(
+                f"--save-job {path} exists and is not a job file; it is not replaced: choose "
+                "another path"
+            )
+    path.write_text(json.dumps(job.to_dict(), indent=2), encoding="utf-8")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -321,5 +360,5 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = apply_overrides(Job.load(args.job), args)
     if args.evaluate:
         job.metrics = metrics_from_args([args.evaluate], [])
-    run_and_summarise(job, args.quiet)
+    run_and_summarise(job, args.quiet, [("job file", args.job)])
     return EXIT_OK

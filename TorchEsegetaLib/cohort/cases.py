@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..io.paths import refuse_special
+from .summary import COHORT_FILES
 
 ID_COLUMNS = ("case_id", "case")
 OPTIONAL_COLUMNS = ("reference", "target")
@@ -57,6 +59,7 @@ class Case:
 def read_cohort(source: str | Path) -> list[Case]:
     """The cases of a cohort file (``.csv``) or of a folder (nnU-Net naming), checked."""
     path = Path(source).expanduser()
+    refuse_special(path, "cohort file")
     if path.is_dir():
         cases = discover_cases(path)
     elif path.is_file():
@@ -115,15 +118,28 @@ def read_cohort_file(path: Path) -> list[Case]:
             raise UserInputError(
                 f"cohort file {path}, line {line}: {what}; fill in every case's row"
             )
+        target = _resolve_target(cells["target"], base) if cells.get("target") else None
+        if target is not None:
+            _check_target(target, f"cohort file {path}, line {line} (case {case_id})")
         cases.append(
             Case(
                 case_id,
                 tuple(_resolve(value, base) for value in images),
                 _resolve(cells["reference"], base) if cells.get("reference") else None,
-                _resolve_target(cells["target"], base) if cells.get("target") else None,
+                target,
             )
         )
     return cases
+
+
+def _check_target(text: str, where: str) -> None:
+    """A case's target must parse now, with its line named, not when its case runs."""
+    from ..targets.spec import TargetSpec
+
+    try:
+        TargetSpec.parse(text)
+    except UserInputError as error:
+        raise UserInputError(f"{where}: target {text!r}: {error}") from error
 
 
 def discover_cases(folder: Path) -> list[Case]:
@@ -178,6 +194,13 @@ def check_cases(cases: list[Case], source: str, in_channels: int | None = None) 
         raise UserInputError(
             f"case id(s) {bad[:3]} in {source} cannot name a folder; use letters, digits, '_', '-' "
             "and '.' (not first)"
+        )
+    reserved = {name.casefold() for name in COHORT_FILES}
+    taken = [c.case_id for c in cases if c.case_id.casefold() in reserved]
+    if taken:
+        raise UserInputError(
+            f"case id(s) {taken[:3]} in {source} are the names of the cohort's own files "
+            f"({', '.join(COHORT_FILES)}); rename the case(s)"
         )
     ids = [c.case_id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})

@@ -11,6 +11,7 @@ silently: planning refuses with the differing fields, unless asked to rerun chan
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
+from ..runs.destination import Input, check_apart_from_inputs, made_by_this_tool
 from ..runs.job import Job, read_job_file
 from .cases import Case
 
-#: Job fields that say where or on what device a case runs, not what it computes.
-NOT_COMPARED = ("output", "overwrite", "device")
+#: Job fields that say where or on what device a case runs, not what it computes (flushing
+#: denormals is checked to leave the labelmap as it is, like a change of device).
+NOT_COMPARED = ("output", "overwrite", "device", "flush_denormals")
 #: The engine's own files inside the output folder (lock, worker logs, probes).
 ENGINE_FOLDER = ".cohort"
 TODO, DONE, CHANGED = "todo", "done", "changed"
@@ -186,30 +189,81 @@ def remove_partial_folders(out: Path, case_id: str) -> list[Path]:
     return removed
 
 
+def cohort_inputs(
+    cohort: str | Path | None, template: Any, cases: list[Case], jobs: list[Job]
+) -> list[Input]:
+    """(what, path) of everything a cohort reads: its cohort file or folder, the template file,
+    and each case's inputs (images, reference and target masks, the model's files)."""
+    found: list[Input] = []
+    if cohort is not None:
+        found.append(("cohort folder" if Path(cohort).is_dir() else "cohort file", str(cohort)))
+    if isinstance(template, (str, Path)):
+        found.append(("job template", str(template)))
+    for case, job in zip(cases, jobs):
+        found += [(f"{what} of case {case.case_id}", path) for what, path in job.input_paths()]
+        if case.reference:  # listed, though only the metrics that take one read it
+            found.append((f"reference mask of case {case.case_id}", case.reference))
+    return list(dict.fromkeys(found))
+
+
+def is_cohort_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a cohort's output folder this tool wrote: its ``cohort.json`` names
+    the tool, or its engine folder (``.cohort/``, made when a cohort starts) is there."""
+    return made_by_this_tool(folder, "cohort folder") or (folder / ENGINE_FOLDER).is_dir()
+
+
+def check_cohort_output(out: Path, inputs: list[Input]) -> None:
+    """Before any work: the cohort's output folder keeps apart from its inputs, and is new, empty
+    or a cohort folder of ours (resumed); never another folder, whose files it would replace."""
+    check_apart_from_inputs(out, inputs)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"output path {out} is a file; choose a folder for --out")
+    if out.is_dir() and any(out.iterdir()) and not is_cohort_folder(out):
+        raise UserInputError(
+            f"output folder {out} already holds files that no torchesegeta cohort wrote (no "
+            "cohort.json of ours); a cohort writes into a new or empty folder, or resumes its "
+            "own: choose another --out"
+        )
+
+
 class OutputLock:
     """Holds ``<out>/.cohort/lock`` so that two cohort runs never write one folder at once;
-    entering also proves the folder is writable."""
+    entering also proves the folder is writable.
+
+    When the block ends with a :class:`UserInputError` before :attr:`keep` was set (a cohort
+    refused before any case ran), what entering created (the lock, ``.cohort/``, the output
+    folder itself) is removed again: a refused cohort leaves nothing behind.
+    """
 
     def __init__(self, out: Path):
         self.path = out / ENGINE_FOLDER / "lock"
         self.handle: Any = None
+        #: set once the cohort wrote something that must stay (a case ran, a summary)
+        self.keep = False
+        self._made: list[Path] = []  # what entering created, outermost first
 
     def __enter__(self) -> OutputLock:
+        out = self.path.parent.parent
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for place in (out, self.path.parent):
+                if not place.exists():
+                    place.mkdir(parents=True)
+                    self._made.append(place)
+            if not self.path.exists():
+                self._made.append(self.path)
             self.handle = open(self.path, "a+")  # noqa: SIM115 (held until __exit__)
         except OSError as e:
+            self._undo()
             raise UserInputError(
-                f"cannot write to the output folder {self.path.parent.parent}: {e.strerror or e}; "
-                "choose a writable --out"
+                f"cannot write to the output folder {out}: {e.strerror or e}; choose a writable --out"
             ) from e
-        if not _try_lock(self.handle):
+        if not _try_lock(self.handle) or not _same_file(self.handle, self.path):
             self.handle.seek(0)
             holder = self.handle.read().strip() or "another process"
             self.handle.close()
             raise UserInputError(
-                f"another cohort run ({holder}) is writing to {self.path.parent.parent}; wait for "
-                "it to finish or choose another --out"
+                f"another cohort run ({holder}) is writing to {out}; wait for it to finish or "
+                "choose another --out"
             )
         self.handle.seek(0)
         self.handle.truncate()
@@ -217,8 +271,28 @@ class OutputLock:
         self.handle.flush()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> None:
+        if isinstance(error, UserInputError) and not self.keep:
+            self._undo()  # still holding the lock: nobody else sees a half-removed folder
         self.handle.close()  # closing releases the lock
+
+    def _undo(self) -> None:
+        for place in reversed(self._made):
+            with contextlib.suppress(OSError):  # a folder something else wrote into stays
+                if place == self.path:
+                    place.unlink()
+                else:
+                    place.rmdir()
+        self._made.clear()
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    """Whether the locked handle is still the file at ``path`` (a refused run that made the
+    lock removes it again; a lock taken on the removed file would not exclude anyone)."""
+    try:
+        return os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+    except OSError:
+        return False
 
 
 def _try_lock(handle: Any) -> bool:

@@ -294,16 +294,41 @@ def _client_server_died(address: str, error: BaseException) -> bool:
     )
 
 
-def _nothing_listens(address: str, timeout_s: float = 5.0) -> str:
-    """Why nothing can answer at a HOST:PORT or ray://HOST:PORT address ("" when something
-    accepts a connection there, or the address names no port: "auto", "local")."""
+#: The opening of an HTTP/2 connection (RFC 9113, 3.4): the client's preface and an empty
+#: SETTINGS frame. Ray's GCS and its Ray Client server speak gRPC over HTTP/2 and answer it with
+#: a SETTINGS frame of their own at once.
+_HTTP2_OPENING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+#: Seconds to connect, and then to hear anything back, before an address is given up.
+CONNECT_TIMEOUT_S = 5.0
+ANSWER_TIMEOUT_S = 10.0
+
+
+def _nothing_listens(
+    address: str, timeout_s: float = CONNECT_TIMEOUT_S, answer_s: float = ANSWER_TIMEOUT_S
+) -> str:
+    """Why nothing can answer at a HOST:PORT or ray://HOST:PORT address: nothing accepts
+    connections there, or something accepts them but says nothing within ``answer_s`` seconds
+    to the opening of a gRPC connection (ray.init would wait on it for many minutes). "" when
+    it answers (anything, even a refusal: ray.init then says what is wrong) or the address
+    names no port ("auto", "local")."""
     import socket
 
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return ""
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as link:
+            link.settimeout(answer_s)
+            try:
+                link.sendall(_HTTP2_OPENING)
+                link.recv(1)  # any byte, or b"" when it closes: it answered
+            except TimeoutError:
+                return (
+                    f"something accepts connections on {host}:{port} but does not answer within "
+                    f"{answer_s:g} s, as no Ray server would; check the host and port"
+                )
+            except OSError:
+                pass  # it reset the connection: it answered, ray.init will say what it is
             return ""
     except OSError as error:
         return f"nothing accepts connections on {host}:{port}: {error.strerror or error}"

@@ -18,9 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
+from ..runs.destination import TOOL
 from ..runs.job import Job
 from .cases import Case, check_cases, read_cohort
-from .plan import DONE, OutputLock, Template, comparable, plan_cases, remove_partial_folders
+from .plan import (
+    DONE,
+    OutputLock,
+    Template,
+    check_cohort_output,
+    cohort_inputs,
+    comparable,
+    plan_cases,
+    remove_partial_folders,
+)
 
 EXIT_ALL_OK, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 3, 130
 ENGINES = ("local", "ray")
@@ -130,14 +140,15 @@ def run_cohort(
     from .summary import write_summary
 
     out = Path(out).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"output path {out} is a file; choose a folder for --out")
     if isinstance(cohort, (str, Path)):
         source, cases = str(cohort), read_cohort(cohort)
     else:
         source, cases = "the case list", list(cohort)
         check_cases(cases, source)
     job_template = Template.load(template)
+    jobs = [job_template.case_job(case, out, device) for case in cases]
+    path = Path(cohort).expanduser() if isinstance(cohort, (str, Path)) else None
+    check_cohort_output(out, cohort_inputs(path, template, cases, jobs))
     if any(c.reference for c in cases) and not job_template.reference_metrics:
         print(
             "torchesegeta: note: the cohort's reference masks are used by relevance_rank_accuracy; "
@@ -155,7 +166,7 @@ def run_cohort(
         memory_per_case_gb,
     )
     started = _now()
-    with OutputLock(out):
+    with OutputLock(out) as lock:
         for case in cases:  # left by a run that was killed (nobody runs them: we hold the lock)
             remove_partial_folders(out, case.case_id)
         planned = plan_cases(cases, job_template, out, model.sha256, rerun_changed, device)
@@ -164,6 +175,7 @@ def run_cohort(
         outcomes: dict[str, dict[str, Any]] = {}
 
         def handle(event: dict[str, Any]) -> None:
+            lock.keep = True  # a case started: what the cohort wrote stays
             if event.get("event") == "done":
                 outcomes[event["case"]] = event
                 bar.case_done(event)
@@ -181,6 +193,7 @@ def run_cohort(
             bar.close()
         record = {
             "format_version": 1,
+            "tool": TOOL,  # what recognises the folder as ours (runs.destination.made_by_this_tool)
             "cohort": source,
             "template": job_template.source,
             "template_job": job_template.data,
@@ -193,6 +206,7 @@ def run_cohort(
             "cases": [_case_entry(p, outcomes.get(p.case.case_id), out) for p in planned],
         }
         record["counts"] = _counts(record["cases"])
+        lock.keep = True
         summary = write_summary(out, record)
     result = CohortResult(out, record["cases"], record["counts"], interrupted, summary["stats"])
     if interrupted:

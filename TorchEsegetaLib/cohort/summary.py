@@ -22,6 +22,14 @@ from typing import Any
 from ..io.atomic import atomic_write
 
 FORMAT_VERSION = 1
+#: The files a cohort writes beside its run folders (so no case may be named like one).
+COHORT_FILES = (
+    "summary.csv",
+    "summary_stats.csv",
+    "failures.csv",
+    "cohort.json",
+    "cohort_report.html",
+)
 SECONDS = "seconds"
 STAT_FIELDS = ("method", "metric", "better", "n", "mean", "sd", "median", "min", "max")
 

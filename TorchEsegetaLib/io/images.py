@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from ..errors import UserInputError, unwritable_errno
 from .completeness import check_complete, written_completely
 from .native_stderr import native_stderr
+from .paths import refuse_special
 from .volume import ChannelSource, Geometry, Volume
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -244,6 +245,7 @@ def _read_image(path: Path) -> sitk.Image:
         raise UserInputError(f"{path} does not exist; check the path")
     if path.is_dir():
         return _read_dicom_series(path)
+    refuse_special(path, "image file")
     if _supported_suffix(path) is None:
         raise UserInputError(f"{path} has an unsupported file type; use {_SUPPORTED_TEXT}")
     if path.stat().st_size == 0:

@@ -74,12 +74,22 @@ class Method(Registered):
         """Settings of this method that cost less, named when a run would take long."""
         return []
 
+    def refusal(self, network: torch.nn.Module) -> str | None:
+        """Why this method, as configured, cannot explain ``network`` at all (one sentence
+        naming the fix), or None when it can. The runner asks every method before any network
+        pass (:mod:`TorchEsegetaLib.runs.preflight`), so only the network's modules and
+        attributes and the method's own settings decide: a TorchScript model for a method that
+        needs to see into it, a layer the network lacks, a network that says its layers cannot
+        be mapped (``layer_maps_refused``), a parameter naming a missing file."""
+        return None
+
     def preflight(
         self, forward: torch.nn.Module, inputs: torch.Tensor, target: BoundTarget
     ) -> None:
         """Raise :class:`~TorchEsegetaLib.errors.UserInputError` now if this method cannot
-        explain this model (a missing layer, a TorchScript model it needs to see into), so a
-        run fails before any method has spent time. Cheap: at most one window's pass."""
+        explain this case (the default layer found on the input), so a run fails before any
+        method has spent time. Runs once the case is prepared; cheap: at most one window's
+        pass. What the model alone decides belongs in :meth:`refusal`."""
 
 
 REGISTRY: Registry[Method] = Registry("method", FAMILIES)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from .base import Method, Param, Passes, ScoreModel, register
 from .baselines import make_baseline
-from .features import FEATURE_PARAMS, feature_count, feature_mask
+from .features import FEATURE_PARAMS, feature_count, feature_mask, features_refusal
 from .perturbation import BASELINE_PARAMS
 
 if TYPE_CHECKING:
@@ -82,6 +82,9 @@ class CoalitionMethod(Method):
     def cheaper(self):
         size = self.config["feature_size"]
         return [f"larger features ({self.name}.feature_size={2 * size}: about 8 times fewer)"]
+
+    def refusal(self, network):
+        return features_refusal(self.config, self.name)
 
     def attribute(self, forward, inputs, target, context):
         import torch

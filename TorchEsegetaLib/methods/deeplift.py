@@ -119,10 +119,10 @@ class DeepLift(Method):
     def passes(self, shape, forward=None):
         return Passes(forward=1, backward=1)  # the baseline, then the input
 
-    def preflight(self, forward, inputs, target):
+    def refusal(self, network):
         from . import rules
 
-        rules.refuse_scripted(forward, self.name)
+        return rules.scripted_refusal(network, self.name)
 
     def attribute(self, forward, inputs, target, context):
         import torch

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,6 +67,7 @@ FEATURE_PARAMS = (
         "str",
         "",
         "Labels only: path of a label map on the input grid; each label value is one feature.",
+        file=True,
     ),
 )
 
@@ -103,6 +105,22 @@ def feature_mask(
         return grid_features(spatial, size, image.device), count
     mask = supervoxels(image, size, config["compactness"])
     return mask, int(mask.max()) + 1
+
+
+def features_refusal(config: dict[str, Any], owner: str) -> str | None:
+    """Why a features configuration cannot run at all, known before any pass: label features
+    without their label map, or a label map that is not there."""
+    return (
+        _labels_problem(config["feature_labels"], owner) if config["features"] == "labels" else None
+    )
+
+
+def _labels_problem(path: str, owner: str) -> str | None:
+    if not path:
+        return f"method {owner!r} with features=labels needs a label map: set feature_labels to its path"
+    if not Path(path).is_file():
+        return f"feature_labels {path} of method {owner!r} does not exist; check the path"
+    return None
 
 
 def feature_count(config: dict[str, Any], spatial: tuple[int, ...], owner: str) -> int:
@@ -242,10 +260,9 @@ def _label_features(path: str, spatial: tuple[int, ...], owner: str) -> np.ndarr
     """One feature per label value of the file at ``path``, checked against the input's shape."""
     from ..io.images import read_label, read_volume
 
-    if not path:
-        raise UserInputError(
-            f"method {owner!r} with features=labels needs a label map: set feature_labels to its path"
-        )
+    problem = _labels_problem(path, owner)
+    if problem:
+        raise UserInputError(problem)
     # The method sees the input tensor, not the image's geometry: the label map is read on its
     # own grid (with read_label's checks: one channel, integer values) and checked by shape.
     labels = read_label(path, like=read_volume(path).geometry)

@@ -159,10 +159,10 @@ class _ReluRuleGradient(_PerSampleGradient):
 
     relu_rule: str
 
-    def preflight(self, forward, inputs, target):
-        from .rules import refuse_scripted
+    def refusal(self, network):
+        from .rules import scripted_refusal
 
-        refuse_scripted(forward, self.name)  # its ReLUs cannot take backward hooks
+        return scripted_refusal(network, self.name)  # its ReLUs cannot take backward hooks
 
     def gradients(self, score, inputs, context):
         with relu_rule(score.forward, self.relu_rule) as count:
@@ -325,6 +325,9 @@ class SmoothGrad(Method):
         self.quantity = (
             f"{self.base.quantity}, {_NOISE_STATISTIC[self.config['nt_type']]} over noise"
         )
+
+    def refusal(self, network):
+        return self.base.refusal(network)
 
     def preflight(self, forward, inputs, target):
         self.base.preflight(forward, inputs, target)

@@ -201,12 +201,27 @@ class LayerMethod(Method):
                 out_channels = int(forward(inputs[:1]).shape[1])
         return default_layer(forward, inputs, out_channels, self.nonnegative_layer)
 
-    def preflight(self, forward, inputs, target):
+    def refusal(self, network):
+        import torch
+
         # a network that tiles or resamples its input before its layers says why it cannot
-        refused = getattr(getattr(forward, "network", forward), "layer_maps_refused", None)
+        refused = getattr(network, "layer_maps_refused", None)
         if refused:
-            raise UserInputError(f"{self.name} cannot explain this model: {refused}")
-        self.probe(forward, inputs, target)  # finds and checks the layer
+            return f"{self.name} cannot explain this model: {refused}"
+        if isinstance(network, torch.jit.ScriptModule):
+            return (
+                f"{self.name} cannot explain this model: TorchScript models hide their layers; "
+                "load the network by name with its checkpoint, or choose a gradient method"
+            )
+        if self.config["layer"]:
+            try:
+                resolve_layer(network, self.config["layer"])
+            except UserInputError as error:
+                return f"{self.name}: {error}"
+        return None
+
+    def preflight(self, forward, inputs, target):
+        self.probe(forward, inputs, target)  # finds and checks the (default) layer
 
     def probe(
         self, forward: torch.nn.Module, inputs: torch.Tensor, target: BoundTarget

@@ -264,11 +264,10 @@ class LayerDeepLift(LayerMethod):
     def layer_passes(self, shape):
         return Passes(forward=1, backward=1)  # the baseline, then the input
 
-    def preflight(self, forward, inputs, target):
+    def refusal(self, network):
         from . import rules
 
-        rules.refuse_scripted(forward, self.name)
-        super().preflight(forward, inputs, target)
+        return rules.scripted_refusal(network, self.name) or super().refusal(network)
 
     def layer_map(self, probe, inputs, context):
         import torch

@@ -102,10 +102,10 @@ class LRP(Method):
     def passes(self, shape, forward=None):
         return Passes(backward=1)
 
-    def preflight(self, forward, inputs, target):
+    def refusal(self, network):
         from . import rules
 
-        rules.refuse_scripted(forward, self.name)
+        return rules.scripted_refusal(network, self.name)
 
     def attribute(self, forward, inputs, target, context):
         import torch

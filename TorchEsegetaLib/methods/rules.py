@@ -246,17 +246,25 @@ def _is_linear(func: Callable, args: tuple, kwargs: dict) -> bool:
     return True
 
 
-def refuse_scripted(forward: torch.nn.Module, method: str) -> None:
+def scripted_refusal(network: torch.nn.Module, method: str) -> str | None:
     """TorchScript runs its operations in C++, out of reach of the interception and of
-    module hooks."""
-    if any(isinstance(m, torch.jit.ScriptModule) for m in forward.modules()):
-        raise UserInputError(
-            f"{method} needs an eager PyTorch model: a TorchScript model runs its operations "
-            "outside Python and refuses module hooks, so its propagation rules cannot be "
-            "applied; choose a gradient or perturbation method, or load the model "
-            "from its network definition and weights (a MONAI network name + checkpoint or a "
-            "bundle) instead"
-        )
+    module hooks: why ``method`` cannot explain ``network``, or None when nothing is scripted."""
+    if not any(isinstance(m, torch.jit.ScriptModule) for m in network.modules()):
+        return None
+    return (
+        f"{method} needs an eager PyTorch model: a TorchScript model runs its operations "
+        "outside Python and refuses module hooks, so its propagation rules cannot be "
+        "applied; choose a gradient or perturbation method, or load the model "
+        "from its network definition and weights (a MONAI network name + checkpoint or a "
+        "bundle) instead"
+    )
+
+
+def refuse_scripted(forward: torch.nn.Module, method: str) -> None:
+    """Raise the :func:`scripted_refusal` of ``method`` on ``forward``, if any."""
+    refused = scripted_refusal(forward, method)
+    if refused:
+        raise UserInputError(refused)
 
 
 def unhandled_note(method: str, mode_unhandled: set[str], what: str) -> str:

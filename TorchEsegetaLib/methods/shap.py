@@ -76,10 +76,10 @@ class DeepLiftShap(_SampledMethod):
     def cheaper(self):
         return ["fewer baselines (deeplift_shap.n_baselines=2 or 4)"]
 
-    def preflight(self, forward, inputs, target):
+    def refusal(self, network):
         from . import rules
 
-        rules.refuse_scripted(forward, self.name)
+        return rules.scripted_refusal(network, self.name)
 
     def baselines(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         import torch

@@ -112,6 +112,7 @@ class RelevanceRankAccuracy(_MapMetric):
             "str",
             "",
             "Reference mask file on the input grid (empty: the array given to the API, else skipped).",
+            file=True,
         ),
         Param(
             "label",

@@ -118,7 +118,9 @@ class _Ordering(Metric):
             return torch.cat([torch.where(m, baseline, case.x) for m in masks])
 
         scores = case.scores(steps + 1, batch, self.name).numpy()
-        area = float(np.trapezoid(scores, fractions))
+        # The trapezoidal rule as np.trapezoid computes it; that name is numpy 2's only, and
+        # np.trapz, its numpy 1 name, is gone from numpy 2.4.
+        area = float((np.diff(fractions) * (scores[1:] + scores[:-1]) / 2.0).sum())
         return Score(area, curve=(fractions.tolist(), scores.tolist()))
 
 

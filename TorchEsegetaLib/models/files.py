@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import UserInputError
+from ..io.paths import refuse_special
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "network")
 
@@ -30,6 +31,7 @@ def existing_path(path: Any, what: str) -> Path:
     resolved = Path(path).expanduser().resolve()
     if not resolved.exists():
         raise UserInputError(f"{what} {path} does not exist; check the path")
+    refuse_special(resolved, what)
     return resolved
 
 
@@ -100,9 +102,18 @@ def network_size_divisible(name: str, kwargs: Mapping) -> int:
     return {"BasicUNet": 16, "BasicUNetPlusPlus": 16, "SwinUNETR": 32}.get(name, 1)
 
 
+def torch_load_weights_only(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's warning about a
+    pickle protocol it did not write: a file it cannot read is our one-line error, not a
+    warning before it (callers turn torch's errors into that line)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _torch_load_weights(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load_weights_only(path)
     except pickle.UnpicklingError as error:
         # weights_only refuses a pickled class as "Unsupported global"; random or cut bytes fail
         # on the pickle stream itself ("Unsupported operand", invalid load key, ...)

@@ -38,6 +38,7 @@ from .postprocessing import (  # noqa: F401  (part of this module's interface)
 from .window_passes import WindowPasses
 
 if TYPE_CHECKING:
+    from ..engine.denormals import DenormalFlush
     from .loading import LoadedModel
     from .pipeline import ModelInput
 
@@ -235,9 +236,14 @@ def segment(
     volume: Volume,
     device: str | torch.device = "cpu",
     prepared: ModelInput | None = None,
+    flush_denormals: bool | DenormalFlush = True,
 ) -> SegmentationResult:
     """Segment ``volume`` with a :class:`~TorchEsegetaLib.models.loading.LoadedModel`; results on the
-    input grid. ``prepared``: the network's input, when already made (:func:`~.pipeline.model_input`)."""
+    input grid. ``prepared``: the network's input, when already made (:func:`~.pipeline.model_input`).
+    ``flush_denormals``: on the CPU, compute with denormal floats flushed to zero, once a check
+    on a small region found the labelmap unchanged by it (:mod:`.denormal_check`); a run passes
+    its own :class:`~TorchEsegetaLib.engine.denormals.DenormalFlush`, checked once for the run."""
+    from ..engine.denormals import DenormalFlush
     from .pipeline import model_input
 
     card = model.card
@@ -252,21 +258,35 @@ def segment(
     forward = SegmentationForward(model.network, card)
     forward.frozen_statistics = intensity.statistics_on(prepared.statistics, target_device)
     forward.fills = prepared.fills
-    with out_of_memory_guard(target_device), too_small_guard(model_shape), torch.no_grad():
+    flush = DenormalFlush.of(flush_denormals, target_device)
+    with (
+        out_of_memory_guard(target_device),
+        too_small_guard(model_shape),
+        torch.no_grad(),
+        flush.scope(),
+    ):
         model.network.to(target_device)
         try:
-            logits = _first_pass(forward, prepared.x.to(target_device)).float().cpu()
+            logits = _first_pass(forward, prepared.x.to(target_device), flush).float().cpu()
         finally:
             model.network.to("cpu")  # a LoadedModel stays on the CPU between runs
     probabilities, labelmap, masks = segmentation_outputs(logits, card, prepared.grid)
     return SegmentationResult(logits, probabilities, labelmap, prepared, masks)
 
 
-def _first_pass(forward: SegmentationForward, x: torch.Tensor) -> torch.Tensor:
-    """The model's first run on this input: a failure says which input it got and what to check."""
+def _first_pass(
+    forward: SegmentationForward, x: torch.Tensor, flush: DenormalFlush
+) -> torch.Tensor:
+    """The model's first run on this input, flushing denormals where the check allows: a
+    failure says which input it got and what to check."""
     from ..engine.context import is_out_of_memory
+    from .denormal_check import check_flush
 
     try:
+        if flush.active and flush.check is None:
+            checked = check_flush(forward, x, flush)  # may keep exact arithmetic for the run
+            if checked is not None:  # the check ran on the whole input
+                return checked
         return forward(x)
     except RuntimeError as error:
         if is_out_of_memory(error):

@@ -23,13 +23,14 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import UserInputError
+from ..io.paths import refuse_special
 from .bundles.folder import load_bundle
 from .card import ModelCard
 from .files import (
@@ -74,10 +75,28 @@ class LoadedModel:
     card: ModelCard
     source: dict
     sha256: str | None
+    _denormal_weights: dict | None = field(default=None, init=False, repr=False)
 
     def record(self) -> dict:
-        """What run.json keeps of the model: its source, weight hash and card."""
-        return {"source": self.source, "sha256": self.sha256, "card": self.card.to_dict()}
+        """What run.json keeps of the model: its source, weight hash, card and denormal weights."""
+        return {
+            "source": self.source,
+            "sha256": self.sha256,
+            "card": self.card.to_dict(),
+            "denormal_weights": self.denormal_weights(),
+        }
+
+    def denormal_weights(self) -> dict:
+        """How many weight values (parameters and buffers) are denormal floats, of how many:
+        ``{"count", "values", "share"}``, counted once (see :mod:`~TorchEsegetaLib.engine.denormals`)."""
+        if self._denormal_weights is None:
+            from ..engine.denormals import count_denormals
+
+            tensors = [*self.network.parameters(), *self.network.buffers()]
+            count, values = count_denormals(tensors)
+            share = round(count / values, 6) if values else 0.0
+            self._denormal_weights = {"count": count, "values": values, "share": share}
+        return self._denormal_weights
 
 
 def load_model(ref: dict, card: dict | ModelCard | None = None) -> LoadedModel:
@@ -105,6 +124,7 @@ def load_model(ref: dict, card: dict | ModelCard | None = None) -> LoadedModel:
         card = card.to_dict()
     network = network.eval().cpu()
     loaded = LoadedModel(network, _make_card(card_defaults, card, network), source, sha)
+    loaded.denormal_weights()  # counted as loaded (run.json; they slow CPU passes down)
     problems = loaded.card.ignored_preprocessing
     if problems and not loaded.card.allow_unapplied_preprocessing:
         raise UserInputError(
@@ -119,7 +139,17 @@ def model_ref_from_string(
     text: str, network: str | None = None, network_kwargs: dict | None = None
 ) -> dict:
     """The model reference for a command-line value: 'demo', a bundle folder or a weight file."""
+    if network_kwargs and not network:
+        raise UserInputError(
+            "--network-kwargs are the arguments of --network; give --network NAME too (a state-"
+            "dict checkpoint), or drop them"
+        )
     if text.strip().lower() == "demo":
+        if network:
+            raise UserInputError(
+                f"--network {network} is for a state-dict checkpoint given with --model FILE; "
+                "the demo model defines its own network: drop --network or give --model"
+            )
         return {"kind": "demo"}
     path = Path(text).expanduser()
     if not path.exists():
@@ -127,9 +157,11 @@ def model_ref_from_string(
             f"model {text!r} does not exist; give 'demo', a MONAI bundle folder, an nnU-Net "
             "model folder, a TorchScript file, or a state_dict checkpoint together with --network NAME"
         )
+    refuse_special(path, "model file")
     if path.is_dir():
         from .nnunet import is_nnunet_folder
 
+        # anything else is given as a bundle: loading it says what the folder looks like
         kind = "nnunet" if is_nnunet_folder(path) else "bundle"
         if network:
             raise UserInputError(
@@ -149,6 +181,53 @@ def model_ref_from_string(
     raise UserInputError(
         f"{text} is not a TorchScript file; for a state_dict checkpoint also give "
         "--network NAME and --network-kwargs JSON"
+    )
+
+
+def describe_folder(folder: Path) -> str:
+    """What a folder looks like when it is not the model folder it was given as, and what to
+    give instead (the end of a sentence starting "FOLDER is ...")."""
+    from .nnunet import is_nnunet_folder
+
+    if is_nnunet_folder(folder):
+        return 'an nnU-Net v2 model folder, not a MONAI bundle: give it as "kind": "nnunet"'
+    if _is_bundle_folder(folder):
+        return 'a MONAI bundle, not an nnU-Net v2 model folder: give it as "kind": "bundle"'
+    nnunet_files = ("dataset.json", "plans.json")
+    present = [name for name in nnunet_files if (folder / name).is_file()]
+    folds = any(p.is_dir() for p in folder.glob("fold_*"))
+    if present or folds:
+        missing = [name for name in nnunet_files if name not in present]
+        missing += [] if folds else ["a fold_N/ folder with its checkpoint"]
+        return (
+            f"an incomplete nnU-Net v2 model folder: it lacks {' and '.join(missing)}; copy the "
+            "whole Trainer__Plans__configuration folder that nnU-Net's training wrote"
+        )
+    if (folder / "configs").is_dir() or (folder / "models").is_dir():
+        return (
+            "an incomplete MONAI bundle: configs/inference.json (or .yaml) is missing; give the "
+            "bundle's top folder, as downloaded"
+        )
+    if (folder / "run.json").is_file():
+        return "a TorchEsegeta run folder, not a model; give the model the run was made with"
+    from ..io.images import SUPPORTED_SUFFIXES
+
+    names = sorted(p.name for p in folder.iterdir())
+    if any(name.lower().endswith((*SUPPORTED_SUFFIXES, ".dcm")) for name in names):
+        return (
+            "a folder of images, not a model; give images with --image and the model with --model"
+        )
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "") if names else "nothing"
+    return (
+        f"neither a MONAI bundle (configs/inference.json) nor an nnU-Net v2 model folder "
+        f"(dataset.json, plans.json, fold_N/); it holds {shown}: give a model folder, a "
+        "TorchScript file or a checkpoint with --network"
+    )
+
+
+def _is_bundle_folder(folder: Path) -> bool:
+    return any(
+        (folder / "configs" / f"inference.{ext}").is_file() for ext in ("json", "yaml", "yml")
     )
 
 

@@ -38,6 +38,7 @@ def explain(
     metrics: Sequence[str | dict[str, Any]] = (),
     cancel: CancelToken | None = None,
     warn_after_s: float | None = None,
+    flush_denormals: bool = True,
 ) -> ExplainResult:
     """Explain a segmentation model on one case.
 
@@ -57,6 +58,9 @@ def explain(
         cancel: a :class:`~TorchEsegetaLib.engine.context.CancelToken` that stops the run.
         warn_after_s: warn (progress event and ``result.warnings``) about a method estimated
             to take longer (default 10 minutes); each method's estimate is in run.json.
+        flush_denormals: on the CPU, compute with denormal floats flushed to zero (checked
+            against exact arithmetic on the first pass; ``result.denormals``), restoring every
+            thread's own setting afterwards; False: exact, slower with denormal weights.
 
     The settings are checked as a :class:`Job`'s fields are, before anything runs.
 
@@ -86,6 +90,7 @@ def explain(
             "precision": precision,
             "crop_margin": crop_margin,
             "warn_after_s": warn_after_s,
+            "flush_denormals": flush_denormals,
         }
     )
     volume = _as_volume(images, geometry, read_channels)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 if TYPE_CHECKING:
+    from ..engine.denormals import DenormalFlush
     from ..io.volume import Geometry, Volume
     from ..metrics.results import Evaluation
     from ..models.loading import LoadedModel
@@ -42,14 +43,19 @@ class PreparedCase:
 
 
 def prepare_case(
-    volume: Volume, model: LoadedModel, target: TargetSpec, torch_device: Any
+    volume: Volume,
+    model: LoadedModel,
+    target: TargetSpec,
+    torch_device: Any,
+    flush_denormals: bool | DenormalFlush = True,
 ) -> PreparedCase:
-    """Segment ``volume``, fix the target on the unperturbed prediction, freeze the statistics."""
+    """Segment ``volume``, fix the target on the unperturbed prediction, freeze the statistics.
+    ``flush_denormals``: the run's arithmetic on the CPU (see :func:`~TorchEsegetaLib.models.inference.segment`)."""
     from ..models.inference import SegmentationForward, segment
     from ..models.intensity import statistics_on
     from ..targets.bound import resolve_target, roi_box
 
-    segmentation = segment(model, volume, torch_device)
+    segmentation = segment(model, volume, torch_device, flush_denormals=flush_denormals)
     model_input = segmentation.input
     if model_input is None:
         raise ValueError("segment() gave no model input")
@@ -124,6 +130,8 @@ class ExplainResult:
     max_batch: int | None = None
     #: the scores of the maps, when the job asked for metrics (:func:`.runner.explain_job`)
     evaluation: Evaluation | None = None
+    #: whether the run flushed denormal floats to zero, and its check (run.json's "denormals")
+    denormals: DenormalFlush | None = None
 
     @property
     def maps(self) -> dict[str, np.ndarray]:

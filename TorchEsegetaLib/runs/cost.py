@@ -3,7 +3,8 @@
 Each method declares the network passes it needs as a function of its parameters and the
 input (:meth:`~TorchEsegetaLib.methods.base.Method.passes`, beside its parameters). The runner measures one
 pass of this model on this input and device, without and with a backward pass, exactly as the
-methods will run it (the sliding windows a local target needs, a crop), and multiplies. The
+methods will run it (the sliding windows a local target needs, a crop, denormal floats flushed
+to zero or kept as the first pass decided), and multiplies. The
 measured pass is of one sample: batched passes on a GPU take less per sample, so the estimate
 errs long there. A method estimated to take longer than ``warn_after_s`` is warned about with
 the settings that would make it cheaper.
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from ..engine.denormals import DenormalFlush
     from ..methods.base import Method, Passes
 
 #: Default threshold of the long-run warning, in seconds (``--warn-after``, ``warn_after_s``).
@@ -103,16 +105,26 @@ class Estimate:
 
 
 def measure_pass_times(
-    score: Any, x: torch.Tensor, times: PassTimes, batches: dict[str, int]
+    score: Any,
+    x: torch.Tensor,
+    times: PassTimes,
+    batches: dict[str, int],
+    denormals: DenormalFlush | None = None,
 ) -> PassTimes:
     """Time the passes the run will make: for each kind in ``batches``, one pass of one sample
     (unless already measured) and one batch of ``batches[kind]`` samples, the size the engine
     starts with (batched passes take less per sample, on CPUs too; the runner asks for a batch
-    only when a method makes at least four times as many passes)."""
+    only when a method makes at least four times as many passes). ``denormals``: the run's
+    arithmetic, which the passes are timed under (a pass over denormal weights takes tens of
+    times longer exactly than flushed); None: the arithmetic of the caller's thread."""
     import torch
 
     from ..engine.context import is_out_of_memory, synchronize
     from ..methods import input_gradients
+
+    if denormals is not None:
+        with denormals.scope():
+            return measure_pass_times(score, x, times, batches)
 
     def run(kind: str, batch: int) -> None:
         data = x[:1].detach().expand(batch, *x.shape[1:]).contiguous()

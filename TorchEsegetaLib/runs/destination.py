@@ -15,6 +15,15 @@ result into a hidden temporary sibling; only when that is complete is it moved i
   it is not the same folder (another run published, or wrote into it, meanwhile) it is put
   back and the run fails, keeping the other run's result.
 
+What may be an output folder at all is decided before any work (:func:`check_output_folder`):
+
+* it is never an input, never holds one and never lies inside one (images, masks, the model,
+  the job file, ...; compared as file system objects, so links and bind mounts do not hide it);
+* ``overwrite`` replaces only a folder this tool made, recognised by its record (``run.json``
+  of a run folder, ``cohort.json`` of a cohort folder, ``demo.json`` of the demo's input) naming
+  the tool (:func:`made_by_this_tool`), never another folder, not even an empty one;
+* a mount point is never replaced (a rename cannot move it); the run goes into a folder inside.
+
 Errors writing (read-only file system, full disk, quota, permissions) become one line that
 names the place and the fix (:func:`TorchEsegetaLib.errors.unwritable_error`); the temporary folder is
 always removed.
@@ -25,16 +34,29 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import os
 import shutil
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError, unwritable_error
+from ..io.paths import overlap
+
+#: The name every record this tool writes carries in its "tool" field.
+TOOL = "torchesegeta"
+#: The record file of each kind of folder this tool makes (see :func:`made_by_this_tool`).
+RECORDS = {
+    "run folder": "run.json",
+    "cohort folder": "cohort.json",
+    "demo input folder": "demo.json",
+}
+#: An input of a run: (what it is, e.g. "image" or "model", its path).
+Input = tuple[str, str | Path]
 
 #: Test seam for the race tests: the path of a FIFO that a run reads one line from just before
 #: it publishes, so a test can let another run publish first, deterministically.
@@ -61,22 +83,89 @@ class Destination:
     previous: tuple[int, int, int] | None
 
 
-def check_output_folder(out: Path, overwrite: bool) -> Destination:
-    """Check that the run may write ``out`` and note what is there now.
+def check_output_folder(
+    out: Path, overwrite: bool, inputs: Iterable[Input] = (), kind: str = "run folder"
+) -> Destination:
+    """Check that the run may write ``out`` and note what is there now (see the module's rules).
+
+    Args:
+        out: the folder to write.
+        overwrite: whether a folder already there may be replaced (only a ``kind`` this tool
+            made).
+        inputs: what the run reads, as (what, path): ``out`` must keep apart from each.
+        kind: what ``out`` will be, a key of :data:`RECORDS`.
 
     Raises:
-        UserInputError: ``out`` exists (and not ``overwrite``), is a file, or its folder
-            cannot be written (checked now, not after the run's work).
+        UserInputError: ``out`` meets an input, exists (and not ``overwrite``), is a file, a
+            mount point or a folder this tool did not make, or its folder cannot be written
+            (checked now, not after the run's work).
     """
     out = Path(out).expanduser().absolute()
+    check_apart_from_inputs(out, inputs)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"output path {out} is a file; choose a folder path for --out")
+    if out.exists() and os.path.ismount(out):
+        raise UserInputError(
+            f"output folder {out} is a mount point (the top folder of a disk), which cannot be "
+            f"replaced; write the {kind} into a folder inside it, e.g. --out {out / 'run'}"
+        )
     if out.exists() and not overwrite:
         raise UserInputError(
             f"output folder {out} already exists; choose another --out or pass --overwrite"
         )
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"output path {out} is a file; choose a folder path for --out")
-    check_writable(out.parent, f"the run folder {out}")
+    if out.exists() and not made_by_this_tool(out, kind):
+        raise UserInputError(
+            f"output folder {out} was not written by torchesegeta (it holds no {RECORDS[kind]} "
+            f"of ours), and --overwrite replaces only a {kind} torchesegeta wrote; choose "
+            "another --out"
+        )
+    check_writable(out.parent, f"the {kind} {out}")
     return Destination(out, bool(overwrite), _identity(out) if out.exists() else None)
+
+
+def check_apart_from_inputs(out: Path, inputs: Iterable[Input]) -> None:
+    """Raise when the output folder ``out`` is, holds or lies inside any of ``inputs``."""
+    for what, path in inputs:
+        relation = overlap(out, path)
+        if relation is not None:
+            raise UserInputError(
+                f"output folder {os.path.normpath(out)} {relation} the {what} "
+                f"{os.path.abspath(path)}; choose an --out apart from the inputs (an output "
+                "folder never holds or lies inside one, so that no run can replace or change it)"
+            )
+
+
+def check_run_folder_update(folder: Path, what: str, inputs: Iterable[Input] = ()) -> None:
+    """Before ``what`` (the evaluation, the report) is written into the existing run folder
+    ``folder``: it must be a run folder this tool wrote, holding no input and inside none."""
+    folder = Path(folder).expanduser().absolute()
+    if not made_by_this_tool(folder, "run folder"):
+        raise UserInputError(
+            f"{folder} is not a run folder written by torchesegeta (no run.json of ours), so "
+            f"{what} is not written into it; give a folder written by `torchesegeta explain`"
+        )
+    check_apart_from_inputs(folder, inputs)
+
+
+def made_by_this_tool(folder: Path, kind: str = "run folder") -> bool:
+    """Whether ``folder`` is a ``kind`` this tool wrote: its record (:data:`RECORDS`) is a
+    regular file, not a link, holding a JSON object that names the tool."""
+    record = Path(folder) / RECORDS[kind]
+    try:
+        if record.is_symlink() or not record.is_file():
+            return False
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    if data.get("tool") == TOOL:
+        return True
+    # records written before the "tool" field: a run's library versions, a cohort's template digest
+    versions = data.get("versions")
+    legacy = {"run.json": isinstance(versions, dict) and TOOL in versions}
+    legacy["cohort.json"] = "template_sha256" in data and "cases" in data
+    return bool(legacy.get(RECORDS[kind], False))
 
 
 def save_run(destination: Destination | Path, write: Callable[[Path], Any]) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import UserInputError
 from ..io.atomic import atomic_write
 from ..metrics.results import Evaluation, metrics_csv, rows_and_curves
+from .destination import check_apart_from_inputs, check_run_folder_update
 from .run_folder import json_default, row_title
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ..engine.context import CancelToken
+    from ..engine.denormals import DenormalFlush
     from ..io.volume import Volume
     from ..metrics import Case, MetricSpec, Subject
     from ..models.loading import LoadedModel
@@ -120,7 +122,9 @@ def _evaluate(
     reference_mask: np.ndarray | None,
     progress: ProgressHandler | None,
     cancel: CancelToken | None,
+    flush_denormals: bool | DenormalFlush = True,
 ) -> Evaluation:
+    from ..engine.denormals import DenormalFlush
     from ..metrics import Case, metric_specs
     from ..models.inference import resolve_device
     from ..targets.spec import score_phrase
@@ -128,8 +132,9 @@ def _evaluate(
 
     specs = metric_specs(metrics)
     torch_device = resolve_device(device)
+    denormals = DenormalFlush.of(flush_denormals, torch_device)
     try:
-        prepared = prepare_case(volume, model, target, torch_device)
+        prepared = prepare_case(volume, model, target, torch_device, denormals)
         case = Case(
             forward=prepared.forward,
             x=prepared.x,
@@ -144,7 +149,8 @@ def _evaluate(
             max_batch=max_batch,
             cancel=cancel,
         )
-        evaluation = evaluate_case(case, subjects, specs, progress)
+        with denormals.scope():  # the run's arithmetic (the segmentation's check decided it)
+            evaluation = evaluate_case(case, subjects, specs, progress)
         evaluation.score = score_phrase(prepared.target_info)
         return evaluation
     finally:
@@ -195,6 +201,7 @@ def evaluate_result(
         reference_mask,
         progress,
         cancel,
+        result.denormals if result.denormals is not None else True,
     )
     evaluation.method_info = {
         m.spec.label: {
@@ -266,13 +273,14 @@ def evaluate_run(
     parameters recorded in the run's job (the demo's reference mask, say) apply again unless
     ``metrics`` gives others.
     """
-    from ..io.images import read_channels
+    from ..io.images import read_channels, split_channel_selector
     from ..metrics import MetricSpec, metric_specs
     from ..models.loading import load_model
     from .job import Job
 
     folder = Path(run_folder).expanduser().absolute()
     record = read_record(folder)
+    check_run_folder_update(folder, "the evaluation")
     recorded_params = {
         entry["name"]: entry.get("params") or {} for entry in record["job"].get("metrics") or []
     }
@@ -281,6 +289,9 @@ def evaluate_run(
         for spec in metric_specs(metrics)
     ]
     job = Job.from_dict({k: v for k, v in record["job"].items() if k != "metrics"})
+    inputs = [*job.input_paths(), *(i for spec in specs for i in spec.input_files())]
+    inputs += [("image", str(split_channel_selector(p)[0])) for p in record.get("inputs") or []]
+    check_apart_from_inputs(folder, inputs)
     volume = read_channels(record.get("inputs") or job.images)
     model = load_model(job.model_to_load(), job.card)
     recorded = (record.get("model") or {}).get("sha256")
@@ -302,6 +313,7 @@ def evaluate_run(
         reference_mask,
         progress,
         cancel,
+        job.flush_denormals,
     )
     evaluation.method_info = {
         m["label"]: {

@@ -12,13 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserInputError
+from ..errors import UserInputError, parser_error_line
+from ..io.paths import refuse_special
 from ..schema.registry import Registry, Spec
 from ..schema.validation import check_job, job_schema, plain, schema_path
 from ..targets.spec import TargetSpec
 
 #: The job's fields, in the schema's order (the schema is the one list of them).
 JOB_FIELDS = tuple(job_schema()["properties"])
+#: The model reference's keys that name files, and what each is called in messages.
+_MODEL_FILES = (("path", "model"), ("checkpoint", "checkpoint"))
 
 __all__ = ["JOB_FIELDS", "Job", "MethodSpec", "schema_path"]
 
@@ -73,6 +76,8 @@ class Job:
     #: warn before the run about a method estimated to take longer than this (seconds; None:
     #: 10 minutes)
     warn_after_s: float | None = None
+    #: on the CPU, compute with denormal floats flushed to zero (checked on the first pass)
+    flush_denormals: bool = True
 
     def __post_init__(self) -> None:
         # Every field against the shipped schema first, whichever front end built the job.
@@ -100,6 +105,26 @@ class Job:
             )
         return self.model
 
+    def input_paths(self) -> list[tuple[str, str]]:
+        """(what, path) of everything the job reads from disk: images, the model's files, the
+        target mask, files named by method and metric parameters. The output folder keeps apart
+        from all of them (:func:`~TorchEsegetaLib.runs.destination.check_output_folder`)."""
+        from ..io.images import split_channel_selector
+
+        found = [("image", str(split_channel_selector(image)[0])) for image in self.images]
+        model = self.model or {}
+        if model.get("kind") == "demo":
+            from ..models.demo import demo_weights_path
+
+            found.append(("demo model", str(demo_weights_path())))
+        found += [(what, str(model[key])) for key, what in _MODEL_FILES if model.get(key)]
+        if self.target.kind == "mask" and self.target.mask:
+            found.append(("target mask", str(self.target.mask)))
+        for spec in [*self.methods, *self.metrics]:
+            found += spec.input_files()
+        # "<array in memory>", "<array>": what was given in memory has no file
+        return [(what, path) for what, path in found if not path.startswith("<")]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "images": list(self.images),
@@ -119,6 +144,7 @@ class Job:
             "precision": self.precision,
             "crop_margin": self.crop_margin,
             "warn_after_s": self.warn_after_s,
+            "flush_denormals": self.flush_denormals,
         }
 
     @classmethod
@@ -151,6 +177,7 @@ class Job:
 def read_job_file(path: str | Path) -> Any:
     """The contents of a .json, .yaml or .yml job (or job template) file, unvalidated."""
     path = Path(path)
+    refuse_special(path, "job file")
     if not path.is_file():
         raise UserInputError(f"job file {path} does not exist; check the path")
     text = path.read_text(encoding="utf-8")
@@ -163,24 +190,10 @@ def read_job_file(path: str | Path) -> Any:
     except Exception as e:
         raise UserInputError(
             f"job file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: "
-            f"{_one_line(e)}"
+            f"{parser_error_line(e, 'a job file')}"
         ) from e
 
 
 def _resolve(value: Any, base: Path) -> str:
     path = Path(str(value)).expanduser()
     return str(path if path.is_absolute() else base / path)
-
-
-def _one_line(error: Exception) -> str:
-    """A parser's error in one line: YAML's span several, with the offending text underlined."""
-    problem = getattr(error, "problem", None)
-    if problem is None:
-        return " ".join(str(error).split())
-    mark = getattr(error, "problem_mark", None)
-    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-    if "could not determine a constructor for the tag" in problem:
-        # safe_load refuses Python object tags (they would run code): say so plainly
-        return f"{problem}{where}; a job file holds plain data only: remove the tag"
-    context = getattr(error, "context", None)
-    return f"{context + ': ' if context else ''}{problem}{where}"

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_write
+from ..io.paths import regular_file_inside
 from ..metrics.results import format_value
 from ..targets.spec import score_phrase
+from .destination import check_run_folder_update
 from .evaluation import Evaluation, read_record
 
 _STYLE = """
@@ -96,11 +98,13 @@ def _size(values: list[Any] | None, unit: str = "") -> str | None:
 
 
 def missing_files(folder: Path, record: dict[str, Any]) -> list[str]:
-    """Files run.json lists (maps, channel maps, segmentation, figures) that the folder lacks."""
+    """Files run.json lists (maps, channel maps, segmentation, figures) that the folder lacks:
+    a name that leads out of the folder (``../..``, an absolute path, a link out) or to
+    anything but a regular file counts as missing."""
     listed = [m.get("file") for m in record.get("methods", [])]
     listed += [name for m in record.get("methods", []) for name in m.get("channel_files", [])]
     listed += [(record.get("segmentation") or {}).get("file"), *record.get("figures", [])]
-    return [name for name in listed if name and not (Path(folder) / name).is_file()]
+    return [str(name) for name in listed if name and regular_file_inside(folder, str(name)) is None]
 
 
 def _key_value_table(items: dict[str, Any]) -> str:
@@ -194,10 +198,12 @@ def _metrics_table(evaluation: Evaluation) -> str:
 
 
 def _figures(folder: Path, record: dict[str, Any]) -> str:
+    """Each figure run.json lists, embedded: only regular files inside the run folder (the
+    record is data; a name such as ``../../etc/passwd`` must not put another file in the report)."""
     parts = []
     for name in record.get("figures", []):
-        path = folder / name
-        if not path.is_file():
+        path = regular_file_inside(folder, str(name))
+        if path is None:
             continue
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         caption = _CAPTIONS.get(path.name, path.name)
@@ -270,6 +276,7 @@ def write_report(run_folder: str | Path) -> Path:
     """Write ``report.html`` into the run folder (atomically) and return its path."""
     folder = Path(run_folder).expanduser().absolute()
     record = read_record(folder)
+    check_run_folder_update(folder, "the report")
     path = folder / "report.html"
     atomic_write(path, render_report(folder, record))
     return path

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .destination import TOOL
+
 if TYPE_CHECKING:
     from .case import ExplainResult
 
@@ -102,9 +104,11 @@ def write_run_folder(
     statuses = {m.status for m in result.methods}
     document = {
         "format_version": RUN_FORMAT_VERSION,
+        "tool": TOOL,  # what recognises this folder as ours (runs.destination.made_by_this_tool)
         "status": "complete" if statuses == {"ok"} else "partial",
         **record,
         "device": result.device,
+        **({"denormals": result.denormals.record()} if result.denormals is not None else {}),
         "seed": result.seed,
         "target": result.target,
         "segmentation": {

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,12 +15,14 @@ from ..errors import BudgetExceededError, UserInputError
 from ..targets.spec import TargetSpec
 from .case import ExplainResult, MethodResult, ProgressHandler, prepare_case
 from .job import Job, MethodSpec
+from .preflight import preflight
 
 if TYPE_CHECKING:
     from ..engine.context import CancelToken
+    from ..engine.denormals import DenormalFlush
     from ..io.volume import Volume
     from ..models.loading import LoadedModel
-    from .destination import Destination
+    from .destination import Destination, Input
 
 
 def _emit(progress: ProgressHandler | None, **event: Any) -> None:
@@ -36,6 +39,7 @@ def _estimates(
     context: Any,
     warn_after_s: float,
     hints: list[str],
+    denormals: DenormalFlush,
 ) -> list[Any]:
     """Each method's cost from its declared passes and measured passes (see :mod:`.cost`)."""
     from .cost import estimate, measure_pass_times
@@ -49,7 +53,7 @@ def _estimates(
             batch = context.batch_limit(kind)
             # a batch is timed only where it costs little next to the work it predicts
             batches[kind] = batch if most >= 4 * batch else 1
-    measure_pass_times(score, x, times, batches)
+    measure_pass_times(score, x, times, batches, denormals)
     return [
         estimate(spec.label, method, p, times, warn_after_s, hints)
         for spec, method, p in zip(specs, instances, passes)
@@ -70,6 +74,7 @@ def explain_volume(
     precision: str = "float32",
     crop_margin: int | None = None,
     warn_after_s: float | None = None,
+    denormals: DenormalFlush | None = None,
 ) -> ExplainResult:
     """Segment ``volume``, fix the target, and run each method; all results on the input grid.
 
@@ -78,15 +83,18 @@ def explain_volume(
     an approximation measured and recorded (see :mod:`TorchEsegetaLib.runs.cropping`).
     ``warn_after_s``: before the methods run, each one's cost is estimated (reported as
     progress events of stage "estimate"); a method estimated to take longer is warned about,
-    with cheaper settings (default :data:`~.cost.WARN_AFTER_S`).
+    with cheaper settings (default :data:`~.cost.WARN_AFTER_S`). ``denormals``: whether CPU
+    passes flush denormal floats to zero (checked on the first pass; None: they do, as a job's
+    default); :func:`explain_job` gives the job's and holds its scope around the whole run.
     """
     import torch
 
     from ..engine.context import Context, measure_sample_bytes
+    from ..engine.denormals import DenormalFlush
     from ..engine.memory import PeakMemory
     from ..methods import ScoreModel
     from ..models.grids import restore_input_grid
-    from ..models.inference import check_input, resolve_device
+    from ..models.inference import resolve_device
     from .cost import WARN_AFTER_S, PassTimes, general_hints
 
     started = time.perf_counter()
@@ -94,16 +102,18 @@ def explain_volume(
     warnings = list(model.source.get("warnings", [])) + [
         f"preprocessing step not applied: {step}" for step in model.card.ignored_preprocessing
     ]
+    instances = [spec.create() for spec in methods]
+    preflight(volume, model, target, methods, instances)  # before any network pass
     torch_device = resolve_device(device)
     if torch_device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: autotuned kernels pay off
-    check_input(volume, model.card)
-    instances = [spec.create() for spec in methods]
+    denormals = denormals if denormals is not None else DenormalFlush(True, torch_device)
     seed_everything(seed)
 
     _emit(progress, stage="segment", fraction=0.0, message="segmenting")
-    case = prepare_case(volume, model, target, torch_device)
+    case = prepare_case(volume, model, target, torch_device, denormals)
     warnings.extend(case.warnings)
+    warnings.extend(denormals.warnings(model.denormal_weights()["share"]))
     timings["segment"] = time.perf_counter() - started
     warnings += [f"preprocessing: {note}" for note in case.segmentation.input.warnings]
     segmentation, x, info, bound, forward = (
@@ -114,15 +124,19 @@ def explain_volume(
         case.forward,
     )
     forward.precision = precision
-    for method in instances:  # a method that cannot explain this model fails the run now
-        method.preflight(forward, x, bound)
-    crop = None if crop_margin is None else _crop(case, int(crop_margin), torch_device, warnings)
+    with denormals.scope():  # free inside explain_job's; here for direct callers
+        for method in instances:  # what the prepared case decides (a default layer) fails it now
+            method.preflight(forward, x, bound)
+        crop = (
+            None if crop_margin is None else _crop(case, int(crop_margin), torch_device, warnings)
+        )
     x_run, bound_run = (x, bound) if crop is None else (crop.take(x), crop.target(bound))
     forward_run = forward if crop is None else forward.on_crop(crop.padding)
     # One sample's memory, measured once, sizes every method's batches to the free memory.
     score_run = ScoreModel(forward_run, bound_run)
     times = PassTimes()
-    sample_bytes = None if max_batch else measure_sample_bytes(score_run, x_run, times)
+    with denormals.scope():
+        sample_bytes = None if max_batch else measure_sample_bytes(score_run, x_run, times)
     began = time.perf_counter()
     estimates = _estimates(
         methods,
@@ -133,6 +147,7 @@ def explain_volume(
         Context(device=torch_device, max_batch=max_batch, sample_bytes=sample_bytes),
         WARN_AFTER_S if warn_after_s is None else float(warn_after_s),
         general_hints(torch_device, forward_run, target.kind, crop is not None),
+        denormals,
     )
     timings["estimate"] = time.perf_counter() - began
     _report_estimates(estimates, progress, warnings)
@@ -177,7 +192,7 @@ def explain_volume(
             result = MethodResult(spec, "ok", 0.0, bool(method.signed), method.shared_channels)
             result.estimate = estimates[index].record()
             try:
-                with PeakMemory(torch_device) as peak:
+                with PeakMemory(torch_device) as peak, denormals.scope():
                     restored = on_input_grid(method, context)
                     if precision != "float32" and not np.isfinite(restored).all():
                         context.notes.append(
@@ -217,6 +232,7 @@ def explain_volume(
         model=model,
         target_spec=target,
         max_batch=max_batch,
+        denormals=denormals,
     )
 
 
@@ -277,7 +293,25 @@ def explain_job(
     cancel: CancelToken | None = None,
 ) -> ExplainResult:
     """Explain ``volume`` with ``model`` as ``job`` says, and evaluate the maps when the job
-    asks for metrics (``result.evaluation``); nothing is written."""
+    asks for metrics (``result.evaluation``); nothing is written. On the CPU the work runs with
+    denormal floats flushed to zero unless the job says otherwise (``flush_denormals``), and
+    every thread gets its own setting back afterwards."""
+    from ..engine.denormals import DenormalFlush
+    from ..models.inference import resolve_device
+
+    denormals = DenormalFlush(job.flush_denormals, resolve_device(job.device))
+    with denormals.scope():
+        return _explain_job(job, volume, model, denormals, progress, cancel)
+
+
+def _explain_job(
+    job: Job,
+    volume: Volume,
+    model: LoadedModel,
+    denormals: DenormalFlush,
+    progress: ProgressHandler | None,
+    cancel: CancelToken | None,
+) -> ExplainResult:
     result = explain_volume(
         volume,
         model,
@@ -292,6 +326,7 @@ def explain_job(
         precision=job.precision,
         crop_margin=job.crop_margin,
         warn_after_s=job.warn_after_s,
+        denormals=denormals,
     )
     if job.metrics:
         from .evaluation import evaluate_result
@@ -300,14 +335,18 @@ def explain_job(
     return result
 
 
-def claim_output(job: Job) -> Destination:
-    """The job's run folder as it is before any work: absent, or replaceable with
-    ``overwrite`` (see :func:`~TorchEsegetaLib.runs.destination.check_output_folder`)."""
+def claim_output(job: Job, inputs: Iterable[Input] = ()) -> Destination:
+    """The job's run folder as it is before any work: absent, or a run folder this tool wrote
+    and ``overwrite`` replaces; apart from every input of the job and from ``inputs`` (what the
+    job itself was read from: its file, a card file). See
+    :func:`~TorchEsegetaLib.runs.destination.check_output_folder`."""
     from .destination import check_output_folder
 
     if not job.output:
         raise UserInputError("the job has no output folder; give one (--out FOLDER)")
-    return check_output_folder(Path(job.output), job.overwrite)
+    return check_output_folder(
+        Path(job.output), job.overwrite, [*job.input_paths(), *inputs], "run folder"
+    )
 
 
 def save_result(
@@ -337,13 +376,20 @@ def save_result(
 
 
 def run_job(
-    job: Job, progress: ProgressHandler | None = None, cancel: CancelToken | None = None
+    job: Job,
+    progress: ProgressHandler | None = None,
+    cancel: CancelToken | None = None,
+    inputs: Iterable[Input] = (),
 ) -> Path:
-    """Execute ``job`` and return its run folder. Nothing is left behind when it fails."""
+    """Execute ``job`` and return its run folder. Nothing is left behind when it fails.
+
+    ``inputs``: what the job was read from besides its own fields, as (what, path), e.g.
+    ``[("job file", "job.json")]``: the run folder keeps apart from them too.
+    """
     from ..io.images import read_channels
     from ..models.loading import load_model
 
-    destination = claim_output(job)
+    destination = claim_output(job, inputs)
     reference = job.model_to_load()
     started = time.perf_counter()
     _emit(progress, stage="load", fraction=0.0, message="reading inputs and model")

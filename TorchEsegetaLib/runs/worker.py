@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"torchesegeta: {event.get('message', '')}", file=sys.stderr)
             send(event)
 
-        out = run_job(job, progress=progress, cancel=token)
+        out = run_job(job, progress=progress, cancel=token, inputs=[("job file", args[0])])
     except UserInputError as e:
         emit({"event": "error", "kind": "input", "message": str(e)})
         return 2

@@ -30,6 +30,7 @@ class Param:
         help: one sentence for tooltips, ``--help`` and the docs.
         minimum, maximum: inclusive range for numbers.
         choices: allowed values for "choice".
+        file: the value names a file the run reads (an output folder keeps apart from it).
     """
 
     name: str
@@ -39,6 +40,7 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
+    file: bool = False
 
     def coerce(self, value: Any, owner: str) -> Any:
         """Validate ``value`` (also accepting its text form, as typed on a command line)."""
@@ -218,6 +220,15 @@ class Spec:
 
     def create(self) -> Any:
         return self.registry().create(self.name, self.params)
+
+    def input_files(self) -> list[tuple[str, str]]:
+        """(what, path) of each parameter naming a file the run reads (declared ``file``)."""
+        declared = self.registry().lookup(self.name).params
+        return [
+            (f"{p.name} file of {self.registry().kind} {self.name}", str(self.params[p.name]))
+            for p in declared
+            if p.file and self.params.get(p.name)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "params": dict(self.params)}

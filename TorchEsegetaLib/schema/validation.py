@@ -149,7 +149,9 @@ def _check_range(value: float, schema: dict[str, Any], label: str) -> None:
     )
     for keyword, holds, phrase in bounds:
         if keyword in schema and not holds(value, schema[keyword]):
-            raise UserInputError(f"{label} must be {phrase} {schema[keyword]:g}; got {value!r}")
+            bound = schema[keyword]
+            shown = bound if isinstance(bound, int) else f"{bound:g}"  # 4294967295, not 4.29e+09
+            raise UserInputError(f"{label} must be {phrase} {shown}; got {value!r}")
 
 
 def _check_items(value: list[Any], schema: dict[str, Any], where: _Where, path: Path_) -> None:

@@ -41,10 +41,10 @@ def load_bundle(ref: dict) -> tuple[torch.nn.Module, dict, dict, str | None]:
     configs = [root / "configs" / f"inference.{ext}" for ext in ("json", "yaml", "yml")]
     config_file = next((c for c in configs if c.exists()), None)
     if not root.is_dir() or config_file is None:
-        raise UserInputError(
-            f"{root} is not a MONAI bundle: configs/inference.json (or .yaml) is missing; "
-            "give the bundle's top folder"
-        )
+        from ..loading import describe_folder
+
+        what = describe_folder(root) if root.is_dir() else "a file, not a MONAI bundle folder"
+        raise UserInputError(f"{root} is {what}")
     trusted = bool(ref.get("trust"))
     metadata_files = [
         p for p in (root / "metadata.json", root / "configs" / "metadata.json") if p.exists()
@@ -129,6 +129,13 @@ def _bundle_network(parser: Any, root: Path, trusted: bool) -> torch.nn.Module:
         raise UserInputError(
             f"bundle {root} has models/model.pt but its inference config defines no network_def; "
             "add network_def or provide models/model.ts"
+        )
+    definition = parser.get("network_def")
+    if not isinstance(definition, dict):
+        raise UserInputError(
+            f"bundle {root.name}'s network_def is {str(definition)[:60]!r}, not a component "
+            "(an object with _target_ and the network's arguments), so it is not read; write the "
+            "network's _target_ and arguments into network_def, or provide models/model.ts"
         )
     if trusted:
         sys.path.insert(0, str(root))  # network_def may name a class in the bundle's scripts/

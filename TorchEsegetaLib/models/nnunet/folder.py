@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ...errors import UserInputError
+from ..files import torch_load_weights_only
 from ..trust import require_consent
 from . import CHECKPOINTS, require_nnunetv2
 from .analysis import analyse_plans, trainer_class
@@ -43,10 +44,9 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
     (pipeline module, card defaults, source record, sha256 of plans + dataset.json + checkpoints)."""
     folder = Path(ref.get("path") or "").expanduser().resolve()
     if not (folder / "plans.json").is_file() or not (folder / "dataset.json").is_file():
-        raise UserInputError(
-            f"{folder} is not an nnU-Net v2 model folder (it needs dataset.json, plans.json and "
-            "fold_N/ folders); give the Trainer__Plans__configuration folder"
-        )
+        from ..loading import describe_folder
+
+        raise UserInputError(f"{folder} is {describe_folder(folder)}")
     checkpoint_name = ref.get("checkpoint_name") or CHECKPOINTS[0]
     if checkpoint_name not in CHECKPOINTS:
         raise UserInputError(
@@ -58,6 +58,7 @@ def load_nnunet(ref: dict) -> tuple[torch.nn.Module, dict, dict, str]:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     dataset_json, plans = _json(folder / "dataset.json"), _json(folder / "plans.json")
+    _check_labels(dataset_json, folder / "dataset.json")
     paths = [folder / f"fold_{fold}" / checkpoint_name for fold in folds]
     checkpoints = [load_checkpoint(path) for path in paths]
     first = checkpoints[0]
@@ -169,7 +170,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     allowed += [type(np.dtype(code)) for code in "?bhilqBHILQefdFD"]
     try:
         with torch.serialization.safe_globals(allowed):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch_load_weights_only(path)
     except pickle.UnpicklingError as error:
         raise UserInputError(
             f"{path} holds pickled objects other than tensors, numbers and numpy scalars, which "
@@ -249,6 +250,11 @@ def _build_network(
                 out_channels,
                 enable_deep_supervision=False,
             )
+    except ImportError as error:  # an architecture (or nnU-Net's search for one) needs timm, ...
+        raise UserInputError(
+            f"nnU-Net cannot build the network the plans of {path.parent.parent.name} describe: "
+            + _missing_package(error, "looking it up")
+        ) from error
     except Exception as error:  # what the plans name (with consent) failed, or is missing
         problem = " ".join(str(error).split())
         raise UserInputError(
@@ -266,6 +272,52 @@ def _build_network(
             f"({str(error).splitlines()[0]}); check that plans.json belongs to this model"
         ) from error
     return network.eval()
+
+
+def _missing_package(error: ImportError, doing: str) -> str:
+    """The one line for a package that nnU-Net's code needs and this installation lacks."""
+    package = (getattr(error, "name", None) or "").split(".")[0]
+    if not package:
+        return f"{doing} failed to import nnU-Net's code ({error}); check the nnunetv2 installation"
+    return (
+        f"{doing} needs the Python package {package!r}, which is not installed (nnU-Net's "
+        f"code imports it); install it (pip install {package}) or use a model whose trainer "
+        "does without it"
+    )
+
+
+def _check_labels(dataset: Any, path: Path) -> None:
+    """dataset.json's labels as nnU-Net needs them: an object of name -> value (or list of
+    values for regions) with "background": 0."""
+    labels = dataset.get("labels") if isinstance(dataset, dict) else None
+    example = '"labels": {"background": 0, "tumour": 1}'
+    if not isinstance(labels, dict):
+        got = "none" if labels is None else f"a {type(labels).__name__}"
+        raise UserInputError(
+            f"{path}'s labels must be an object of label names and values, e.g. {example}; got "
+            f"{got}: fix the file"
+        )
+    if not _is_zero(labels.get("background")):
+        background = labels.get("background")
+        have = "no background" if background is None else f"background {background!r}"
+        raise UserInputError(
+            f'{path}\'s labels have {have}; nnU-Net needs "background": 0 among them, e.g. '
+            f"{example}: fix the file"
+        )
+    for key in ("channel_names", "modality"):
+        if isinstance(dataset.get(key), dict):
+            return
+    raise UserInputError(
+        f'{path} has no channel_names (e.g. "channel_names": {{"0": "CT"}}); fix the file'
+    )
+
+
+def _is_zero(value: Any) -> bool:
+    """Whether nnU-Net's LabelManager takes ``value`` as the background label (int 0)."""
+    try:
+        return not isinstance(value, (list, tuple)) and int(value) == 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _plan(manager: Any, config: Any, regions: bool) -> Plan:
