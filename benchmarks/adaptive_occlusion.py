@@ -25,6 +25,8 @@ from TorchEsegetaLib.models.inference import SegmentationForward
 from TorchEsegetaLib.targets.bound import bind_target
 from TorchEsegetaLib.targets.spec import TargetSpec
 
+#: the networks of the rows, in their order: the demo network, a random-weight MONAI UNet
+NETWORKS = ("demo", "unet")
 #: the vessel volume's seed (the demo input's own is 64^3; training never saw this one)
 VOLUME_SEED = 11
 
@@ -51,26 +53,43 @@ def random_unet(channels: tuple[int, ...]) -> torch.nn.Module:
         strides=(2,) * (len(channels) - 1),
         act="RELU",
         norm="INSTANCE",
-        # No residual units: a third of the time of a pass, so that the 4,096 passes of
-        # exhaustive occlusion at 128^3 stay within minutes on a CPU.
+        # No residual units: a third of the time of a pass (0.17 s at 128^3 on 2 idle cores,
+        # so the 4,096 passes of exhaustive occlusion take about 12 min; 42 min under load).
         num_res_units=0,
     ).eval()
 
 
-def make_cases(size: int, unet_channels: tuple[int, ...], device: torch.device) -> list[Case]:
-    """The demo network and a random-weight MONAI UNet on one synthetic MRA volume of ``size``^3
-    (tissue everywhere: the foreground is every voxel above a tenth of the median intensity),
-    z-scored with statistics fixed on the unperturbed input, class 1 over its prediction."""
+def make_cases(
+    size: int,
+    unet_channels: tuple[int, ...],
+    device: torch.device,
+    networks: tuple[str, ...] = NETWORKS,
+) -> list[Case]:
+    """The demo network and a random-weight MONAI UNet (those of ``networks``) on one synthetic
+    MRA volume of ``size``^3 (tissue everywhere: the foreground is every voxel above a tenth of
+    the median intensity), z-scored with statistics fixed on the unperturbed input, class 1 over
+    its prediction."""
+    unknown = set(networks) - set(NETWORKS)
+    if unknown:
+        raise SystemExit(f"unknown network {sorted(unknown)}: choose among {', '.join(NETWORKS)}")
     image, _ = make_vessel_volume((size,) * 3, VOLUME_SEED)
     x = torch.from_numpy(image)[None, None].to(device)
     foreground = x[0, 0] > 0.1 * x.median()
     cases = []
-    for name, network in (
-        ("demo network", build_demo_network()),
-        (f"MONAI UNet {'-'.join(map(str, unet_channels))}, random", random_unet(unet_channels)),
-    ):
+    built = {
+        "demo": lambda: ("demo network", build_demo_network()),
+        "unet": lambda: (
+            f"MONAI UNet {'-'.join(map(str, unet_channels))}, random",
+            random_unet(unet_channels),
+        ),
+    }
+    for key in NETWORKS:
+        if key not in networks:
+            continue
+        name, network = built[key]()
         card = demo_card()
-        card.size_divisible = 2 ** (len(unet_channels) - 1)
+        if key == "unet":
+            card.size_divisible = 2 ** (len(unet_channels) - 1)
         forward = SegmentationForward(network.to(device), card)
         forward.freeze_statistics(x)
         with torch.no_grad():
@@ -157,6 +176,7 @@ def adaptive_rows(
     device: torch.device,
     cache: Path | None,
     params: dict[str, Any] | None = None,
+    networks: tuple[str, ...] = NETWORKS,
 ) -> list[dict[str, Any]]:
     """One row per network: adaptive occlusion (its defaults, or ``params``) against exhaustive
     occlusion, both at final window ``window`` and stride ``window``."""
@@ -164,7 +184,7 @@ def adaptive_rows(
     params = params or {}
     rows = []
     print(f"adaptive occlusion against exhaustive occlusion, {size}^3, window {window}", flush=True)
-    for case in make_cases(size, unet_channels, device):
+    for case in make_cases(size, unet_channels, device, networks):
         reference = exhaustive(case, plain, cache)
         ours, seconds, facts = run_method(case, "occlusion_adaptive", {**plain, **params})
         row = {

@@ -749,6 +749,12 @@ def main(argv: list[str] | None = None) -> int:
         help="folder keeping the exhaustive occlusion maps of the adaptive rows for later runs",
     )
     parser.add_argument(
+        "--adaptive-networks",
+        default="demo,unet",
+        help="the networks of the adaptive rows, comma-separated: demo, unet (the exhaustive "
+        "map of each costs 4,096 passes at 128^3)",
+    )
+    parser.add_argument(
         "--skip-occlusion-reference",
         action="store_true",
         help="skip captum occlusion through the full inferer (the slowest reference)",
@@ -789,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
             config.adaptive_unet,
             device,
             args.cache,
+            networks=tuple(args.adaptive_networks.split(",")),
         )
     if args.json:
         Path(args.json).write_text(
