@@ -50,10 +50,14 @@ def test_each_method_declares_the_passes_it_makes(name):
     x, target = tiny_input(), centre_box_target()
     method.preflight(forward, x, target)
     network.calls = network.backward = 0
-    method.attribute(forward, x, target, Context(max_batch=2))
+    context = Context(max_batch=2)
+    method.attribute(forward, x, target, context)
     declared = method.passes(tuple(x.shape[1:]), forward)
     counted = Passes(network.calls - network.backward, network.backward)
-    if name == "layer_conductance":  # one more point per batch of path points: 2 batches here
+    if method.passes_are_bound:  # declared before the run: a bound; the run records its count
+        assert Passes(context.facts["passes"]) == counted
+        assert counted.forward <= declared.forward and counted.backward <= declared.backward
+    elif name == "layer_conductance":  # one more point per batch of path points: 2 batches here
         assert counted == declared + Passes(backward=1)
     else:
         assert counted == declared

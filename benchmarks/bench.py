@@ -3,6 +3,8 @@
     python benchmarks/bench.py --config cpu          # a few minutes on 2 cores
     python benchmarks/bench.py --config cuda         # the issue's sizes (128^3, 512x512x256)
     python benchmarks/bench.py --config smoke        # seconds: correctness of the comparison only
+    python benchmarks/bench.py --config adaptive --cache /tmp/torchesegeta-bench
+                                                     # adaptive vs exhaustive occlusion, 128^3
 
 Each case runs ours and the reference (captum, MONAI, plain autograd through MONAI's
 sliding-window inferer) on the same model, input and target, and prints: our time, the
@@ -30,6 +32,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from adaptive_occlusion import adaptive_rows  # noqa: E402
 
 from TorchEsegetaLib.engine.context import Context, measure_sample_bytes  # noqa: E402
 from TorchEsegetaLib.methods import ScoreModel, create_method  # noqa: E402
@@ -57,11 +62,31 @@ class Config:
     )
     sliding_reference: bool = True  # autograd through MONAI's inferer over the whole volume
     local_occlusion: bool = True
+    sliding: bool = True  # the sliding-window cases
+    #: adaptive against exhaustive occlusion (adaptive_occlusion.py): volume edge (0: not run),
+    #: final window, channels of the random-weight MONAI UNet
+    adaptive_size: int = 0
+    adaptive_window: int = 8
+    adaptive_unet: tuple[int, ...] = (2, 4, 8)
     notes: list[str] = field(default_factory=list)
 
 
 CONFIGS = {
-    "smoke": Config((4, 8), 1, (16, 16, 16), 4, 3, (8, 8), (1, 2), (32, 32, 32), 16, 6, (16, 16)),
+    "smoke": Config(
+        (4, 8),
+        1,
+        (16, 16, 16),
+        4,
+        3,
+        (8, 8),
+        (1, 2),
+        (32, 32, 32),
+        16,
+        6,
+        (16, 16),
+        adaptive_size=16,
+        adaptive_window=4,
+    ),
     "cpu": Config(
         (8, 16, 32),
         1,
@@ -93,6 +118,25 @@ CONFIGS = {
         sliding_reference=False,
         local_occlusion=False,
     ),
+    # Goal 4 of the perturbation issue: adaptive occlusion against exhaustive occlusion at a
+    # final window of 8 on 128^3 whole-volume models (4,096 passes per network, hours on a CPU:
+    # give --cache to compute the exhaustive maps once).
+    "adaptive": Config(
+        (8, 16, 32),
+        1,
+        (16, 16, 16),
+        4,
+        2,
+        (8, 8),
+        (1,),
+        (32, 32, 32),
+        16,
+        6,
+        (16, 16),
+        whole_volume=False,
+        sliding=False,
+        adaptive_size=128,
+    ),
     "cuda": Config(
         (16, 32, 64, 128, 256),
         2,
@@ -105,6 +149,8 @@ CONFIGS = {
         128,
         32,
         (16, 16),
+        adaptive_size=128,
+        adaptive_unet=(8, 16, 32),
     ),
 }
 
@@ -697,6 +743,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="folder keeping the exhaustive occlusion maps of the adaptive rows for later runs",
+    )
+    parser.add_argument(
+        "--adaptive-networks",
+        default="demo,unet",
+        help="the networks of the adaptive rows, comma-separated: demo, unet (the exhaustive "
+        "map of each costs 4,096 passes at 128^3)",
+    )
+    parser.add_argument(
         "--skip-occlusion-reference",
         action="store_true",
         help="skip captum occlusion through the full inferer (the slowest reference)",
@@ -723,10 +781,22 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     table = Table()
-    print(Table.header(), flush=True)
+    if config.whole_volume or config.sliding:
+        print(Table.header(), flush=True)
     if config.whole_volume:
         whole_volume_cases(config, device, args.repeat, table)
-    sliding_window_cases(config, device, args.repeat, table)
+    if config.sliding:
+        sliding_window_cases(config, device, args.repeat, table)
+    adaptive = []
+    if config.adaptive_size:
+        adaptive = adaptive_rows(
+            config.adaptive_size,
+            config.adaptive_window,
+            config.adaptive_unet,
+            device,
+            args.cache,
+            networks=tuple(args.adaptive_networks.split(",")),
+        )
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -735,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
                     "device": str(device),
                     "device_name": name,
                     "rows": table.rows,
+                    "adaptive_rows": adaptive,
                 },
                 indent=2,
             )

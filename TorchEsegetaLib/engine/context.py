@@ -209,6 +209,9 @@ class Context:
         cancel: checked between batches.
         budget_s: seconds this method may run (None: no limit).
         seed: seed of the method's random draws (noise, baselines).
+        notes: what the run should tell the user about this method (run.json's warnings).
+        facts: what the method measured about how it ran (the passes it really made, the
+            levels of a refinement), kept in the method's entry of run.json.
     """
 
     device: Any = "cpu"
@@ -222,6 +225,7 @@ class Context:
     #: the batch sizes found fastest per kind of work, shared with the quiet copies
     tuned: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         import torch
@@ -254,6 +258,18 @@ class Context:
     def quiet(self) -> Context:
         """The same context without progress reports (for a method run inside another)."""
         return dataclasses.replace(self, progress=None)
+
+    def part(self, start: float, stop: float) -> Context:
+        """The same context reporting its progress as the span ``start``..``stop`` of this
+        one's (for a method that runs several rounds of batches, one after the other)."""
+        progress = self.progress
+        if progress is None:
+            return self
+
+        def within(fraction: float, message: str) -> None:
+            progress(start + (stop - start) * fraction, message)
+
+        return dataclasses.replace(self, progress=within)
 
     def fixed(self, batch: int) -> Context:
         """A quiet copy that runs batches of ``batch`` (halved only if memory runs out)."""

@@ -7,7 +7,8 @@ may import (models, engine, io, schema, errors).
 
 # The import order is the order in which `torchesegeta methods` and the panel list the methods.
 # isort: off
-from . import gradient, layer, cam, cam_scores, perturbation, coalitions, features  # noqa: F401
+from . import gradient, layer, cam, cam_scores, perturbation, adaptive_occlusion  # noqa: F401
+from . import coalitions, features  # noqa: F401
 from . import layer_reference, deeplift, shap, relevance  # noqa: F401
 
 # isort: on

@@ -50,6 +50,9 @@ class Method(Registered):
     #: True when the map is the same for every input channel (layer methods, occlusion of all
     #: channels at once): the run folder then writes it once instead of summing channels.
     shared_channels: ClassVar[bool] = False
+    #: True when :meth:`passes` is an upper bound: the method decides its passes as it runs
+    #: and records the real count in its context's facts (run.json).
+    passes_are_bound: ClassVar[bool] = False
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

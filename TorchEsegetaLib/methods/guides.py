@@ -75,6 +75,7 @@ GROUND_TRUTH_SHARE = {
     "eigencam": 0.51,
     "eigengradcam": 0.15,
     "scorecam": 0.25,
+    "occlusion_adaptive": 0.44,
     "rise": 0.40,
     "lime": 0.86,
     "kernel_shap": 0.91,
@@ -462,6 +463,27 @@ GUIDES: dict[str, Guide] = {
             "Costly: one forward pass per box (the run estimates it first).",
         ),
         cannot_show=("Regions that matter only together: one box is removed at a time.",),
+    ),
+    "occlusion_adaptive": Guide(
+        answers="As occlusion, approximately: coarse boxes first, finer boxes only inside the "
+        "coarse ones that hold the top share of the score drop, down to the window; elsewhere "
+        "the coarse box's drop, spread over the box.",
+        positive="covering this region lowers the score: it supports the score",
+        negative="covering it raises the score: it argues against",
+        failure_modes=(
+            _ground_truth(
+                "occlusion_adaptive",
+                "boxes that are not refined spread their drop over their whole coarse box.",
+            ),
+            "Where the drop is spread over much of the volume the refinement cap binds and the "
+            "fine ranks disagree with exhaustive occlusion (measured on a random-weight UNet at "
+            "128^3: top-1% overlap 0.29, Spearman 0.42); run.json says when the cap bound. "
+            "Use plain occlusion where the ranks matter.",
+        ),
+        cannot_show=(
+            "Fine detail inside boxes that were not refined.",
+            "Regions that matter only together: one box is removed at a time.",
+        ),
     ),
     "feature_ablation": Guide(
         answers="How much does the score drop when the voxel's feature (a grid block, a "

@@ -63,23 +63,11 @@ class Occlusion(Method):
     )
 
     def boxes(self, spatial: tuple[int, ...], forward) -> tuple[list, list]:
-        """The occluding boxes that change the score, and those that cannot: a box that misses
-        every voxel the restricted forward reads (sliding-window models with a local target)
-        leaves the score as it is, so its drop is exactly zero."""
-        import torch
-
+        """The occluding boxes that change the score, and those that cannot (see
+        :func:`split_by_support`)."""
         window, stride = self.config["window"], self.config["stride"]
-        axes = [window_starts(n, window, stride, self.config["cover_edges"]) for n in spatial]
-        boxes = [
-            tuple(slice(s, s + min(window, n)) for s, n in zip(corner, spatial))
-            for corner in itertools.product(*axes)
-        ]
-        support = forward.input_support(spatial) if hasattr(forward, "input_support") else None
-        if support is None:
-            return boxes, []
-        seen = torch.from_numpy(support)
-        inside = [bool(seen[box].any()) for box in boxes]
-        return [b for b, i in zip(boxes, inside) if i], [b for b, i in zip(boxes, inside) if not i]
+        boxes = box_grid(spatial, window, stride, self.config["cover_edges"])
+        return split_by_support(boxes, spatial, forward)
 
     def passes(self, shape, forward=None):
         boxes, _ = self.boxes(tuple(shape[1:]), forward)
@@ -90,6 +78,9 @@ class Occlusion(Method):
         return [
             f"a larger occlusion window (occlusion.window={2 * window} "
             f"occlusion.stride={2 * stride}: about 8 times fewer passes)",
+            f"adaptive occlusion (--method occlusion_adaptive --param occlusion_adaptive.window={window}"
+            f" --param occlusion_adaptive.stride={stride}: fine boxes only where coarse ones "
+            "change the score, a measured approximation)",
             "feature ablation over supervoxels (--method feature_ablation "
             "--param feature_ablation.features=supervoxels)",
         ]
@@ -110,28 +101,70 @@ class Occlusion(Method):
             fill = make_baseline(self.config["baseline"], x)
             with torch.no_grad():
                 reference = score(x)
+            drops = score_drops(score, x, fill, reference, boxes, context, f"{self.name} window")
             total = torch.zeros(spatial, dtype=x.dtype, device=x.device)
             count = torch.zeros(spatial, dtype=x.dtype, device=x.device)
-            for box in skipped:
-                count[box] += 1
-
-            def compute(
-                start: int, stop: int, x=x, fill=fill, reference=reference, total=total, count=count
-            ) -> None:
-                batch = x.repeat(stop - start, *[1] * (x.dim() - 1))
-                for row, box in enumerate(boxes[start:stop]):
-                    target, source = (row, slice(None), *box), (0, slice(None), *box)
-                    batch[target] = fill[source]
-                with torch.no_grad():
-                    drops = reference - score(batch)
-                for drop, box in zip(drops, boxes[start:stop]):
-                    total[box] += drop
-                    count[box] += 1
-
-            context.map_batches(len(boxes), compute, f"{self.name} window", kind="forward")
-            averaged = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
-            out[example] = averaged.expand(inputs.shape[1:])
+            accumulate(total, count, skipped, None)
+            accumulate(total, count, boxes, drops)
+            out[example] = box_average(total, count).expand(inputs.shape[1:])
         return out
+
+
+def box_grid(spatial: tuple[int, ...], window: int, stride: int, cover_edges: bool) -> list:
+    """The occluding boxes (tuples of slices) of a window and stride, in captum's order."""
+    axes = [window_starts(n, window, stride, cover_edges) for n in spatial]
+    return [
+        tuple(slice(s, s + min(window, n)) for s, n in zip(corner, spatial))
+        for corner in itertools.product(*axes)
+    ]
+
+
+def split_by_support(boxes: list, spatial: tuple[int, ...], forward) -> tuple[list, list]:
+    """``boxes`` that change the score, and those that cannot: a box that misses every voxel the
+    restricted forward reads (sliding-window models with a local target) leaves the score as it
+    is, so its drop is exactly zero."""
+    import torch
+
+    support = forward.input_support(spatial) if hasattr(forward, "input_support") else None
+    if support is None:
+        return boxes, []
+    seen = torch.from_numpy(support)
+    inside = [bool(seen[box].any()) for box in boxes]
+    return [b for b, i in zip(boxes, inside) if i], [b for b, i in zip(boxes, inside) if not i]
+
+
+def score_drops(score, x, fill, reference, boxes: list, context, message: str):
+    """``reference - score(x with each box replaced by fill)``, one value per box (all channels
+    occluded), the boxes evaluated in batches sized by the engine."""
+    import torch
+
+    drops = torch.empty(len(boxes), dtype=reference.dtype, device=reference.device)
+
+    def compute(start: int, stop: int) -> None:
+        batch = x.repeat(stop - start, *[1] * (x.dim() - 1))
+        for row, box in enumerate(boxes[start:stop]):
+            target, source = (row, slice(None), *box), (0, slice(None), *box)
+            batch[target] = fill[source]
+        with torch.no_grad():
+            drops[start:stop] = reference - score(batch)
+
+    context.map_batches(len(boxes), compute, message, kind="forward")
+    return drops
+
+
+def accumulate(total, count, boxes: list, drops) -> None:
+    """Add each box's drop (None: a drop of exactly 0) to the voxels it covers."""
+    for index, box in enumerate(boxes):
+        if drops is not None:
+            total[box] += drops[index]
+        count[box] += 1
+
+
+def box_average(total, count):
+    """Each voxel's mean drop over the boxes covering it (0 where none does)."""
+    import torch
+
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
 
 
 @register

@@ -160,6 +160,8 @@ class MethodResult:
     memory: dict[str, Any] = field(default_factory=dict)
     #: the cost estimated before the run (see :mod:`.cost`), beside the actual ``seconds``
     estimate: dict[str, Any] = field(default_factory=dict)
+    #: what the method measured about its run (the passes it made, ...): its context's facts
+    facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def map(self) -> np.ndarray | None:

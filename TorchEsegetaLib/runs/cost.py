@@ -74,6 +74,9 @@ class Estimate:
     seconds: float
     warn_after_s: float
     cheaper: list[str] = field(default_factory=list)
+    #: the passes are an upper bound (the method decides them as it runs; run.json's facts
+    #: keep the real count)
+    upper_bound: bool = False
 
     @property
     def too_long(self) -> bool:
@@ -89,21 +92,26 @@ class Estimate:
             )
             if count
         ]
-        return f"{self.label}: {' + '.join(parts) or 'no passes'}, about {duration(self.seconds)}"
+        passes = " + ".join(parts) or "no passes"
+        if self.upper_bound:
+            return f"{self.label}: at most {passes}, up to about {duration(self.seconds)}"
+        return f"{self.label}: {passes}, about {duration(self.seconds)}"
 
     def warning(self) -> str:
+        takes = "could take up to" if self.upper_bound else "would take"
         return (
-            f"{self.label} would take about {duration(self.seconds)}, more than the "
+            f"{self.label} {takes} about {duration(self.seconds)}, more than the "
             f"{duration(self.warn_after_s)} of --warn-after; cheaper: {'; '.join(self.cheaper)}"
         )
 
     def record(self) -> dict[str, Any]:
         """What run.json keeps of the estimate."""
-        return {
+        record = {
             "seconds": round(self.seconds, 3),
             "forward_passes": self.passes.forward,
             "backward_passes": self.passes.backward,
         }
+        return {**record, "upper_bound": True} if self.upper_bound else record
 
 
 def measure_pass_times(
@@ -202,7 +210,7 @@ def estimate(
 ) -> Estimate:
     """The estimate of one method from its passes and the measured times."""
     seconds = times.of("forward", passes.forward) + times.of("backward", passes.backward)
-    result = Estimate(label, passes, seconds, warn_after_s)
+    result = Estimate(label, passes, seconds, warn_after_s, upper_bound=method.passes_are_bound)
     if result.too_long:
         result.cheaper = method.cheaper() + hints
     return result

@@ -66,6 +66,8 @@ def write_run_folder(
             "quantity": method.quantity,
             "notes": m.notes,
         }
+        if m.facts:
+            entry["facts"] = m.facts
         if m.message:
             entry["message"] = m.message
         if m.attribution is not None and m.map is not None:

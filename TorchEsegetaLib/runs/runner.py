@@ -245,6 +245,7 @@ def explain_volume(
                 result.status, result.message = "timed out", str(e)
             result.seconds = time.perf_counter() - t0
             result.notes = list(context.notes)
+            result.facts = dict(context.facts)
             results.append(result)
             timings[spec.label] = result.seconds
             report(1.0, f"{spec.label}: {result.status} in {result.seconds:.1f} s", phase="end")
