@@ -97,6 +97,23 @@ def test_a_method_that_cannot_explain_the_model_is_refused_before_segmenting(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ("gradcam", "gradcam cannot explain this target: an uncertainty target's members"),
+        ("scorecam", "scorecam cannot explain this target: an uncertainty target's members"),
+        ("lrp", "lrp cannot explain this target: LRP passes a class logit's relevance"),
+    ],
+)
+def test_a_method_that_cannot_explain_an_uncertainty_target_is_refused_before_segmenting(
+    case, tmp_path, capfd, no_segmentation, method, expected
+):
+    out = tmp_path / "run"
+    arguments = args(case, out, "eager", f"saliency,{method}", "uncertainty:roi:4,4,4:11,11,11")
+    refused(capfd, main([*arguments, "--uncertainty", "tta"]), expected)
+    assert not out.exists()
+
+
 def test_every_refused_method_is_named_in_the_one_line(case, tmp_path, capfd, no_segmentation):
     code = main(args(case, tmp_path / "run", "torchscript", "saliency,lrp,gradcam,deeplift"))
     err = refused(capfd, code, "lrp needs an eager PyTorch model")

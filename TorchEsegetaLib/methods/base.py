@@ -100,6 +100,12 @@ class Method(Registered):
         be mapped (``layer_maps_refused``), a parameter naming a missing file."""
         return None
 
+    def target_refusal(self, target: Any) -> str | None:
+        """Why this method cannot explain ``target`` (a :class:`~TorchEsegetaLib.targets.spec.
+        TargetSpec` as asked) whatever the prediction (one sentence naming the fix), or None.
+        Asked with :meth:`refusal`, before any network pass."""
+        return None
+
     def preflight(
         self, forward: torch.nn.Module, inputs: torch.Tensor, target: BoundTarget
     ) -> None:

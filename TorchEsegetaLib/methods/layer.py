@@ -255,6 +255,13 @@ class LayerMethod(Method):
                 out_channels = int(forward(inputs[:1]).shape[1])
         return default_layer(forward, inputs, out_channels, self.nonnegative_layer, traced)
 
+    def target_refusal(self, target):
+        if getattr(target, "uncertainty", None) is None:
+            return None
+        from ..models.uncertainty.members import MemberForward
+
+        return f"{self.name} cannot explain this target: {MemberForward.layer_maps_refused}"
+
     def refusal(self, network):
         import torch
 

@@ -107,6 +107,13 @@ class LRP(Method):
 
         return rules.scripted_refusal(network, self.name)
 
+    def target_refusal(self, target):
+        if getattr(target, "uncertainty", None) is None:
+            return None
+        from ..targets.uncertainty import EntropyTarget
+
+        return f"{self.name} cannot explain this target: {EntropyTarget.relevance_refused}"
+
     def preflight(self, forward, inputs, target):
         from ..errors import UserInputError
 

@@ -7,9 +7,10 @@ against the card and the image's grid (an unknown class, a contrast of a class w
 empty mask, an ROI, voxel or object's point outside the image) and each method against the
 loaded network (:meth:`Method.refusal <TorchEsegetaLib.methods.base.Method.refusal>`: a
 TorchScript model for a method that must see into it, a layer the network lacks or cannot map, a
-parameter naming a missing file). The methods and the network say whether they can run; nothing
-here knows a method or a model kind, so a method that learns to explain a model passes here
-without a change.
+parameter naming a missing file; :meth:`Method.target_refusal`: a target the method cannot
+explain whatever the prediction, e.g. a layer map of an uncertainty target). The methods and the
+network say whether they can run; nothing here knows a method or a model kind, so a method that
+learns to explain a model passes here without a change.
 
 What needs the prediction (a class the model does not predict in this image, the default layer
 found on the input) is checked right after the segmentation, by each method's ``preflight``.
@@ -53,7 +54,7 @@ def preflight(
     refused = [
         (spec.label, reason)
         for spec, method in zip(specs, methods)
-        if (reason := method.refusal(model.network))
+        if (reason := method.refusal(model.network) or method.target_refusal(target))
     ]
     if refused:
         others = [label for label, _ in refused[1:]]
