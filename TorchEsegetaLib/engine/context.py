@@ -222,6 +222,8 @@ class Context:
     #: the batch sizes found fastest per kind of work, shared with the quiet copies
     tuned: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: what the method's run did, for its record in run.json (e.g. "window_reuse")
+    details: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         import torch

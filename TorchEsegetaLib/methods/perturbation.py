@@ -7,6 +7,7 @@ import math
 
 from .base import Method, Param, Passes, ScoreModel, register
 from .baselines import baseline_params, make_baseline
+from .perturbed import PerturbedScores, note_no_reuse
 
 BASELINE_PARAMS = baseline_params(
     "Value of a removed part of the input: zeros, each channel's minimum or mean, or a "
@@ -83,7 +84,13 @@ class Occlusion(Method):
 
     def passes(self, shape, forward=None):
         boxes, _ = self.boxes(tuple(shape[1:]), forward)
-        return Passes(forward=len(boxes) + 1)  # each box, and the unoccluded input
+        reused = getattr(forward, "reused_windows", None)
+        windows = reused(tuple(shape[1:]), boxes) if reused is not None else None
+        if windows is None:
+            return Passes(forward=len(boxes) + 1)  # each box, and the unoccluded input
+        # window reuse: only the windows each box touches run, counted in whole inferences
+        per_pass = forward.windows_per_pass(tuple(shape[1:]))
+        return Passes(forward=-(-windows // per_pass))
 
     def cheaper(self):
         window, stride = self.config["window"], self.config["stride"]
@@ -108,27 +115,35 @@ class Occlusion(Method):
         for example in range(inputs.shape[0]):
             x = inputs[example : example + 1]
             fill = make_baseline(self.config["baseline"], x)
-            with torch.no_grad():
-                reference = score(x)
+            scores = PerturbedScores(score, x, context)
+            # boxes in the same windows run together: they re-blend the same part of the output
+            ordered = sorted(boxes, key=scores.windows_of)
             total = torch.zeros(spatial, dtype=x.dtype, device=x.device)
             count = torch.zeros(spatial, dtype=x.dtype, device=x.device)
             for box in skipped:
                 count[box] += 1
 
             def compute(
-                start: int, stop: int, x=x, fill=fill, reference=reference, total=total, count=count
+                start: int,
+                stop: int,
+                x=x,
+                fill=fill,
+                scores=scores,
+                ordered=ordered,
+                total=total,
+                count=count,
             ) -> None:
                 batch = x.repeat(stop - start, *[1] * (x.dim() - 1))
-                for row, box in enumerate(boxes[start:stop]):
+                for row, box in enumerate(ordered[start:stop]):
                     target, source = (row, slice(None), *box), (0, slice(None), *box)
                     batch[target] = fill[source]
-                with torch.no_grad():
-                    drops = reference - score(batch)
-                for drop, box in zip(drops, boxes[start:stop]):
+                drops = (scores.reference - scores(batch)).to(total.dtype)
+                for drop, box in zip(drops, ordered[start:stop]):
                     total[box] += drop
                     count[box] += 1
 
             context.map_batches(len(boxes), compute, f"{self.name} window", kind="forward")
+            scores.finish(self.name)
             averaged = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
             out[example] = averaged.expand(inputs.shape[1:])
         return out
@@ -185,6 +200,7 @@ class Rise(Method):
         import torch
 
         score = ScoreModel(forward, target)
+        note_no_reuse(forward, context, self.name, "every mask changes every window")
         fills = make_baseline(self.config["baseline"], inputs, self.config["blur_sigma"])
         n, cell = self.config["n_masks"], self.config["cell_size"]
         p = self.config["keep_probability"]

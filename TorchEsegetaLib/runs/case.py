@@ -91,6 +91,8 @@ class MethodResult:
     memory: dict[str, Any] = field(default_factory=dict)
     #: the cost estimated before the run (see :mod:`.cost`), beside the actual ``seconds``
     estimate: dict[str, Any] = field(default_factory=dict)
+    #: what the run did beyond its map, by topic (``window_reuse``: windows run and skipped, cache)
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def map(self) -> np.ndarray | None:

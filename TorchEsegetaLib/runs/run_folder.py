@@ -63,6 +63,7 @@ def write_run_folder(
             "signed": m.signed,
             "quantity": method.quantity,
             "notes": m.notes,
+            **m.details,
         }
         if m.message:
             entry["message"] = m.message

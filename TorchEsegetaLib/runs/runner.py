@@ -198,6 +198,7 @@ def explain_volume(
                 result.status, result.message = "timed out", str(e)
             result.seconds = time.perf_counter() - t0
             result.notes = list(context.notes)
+            result.details = dict(context.details)
             results.append(result)
             timings[spec.label] = result.seconds
             report(1.0, f"{spec.label}: {result.status} in {result.seconds:.1f} s", phase="end")

@@ -46,8 +46,13 @@ class BoundTarget:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         return self.voxel_scores(logits).flatten(1).sum(dim=1)
 
-    def voxel_scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Each voxel's share of the score, (B, *S): the scored value times the region weight."""
+    def voxel_scores(
+        self, logits: torch.Tensor, box: tuple[slice, ...] | None = None
+    ) -> torch.Tensor:
+        """Each voxel's share of the score, (B, *S): the scored value times the region weight.
+
+        ``box``: ``logits`` are those of this box of the output grid only (the score of a part
+        of the output, as window reuse re-scores the part a perturbation changed)."""
         import torch
 
         if self.output == "logits" or self.activation == "none":
@@ -56,7 +61,8 @@ class BoundTarget:
             values = torch.softmax(logits, dim=1)[:, self.class_index]
         else:
             values = torch.sigmoid(logits[:, self.class_index])
-        return values * self.region_weights(values.device, values.dtype)
+        weights = self.region_weights(values.device, values.dtype)
+        return values * (weights if box is None else weights[box])
 
     def output_gradient(
         self, channels: int, device: torch.device, dtype: torch.dtype
