@@ -89,6 +89,7 @@ class WindowReuse:
         self._first_pass(x.device, cache_bytes)
 
     # -- the unperturbed pass ----------------------------------------------------------------
+    @torch.no_grad()
     def _first_pass(self, device: torch.device, cache_bytes: float | None) -> None:
         plan = self.plan
         self.cache: dict[int, torch.Tensor] = {}
@@ -163,12 +164,12 @@ class WindowReuse:
         return [w for w in candidates if bool(changed[self.plan.slices[w]].any())]
 
     # -- scores --------------------------------------------------------------------------
+    @torch.no_grad()
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
         """Target scores (n,) in float64 of ``batch`` (n, C, *S): perturbed copies of ``x``."""
-        with torch.no_grad():
-            prepared, _ = self.forward.network_input(batch.detach())
-            padded = self.plan.pad(prepared)
-            changed = (padded != self.padded).any(dim=1)
+        prepared, _ = self.forward.network_input(batch.detach())
+        padded = self.plan.pad(prepared)
+        changed = (padded != self.padded).any(dim=1)
         groups: dict[tuple[int, ...], list[int]] = {}
         for example in range(batch.shape[0]):
             groups.setdefault(tuple(self.touched(changed[example])), []).append(example)
