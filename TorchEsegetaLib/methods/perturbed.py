@@ -25,11 +25,18 @@ class PerturbedScores:
     def __init__(self, score: ScoreModel, x: torch.Tensor, context: Context) -> None:
         import torch
 
-        self.score, self.context = score, context
+        self.score, self.x, self.context = score, x, context
         reuse_of = getattr(score.forward, "window_reuse", None)
         with torch.no_grad():
             self.reuse = reuse_of(x, score.target) if reuse_of is not None else None
-            self.reference = self.reuse.reference if self.reuse is not None else score(x)
+        self._reference = self.reuse.reference if self.reuse is not None else None
+
+    @property
+    def reference(self) -> torch.Tensor:
+        """The score of the unperturbed input (one pass on first use without reuse)."""
+        if self._reference is None:
+            self._reference = self(self.x)
+        return self._reference
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         import torch

@@ -22,6 +22,7 @@ are recomputed when a re-blend needs them, which costs passes but never exactnes
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -150,18 +151,23 @@ class WindowReuse:
         high = np.array([s.stop for s in box]) + self.offset
         return tuple(self._overlapping(low, high))
 
-    def touched(self, changed: torch.Tensor) -> list[int]:
-        """The windows in use whose input holds a changed voxel (``changed``: plan grid, bool)."""
-        axes = range(changed.dim())
-        bounds = []
-        for axis in axes:
-            along = changed.any(dim=tuple(a for a in axes if a != axis)).nonzero()
-            if along.numel() == 0:
-                return []
-            bounds.append((int(along[0]), int(along[-1]) + 1))
-        low, high = np.array(bounds).T
-        candidates = self._overlapping(low, high)
-        return [w for w in candidates if bool(changed[self.plan.slices[w]].any())]
+    def touched(self, changed: torch.Tensor) -> torch.Tensor:
+        """(n, windows in use) bool: which windows' input holds a changed voxel of each example
+        (``changed``: (n, *plan grid) bool). One summed-volume table per example answers every
+        window at once (eight corners per window)."""
+        table = changed.to(torch.int32)
+        for axis in range(1, table.dim()):
+            table = table.cumsum(dim=axis, dtype=torch.int32)
+        table = torch.nn.functional.pad(table, (1, 0) * (table.dim() - 1))
+        total = torch.zeros((changed.shape[0], len(self.starts)), dtype=torch.int64)
+        flat = table.flatten(1)
+        strides = torch.tensor(table.stride()[1:], dtype=torch.int64)
+        for corner in itertools.product((0, 1), repeat=len(self.plan.image_size)):
+            chosen = np.where(np.array(corner, dtype=bool), self.stops, self.starts)
+            index = torch.from_numpy(chosen).to(torch.int64) @ strides
+            sign = (-1) ** (len(corner) - sum(corner))
+            total += sign * flat[:, index.to(flat.device)].to(torch.int64).cpu()
+        return total > 0
 
     # -- scores --------------------------------------------------------------------------
     @torch.no_grad()
@@ -171,8 +177,9 @@ class WindowReuse:
         padded = self.plan.pad(prepared)
         changed = (padded != self.padded).any(dim=1)
         groups: dict[tuple[int, ...], list[int]] = {}
-        for example in range(batch.shape[0]):
-            groups.setdefault(tuple(self.touched(changed[example])), []).append(example)
+        for example, touched in enumerate(self.touched(changed).tolist()):
+            key = tuple(w for w, hit in zip(self.plan.indices, touched) if hit)
+            groups.setdefault(key, []).append(example)
         out = self.reference.expand(batch.shape[0]).clone()
         every = len(self.plan.indices)
         self.perturbations += batch.shape[0]
