@@ -33,6 +33,9 @@ import torch
 if TYPE_CHECKING:
     from .inference import SegmentationForward
 
+#: every example and channel, before the spatial index
+EVERY = (slice(None), slice(None))
+
 #: Share of the free memory of a device the cache may take.
 CACHE_SHARE = 0.25
 
@@ -112,9 +115,7 @@ class WindowReuse:
                     limit = min(limit, int(cache_bytes // self.window_bytes))
             for row, w in enumerate(indices):
                 prediction = predictions[row : row + 1]
-                accumulated[(slice(None), slice(None), *plan.slices[w])] += (
-                    prediction * plan.importance
-                )
+                accumulated[EVERY + plan.slices[w]] += prediction * plan.importance
                 if limit is not None and len(self.cache) < limit:
                     self.cache[w] = prediction.to(self.cache_device)
         assert accumulated is not None
@@ -130,12 +131,7 @@ class WindowReuse:
         with torch.no_grad():
             for start in range(0, len(rows), self.batch):
                 chunk = rows[start : start + self.batch]
-                data = torch.cat(
-                    [
-                        source[(slice(None), slice(None), *self.plan.slices[w])]
-                        for source, w in chunk
-                    ]
-                )
+                data = torch.cat([source[EVERY + self.plan.slices[w]] for source, w in chunk])
                 outputs.append(self.forward._network(data))
         return torch.cat(outputs)
 
@@ -204,13 +200,13 @@ class WindowReuse:
 
     def _model_box(
         self, low: np.ndarray, high: np.ndarray
-    ) -> tuple[tuple[slice, ...], tuple[slice, ...]] | tuple[None, None]:
+    ) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
         """Box [low, high) of the plan's grid clipped to the model grid: (its slices on the
-        model grid, the same voxels relative to the box); (None, None) when nothing is left."""
+        model grid, the same voxels relative to the box); None when nothing is left."""
         model_low = np.maximum(low - self.offset, 0)
         model_high = np.minimum(high - self.offset, np.array(self.model_shape))
         if np.any(model_high <= model_low):
-            return None, None
+            return None
         on_model = tuple(slice(int(a), int(b)) for a, b in zip(model_low, model_high))
         within = tuple(
             slice(int(a + o - lo), int(b + o - lo))
@@ -241,16 +237,19 @@ class WindowReuse:
                     recomputed.add(w)
                     rows.append((self.padded, w))
                     keys.append(("old", 0, w))
-        predictions = self._run(rows) if rows else None
         self.windows_run += len(rows)
-        found = {k: predictions[i : i + 1] for i, k in enumerate(keys)} if rows else {}
+        found = {}
+        if rows:
+            predictions = self._run(rows)
+            found = {k: predictions[i : i + 1] for i, k in enumerate(keys)}
         results = {}
         for key, examples in groups.items():
             low, high, around = neighbours[key]
-            on_model, within = self._model_box(low, high)
-            if on_model is None:  # the changed windows lie in the padding only
+            boxes = self._model_box(low, high)
+            if boxes is None:  # the changed windows lie in the padding only
                 results[key] = self.reference.expand(len(examples))
                 continue
+            on_model, within = boxes
             accumulated = torch.zeros(
                 (len(examples), self.blended.shape[1], *(high - low)),
                 dtype=self.blended.dtype,
@@ -271,14 +270,9 @@ class WindowReuse:
                     cached = self.cache.get(w)
                     prediction = found[("old", 0, w)] if cached is None else cached
                     prediction = prediction.to(accumulated.device)
-                every = (slice(None), slice(None))
-                accumulated[(*every, *target)] += (
-                    prediction[(*every, *source)] * plan.importance[source]
-                )
+                accumulated[EVERY + target] += prediction[EVERY + source] * plan.importance[source]
             count = plan.count[tuple(slice(int(a), int(b)) for a, b in zip(low, high))]
-            blended = (accumulated / count.to(accumulated.device))[
-                (slice(None), slice(None), *within)
-            ]
+            blended = (accumulated / count.to(accumulated.device))[EVERY + within]
             shares = self.target.voxel_scores(blended, box=on_model).double()
             change = (shares - self.reference_shares[on_model]).flatten(1).sum(dim=1)
             results[key] = self.reference + change
