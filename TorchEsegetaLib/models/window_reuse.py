@@ -23,7 +23,6 @@ are recomputed when a re-blend needs them, which costs passes but never exactnes
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -117,7 +116,8 @@ class WindowReuse:
                 prediction = predictions[row : row + 1]
                 accumulated[EVERY + plan.slices[w]] += prediction * plan.importance
                 if limit is not None and len(self.cache) < limit:
-                    self.cache[w] = prediction.to(self.cache_device)
+                    # a copy: a view would keep its whole window batch alive
+                    self.cache[w] = prediction.to(self.cache_device, copy=True)
         assert accumulated is not None
         blended = accumulated / plan.count.to(accumulated.device)
         logits = plan.crop(blended)[self.crop]
@@ -314,8 +314,3 @@ def windows_needed(forward: Any, spatial: Sequence[int], boxes: Sequence[Sequenc
         high = np.array([s.stop for s in box]) + offset
         total += int(np.all((starts < high) & (stops > low), axis=1).sum())
     return total
-
-
-def passes_of_windows(windows: int, per_pass: int) -> int:
-    """Windows counted in whole inferences (rounded up), for the cost estimate."""
-    return math.ceil(windows / max(per_pass, 1))
