@@ -6,11 +6,13 @@ blends the predictions with fixed weights. So for an input that differs from the
 in a few voxels (an occluding box, a removed feature):
 
 - the windows whose input is unchanged keep their predictions, computed once and cached;
-- the blended output changes only inside the box around the changed windows; there it is blended
-  again from the cached and the new predictions, window by window in the inferer's own order (the
-  same floating-point sums as a full inference);
+- the blended output changes only inside the windows that changed: there the inferer's weighted
+  sum of predictions (kept from the unperturbed pass) gets each changed window's weighted change
+  of prediction, and is divided by the weight of all windows as the inferer divides it;
 - the target is a sum of per-voxel shares (:meth:`~TorchEsegetaLib.targets.bound.BoundTarget.voxel_scores`),
-  so the score moves by the change of those shares inside that box (summed in float64).
+  so the score moves by the change of those shares inside the box around those windows (summed in
+  float64). The score equals the full inference's up to float rounding (the weighted sum is
+  updated instead of summed again).
 
 Which voxels changed is found by comparing the network inputs themselves (after the intensity
 preprocessing and padding), so the reuse is exact whatever the preprocessing: a step that is not
@@ -85,6 +87,13 @@ class WindowReuse:
         self.starts = np.array([[s.start for s in plan.slices[i]] for i in plan.indices])
         self.stops = np.array([[s.stop for s in plan.slices[i]] for i in plan.indices])
         self.position = {w: k for k, w in enumerate(plan.indices)}
+        #: the largest cell every window boundary (and the grid's end) falls on, per axis
+        self.cell = np.array(
+            [
+                np.gcd.reduce(np.concatenate([self.starts[:, a], self.stops[:, a], [n]]))
+                for a, n in enumerate(plan.image_size)
+            ]
+        )
         self.windows_run = 0  # network calls on windows for perturbed inputs
         self.windows_full = 0  # what a full inference per perturbed input would have run
         self.perturbations = 0
@@ -119,11 +128,11 @@ class WindowReuse:
                     # a copy: a view would keep its whole window batch alive
                     self.cache[w] = prediction.to(self.cache_device, copy=True)
         assert accumulated is not None
+        self.accumulated = accumulated
         blended = accumulated / plan.count.to(accumulated.device)
         logits = plan.crop(blended)[self.crop]
         self.reference_shares = self.target.voxel_scores(logits, box=None)[0].double()
         self.reference = self.reference_shares.sum().reshape(1)
-        self.blended = blended
 
     def _run(self, rows: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor:
         """The network on the windows ``rows`` (padded input, window index), in batches."""
@@ -149,17 +158,23 @@ class WindowReuse:
 
     def touched(self, changed: torch.Tensor) -> torch.Tensor:
         """(n, windows in use) bool: which windows' input holds a changed voxel of each example
-        (``changed``: (n, *plan grid) bool). One summed-volume table per example answers every
+        (``changed``: (n, *plan grid) bool). The voxels are first gathered into the cells that
+        every window boundary falls on, then one summed-cell table per example answers every
         window at once (eight corners per window)."""
-        table = changed.to(torch.int32)
+        cells = self.cell
+        coarse = changed.view(torch.uint8).reshape(
+            changed.shape[0],
+            *[n for size, c in zip(changed.shape[1:], cells) for n in (size // c, c)],
+        )
+        table = coarse.amax(dim=tuple(range(2, coarse.dim(), 2))).to(torch.int32)
         for axis in range(1, table.dim()):
             table = table.cumsum(dim=axis, dtype=torch.int32)
         table = torch.nn.functional.pad(table, (1, 0) * (table.dim() - 1))
-        total = torch.zeros((changed.shape[0], len(self.starts)), dtype=torch.int64)
         flat = table.flatten(1)
         strides = torch.tensor(table.stride()[1:], dtype=torch.int64)
-        for corner in itertools.product((0, 1), repeat=len(self.plan.image_size)):
-            chosen = np.where(np.array(corner, dtype=bool), self.stops, self.starts)
+        total = torch.zeros((changed.shape[0], len(self.starts)), dtype=torch.int64)
+        for corner in itertools.product((0, 1), repeat=len(cells)):
+            chosen = np.where(np.array(corner, dtype=bool), self.stops, self.starts) // cells
             index = torch.from_numpy(chosen).to(torch.int64) @ strides
             sign = (-1) ** (len(corner) - sum(corner))
             total += sign * flat[:, index.to(flat.device)].to(torch.int64).cpu()
@@ -219,60 +234,38 @@ class WindowReuse:
     ) -> dict[tuple[int, ...], torch.Tensor]:
         """Scores per group of examples that touch the same windows (see the module doc)."""
         plan = self.plan
-        neighbours = {}
         rows: list[tuple[torch.Tensor, int]] = []
-        keys: list[tuple[str, int, int]] = []
-        recomputed: set[int] = set()
+        first: dict[tuple[tuple[int, ...], int], int] = {}  # (group, window) -> its first row
+        old: dict[int, int] = {}  # uncached window -> the row of its unperturbed prediction
+        for key, examples in groups.items():
+            for w in key:
+                first[key, w] = len(rows)
+                rows.extend((padded[e : e + 1], w) for e in examples)
+                if w not in self.cache and w not in old:
+                    old[w] = len(rows)
+                    rows.append((self.padded, w))
+        self.windows_run += len(rows)
+        predictions = self._run(rows)
+        results = {}
         for key, examples in groups.items():
             low = self.starts[[self.position[w] for w in key]].min(axis=0)
             high = self.stops[[self.position[w] for w in key]].max(axis=0)
-            around = self._overlapping(low, high)
-            neighbours[key] = (low, high, around)
-            for e in examples:
-                for w in key:
-                    rows.append((padded[e : e + 1], w))
-                    keys.append(("new", e, w))
-            for w in around:
-                if w not in key and w not in self.cache and w not in recomputed:
-                    recomputed.add(w)
-                    rows.append((self.padded, w))
-                    keys.append(("old", 0, w))
-        self.windows_run += len(rows)
-        found = {}
-        if rows:
-            predictions = self._run(rows)
-            found = {k: predictions[i : i + 1] for i, k in enumerate(keys)}
-        results = {}
-        for key, examples in groups.items():
-            low, high, around = neighbours[key]
             boxes = self._model_box(low, high)
             if boxes is None:  # the changed windows lie in the padding only
                 results[key] = self.reference.expand(len(examples))
                 continue
             on_model, within = boxes
-            accumulated = torch.zeros(
-                (len(examples), self.blended.shape[1], *(high - low)),
-                dtype=self.blended.dtype,
-                device=self.blended.device,
-            )
-            for w in around:
-                window = plan.slices[w]
-                inner = tuple(
-                    slice(max(s.start, a), min(s.stop, b)) for s, a, b in zip(window, low, high)
-                )
-                source = tuple(
-                    slice(i.start - s.start, i.stop - s.start) for i, s in zip(inner, window)
-                )
-                target = tuple(slice(i.start - a, i.stop - a) for i, a in zip(inner, low))
-                if w in key:
-                    prediction = torch.cat([found[("new", e, w)] for e in examples])
-                else:
-                    cached = self.cache.get(w)
-                    prediction = found[("old", 0, w)] if cached is None else cached
-                    prediction = prediction.to(accumulated.device)
-                accumulated[EVERY + target] += prediction[EVERY + source] * plan.importance[source]
-            count = plan.count[tuple(slice(int(a), int(b)) for a, b in zip(low, high))]
-            blended = (accumulated / count.to(accumulated.device))[EVERY + within]
+            box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+            part = self.accumulated[EVERY + box]
+            accumulated = part.expand(len(examples), *part.shape[1:]).clone()
+            for w in key:
+                new = predictions[first[key, w] : first[key, w] + len(examples)]
+                cached = self.cache.get(w)
+                before = predictions[old[w] : old[w] + 1] if cached is None else cached
+                at = tuple(slice(s.start - a, s.stop - a) for s, a in zip(plan.slices[w], low))
+                change = new - before.to(new.device)
+                accumulated[EVERY + at] += change.to(accumulated.device) * plan.importance
+            blended = (accumulated / plan.count[box].to(accumulated.device))[EVERY + within]
             shares = self.target.voxel_scores(blended, box=on_model).double()
             change = (shares - self.reference_shares[on_model]).flatten(1).sum(dim=1)
             results[key] = self.reference + change
