@@ -116,7 +116,7 @@ class Occlusion(Method):
             x = inputs[example : example + 1]
             fill = make_baseline(self.config["baseline"], x)
             scores = PerturbedScores(score, x, context)
-            # boxes in the same windows run together: they re-blend the same part of the output
+            # boxes in the same windows run together: they update the same part of the output
             ordered = sorted(boxes, key=scores.windows_of)
             total = torch.zeros(spatial, dtype=x.dtype, device=x.device)
             count = torch.zeros(spatial, dtype=x.dtype, device=x.device)

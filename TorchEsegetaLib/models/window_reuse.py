@@ -19,7 +19,7 @@ preprocessing and padding), so the reuse is exact whatever the preprocessing: a 
 voxel by voxel (statistics of the perturbed input) changes every window, and that perturbation
 then runs as a full inference, as does one that touches every window (RISE's masks, most
 coalitions). The cache of window predictions is bounded (:func:`cache_budget`); windows beyond it
-are recomputed when a re-blend needs them, which costs passes but never exactness.
+are recomputed when a perturbed copy touches them, which costs passes but never exactness.
 """
 
 from __future__ import annotations
