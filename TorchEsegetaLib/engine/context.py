@@ -211,7 +211,8 @@ class Context:
         seed: seed of the method's random draws (noise, baselines).
         notes: what the run should tell the user about this method (run.json's warnings).
         facts: what the method measured about how it ran (the passes it really made, the
-            levels of a refinement), kept in the method's entry of run.json.
+            levels of a refinement, what window reuse ran and skipped), kept in the method's
+            entry of run.json.
     """
 
     device: Any = "cpu"

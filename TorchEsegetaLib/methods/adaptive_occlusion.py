@@ -26,6 +26,7 @@ from .perturbation import (
     split_by_support,
     window_starts,
 )
+from .perturbed import PerturbedScores
 
 
 def refined_boxes(drops: Any, share: float, most: int) -> list[int]:
@@ -218,8 +219,7 @@ class AdaptiveOcclusion(Method):
 
         spatial = tuple(x.shape[2:])
         fill = make_baseline(self.config["baseline"], x)
-        with torch.no_grad():
-            reference = score(x)
+        scores = PerturbedScores(score, x, context)
         final_volume = math.prod(min(self.config["window"], n) for n in spatial)
         averaged = torch.zeros(spatial, dtype=x.dtype, device=x.device)
         region = None
@@ -234,7 +234,7 @@ class AdaptiveOcclusion(Method):
             message = (
                 f"{self.name} level {level + 1}/{len(records)} (window {record['window']}) box"
             )
-            drops = score_drops(score, x, fill, reference, boxes, part, message)
+            drops = score_drops(scores, fill, boxes, part, message).to(x.dtype)
             done += len(boxes)
             record["boxes"] += len(grid)
             record["evaluated"] += len(boxes)
@@ -260,4 +260,5 @@ class AdaptiveOcclusion(Method):
             region = torch.zeros(spatial, dtype=torch.bool)
             for index in chosen:
                 region[boxes[index]] = True
+        scores.finish(self.name)
         return averaged.expand(x.shape[1:])[None]

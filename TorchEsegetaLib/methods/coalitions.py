@@ -11,7 +11,10 @@ those scores into one value per feature, painted on the feature's voxels:
 - Kernel SHAP: the Shapley-kernel weighted linear surrogate (captum ``KernelShap``).
 
 Coalitions are drawn up front from ``context.generator()`` and scored in batches through
-``context.map_batches``, so a seed fixes the result whatever the batch size.
+``context.map_batches``, so a seed fixes the result whatever the batch size. On a sliding-window
+model a coalition runs only the windows its absent features touch (:class:`.perturbed.PerturbedScores`):
+feature ablation and the large coalitions of Kernel SHAP skip most windows, while coalitions
+missing features everywhere (LIME's, most of Shapley sampling's) run whole inferences.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .base import Method, Param, Passes, ScoreModel, register
 from .baselines import make_baseline
 from .features import FEATURE_PARAMS, feature_count, feature_mask, features_refusal
 from .perturbation import BASELINE_PARAMS
+from .perturbed import PerturbedScores
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +39,7 @@ def _samples_param(default: int, what: str) -> Param:
 
 
 def score_coalitions(
-    score: ScoreModel,
+    score: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     fill: torch.Tensor,
     mask: torch.Tensor,
@@ -51,7 +55,7 @@ def score_coalitions(
     """
     import torch
 
-    scores = torch.empty(total, dtype=x.dtype, device=x.device)
+    scores = torch.empty(total, dtype=torch.float64, device=x.device)
 
     def compute(start: int, stop: int) -> None:
         keep = coalitions(start, stop).to(x.device)[:, mask].unsqueeze(1)
@@ -97,14 +101,16 @@ class CoalitionMethod(Method):
             x, fill = inputs[index : index + 1], fills[index : index + 1]
             mask, count = feature_mask(self.config, x[0], self.name)
             message = f"{self.name} example {index + 1}/{examples}"
+            scores = PerturbedScores(score, x, context)
             with torch.no_grad():
-                values = self.feature_values(score, x, fill, mask, count, context, message)
+                values = self.feature_values(scores, x, fill, mask, count, context, message)
+            scores.finish(self.name)
             out[index] = values.to(device=mask.device, dtype=x.dtype)[mask].expand(inputs.shape[1:])
         return out
 
     def feature_values(
         self,
-        score: ScoreModel,
+        score: PerturbedScores,
         x: torch.Tensor,
         fill: torch.Tensor,
         mask: torch.Tensor,

@@ -7,6 +7,7 @@ import math
 
 from .base import Method, Param, Passes, ScoreModel, register
 from .baselines import baseline_params, make_baseline
+from .perturbed import PerturbedScores, note_no_reuse
 
 BASELINE_PARAMS = baseline_params(
     "Value of a removed part of the input: zeros, each channel's minimum or mean, or a "
@@ -71,7 +72,13 @@ class Occlusion(Method):
 
     def passes(self, shape, forward=None):
         boxes, _ = self.boxes(tuple(shape[1:]), forward)
-        return Passes(forward=len(boxes) + 1)  # each box, and the unoccluded input
+        reused = getattr(forward, "reused_windows", None)
+        windows = reused(tuple(shape[1:]), boxes) if reused is not None else None
+        if windows is None:
+            return Passes(forward=len(boxes) + 1)  # each box, and the unoccluded input
+        # window reuse: only the windows each box touches run, counted in whole inferences
+        per_pass = forward.windows_per_pass(tuple(shape[1:]))
+        return Passes(forward=-(-windows // per_pass))
 
     def cheaper(self):
         window, stride = self.config["window"], self.config["stride"]
@@ -99,13 +106,15 @@ class Occlusion(Method):
         for example in range(inputs.shape[0]):
             x = inputs[example : example + 1]
             fill = make_baseline(self.config["baseline"], x)
-            with torch.no_grad():
-                reference = score(x)
-            drops = score_drops(score, x, fill, reference, boxes, context, f"{self.name} window")
+            scores = PerturbedScores(score, x, context)
+            # boxes in the same windows run together: they update the same part of the output
+            ordered = sorted(boxes, key=scores.windows_of)
+            drops = score_drops(scores, fill, ordered, context, f"{self.name} window")
             total = torch.zeros(spatial, dtype=x.dtype, device=x.device)
             count = torch.zeros(spatial, dtype=x.dtype, device=x.device)
             accumulate(total, count, skipped, None)
-            accumulate(total, count, boxes, drops)
+            accumulate(total, count, ordered, drops.to(total.dtype))
+            scores.finish(self.name)
             out[example] = box_average(total, count).expand(inputs.shape[1:])
         return out
 
@@ -133,11 +142,13 @@ def split_by_support(boxes: list, spatial: tuple[int, ...], forward) -> tuple[li
     return [b for b, i in zip(boxes, inside) if i], [b for b, i in zip(boxes, inside) if not i]
 
 
-def score_drops(score, x, fill, reference, boxes: list, context, message: str):
-    """``reference - score(x with each box replaced by fill)``, one value per box (all channels
-    occluded), the boxes evaluated in batches sized by the engine."""
+def score_drops(scores: PerturbedScores, fill, boxes: list, context, message: str):
+    """``scores.reference - scores(x with each box replaced by fill)``, one value per box (all
+    channels occluded), the boxes evaluated in batches sized by the engine (on a sliding-window
+    model each batch runs only the windows its boxes touch)."""
     import torch
 
+    x, reference = scores.x, scores.reference
     drops = torch.empty(len(boxes), dtype=reference.dtype, device=reference.device)
 
     def compute(start: int, stop: int) -> None:
@@ -145,8 +156,7 @@ def score_drops(score, x, fill, reference, boxes: list, context, message: str):
         for row, box in enumerate(boxes[start:stop]):
             target, source = (row, slice(None), *box), (0, slice(None), *box)
             batch[target] = fill[source]
-        with torch.no_grad():
-            drops[start:stop] = reference - score(batch)
+        drops[start:stop] = reference - scores(batch)
 
     context.map_batches(len(boxes), compute, message, kind="forward")
     return drops
@@ -218,6 +228,7 @@ class Rise(Method):
         import torch
 
         score = ScoreModel(forward, target)
+        note_no_reuse(forward, context, self.name, "every mask changes every window")
         fills = make_baseline(self.config["baseline"], inputs, self.config["blur_sigma"])
         n, cell = self.config["n_masks"], self.config["cell_size"]
         p = self.config["keep_probability"]

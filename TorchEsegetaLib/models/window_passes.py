@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..engine.windows import PairedPass, divisible_crop, pad_to_multiple
+from .window_reuse import WindowReuse, windows_needed
 from .windowed import SlidingPass, Target, WholePass, WindowedPass, layer_windows
 
 if TYPE_CHECKING:
@@ -66,6 +67,25 @@ class WindowPasses:
         if self.windowed:
             return self.network.windowed_pass(self.preprocess(x), target)
         return WholePass(self, x, target)
+
+    def window_reuse(
+        self, x: torch.Tensor, target: Target, cache_bytes: float | None = None
+    ) -> WindowReuse | None:
+        """Scores of perturbed copies of ``x`` (one example) that run only the windows each
+        perturbation touches (:mod:`.window_reuse`); None where that cannot be done: a model
+        without MONAI's sliding windows, a target that is not a sum of voxel shares."""
+        if not self.sliding or not callable(getattr(target, "voxel_scores", None)):
+            return None
+        return WindowReuse(self, x[:1], target, cache_bytes)  # type: ignore[arg-type]
+
+    def reused_windows(
+        self, spatial_shape: Sequence[int], boxes: Sequence[Sequence[slice]]
+    ) -> int | None:
+        """Windows a reusing run of these perturbation boxes computes, the unperturbed pass
+        included (:func:`.window_reuse.windows_needed`); None without sliding windows."""
+        if not self.sliding:
+            return None
+        return windows_needed(self, spatial_shape, boxes)
 
     def blend_windows(self, maps: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
         """Maps computed per network input (B * windows in use, C, *s), example-major in the

@@ -71,12 +71,18 @@ class BoundTarget:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         return self.voxel_scores(logits).flatten(1).sum(dim=1)
 
-    def voxel_scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """Each voxel's share of the score, (B, *S): the scored value times the region weight."""
+    def voxel_scores(
+        self, logits: torch.Tensor, box: tuple[slice, ...] | None = None
+    ) -> torch.Tensor:
+        """Each voxel's share of the score, (B, *S): the scored value times the region weight.
+
+        ``box``: ``logits`` are those of this box of the output grid only (the score of a part
+        of the output, as window reuse re-scores the part a perturbation changed)."""
         values = self._scored(logits, self.class_index)
         if self.versus_index is not None:
             values = values - self._scored(logits, self.versus_index)
-        return values * self.region_weights(values.device, values.dtype)
+        weights = self.region_weights(values.device, values.dtype)
+        return values * (weights if box is None else weights[box])
 
     def channel_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """The score split over the output channels, (B, K, *S), summing to it: where relevance

@@ -43,7 +43,9 @@ class EntropyTarget(BoundTarget):
         self.members = members
         self.exclusive = exclusive
 
-    def voxel_scores(self, logits: torch.Tensor) -> torch.Tensor:
+    def voxel_scores(
+        self, logits: torch.Tensor, box: tuple[slice, ...] | None = None
+    ) -> torch.Tensor:
         from ..models.uncertainty.statistics import predictive_entropy
 
         batch, channels = logits.shape[:2]
@@ -51,7 +53,8 @@ class EntropyTarget(BoundTarget):
             raise ValueError(f"{channels} channels are not {self.members} members' outputs")
         per_member = logits.reshape(batch, self.members, -1, *logits.shape[2:])
         values = predictive_entropy(per_member, self.activation, self.exclusive)
-        return values * self.region_weights(values.device, values.dtype)
+        weights = self.region_weights(values.device, values.dtype)
+        return values * (weights if box is None else weights[box])  # the entropy is voxelwise
 
     def output_gradient(
         self, channels: int, device: torch.device, dtype: torch.dtype

@@ -1,0 +1,230 @@
+"""Exact window reuse: perturbed inputs of a sliding-window model run only the windows they touch,
+and give the scores and maps of the full recomputation (every target kind, constant and Gaussian
+blending, each perturbation method); the cache stays within its bound; the cost estimate counts
+the windows that really run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_unet
+
+from TorchEsegetaLib.engine.context import Context
+from TorchEsegetaLib.methods import create_method
+from TorchEsegetaLib.models.card import ModelCard
+from TorchEsegetaLib.models.inference import SegmentationForward
+from TorchEsegetaLib.targets.bound import BoundTarget
+
+#: (40, 36, 30): 3 x 3 x 2 windows of 16^3; (24, 20, 12): the last axis padded to the window
+SHAPES = [(40, 36, 30), (24, 20, 12)]
+
+
+def forward_of(mode="constant"):
+    card = ModelCard(
+        in_channels=1,
+        out_channels=2,
+        roi_size=(16, 16, 16),
+        overlap=0.25,
+        sw_mode=mode,
+        sw_batch_size=4,
+        size_divisible=2,
+    )
+    return SegmentationForward(tiny_unet(), card)
+
+
+class FullRecomputation(torch.nn.Module):
+    """The same model without window reuse: every perturbed input runs every window."""
+
+    def __init__(self, forward):
+        super().__init__()
+        self.inner, self.network = forward, forward.network
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class Float64Sum(BoundTarget):
+    """The same target, its voxel shares summed in float64: the reference's score without the
+    rounding of a float32 sum over the volume (which is larger than a small score drop)."""
+
+    def __call__(self, logits):
+        return self.voxel_scores(logits).double().flatten(1).sum(dim=1)
+
+
+def target_of(kind, shape, forward, x, output="logits"):
+    with torch.no_grad():
+        logits = forward(x)
+    region = torch.zeros(shape, dtype=torch.bool)
+    if kind == "class":
+        region = logits[0].argmax(dim=0) == 1
+    elif kind == "mask":
+        region = torch.rand(shape, generator=torch.Generator().manual_seed(3)) < 0.05
+    elif kind == "roi":
+        region[4:14, 6:12, 2:9] = True
+    else:
+        region[5, 9, 7] = True
+    reduction = "sum" if kind == "voxel" else "mean"
+    args = (1, region, output, "softmax", reduction)
+    return BoundTarget(*args), Float64Sum(*args)
+
+
+def volume(shape, seed=0):
+    return torch.rand((1, 1, *shape), generator=torch.Generator().manual_seed(seed)) * 10
+
+
+def perturbed(x):
+    """A box, a box across windows, scattered voxels, a box in the corner, every voxel, nothing."""
+    batch = x.repeat(6, 1, 1, 1, 1)
+    batch[0, :, 2:6, 3:7, 1:5] = 0
+    batch[1, :, 10:22, 12:20, 4:10] = -1
+    batch[2].view(-1)[::97] = 5
+    batch[3, :, -3:, -2:, -4:] = 0
+    batch[4] = batch[4] * 0.5
+    return batch
+
+
+def reference_scores(forward, target, batch):
+    with torch.no_grad():
+        return target(FullRecomputation(forward)(batch))
+
+
+def drop_scale(forward, target, x, expected):
+    """The largest score change among the perturbed inputs: what a map's values are."""
+    return float((expected - reference_scores(forward, target, x)).abs().max())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", ["constant", "gaussian"])
+@pytest.mark.parametrize("kind", ["class", "mask", "roi", "voxel"])
+def test_reused_scores_equal_the_full_inference(shape, mode, kind):
+    forward, x = forward_of(mode), volume(shape)
+    target, reference_target = target_of(kind, shape, forward, x, "probabilities")
+    reuse = forward.window_reuse(x, target)
+    batch = perturbed(x)
+    expected = reference_scores(forward, reference_target, batch)
+    got = reuse.scores(batch)
+    scale = drop_scale(forward, reference_target, x, expected)
+    assert float((got - expected).abs().max()) <= 1e-5 * scale
+    assert float(got[5]) == float(reuse.reference)  # nothing changed: no window ran for it
+    record = reuse.record()
+    every = record["windows_per_inference"]
+    assert record["full_inferences"] >= 1  # the scaled input changes every window
+    assert record["windows_run"] < 6 * every
+    assert record["windows_run"] + record["windows_skipped"] == 6 * every
+
+
+def test_a_local_target_reuses_the_restricted_windows():
+    shape = SHAPES[0]
+    forward, x = forward_of(), volume(shape)
+    target, reference_target = target_of("roi", shape, forward, x)
+    forward.restrict_to(target.region.numpy())
+    reuse = forward.window_reuse(x, target)
+    batch = perturbed(x)
+    expected = reference_scores(forward, reference_target, batch)
+    scale = drop_scale(forward, reference_target, x, expected)
+    assert float((reuse.scores(batch) - expected).abs().max()) <= 1e-5 * scale
+    assert reuse.record()["windows_per_inference"] < len(reuse.plan.slices)
+
+
+def test_the_cache_stays_within_its_bound_and_stays_exact():
+    shape = SHAPES[0]
+    forward, x = forward_of("gaussian"), volume(shape)
+    target, reference_target = target_of("class", shape, forward, x)
+    unbounded = forward.window_reuse(x, target)
+    window_bytes = unbounded.window_bytes
+    bounded = forward.window_reuse(x, target, cache_bytes=3.5 * window_bytes)
+    record = bounded.record()
+    assert record["cache_windows"] == 3
+    assert record["cache_bytes"] == 3 * window_bytes <= 3.5 * window_bytes
+    held = {
+        p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in bounded.cache.values()
+    }
+    assert sum(held.values()) == 3 * window_bytes  # the storages themselves, not views
+    batch = perturbed(x)
+    expected = reference_scores(forward, reference_target, batch)
+    scale = drop_scale(forward, reference_target, x, expected)
+    assert float((bounded.scores(batch) - expected).abs().max()) <= 1e-5 * scale
+    unbounded.scores(batch)
+    # the windows the cache lacks are recomputed where a re-blend needs them
+    assert bounded.record()["windows_run"] > unbounded.record()["windows_run"]
+
+
+def test_a_whole_volume_model_or_a_plain_target_gets_no_reuse():
+    forward, x = forward_of(), volume(SHAPES[1])
+    whole = SegmentationForward(tiny_unet(), ModelCard(in_channels=1, out_channels=2))
+    target, _ = target_of("roi", SHAPES[1], forward, x)
+    assert whole.window_reuse(x, target) is None
+    assert forward.window_reuse(x, lambda logits: logits.mean(dim=(1, 2, 3, 4))) is None
+
+
+def map_pair(name, mode, kind, shape, **params):
+    forward, x = forward_of(mode), volume(shape)
+    target, reference_target = target_of(kind, shape, forward, x, "probabilities")
+    method = create_method(name, params)
+    context = Context(max_batch=4)
+    ours = method.attribute(forward, x, target, context)
+    reference = method.attribute(
+        FullRecomputation(forward), x, reference_target, Context(max_batch=4)
+    )
+    return ours, reference, context
+
+
+def assert_same_map(ours, reference):
+    assert float((ours - reference).abs().max()) <= 1e-5 * float(reference.abs().max())
+    assert float(reference.abs().max()) > 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind", "shape"),
+    [
+        ("constant", "class", SHAPES[0]),
+        ("gaussian", "voxel", SHAPES[1]),
+        ("gaussian", "mask", SHAPES[0]),
+    ],
+)
+def test_occlusion_with_reuse_equals_full_recomputation(mode, kind, shape):
+    ours, reference, context = map_pair("occlusion", mode, kind, shape, window=8, stride=8)
+    assert_same_map(ours, reference)
+    record = context.facts["window_reuse"]
+    assert record["windows_skipped"] > 0
+    assert any("window reuse ran" in note for note in context.notes)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("feature_ablation", {}),
+        ("shapley_value_sampling", {"n_samples": 2}),
+        ("kernel_shap", {"n_samples": 12}),
+        ("lime", {"n_samples": 12}),
+    ],
+)
+def test_coalition_methods_with_reuse_equal_full_recomputation(name, params):
+    grid = {"features": "grid", "feature_size": 12}
+    ours, reference, context = map_pair(name, "gaussian", "roi", SHAPES[1], **params, **grid)
+    assert_same_map(ours, reference)
+    assert context.facts["window_reuse"]["perturbations"] > 0
+
+
+def test_rise_says_it_runs_full_inferences():
+    forward, x = forward_of(), volume(SHAPES[1])
+    target, _ = target_of("class", SHAPES[1], forward, x)
+    context = Context(max_batch=4)
+    create_method("rise", {"n_masks": 2}).attribute(forward, x, target, context)
+    assert any("every mask changes every window" in note for note in context.notes)
+
+
+def test_the_estimate_counts_the_windows_that_run():
+    shape = SHAPES[0]
+    forward, x = forward_of(), volume(shape)
+    target, _ = target_of("class", shape, forward, x)
+    occlusion = create_method("occlusion", {"window": 8, "stride": 8})
+    per_pass = forward.windows_per_pass(shape)
+    boxes, _ = occlusion.boxes(shape, forward)
+    passes = occlusion.passes((1, *shape), forward)
+    assert passes.forward < len(boxes) + 1
+    context = Context(max_batch=4)
+    occlusion.attribute(forward, x, target, context)
+    ran = context.facts["window_reuse"]["windows_run"] + per_pass
+    assert forward.reused_windows(shape, boxes) == ran
+    assert passes.forward == -(-ran // per_pass)
