@@ -19,6 +19,7 @@ from typing import Any
 from .base import Method, Param, Passes, ScoreModel, register
 from .baselines import make_baseline
 from .perturbation import (
+    BOX_PARAMS,
     accumulate,
     box_average,
     box_grid,
@@ -119,19 +120,7 @@ class AdaptiveOcclusion(Method):
             minimum=0.01,
             maximum=1.0,
         ),
-        Param(
-            "baseline",
-            "choice",
-            "zero",
-            "Value put in the box: zero, or each channel's minimum or mean.",
-            choices=("zero", "min", "mean"),
-        ),
-        Param(
-            "cover_edges",
-            "bool",
-            True,
-            "Add a last box flush with each border so every voxel is occluded at least once.",
-        ),
+        *BOX_PARAMS,
     )
 
     def level_sizes(self) -> list[tuple[int, int]]:

@@ -24,6 +24,25 @@ def window_starts(length: int, window: int, stride: int, cover_edges: bool) -> l
     return starts
 
 
+#: what fills an occluded box and whether the boxes reach every border (occlusion's and adaptive
+#: occlusion's)
+BOX_PARAMS = (
+    Param(
+        "baseline",
+        "choice",
+        "zero",
+        "Value put in the box: zero, or each channel's minimum or mean.",
+        choices=("zero", "min", "mean"),
+    ),
+    Param(
+        "cover_edges",
+        "bool",
+        True,
+        "Add a last box flush with each border so every voxel is occluded at least once.",
+    ),
+)
+
+
 @register
 class Occlusion(Method):
     name = "occlusion"
@@ -48,19 +67,7 @@ class Occlusion(Method):
         Param(
             "stride", "int", 8, "Step between box positions, in voxels.", minimum=1, maximum=1024
         ),
-        Param(
-            "baseline",
-            "choice",
-            "zero",
-            "Value put in the box: zero, or each channel's minimum or mean.",
-            choices=("zero", "min", "mean"),
-        ),
-        Param(
-            "cover_edges",
-            "bool",
-            True,
-            "Add a last box flush with each border so every voxel is occluded at least once.",
-        ),
+        *BOX_PARAMS,
     )
 
     def boxes(self, spatial: tuple[int, ...], forward) -> tuple[list, list]:
