@@ -123,6 +123,10 @@ class WindowReuse:
         #: per window, its term of a linear score (see :meth:`_window_terms`)
         self.terms: dict[int, torch.Tensor] = {}
         self.gradient: torch.Tensor | None = None
+        self.accumulated: torch.Tensor | None = None
+        self.reference_shares: torch.Tensor | None = None
+        self.window_bytes = 0
+        self.cache_device = device
         self.scored: slice | list[int] = []
         accumulated: torch.Tensor | None = None
         limit: int | None = None
@@ -143,20 +147,22 @@ class WindowReuse:
                     limit = min(limit, int(cache_bytes // self.window_bytes))
                 if self.gradient is not None:
                     limit = 0  # a linear score needs one number per window, not its prediction
-            for row, w in enumerate(indices):
-                prediction = predictions[row : row + 1]
-                accumulated[EVERY + plan.slices[w]] += prediction * plan.importance
-                if self.gradient is not None:
-                    self.terms[w] = self._window_terms(w, prediction)[0]
-                if limit is not None and len(self.cache) < limit:
-                    # a copy: a view would keep its whole window batch alive
-                    self.cache[w] = prediction.to(self.cache_device, copy=True)
+            with serial(predictions.device):
+                for row, w in enumerate(indices):
+                    prediction = predictions[row : row + 1]
+                    accumulated[EVERY + plan.slices[w]] += prediction * plan.importance
+                    if self.gradient is not None:
+                        self.terms[w] = self._window_terms(w, prediction)[0]
+                    if limit is not None and len(self.cache) < limit:
+                        # a copy: a view would keep its whole window batch alive
+                        self.cache[w] = prediction.to(self.cache_device, copy=True)
         assert accumulated is not None
-        self.accumulated = accumulated
         blended = accumulated / plan.count.to(accumulated.device)
         logits = plan.crop(blended)[self.crop]
-        self.reference_shares = self.target.voxel_scores(logits, box=None)[0].double()
-        self.reference = self.reference_shares.sum().reshape(1)
+        shares = self.target.voxel_scores(logits, box=None)[0].double()
+        self.reference = shares.sum().reshape(1)
+        if self.gradient is None:  # what a re-blend starts from (a linear score needs neither)
+            self.accumulated, self.reference_shares = accumulated, shares
 
     def _score_gradient(self, channels: int, device: torch.device) -> torch.Tensor | None:
         """d score / d (importance-weighted sum of window predictions) on the plan's grid, in
@@ -385,6 +391,7 @@ class WindowReuse:
             return self.reference.expand(n)
         on_model, within = boxes
         box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+        assert self.accumulated is not None and self.reference_shares is not None
         part = self.accumulated[EVERY + box]
         accumulated = part.expand(n, *part.shape[1:]).clone()
         for w in key:
