@@ -271,9 +271,10 @@ class WindowReuse:
     @torch.no_grad()
     def box_scores(self, fill: torch.Tensor, boxes: Sequence[Sequence[slice]]) -> torch.Tensor:
         """Target scores (n,) in float64 of ``x`` with each box (of the raw input's grid) set
-        to ``fill`` (a tensor shaped like ``x``) in every channel. Under voxel-by-voxel
-        preprocessing only the windows each box overlaps are built and run; otherwise the
-        copies are built whole and compared (:meth:`scores`)."""
+        to ``fill`` (a tensor shaped like ``x``) in every channel, building and running only the
+        windows each box overlaps. Needs voxel-by-voxel preprocessing (:attr:`voxelwise`);
+        otherwise build the copies whole and call :meth:`scores`, as
+        :meth:`~TorchEsegetaLib.methods.perturbed.PerturbedScores.boxes` does."""
         if not self.voxelwise:
             raise ValueError("box_scores needs voxel-by-voxel preprocessing; use scores()")
         if self._fill is None or self._fill[0] is not fill:
