@@ -10,7 +10,8 @@ import torch
 from helpers import tiny_unet
 
 from TorchEsegetaLib.engine.context import Context
-from TorchEsegetaLib.methods import create_method
+from TorchEsegetaLib.methods import ScoreModel, create_method
+from TorchEsegetaLib.methods.perturbed import PerturbedScores
 from TorchEsegetaLib.models.card import ModelCard
 from TorchEsegetaLib.models.inference import SegmentationForward
 from TorchEsegetaLib.targets.bound import BoundTarget
@@ -19,7 +20,7 @@ from TorchEsegetaLib.targets.bound import BoundTarget
 SHAPES = [(40, 36, 30), (24, 20, 12)]
 
 
-def forward_of(mode="constant"):
+def forward_of(mode="constant", intensity=None):
     card = ModelCard(
         in_channels=1,
         out_channels=2,
@@ -28,6 +29,7 @@ def forward_of(mode="constant"):
         sw_mode=mode,
         sw_batch_size=4,
         size_divisible=2,
+        intensity=intensity or {"kind": "none"},
     )
     return SegmentationForward(tiny_unet(), card)
 
@@ -96,9 +98,10 @@ def drop_scale(forward, target, x, expected):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("mode", ["constant", "gaussian"])
 @pytest.mark.parametrize("kind", ["class", "mask", "roi", "voxel"])
-def test_reused_scores_equal_the_full_inference(shape, mode, kind):
+@pytest.mark.parametrize("output", ["logits", "probabilities"])
+def test_reused_scores_equal_the_full_inference(shape, mode, kind, output):
     forward, x = forward_of(mode), volume(shape)
-    target, reference_target = target_of(kind, shape, forward, x, "probabilities")
+    target, reference_target = target_of(kind, shape, forward, x, output)
     reuse = forward.window_reuse(x, target)
     batch = perturbed(x)
     expected = reference_scores(forward, reference_target, batch)
@@ -111,6 +114,85 @@ def test_reused_scores_equal_the_full_inference(shape, mode, kind):
     assert record["full_inferences"] >= 1  # the scaled input changes every window
     assert record["windows_run"] < 6 * every
     assert record["windows_run"] + record["windows_skipped"] == 6 * every
+    # a logit target is linear in the blended logits: scored window by window, no cache
+    linear = output == "logits"
+    assert record["rescoring"] == ("per window" if linear else "re-blend")
+    assert (record["cache_windows"] == 0) == linear
+
+
+#: boxes of the raw grid: inside one window, across windows, at the far corner, one voxel
+BOXES = [
+    (slice(2, 6), slice(3, 7), slice(1, 5)),
+    (slice(10, 22), slice(12, 20), slice(4, 10)),
+    (slice(-3, None), slice(-2, None), slice(-4, None)),
+    (slice(5, 6), slice(9, 10), slice(7, 8)),
+]
+
+
+def boxed(x, fill, boxes):
+    batch = x.repeat(len(boxes), 1, 1, 1, 1)
+    for row, box in enumerate(boxes):
+        batch[(row, slice(None), *box)] = fill[(0, slice(None), *box)]
+    return batch
+
+
+def concrete(boxes, shape):
+    return [tuple(slice(*s.indices(n)[:2]) for s, n in zip(box, shape)) for box in boxes]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", ["constant", "gaussian"])
+@pytest.mark.parametrize("kind", ["class", "roi", "voxel"])
+@pytest.mark.parametrize("output", ["logits", "probabilities"])
+def test_box_scores_build_only_the_overlapped_windows_and_equal_the_full_inference(
+    shape, mode, kind, output
+):
+    forward, x = forward_of(mode), volume(shape)
+    target, reference_target = target_of(kind, shape, forward, x, output)
+    reuse = forward.window_reuse(x, target)
+    assert reuse.voxelwise
+    fill = torch.full_like(x, -2.0)
+    boxes = concrete(BOXES, shape)
+    expected = reference_scores(forward, reference_target, boxed(x, fill, boxes))
+    got = reuse.box_scores(fill, boxes)
+    scale = drop_scale(forward, reference_target, x, expected)
+    assert float((got - expected).abs().max()) <= 1e-5 * scale
+    overlapped = sum(len(reuse.windows_of_box(box)) for box in boxes)
+    assert reuse.record()["windows_run"] == overlapped + (
+        0 if output == "logits" else len(reuse.plan.indices) - len(reuse.cache)
+    )
+
+
+@pytest.mark.parametrize(
+    ("intensity", "frozen", "voxelwise"),
+    [
+        (
+            {"kind": "scale_range", "a_min": 0, "a_max": 8, "b_min": 0, "b_max": 1, "clip": True},
+            False,
+            True,
+        ),
+        ({"kind": "zscore"}, True, True),
+        ({"kind": "zscore"}, False, False),
+    ],
+)
+def test_box_scores_follow_the_preprocessing(intensity, frozen, voxelwise):
+    """Voxel-by-voxel preprocessing (fixed ranges, frozen statistics) takes a box's windows
+    from its coordinates; statistics of the perturbed input change every window, and the
+    copies are then compared whole (every one a full inference)."""
+    shape = SHAPES[0]
+    forward, x = forward_of("gaussian", intensity), volume(shape)
+    if frozen:
+        forward.freeze_statistics(x)
+    target, reference_target = target_of("class", shape, forward, x)
+    scores = PerturbedScores(ScoreModel(forward, target), x, Context())
+    assert scores.reuse.voxelwise == voxelwise
+    fill = torch.zeros_like(x)
+    boxes = concrete(BOXES, shape)
+    expected = reference_scores(forward, reference_target, boxed(x, fill, boxes))
+    got = scores.boxes(fill, boxes)
+    scale = drop_scale(forward, reference_target, x, expected)
+    assert float((got - expected).abs().max()) <= 1e-5 * scale
+    assert (scores.reuse.record()["full_inferences"] == len(boxes)) != voxelwise
 
 
 def test_a_local_target_reuses_the_restricted_windows():
@@ -129,7 +211,8 @@ def test_a_local_target_reuses_the_restricted_windows():
 def test_the_cache_stays_within_its_bound_and_stays_exact():
     shape = SHAPES[0]
     forward, x = forward_of("gaussian"), volume(shape)
-    target, reference_target = target_of("class", shape, forward, x)
+    # probabilities: re-blended from cached predictions (a logit target keeps none)
+    target, reference_target = target_of("class", shape, forward, x, "probabilities")
     unbounded = forward.window_reuse(x, target)
     window_bytes = unbounded.window_bytes
     bounded = forward.window_reuse(x, target, cache_bytes=3.5 * window_bytes)
@@ -157,9 +240,9 @@ def test_a_whole_volume_model_or_a_plain_target_gets_no_reuse():
     assert forward.window_reuse(x, lambda logits: logits.mean(dim=(1, 2, 3, 4))) is None
 
 
-def map_pair(name, mode, kind, shape, **params):
+def map_pair(name, mode, kind, shape, output="probabilities", **params):
     forward, x = forward_of(mode), volume(shape)
-    target, reference_target = target_of(kind, shape, forward, x, "probabilities")
+    target, reference_target = target_of(kind, shape, forward, x, output)
     method = create_method(name, params)
     context = Context(max_batch=4)
     ours = method.attribute(forward, x, target, context)
@@ -175,15 +258,17 @@ def assert_same_map(ours, reference):
 
 
 @pytest.mark.parametrize(
-    ("mode", "kind", "shape"),
+    ("mode", "kind", "shape", "output"),
     [
-        ("constant", "class", SHAPES[0]),
-        ("gaussian", "voxel", SHAPES[1]),
-        ("gaussian", "mask", SHAPES[0]),
+        ("constant", "class", SHAPES[0], "probabilities"),
+        ("constant", "class", SHAPES[0], "logits"),
+        ("gaussian", "voxel", SHAPES[1], "probabilities"),
+        ("gaussian", "mask", SHAPES[0], "probabilities"),
+        ("gaussian", "mask", SHAPES[0], "logits"),
     ],
 )
-def test_occlusion_with_reuse_equals_full_recomputation(mode, kind, shape):
-    ours, reference, context = map_pair("occlusion", mode, kind, shape, window=8, stride=8)
+def test_occlusion_with_reuse_equals_full_recomputation(mode, kind, shape, output):
+    ours, reference, context = map_pair("occlusion", mode, kind, shape, output, window=8, stride=8)
     assert_same_map(ours, reference)
     record = context.facts["window_reuse"]
     assert record["windows_skipped"] > 0
@@ -201,7 +286,9 @@ def test_occlusion_with_reuse_equals_full_recomputation(mode, kind, shape):
 )
 def test_coalition_methods_with_reuse_equal_full_recomputation(name, params):
     grid = {"features": "grid", "feature_size": 12}
-    ours, reference, context = map_pair(name, "gaussian", "roi", SHAPES[1], **params, **grid)
+    ours, reference, context = map_pair(
+        name, "gaussian", "roi", SHAPES[1], "probabilities", **params, **grid
+    )
     assert_same_map(ours, reference)
     assert context.facts["window_reuse"]["perturbations"] > 0
 

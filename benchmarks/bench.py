@@ -781,11 +781,11 @@ def window_reuse_cases(device: torch.device, table: Table, smoke: bool = False) 
         began = time.perf_counter()
         result = method.attribute(model, x, bound, context)
         sync(device)
-        context.details["peak_mb"] = peak_mb(device)
+        context.facts["peak_mb"] = peak_mb(device)
         return time.perf_counter() - began, result, context
 
     def skipped(context: Context) -> str:
-        record = context.details["window_reuse"]
+        record = context.facts["window_reuse"]
         ran, skip = record["windows_run"], record["windows_skipped"]
         cache = record["cache_bytes"] / 2**20
         return f"{skip / (ran + skip):.1%} of windows skipped ({ran:,} run), cache {cache:.1f} MB"
@@ -809,7 +809,7 @@ def window_reuse_cases(device: torch.device, table: Table, smoke: bool = False) 
         t_reference,
         "captum Occlusion through inferer",
         None,
-        context.details["peak_mb"],
+        context.facts["peak_mb"],
         max_rel_diff(ours, reference),
     )
     table.add("  reference memory", t_reference, t_reference, "", None, peak_mb(device), None)
@@ -828,7 +828,7 @@ def window_reuse_cases(device: torch.device, table: Table, smoke: bool = False) 
             t_full,
             "same, every window recomputed",
             None,
-            context.details["peak_mb"],
+            context.facts["peak_mb"],
             max_rel_diff(ours, full),
         )
         print(f"  saving {1 - t_ours / t_full:.0%}; {skipped(context)}", flush=True)

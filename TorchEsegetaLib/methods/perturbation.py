@@ -155,15 +155,11 @@ def score_drops(scores: PerturbedScores, fill, boxes: list, context, message: st
     model each batch runs only the windows its boxes touch)."""
     import torch
 
-    x, reference = scores.x, scores.reference
+    reference = scores.reference
     drops = torch.empty(len(boxes), dtype=reference.dtype, device=reference.device)
 
     def compute(start: int, stop: int) -> None:
-        batch = x.repeat(stop - start, *[1] * (x.dim() - 1))
-        for row, box in enumerate(boxes[start:stop]):
-            target, source = (row, slice(None), *box), (0, slice(None), *box)
-            batch[target] = fill[source]
-        drops[start:stop] = reference - scores(batch)
+        drops[start:stop] = reference - scores.boxes(fill, boxes[start:stop])
 
     context.map_batches(len(boxes), compute, message, kind="forward")
     return drops

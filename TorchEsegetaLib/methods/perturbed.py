@@ -44,6 +44,20 @@ class PerturbedScores:
         with torch.no_grad():
             return self.reuse.scores(batch) if self.reuse is not None else self.score(batch)
 
+    def boxes(self, fill: torch.Tensor, boxes: Sequence[Sequence[slice]]) -> torch.Tensor:
+        """Scores of ``x`` with each box (tuple of spatial slices) set to ``fill`` (shaped like
+        ``x``) in every channel. Where the reuse knows the windows a box changes from its
+        coordinates, only those windows' inputs are built; else the copies are built whole."""
+        import torch
+
+        if self.reuse is not None and self.reuse.voxelwise:
+            return self.reuse.box_scores(fill, boxes)
+        batch = self.x.repeat(len(boxes), *[1] * (self.x.dim() - 1))
+        for row, box in enumerate(boxes):
+            batch[(row, slice(None)) + tuple(box)] = fill[(0, slice(None)) + tuple(box)]
+        with torch.no_grad():
+            return self(batch)
+
     def windows_of(self, box: Sequence[slice]) -> tuple[int, ...]:
         """The windows a box lies in (empty without reuse): boxes that share them run together."""
         return self.reuse.windows_of_box(box) if self.reuse is not None else ()
@@ -59,10 +73,14 @@ class PerturbedScores:
             total[key] = value if isinstance(value, str) else total.get(key, 0) + value
         ran, skipped = total["windows_run"], total["windows_skipped"]
         share = skipped / max(ran + skipped, 1)
+        rescoring = (
+            "scored per window (linear score)"
+            if total.get("rescoring") == "per window"
+            else f"cache {total['cache_bytes'] / 2**20:.1f} MB on {total['cache_device']}"
+        )
         note = (
             f"{name}: window reuse ran {ran:,} windows for {total['perturbations']:,} perturbed "
-            f"inputs and skipped {skipped:,} ({share:.0%}); cache {total['cache_bytes'] / 2**20:.1f} MB "
-            f"on {total['cache_device']}"
+            f"inputs and skipped {skipped:,} ({share:.0%}); {rescoring}"
         )
         if total["full_inferences"]:
             note += (

@@ -65,6 +65,17 @@ def is_affine(step: dict[str, Any]) -> bool:
     return kind in ("scale_intensity", "affine")
 
 
+def reads_image(step: dict[str, Any]) -> bool:
+    """Whether the step takes statistics of the image it is applied to (unless they are
+    frozen): without them it maps each voxel on its own."""
+    kind = step["kind"]
+    if kind == "zscore":
+        return step.get("subtrahend") is None or step.get("divisor") is None
+    if kind == "scale_intensity":
+        return step.get("minv") is not None or step.get("maxv") is not None
+    return kind == "percentiles"
+
+
 def statistics(step: dict[str, Any], x: torch.Tensor) -> Statistics | None:
     """The step's statistics of ``x`` (B, C, *S), detached; None for steps without any."""
     kind = step["kind"]
