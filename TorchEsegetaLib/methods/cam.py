@@ -33,6 +33,15 @@ RELU = Param(
 )
 
 
+def divided_or_zero(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator`` where the denominator is not zero, 0 where it is (a channel
+    with no activation or no gradient gets no weight), without a division by zero."""
+    import torch
+
+    nonzero = denominator != 0
+    return torch.where(nonzero, numerator / denominator.where(nonzero, 1), 0)
+
+
 class _ClassActivationMap(LayerMethod):
     """A per-channel map from the layer's activations and gradients, summed, then a ReLU."""
 
@@ -114,7 +123,7 @@ class GradCAMPlusPlus(_ClassActivationMap):
         grads2 = grads * grads
         denominator = 2 * grads2 + activation.sum(dim=spatial, keepdim=True) * grads2 * grads
         # Where the gradient is zero the numerator is zero too: alpha is 0 there (as the authors' code).
-        alpha = torch.where(denominator != 0, grads2 / denominator.where(denominator != 0, 1), 0)
+        alpha = divided_or_zero(grads2, denominator)
         return (alpha * torch.relu(grads)).sum(dim=spatial, keepdim=True)
 
 
@@ -157,12 +166,10 @@ class XGradCAM(_ClassActivationMap):
     params = (NONNEGATIVE_LAYER, REDUCE, RELU)
 
     def channel_weights(self, activation, grads):
-        import torch
-
         spatial = tuple(range(2, grads.dim()))
         total = activation.sum(dim=spatial, keepdim=True)
         weighted = (grads * activation).sum(dim=spatial, keepdim=True)
-        return torch.where(total != 0, weighted / total.where(total != 0, 1), 0)
+        return divided_or_zero(weighted, total)
 
 
 @register

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import UserInputError
 from .base import Param, Passes, register
-from .cam import RELU
+from .cam import RELU, divided_or_zero
 from .layer import LAYER, LayerMethod, trace_layers
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ class ScoreCAM(_ScoreWeightedCAM):
         flat = up.flatten(2)
         low = flat.amin(dim=2).reshape(*up.shape[:2], *[1] * (up.dim() - 2))
         spread = flat.amax(dim=2).reshape(low.shape) - low
-        masks = ((up - low) / spread.where(spread > 0, 1)).where(spread > 0, 0)
+        masks = divided_or_zero(up - low, spread)  # spread >= 0: a constant channel masks to 0
         masked = inputs * masks.transpose(0, 1)  # (channels, C, *window)
         return network(masked)
 
