@@ -137,10 +137,6 @@ def explain_volume(
         case.forward,
     )
     forward.precision = precision
-    if forward is not case.base:  # an uncertainty target's members: the network methods see
-        refusals = [reason for method in instances if (reason := method.refusal(forward))]
-        if refusals:
-            raise UserInputError(refusals[0])
     with denormals.scope():  # free inside explain_job's; here for direct callers
         for method in instances:  # what the prepared case decides (a default layer) fails it now
             method.preflight(forward, x, bound)
