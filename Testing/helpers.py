@@ -122,3 +122,57 @@ class ScoreModule(torch.nn.Module):
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
+
+
+def tiny_unet_job(folder, methods: list, **fields):
+    """A :class:`~TorchEsegetaLib.runs.job.Job` of the :func:`tiny_unet` (its state dict saved
+    as ``folder/unet.pt``) on a random 16^3 image (``folder/image.nii.gz``), writing
+    ``folder/run`` without figures; ``fields`` set the job's others."""
+    from pathlib import Path
+
+    from TorchEsegetaLib.io.images import write_volume
+    from TorchEsegetaLib.io.volume import Geometry
+    from TorchEsegetaLib.runs.job import Job
+
+    folder = Path(folder)
+    torch.save(tiny_unet().state_dict(), folder / "unet.pt")
+    image = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32) * 100
+    write_volume(image, Geometry((16, 16, 16)), folder / "image.nii.gz")
+    model = {
+        "kind": "monai",
+        "network": "UNet",
+        "kwargs": TINY_UNET_KWARGS,
+        "checkpoint": str(folder / "unet.pt"),
+    }
+    settings = {"output": str(folder / "run"), "figures": False, **fields}
+    return Job(images=[str(folder / "image.nii.gz")], model=model, methods=methods, **settings)
+
+
+def metric_case(forward, x: torch.Tensor, target: BoundTarget, **fields):
+    """A metrics :class:`~TorchEsegetaLib.metrics.Case` of ``x`` on its own grid (1 mm voxels,
+    no resampling), its region the target's; ``fields`` set the case's others (seed, card, ...)."""
+    from TorchEsegetaLib.metrics import Case
+    from TorchEsegetaLib.models.grids import ResampleInfo
+
+    shape = tuple(x.shape[2:])
+    return Case(
+        forward=forward,
+        x=x,
+        target=target,
+        info=ResampleInfo(shape, shape, (1.0,) * 3, (1.0,) * 3),
+        region=target.region.cpu().numpy(),
+        spacing=(1.0, 1.0, 1.0),
+        **fields,
+    )
+
+
+#: run.json's entry of a tta entropy map, as a run writes it (runs.uncertainty)
+TTA_ENTROPY_ENTRY = {
+    "kind": "tta",
+    "quantity": "entropy",
+    "file": "uncertainty_tta_entropy.nii.gz",
+    "members": 8,
+    "label": "uncertainty_tta_entropy",
+    "title": "predictive entropy (tta, 8 members)",
+    "unit": "nats",
+}

@@ -94,29 +94,12 @@ def test_pass_times_scale_with_the_measured_batch():
 
 
 def test_the_estimate_comes_before_any_method_and_run_json_keeps_it(tmp_path):
-    from TorchEsegetaLib.io.images import write_volume
-    from TorchEsegetaLib.io.volume import Geometry
-    from TorchEsegetaLib.runs.job import Job
+    from helpers import tiny_unet_job
+
     from TorchEsegetaLib.runs.runner import run_job
 
-    torch.save(tiny_unet().state_dict(), tmp_path / "unet.pt")
-    from helpers import TINY_UNET_KWARGS
-
-    image = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32) * 100
-    write_volume(image, Geometry((16, 16, 16)), tmp_path / "image.nii.gz")
-    job = Job(
-        images=[str(tmp_path / "image.nii.gz")],
-        model={
-            "kind": "monai",
-            "network": "UNet",
-            "kwargs": TINY_UNET_KWARGS,
-            "checkpoint": str(tmp_path / "unet.pt"),
-        },
-        methods=["saliency", {"name": "occlusion", "params": {"window": 8}}],
-        output=str(tmp_path / "run"),
-        figures=False,
-        warn_after_s=0,
-    )
+    methods = ["saliency", {"name": "occlusion", "params": {"window": 8}}]
+    job = tiny_unet_job(tmp_path, methods, warn_after_s=0)
     events = []
     run_job(job, progress=events.append)
     stages = [e["stage"] for e in events]

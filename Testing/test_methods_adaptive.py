@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from helpers import LinearVoxelModel, centre_box_target, ours, tiny_input, tiny_unet
@@ -170,29 +169,12 @@ def test_a_score_no_box_changes_is_not_refined():
 
 
 def test_run_json_keeps_the_passes_and_levels_beside_the_bound(tmp_path):
-    from helpers import TINY_UNET_KWARGS
+    from helpers import tiny_unet_job
 
-    from TorchEsegetaLib.io.images import write_volume
-    from TorchEsegetaLib.io.volume import Geometry
-    from TorchEsegetaLib.runs.job import Job
     from TorchEsegetaLib.runs.runner import run_job
 
-    torch.save(tiny_unet().state_dict(), tmp_path / "unet.pt")
-    image = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32) * 100
-    write_volume(image, Geometry((16, 16, 16)), tmp_path / "image.nii.gz")
     params = {"window": 2, "stride": 2, "refine_share": 0.5}
-    job = Job(
-        images=[str(tmp_path / "image.nii.gz")],
-        model={
-            "kind": "monai",
-            "network": "UNet",
-            "kwargs": TINY_UNET_KWARGS,
-            "checkpoint": str(tmp_path / "unet.pt"),
-        },
-        methods=[{"name": "occlusion_adaptive", "params": params}],
-        output=str(tmp_path / "run"),
-        figures=False,
-    )
+    job = tiny_unet_job(tmp_path, [{"name": "occlusion_adaptive", "params": params}])
     events = []
     run_job(job, progress=events.append)
     lines = [e["message"] for e in events if e["stage"] == "estimate"]

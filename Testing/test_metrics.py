@@ -10,14 +10,13 @@ import pytest
 import torch
 from captum.metrics import infidelity, sensitivity_max
 from catalog import RegionNet
-from helpers import centre_box_target, tiny_input, tiny_unet
+from helpers import centre_box_target, metric_case, tiny_input, tiny_unet
 from scipy.stats import spearmanr
 
 from TorchEsegetaLib.errors import UserInputError
 from TorchEsegetaLib.methods import ScoreModel, create_method
 from TorchEsegetaLib.metrics import (
     REGISTRY,
-    Case,
     MetricSpec,
     Subject,
     create_metric,
@@ -26,7 +25,6 @@ from TorchEsegetaLib.metrics import (
     ssim3d,
 )
 from TorchEsegetaLib.metrics.perturbation import gaussian_perturbation, uniform_perturbation
-from TorchEsegetaLib.models.grids import ResampleInfo
 from TorchEsegetaLib.targets.bound import BoundTarget
 
 SIZE = 16
@@ -57,19 +55,6 @@ class InputEdges:
         return edges.sqrt()
 
 
-def make_case(forward, x, target, seed=0):
-    shape = tuple(x.shape[2:])
-    return Case(
-        forward=forward,
-        x=x,
-        target=target,
-        info=ResampleInfo(shape, shape, (1.0,) * 3, (1.0,) * 3),
-        region=target.region.cpu().numpy(),
-        spacing=(1.0, 1.0, 1.0),
-        seed=seed,
-    )
-
-
 def subject(attribution, label="map", method=None):
     array = attribution.detach().cpu().numpy()[0] if torch.is_tensor(attribution) else attribution
     return Subject(label, method, 0, np.asarray(array, dtype=np.float32), True)
@@ -88,7 +73,7 @@ def linear():
     model = LinearSegmenter(weights)
     x = tiny_input()
     target = full_target()
-    case = make_case(model, x, target)
+    case = metric_case(model, x, target)
     gradient = weights / weights.numel()  # d mean(w * x) / dx
     random = torch.rand(x.shape, generator=generator)
     return case, subject(gradient, "gradient"), subject(random, "random")
@@ -127,7 +112,7 @@ def test_deletion_curve_is_deterministic_with_the_documented_number_of_points(li
     area = sum((b - a) * (u + v) / 2 for a, b, u, v in zip(x, x[1:], y, y[1:]))
     assert first.value == pytest.approx(area, rel=1e-12)  # the trapezoidal rule
     assert first.curve == again.curve and first.value == again.value
-    other_seed = make_case(case.forward, case.x, case.target, seed=5)
+    other_seed = metric_case(case.forward, case.x, case.target, seed=5)
     assert metric.evaluate(other_seed, flat).curve != first.curve
     assert y[0] == pytest.approx(case.reference_score(), rel=1e-5)
 
@@ -135,7 +120,7 @@ def test_deletion_curve_is_deterministic_with_the_documented_number_of_points(li
 @pytest.fixture(scope="module")
 def unet_case():
     net = tiny_unet()
-    return make_case(net, tiny_input(), centre_box_target())
+    return metric_case(net, tiny_input(), centre_box_target())
 
 
 def test_infidelity_agrees_with_captum_on_the_same_perturbations(unet_case):
@@ -204,7 +189,7 @@ def test_localisation_of_the_ground_truth_region_model_is_near_one():
     region[4:10, 5:12, 3:9] = True
     net = RegionNet(region).eval()
     target = BoundTarget(1, region, "logits", "softmax", "mean")
-    case = make_case(net, tiny_input(), target)
+    case = metric_case(net, tiny_input(), target)
     case.reference_mask = region.numpy()
     saliency = create_method("saliency")
     good = subject(saliency.attribute(net, case.x, target, case.context()), "saliency")
@@ -215,12 +200,12 @@ def test_localisation_of_the_ground_truth_region_model_is_near_one():
     assert accuracy.evaluate(case, good).value > 0.9
     assert accuracy.evaluate(case, random).value < 0.3
     assert create_metric("mass_in_target").evaluate(case, random).value < 0.3
-    without_reference = make_case(net, case.x, target)
+    without_reference = metric_case(net, case.x, target)
     assert "no reference mask" in accuracy.evaluate(without_reference, good).note
 
 
 def test_complexity_of_known_maps():
-    case = make_case(None, torch.zeros(1, 1, 4, 4, 4), full_target())
+    case = metric_case(None, torch.zeros(1, 1, 4, 4, 4), full_target())
     case.region = np.ones((4, 4, 4), bool)
     one_hot = np.zeros((1, 4, 4, 4), np.float32)
     one_hot[0, 1, 2, 3] = 5.0

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 from catalog import FAST_PARAMS
+from helpers import metric_case
 from known_answer_models import CARD, KINDS, known_answer_case
 
 from TorchEsegetaLib.engine.seeding import seed_everything
 from TorchEsegetaLib.methods import REGISTRY, create_method
-from TorchEsegetaLib.metrics import Case, Subject, metric_specs
+from TorchEsegetaLib.metrics import Subject, metric_specs
 from TorchEsegetaLib.metrics.recommendation import (
     FAILED_CHECK,
     NOT_FAITHFUL,
@@ -26,7 +27,6 @@ from TorchEsegetaLib.metrics.recommendation import (
     recommend_cohort,
 )
 from TorchEsegetaLib.metrics.results import Evaluation
-from TorchEsegetaLib.models.grids import ResampleInfo
 from TorchEsegetaLib.runs.evaluation import evaluate_case
 from TorchEsegetaLib.runs.summary import check_candidates
 
@@ -74,24 +74,10 @@ PARAMS = {
 }
 
 
-def make_case(forward, x, target) -> Case:
-    shape = tuple(x.shape[2:])
-    return Case(
-        forward=forward,
-        x=x,
-        target=target,
-        info=ResampleInfo(shape, shape, (1.0,) * 3, (1.0,) * 3),
-        region=target.region.numpy(),
-        spacing=(1.0, 1.0, 1.0),
-        card=CARD,
-        max_batch=8,
-    )
-
-
 def validate(kind: str, methods=METHODS, metrics=None) -> tuple[dict, dict[str, float]]:
     """(summary, method -> share of |map| in the true region) on one known-answer model."""
     forward, x, target, truth = known_answer_case(kind)
-    case = make_case(forward, x, target)
+    case = metric_case(forward, x, target, card=CARD, max_batch=8)
     subjects, masses = [], {}
     for index, name in enumerate(methods):
         method = create_method(name, PARAMS.get(name, {}))
@@ -267,7 +253,7 @@ def test_an_unchecked_map_is_not_recommended_until_checked():
 
 def test_the_check_runs_for_the_candidates_only():
     forward, x, target, _ = known_answer_case("gated")
-    case = make_case(forward, x, target)
+    case = metric_case(forward, x, target, card=CARD, max_batch=8)
     subjects = []
     for index, name in enumerate(("saliency", "gradcam", "integrated_gradients")):
         method = create_method(name, PARAMS.get(name, {}))

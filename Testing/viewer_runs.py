@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from helpers import TTA_ENTROPY_ENTRY
 
 from TorchEsegetaLib.io.images import write_volume
 from TorchEsegetaLib.io.volume import Geometry
@@ -168,17 +169,7 @@ def addUncertainty(folder: Path) -> Path:
     folder = Path(folder)
     write_volume(blockArray(UNSIGNED_BLOCKS), GEOMETRY, folder / "uncertainty_tta_entropy.nii.gz")
     record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    record["uncertainty"] = [
-        {
-            "kind": "tta",
-            "quantity": "entropy",
-            "file": "uncertainty_tta_entropy.nii.gz",
-            "members": 8,
-            "label": "uncertainty_tta_entropy",
-            "title": "predictive entropy (tta, 8 members)",
-            "unit": "nats",
-        }
-    ]
+    record["uncertainty"] = [dict(TTA_ENTROPY_ENTRY)]
     record["uncertainty_summary"] = [UNCERTAINTY_SUMMARY]
     (folder / "run.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     return folder

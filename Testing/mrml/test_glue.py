@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import TTA_ENTROPY_ENTRY
 from mrml_environment import makeScene, slicer
 from TorchEsegetaSlicer import (
     arrayAndGeometryFromVolumeNode,
@@ -414,17 +415,7 @@ def test_run_folder_uncertainty_maps_load_beside_the_attributions(scene, tmp_pat
     entropy = randomMap(5)
     write_volume(entropy, OBLIQUE, tmp_path / "run" / "uncertainty_tta_entropy.nii.gz")
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    run["uncertainty"] = [
-        {
-            "kind": "tta",
-            "quantity": "entropy",
-            "file": "uncertainty_tta_entropy.nii.gz",
-            "members": 8,
-            "label": "uncertainty_tta_entropy",
-            "title": "predictive entropy (tta, 8 members)",
-            "unit": "nats",
-        }
-    ]
+    run["uncertainty"] = [dict(TTA_ENTROPY_ENTRY)]
     run["uncertainty_summary"] = [
         {
             "kind": "tta",
