@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from viewer_browser import CHROMIUM, CHROMIUM_ARGS, requireBrowser
+from viewer_browser import openBrowser, requireBrowser
 from viewer_runs import makeViewerRun
 
 from TorchEsegetaLib.runs.report import write_report
@@ -21,14 +21,7 @@ FIRST_SCREEN = {"width": 1280, "height": 800}
 
 def openReport(playwright, report: Path, profileFolder: Path):
     """A headless Chromium page showing ``report`` at the first-screen size."""
-    context = playwright.chromium.launch_persistent_context(
-        str(profileFolder),
-        executable_path=CHROMIUM,
-        headless=True,
-        args=CHROMIUM_ARGS,
-        viewport=FIRST_SCREEN,
-    )
-    page = context.new_page()
+    context, page = openBrowser(playwright, profileFolder, FIRST_SCREEN)
     page.goto(report.absolute().as_uri())
     page.wait_for_selector("#summary")
     return context, page

@@ -111,15 +111,16 @@ class ViewerProcess:
         return self.process.returncode
 
 
-def openBrowser(playwright, profileFolder: Path):
-    """A headless Chromium page with an empty profile of its own."""
+def openBrowser(playwright, profileFolder: Path, viewport: dict | None = None):
+    """A headless Chromium page with an empty profile of its own, ``viewport`` large (default:
+    the viewer tests' window)."""
     shutil.rmtree(profileFolder, ignore_errors=True)
     context = playwright.chromium.launch_persistent_context(
         str(profileFolder),
         executable_path=CHROMIUM,
         headless=True,
         args=CHROMIUM_ARGS,
-        viewport=VIEWPORT,
+        viewport=viewport or VIEWPORT,
     )
     return context, context.new_page()
 
