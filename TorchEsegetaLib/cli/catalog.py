@@ -219,13 +219,9 @@ def method_page_markdown(info: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: The modules of the class activation maps: their pages are apart from the other layer methods'.
-CAM_MODULES = ("TorchEsegetaLib.methods.cam", "TorchEsegetaLib.methods.cam_scores")
-
-
 def method_page_group(cls: type) -> str:
-    """The docs page a method's page is on: its family's, the CAMs' ("cam") apart."""
-    return "cam" if cls.__module__ in CAM_MODULES else str(getattr(cls, "family", ""))
+    """The docs page group a method's page is on (``Method.page_group``, else its family)."""
+    return getattr(cls, "page_group", None) or str(getattr(cls, "family", ""))
 
 
 def method_pages_markdown(group: str) -> str:

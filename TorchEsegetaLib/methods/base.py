@@ -53,6 +53,9 @@ class Method(Registered):
     #: True when :meth:`passes` is an upper bound: the method decides its passes as it runs
     #: and records the real count in its context's facts (run.json).
     passes_are_bound: ClassVar[bool] = False
+    #: the group whose docs page lists the method's page (docs/methods-GROUP.md): its family's
+    #: unless a family is split over pages (the class activation maps: "cam")
+    page_group: ClassVar[str | None] = None
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

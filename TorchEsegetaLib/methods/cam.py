@@ -46,6 +46,7 @@ class _ClassActivationMap(LayerMethod):
     """A per-channel map from the layer's activations and gradients, summed, then a ReLU."""
 
     signed = False
+    page_group = "cam"
     quantity = "gradient-weighted layer activation"
     cost = "1 forward + 1 backward"
     params: ClassVar[tuple[Param, ...]] = (LAYER, REDUCE, RELU)

@@ -32,6 +32,7 @@ class _ScoreWeightedCAM(LayerMethod):
     """relu(sum_k w_k A_k) with weights from the target scores of K perturbed network inputs."""
 
     signed = False
+    page_group = "cam"
     needs_gradients = False
     params: ClassVar[tuple[Param, ...]] = (LAYER, RELU)
     #: channels of the layer, learnt by :meth:`preflight` (the cost grows with them)
