@@ -395,14 +395,14 @@ def _caveats(
     if tied and look_first:
         names = [by_label[label].title for label in [look_first, *tied]]
         caveats.append(
-            f"No clear winner: {_and(names)} are not separated by the evidence (each beats the "
+            f"No clear winner: {words_and(names)} are not separated by the evidence (each beats the "
             f"others in fewer than {CONFIDENCE:.0%} of the draws); look at them side by side."
         )
     failed = [c.title for c in ordered if verdicts[c.label] == FAILED_CHECK]
     if failed:
         they = "it reflects" if len(failed) == 1 else "they reflect"
         caveats.append(
-            f"{_and(failed)} stayed similar when the model's weights were randomised: {they} "
+            f"{words_and(failed)} stayed similar when the model's weights were randomised: {they} "
             "the image (or the network's fixed structure) more than its learned weights, and "
             f"{'is' if len(failed) == 1 else 'are'} never recommended."
         )
@@ -422,14 +422,14 @@ def _caveats(
     behind = [c.title for c in unchecked if clearly_behind(c)]
     if could_lead:
         caveats.append(
-            f"The randomisation check was not run for {_and(could_lead)} (evaluate with "
+            f"The randomisation check was not run for {words_and(could_lead)} (evaluate with "
             f"--metric model_randomisation): {'it' if len(could_lead) == 1 else 'they'} cannot "
             "be recommended until it is."
         )
     if behind:
         ahead = first.title if first is not None else "the most faithful map"
         caveats.append(
-            f"{_and(behind)} {'falls' if len(behind) == 1 else 'fall'} clearly short of "
+            f"{words_and(behind)} {'falls' if len(behind) == 1 else 'fall'} clearly short of "
             f"{ahead}, so {'its' if len(behind) == 1 else 'their'} randomisation check was "
             "not run."
         )
@@ -554,5 +554,9 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return round(float(value), digits)
 
 
-def _and(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+def words_and(items: list[Any]) -> str:
+    """``a``, ``a and b``, ``a, b and c`` ("" for none): names in a sentence."""
+    items = [str(i) for i in items]
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]

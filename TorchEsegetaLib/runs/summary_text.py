@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..metrics.recommendation import PASSED, TIED
+from ..metrics.recommendation import PASSED, TIED, words_and
 from ..metrics.results import format_value
 from ..targets.spec import score_phrase
 
@@ -123,7 +123,7 @@ def _segmented(record: Mapping[str, Any], name: str) -> str:
     total = sum(counts.values())
     text = f"{model} segmented the image"
     if names:
-        text += " into " + _and(names)
+        text += " into " + words_and(names)
     text += "."
     target = record.get("target") or {}
     label = target.get("class_index")
@@ -155,7 +155,7 @@ def recommendation_sentence(summary: Mapping[str, Any]) -> str:
         tied = [entries[label]["title"] for label in summary.get("tied", [])]
         first = entries[summary["look_first"]]
         return (
-            f"No single map stands out: {_and(tied)} follow the model about equally well, so "
+            f"No single map stands out: {words_and(tied)} follow the model about equally well, so "
             f"compare them side by side, starting with {first['title']}: " + _why(first)
         )
     reason = summary.get("reason") or (
@@ -211,17 +211,10 @@ def _structures_sentence(rows: list[dict[str, Any]], entry: Mapping[str, Any]) -
     ]
     title = entry.get("title") or entry.get("label")
     return (
-        f"By structure, {title} puts {_and(parts)}; enrichment is a structure's share of the "
+        f"By structure, {title} puts {words_and(parts)}; enrichment is a structure's share of the "
         "attribution divided by its share of the volume (1: no more than its size)."
     )
 
 
 def _first_map(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return next((m for m in record.get("methods", []) if m.get("file")), None)
-
-
-def _and(items: list[str]) -> str:
-    items = [str(i) for i in items]
-    if len(items) <= 1:
-        return "".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
