@@ -176,3 +176,29 @@ TTA_ENTROPY_ENTRY = {
     "title": "predictive entropy (tta, 8 members)",
     "unit": "nats",
 }
+
+
+class FullRecomputation(torch.nn.Module):
+    """The same model without window reuse: every perturbed input runs every window."""
+
+    def __init__(self, forward):
+        super().__init__()
+        self.inner, self.network = forward, forward.network
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class Float64Sum(BoundTarget):
+    """The same target, its voxel shares summed in float64: the reference's score without the
+    rounding of a float32 sum over the volume (which is larger than a small score drop)."""
+
+    def __call__(self, logits):
+        return self.voxel_scores(logits).double().flatten(1).sum(dim=1)
+
+    @classmethod
+    def of(cls, target: BoundTarget) -> Float64Sum:
+        """The same fields as ``target``, summed in float64."""
+        import dataclasses
+
+        return cls(**{f.name: getattr(target, f.name) for f in dataclasses.fields(target)})

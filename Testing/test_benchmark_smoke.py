@@ -11,11 +11,16 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
 
-def test_benchmark_smoke_configuration_compares_equal_maps(tmp_path):
+def load_bench():
     spec = importlib.util.spec_from_file_location("bench", BENCH)
     bench = importlib.util.module_from_spec(spec)
     sys.modules["bench"] = bench  # dataclasses look their module up there
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_smoke_configuration_compares_equal_maps(tmp_path):
+    bench = load_bench()
     out = tmp_path / "bench.json"
     assert (
         bench.main(["--config", "smoke", "--repeat", "1", "--device", "cpu", "--json", str(out)])
@@ -33,3 +38,17 @@ def test_benchmark_smoke_configuration_compares_equal_maps(tmp_path):
     for row in compared:
         assert row["max_rel_diff"] < 1e-4, row
         assert row["ours_s"] > 0 and row["reference_s"] > 0
+
+
+def test_nnunet_window_reuse_rows_compare_equal_maps(tmp_path, capsys):
+    from extras import require_extra
+
+    require_extra("nnunet")
+    out = tmp_path / "bench.json"
+    arguments = ["--config", "smoke", "--cases", "nnunet-reuse", "--device", "cpu"]
+    assert load_bench().main([*arguments, "--json", str(out)]) == 0
+    (row, memory) = json.loads(out.read_text())["rows"]
+    assert row["case"].startswith("occlusion 8/8, nnU-Net 2 folds x 8 mirrorings, reuse")
+    assert row["max_rel_diff"] < 1e-5 and row["ours_s"] > 0 and row["reference_s"] > 0
+    printed = capsys.readouterr().out
+    assert "network inputs" in printed and "20x40x40" in printed

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_unet
+from helpers import Float64Sum, FullRecomputation, tiny_unet
 
 from TorchEsegetaLib.engine.context import Context
 from TorchEsegetaLib.methods import ScoreModel, create_method
@@ -32,25 +32,6 @@ def forward_of(mode="constant", intensity=None):
         intensity=intensity or {"kind": "none"},
     )
     return SegmentationForward(tiny_unet(), card)
-
-
-class FullRecomputation(torch.nn.Module):
-    """The same model without window reuse: every perturbed input runs every window."""
-
-    def __init__(self, forward):
-        super().__init__()
-        self.inner, self.network = forward, forward.network
-
-    def forward(self, x):
-        return self.inner(x)
-
-
-class Float64Sum(BoundTarget):
-    """The same target, its voxel shares summed in float64: the reference's score without the
-    rounding of a float32 sum over the volume (which is larger than a small score drop)."""
-
-    def __call__(self, logits):
-        return self.voxel_scores(logits).double().flatten(1).sum(dim=1)
 
 
 def target_of(kind, shape, forward, x, output="logits"):

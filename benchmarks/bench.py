@@ -5,6 +5,8 @@
     python benchmarks/bench.py --config smoke        # seconds: correctness of the comparison only
     python benchmarks/bench.py --config adaptive --cache /tmp/torchesegeta-bench
                                                      # adaptive vs exhaustive occlusion, 128^3
+    python benchmarks/bench.py --cases window-reuse  # exact window reuse, MONAI (window_reuse.py)
+    python benchmarks/bench.py --cases nnunet-reuse  # exact window reuse, nnU-Net example folder
 
 Each case runs ours and the reference (captum, MONAI, plain autograd through MONAI's
 sliding-window inferer) on the same model, input and target, and prints: our time, the
@@ -35,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adaptive_occlusion import adaptive_rows  # noqa: E402
+from measure import Table, max_rel_diff, peak_mb, reset_peak, sync, timed  # noqa: E402
+from window_reuse import nnunet_reuse_cases, window_reuse_cases  # noqa: E402
 
 from TorchEsegetaLib.engine.context import Context, measure_sample_bytes  # noqa: E402
 from TorchEsegetaLib.methods import ScoreModel, create_method  # noqa: E402
@@ -155,52 +159,6 @@ CONFIGS = {
 }
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        try:  # Linux: reset the process's peak resident set size
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-
-
-def peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def timed(fn: Callable[[], Any], device: torch.device, repeat: int) -> tuple[float, Any, float]:
-    """Best wall time of ``repeat`` runs, the last result, and the peak memory (MB)."""
-    best, result = float("inf"), None
-    if repeat > 1:
-        fn()  # warm-up: allocator, cudnn autotuning, lazy imports
-    reset_peak(device)
-    for _ in range(repeat):
-        sync(device)
-        start = time.perf_counter()
-        result = fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best, result, peak_mb(device)
-
-
-def max_rel_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours - reference).abs().max() / reference.abs().max().clamp(min=1e-30))
-
-
 def make_network(config: Config, device: torch.device) -> torch.nn.Module:
     from monai.networks.nets import UNet
 
@@ -224,45 +182,6 @@ def centred_box(shape: tuple[int, ...], edge: int, device: torch.device) -> Boun
     box = tuple(slice(n // 2 - edge // 2, n // 2 - edge // 2 + edge) for n in shape)
     region[box] = True
     return BoundTarget(1, region, "logits", "softmax", "mean")
-
-
-class Table:
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def add(
-        self,
-        case: str,
-        ours: float,
-        reference: float,
-        reference_name: str,
-        floor: float | None,
-        memory: float,
-        diff: float | None,
-    ) -> None:
-        row = {
-            "case": case,
-            "ours_s": ours,
-            "reference": reference_name,
-            "reference_s": reference,
-            "ratio": ours / reference if reference else None,
-            "over_floor": ours / floor if floor else None,
-            "peak_mb": memory,
-            "max_rel_diff": diff,
-        }
-        self.rows.append(row)
-        print(self.format(row), flush=True)
-
-    @staticmethod
-    def header() -> str:
-        return f"| {'case':<44} | {'ours s':>8} | {'reference':<34} | {'ref s':>8} | {'ours/ref':>8} | {'ours/floor':>10} | {'peak MB':>8} | {'max diff':>9} |\n|{'-' * 46}|{'-' * 10}|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 12}|{'-' * 10}|{'-' * 11}|"
-
-    @staticmethod
-    def format(row: dict[str, Any]) -> str:
-        floor = f"{row['over_floor']:.2f}" if row["over_floor"] else "-"
-        diff = f"{row['max_rel_diff']:.1e}" if row["max_rel_diff"] is not None else "-"
-        ratio = f"{row['ratio']:.2f}" if row["ratio"] is not None else "-"
-        return f"| {row['case']:<44} | {row['ours_s']:8.3f} | {row['reference']:<34} | {row['reference_s']:8.3f} | {ratio:>8} | {floor:>10} | {row['peak_mb']:8.0f} | {diff:>9} |"
 
 
 def race(
@@ -729,111 +648,6 @@ def sliding_window_cases(config: Config, device: torch.device, repeat: int, tabl
         )
 
 
-class FullRecomputation(torch.nn.Module):
-    """A sliding-window forward without window reuse: every perturbed input runs every window."""
-
-    def __init__(self, forward: SegmentationForward) -> None:
-        super().__init__()
-        self.inner, self.network = forward, forward.network
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.inner(inputs)
-
-
-class Float64Sum(BoundTarget):
-    """The target with its voxel shares summed in float64 (for the references: a float32 sum
-    over the whole volume rounds by more than 1e-5 of the largest score drop)."""
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.voxel_scores(logits).double().flatten(1).sum(dim=1)
-
-
-def window_reuse_cases(device: torch.device, table: Table, smoke: bool = False) -> None:
-    """Issue 22, goals 1 and 3: perturbation methods on a MONAI sliding-window model (128 x 128
-    x 64, 32^3 windows, overlap 0.25; a small UNet so that the references take minutes on a
-    CPU), whole-volume class target. Occlusion (window 16, stride 16) against captum's
-    Occlusion through MONAI's inferer; feature ablation over supervoxels and Kernel SHAP
-    against the same methods recomputing every window. One run each (no warm-up)."""
-    from captum.attr import Occlusion
-    from monai.inferers import sliding_window_inference
-    from monai.networks.nets import UNet
-
-    torch.manual_seed(0)
-    network = UNet(3, 1, 2, channels=(2, 4), strides=(2,), num_res_units=0).eval().to(device)
-    shape, roi, box = ((48, 48, 32), (16, 16, 16), 8) if smoke else ((128, 128, 64), (32,) * 3, 16)
-    card = ModelCard(in_channels=1, out_channels=2, roi_size=roi, overlap=0.25, sw_batch_size=8)
-    forward = SegmentationForward(network, card)
-    generator = torch.Generator().manual_seed(1)
-    x = torch.rand((1, 1, *shape), generator=generator).to(device)
-    with torch.no_grad():
-        logits = forward(x)
-    region = logits[0].argmax(dim=0) == 1
-    target = BoundTarget(1, region, "logits", "softmax", "mean")
-    reference_target = Float64Sum(1, region, "logits", "softmax", "mean")
-    print(f"  window reuse: class target of {int(region.sum()):,} voxels", flush=True)
-
-    def inferer(v: torch.Tensor) -> torch.Tensor:
-        return sliding_window_inference(v, roi, card.sw_batch_size, network, overlap=0.25)
-
-    def run(method: Any, model: Any, bound: BoundTarget) -> tuple[float, torch.Tensor, Context]:
-        context = Context(device=device)
-        reset_peak(device)
-        began = time.perf_counter()
-        result = method.attribute(model, x, bound, context)
-        sync(device)
-        context.facts["peak_mb"] = peak_mb(device)
-        return time.perf_counter() - began, result, context
-
-    def skipped(context: Context) -> str:
-        record = context.facts["window_reuse"]
-        ran, skip = record["windows_run"], record["windows_skipped"]
-        cache = record["cache_bytes"] / 2**20
-        return f"{skip / (ran + skip):.1%} of windows skipped ({ran:,} run), cache {cache:.1f} MB"
-
-    occlusion = create_method("occlusion", {"window": box, "stride": box, "cover_edges": False})
-    t_ours, ours, context = run(occlusion, forward, target)
-    reset_peak(device)
-    began = time.perf_counter()
-    reference = Occlusion(lambda v: reference_target(inferer(v))).attribute(
-        x,
-        sliding_window_shapes=(1, box, box, box),
-        strides=(1, box, box, box),
-        baselines=0.0,
-        perturbations_per_eval=4,
-    )
-    sync(device)
-    t_reference = time.perf_counter() - began
-    table.add(
-        f"occlusion {box}/{box}, class, {'x'.join(map(str, shape))}, reuse",
-        t_ours,
-        t_reference,
-        "captum Occlusion through inferer",
-        None,
-        context.facts["peak_mb"],
-        max_rel_diff(ours, reference),
-    )
-    table.add("  reference memory", t_reference, t_reference, "", None, peak_mb(device), None)
-    print(f"  speed-up {t_reference / t_ours:.1f}x; {skipped(context)}", flush=True)
-
-    for name, params in (
-        ("feature_ablation", {"features": "supervoxels", "feature_size": 32}),
-        ("kernel_shap", {"features": "supervoxels", "feature_size": 32, "n_samples": 64}),
-    ):
-        method = create_method(name, params)
-        t_ours, ours, context = run(method, forward, target)
-        t_full, full, _ = run(method, FullRecomputation(forward), reference_target)
-        table.add(
-            f"{name}, supervoxels 32, reuse",
-            t_ours,
-            t_full,
-            "same, every window recomputed",
-            None,
-            context.facts["peak_mb"],
-            max_rel_diff(ours, full),
-        )
-        print(f"  saving {1 - t_ours / t_full:.0%}; {skipped(context)}", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -866,9 +680,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--cases",
-        choices=("all", "window-reuse"),
+        choices=("all", "window-reuse", "nnunet-reuse"),
         default="all",
-        help="window-reuse: only the rows of exact window reuse (issue 22, goals 1 and 3)",
+        help="window-reuse: only the rows of exact window reuse on MONAI sliding windows (issue "
+        "22, goals 1 and 3); nnunet-reuse: the same on the nnU-Net example folder (goal 2)",
+    )
+    parser.add_argument(
+        "--nnunet-folder",
+        type=Path,
+        default=None,
+        help="with --cases nnunet-reuse: a folder written by python -m "
+        "TorchEsegetaLib.models.nnunet.example (default: built in a temporary folder)",
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -896,6 +718,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cases == "window-reuse":
         print(Table.header(), flush=True)
         window_reuse_cases(device, table, smoke=args.config == "smoke")
+    elif args.cases == "nnunet-reuse":
+        print(Table.header(), flush=True)
+        nnunet_reuse_cases(device, table, args.nnunet_folder, smoke=args.config == "smoke")
     else:
         if config.whole_volume or config.sliding:
             print(Table.header(), flush=True)

@@ -73,8 +73,12 @@ class WindowPasses:
     ) -> WindowReuse | None:
         """Scores of perturbed copies of ``x`` (one example) that run only the windows each
         perturbation touches (:mod:`.window_reuse`); None where that cannot be done: a model
-        without MONAI's sliding windows, a target that is not a sum of voxel shares."""
-        if not self.sliding or not callable(getattr(target, "voxel_scores", None)):
+        without sliding windows, a MONAI model's target that is not a sum of voxel shares. A
+        network that places windows of its own (nnU-Net) reuses them itself."""
+        if not self.sliding:
+            own = getattr(self.network, "window_reuse", None) if self.windowed else None
+            return own(x[:1], target, self.preprocess, cache_bytes) if own is not None else None
+        if not callable(getattr(target, "voxel_scores", None)):
             return None
         return WindowReuse(self, x[:1], target, cache_bytes)  # type: ignore[arg-type]
 
@@ -82,9 +86,11 @@ class WindowPasses:
         self, spatial_shape: Sequence[int], boxes: Sequence[Sequence[slice]]
     ) -> int | None:
         """Windows a reusing run of these perturbation boxes computes, the unperturbed pass
-        included (:func:`.window_reuse.windows_needed`); None without sliding windows."""
+        included (:func:`.window_reuse.windows_needed`), in network inputs; None without
+        sliding windows."""
         if not self.sliding:
-            return None
+            own = getattr(self.network, "reused_windows", None) if self.windowed else None
+            return own(boxes) if own is not None else None
         return windows_needed(self, spatial_shape, boxes)
 
     def blend_windows(self, maps: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:

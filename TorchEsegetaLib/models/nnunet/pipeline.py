@@ -144,6 +144,31 @@ class NnUNetPipeline(torch.nn.Module):
 
         return NnUNetPass(self, x, target)
 
+    def window_reuse(
+        self,
+        x: torch.Tensor,
+        target: Any,
+        prepare: Callable[[torch.Tensor], torch.Tensor],
+        cache_bytes: float | None = None,
+    ) -> Any:
+        """Scores of perturbed copies of ``x`` that run only the windows each perturbation
+        touches, per fold and mirror combination (:class:`.reuse.NnUNetReuse`); None before the
+        case is frozen."""
+        if self.case is None:
+            return None
+        from .reuse import NnUNetReuse
+
+        return NnUNetReuse(self, x, target, prepare, cache_bytes)
+
+    def reused_windows(self, boxes: Sequence[Sequence[slice]]) -> int | None:
+        """Network inputs a reusing run of these perturbation boxes computes, the unperturbed
+        pass included (:func:`.reuse.reused_network_inputs`); None before the case is frozen."""
+        if self.case is None:
+            return None
+        from .reuse import reused_network_inputs
+
+        return reused_network_inputs(self, self.case, boxes)
+
     def windows_per_pass(self, spatial_shape: Any = None) -> int:
         """Network inputs per example in one explained pass: folds x windows x mirror combinations."""
         if self.case is None:

@@ -90,11 +90,11 @@ class NnUNetPass(WindowedPass):
             self._data = self.pipeline.prepare(self.x, self.case)
         return self._data
 
-    def _pad(self, t: torch.Tensor) -> torch.Tensor:
+    def pad(self, t: torch.Tensor) -> torch.Tensor:
         pads = [p for before_after in reversed(self.case.padding) for p in before_after]
         return F.pad(t, pads) if any(pads) else t
 
-    def _inner(self, t: torch.Tensor) -> torch.Tensor:
+    def inner(self, t: torch.Tensor) -> torch.Tensor:
         """The model grid inside the padded grid."""
         inner = tuple(slice(b, n - a) for (b, a), n in zip(self.case.padding, self.counts.shape))
         index = (slice(None), slice(None), *inner)
@@ -118,13 +118,13 @@ class NnUNetPass(WindowedPass):
                         pass_progress(done / total if progress else None)
 
     def inputs(self, rows):
-        padded = self._padded_data()
+        padded = self.padded_data()
         patch = padded[self._at(rows[0])]
         return torch.cat([torch.flip(patch, row.flip) if row.flip else patch for row in rows])
 
-    def _padded_data(self) -> torch.Tensor:
+    def padded_data(self) -> torch.Tensor:
         if self._padded is None:
-            self._padded = self._pad(self.data.detach())
+            self._padded = self.pad(self.data.detach())
         return self._padded
 
     def network(self, rows):
@@ -132,7 +132,7 @@ class NnUNetPass(WindowedPass):
         return lambda patch: network_output(network, patch)
 
     # -- back to the input grid ------------------------------------------------------------
-    def _blend_rows(self, rows: list[WindowRow], values: torch.Tensor) -> torch.Tensor:
+    def blend_rows(self, rows: list[WindowRow], values: torch.Tensor) -> torch.Tensor:
         """``values`` of ``rows`` (one window's flips) in the window's frame, weighted: each
         flipped back, times the Gaussian and the row's share (not yet divided by the count)."""
         total = None
@@ -148,12 +148,12 @@ class NnUNetPass(WindowedPass):
         if self._canvas is None:
             shape = (self.examples, up.shape[1], *self.counts.shape)
             self._canvas = torch.zeros(shape, dtype=up.dtype, device=up.device)
-        self._canvas[self._at(rows[0])] += self._blend_rows(rows, up)
+        self._canvas[self._at(rows[0])] += self.blend_rows(rows, up)
 
     def maps(self):
         if self._canvas is None:
             raise ValueError("no maps were added")
-        blended = self._inner(self._canvas / self.counts.to(self._canvas.dtype))
+        blended = self.inner(self._canvas / self.counts.to(self._canvas.dtype))
         return self.pipeline.restore(blended, self.case, outside=0.0)
 
     # -- the score and its gradient -----------------------------------------------------------
@@ -174,12 +174,12 @@ class NnUNetPass(WindowedPass):
         if total is None:
             shape = (self.examples, outputs.shape[1], *self.counts.shape)
             total = torch.zeros(shape, dtype=outputs.dtype, device=outputs.device)
-        total[self._at(rows[0])] += self._blend_rows(rows, outputs.detach())
+        total[self._at(rows[0])] += self.blend_rows(rows, outputs.detach())
         return total
 
     def _finish(self, total: torch.Tensor | None) -> torch.Tensor:
         assert total is not None
-        return self._inner(total / self.counts.to(total.dtype))
+        return self.inner(total / self.counts.to(total.dtype))
 
     def scores(self):
         with torch.no_grad():
@@ -195,26 +195,36 @@ class NnUNetPass(WindowedPass):
     def blend_gradient(self) -> torch.Tensor:
         """d score / d blend on the padded model grid (B, K, *padded shape), zero in the padding."""
         if self._blend_gradient is None:
-            target = self._needs_target()
+            channels = self.pipeline.out_channels
             gradient = None
-            if not self.gradient_needs_blend():
-                gradient = target.output_gradient(  # type: ignore[attr-defined]
-                    self.pipeline.out_channels, self.x.device, torch.float32
-                )
-            with torch.enable_grad():
-                if gradient is None:
+            if not self.gradient_needs_blend() and channels is not None:
+                gradient = self.linear_blend_gradient(channels)
+            if gradient is None:
+                with torch.enable_grad():
                     leaf = self.blended().detach().requires_grad_(True)
                     restored = self.pipeline.restore(leaf, self.case)
-                    (grad,) = torch.autograd.grad(target(restored).sum(), leaf)
-                else:
-                    shape = (self.examples, gradient.shape[1], *self.case.to_model.new_shape)
-                    leaf = torch.zeros(shape, device=self.x.device).requires_grad_(True)
-                    restored = self.pipeline.restore(leaf, self.case)
-                    (grad,) = torch.autograd.grad(
-                        restored, leaf, grad_outputs=gradient.expand_as(restored)
-                    )
-            self._blend_gradient = self._pad(grad) / self.counts
+                    (grad,) = torch.autograd.grad(self._needs_target()(restored).sum(), leaf)
+                gradient = self.pad(grad) / self.counts
+            self._blend_gradient = gradient
         return self._blend_gradient
+
+    def linear_blend_gradient(self, channels: int) -> torch.Tensor | None:
+        """d score / d blend on the padded model grid, divided by the windows' summed weight
+        (so: the gradient with respect to the weighted sum of the rows' outputs), where the
+        score is linear in the blend: a logit target of ``channels`` outputs restored by a
+        linear resampling (convex: its clip never acts). None where it is not."""
+        output_gradient = getattr(self._needs_target(), "output_gradient", None)
+        if not callable(output_gradient) or not self.case.to_input.convex:
+            return None
+        gradient = output_gradient(channels, self.x.device, torch.float32)
+        if gradient is None:
+            return None
+        shape = (self.examples, channels, *self.case.to_model.new_shape)
+        with torch.enable_grad():
+            leaf = torch.zeros(shape, device=self.x.device).requires_grad_(True)
+            restored = self.pipeline.restore(leaf, self.case)
+            (grad,) = torch.autograd.grad(restored, leaf, grad_outputs=gradient.expand_as(restored))
+        return self.pad(grad) / self.counts
 
     def output_gradient(self, rows):
         window = self.blend_gradient()[self._at(rows[0])] * (self.gaussian * self.share)
@@ -226,18 +236,18 @@ class NnUNetPass(WindowedPass):
         change = torch.flip(change, row.flip) if row.flip else change
         counts = self.counts[self.case.windows[row.window]]
         change = change * (self.gaussian * self.share) / counts
-        blended = self._pad(self.blended()[row.example : row.example + 1])
+        blended = self.pad(self.blended()[row.example : row.example + 1])
         changed = blended.expand(len(outputs), *blended.shape[1:]).clone()
         at = (slice(None), slice(None), *self.case.windows[row.window])
         changed[at] += change
         with torch.no_grad():
-            return self._needs_target()(self.pipeline.restore(self._inner(changed), self.case))
+            return self._needs_target()(self.pipeline.restore(self.inner(changed), self.case))
 
     def data_gradient(self) -> torch.Tensor:
         """d score / d :attr:`data`, one window's flips at a time (memory: one such batch's
         graph); the blend comes for free when it is not known yet. Windows the score's gradient
         does not reach (a local target far away) are skipped once the blend is known."""
-        gradient = torch.zeros_like(self._padded_data())
+        gradient = torch.zeros_like(self.padded_data())
         known = self._blended is not None
         total: torch.Tensor | None = None
         for rows in self.row_batches():
@@ -257,4 +267,4 @@ class NnUNetPass(WindowedPass):
                 total = self._accumulate(total, rows, outputs)
         if not known:
             self._blended = self._finish(total)
-        return self._inner(gradient)
+        return self.inner(gradient)
