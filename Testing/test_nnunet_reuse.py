@@ -167,7 +167,12 @@ def test_feature_ablation_with_reuse_equals_the_full_pipeline(folder):
         FullRecomputation(case.forward), case.x, Float64Sum.of(target), Context(max_batch=4)
     )
     assert float((ours - reference).abs().max()) <= 1e-5 * float(reference.abs().max())
-    assert context.facts["window_reuse"]["windows_skipped"] > 0
+    record = context.facts["window_reuse"]
+    assert record["windows_skipped"] > 0
+    # grid blocks: the estimate knows each removal's windows from the block's coordinates
+    per_pass = case.forward.windows_per_pass(tuple(case.x.shape[2:]))
+    estimate = method.passes(case.x.shape[1:], case.forward).forward
+    assert estimate == -(-(record["windows_run"] + per_pass) // per_pass)
 
 
 def test_the_cache_stays_within_its_bound_and_stays_exact(folder):

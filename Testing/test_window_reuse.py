@@ -296,3 +296,18 @@ def test_the_estimate_counts_the_windows_that_run():
     ran = context.facts["window_reuse"]["windows_run"] + per_pass
     assert forward.reused_windows(shape, boxes) == ran
     assert passes.forward == -(-ran // per_pass)
+
+
+def test_feature_ablation_estimate_counts_the_windows_that_run():
+    shape = SHAPES[0]
+    forward, x = forward_of(), volume(shape)
+    target, _ = target_of("class", shape, forward, x)
+    method = create_method("feature_ablation", {"features": "grid", "feature_size": 12})
+    per_pass = forward.windows_per_pass(shape)
+    passes = method.passes((1, *shape), forward)
+    context = Context(max_batch=4)
+    method.attribute(forward, x, target, context)
+    ran = context.facts["window_reuse"]["windows_run"] + per_pass
+    assert passes.forward == -(-ran // per_pass)
+    features = create_method("feature_ablation", {"features": "grid", "feature_size": 12})
+    assert passes.forward < features.passes((1, *shape)).forward  # 1 + one per feature

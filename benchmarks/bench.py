@@ -692,6 +692,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --cases nnunet-reuse: a folder written by python -m "
         "TorchEsegetaLib.models.nnunet.example (default: built in a temporary folder)",
     )
+    parser.add_argument(
+        "--nnunet-input-shape",
+        default=None,
+        help="with --cases nnunet-reuse: explain a synthetic vessel volume of this shape "
+        "(I,J,K) at the example input's spacing instead of the folder's own 64x64x40 input",
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)
     device = torch.device(
@@ -720,7 +726,14 @@ def main(argv: list[str] | None = None) -> int:
         window_reuse_cases(device, table, smoke=args.config == "smoke")
     elif args.cases == "nnunet-reuse":
         print(Table.header(), flush=True)
-        nnunet_reuse_cases(device, table, args.nnunet_folder, smoke=args.config == "smoke")
+        shape = args.nnunet_input_shape
+        nnunet_reuse_cases(
+            device,
+            table,
+            args.nnunet_folder,
+            smoke=args.config == "smoke",
+            shape=tuple(int(n) for n in shape.split(",")) if shape else None,  # type: ignore[arg-type]
+        )
     else:
         if config.whole_volume or config.sliding:
             print(Table.header(), flush=True)

@@ -140,14 +140,20 @@ def window_reuse_cases(device: torch.device, table: Table, smoke: bool = False) 
 
 
 def nnunet_reuse_cases(
-    device: torch.device, table: Table, folder: Path | None = None, smoke: bool = False
+    device: torch.device,
+    table: Table,
+    folder: Path | None = None,
+    smoke: bool = False,
+    shape: tuple[int, int, int] | None = None,
 ) -> None:
     """Issue 22, goal 2: occlusion (window 16, stride 16; smoke: 8 on a small folder) with a
     whole-volume class target on the nnU-Net example folder's model and input (2 folds,
     mirroring along three axes), against our occlusion through the full pipeline (every
-    window of both folds in all eight mirrorings per box). One run each. Then, for the same
-    model on larger inputs, the network inputs each would run (the estimate, which is exact
-    without resampling): window reuse saves more as an input spans more windows."""
+    window of both folds in all eight mirrorings per box). One run each. ``shape``: instead of
+    the folder's input, a synthetic vessel volume of that shape at the folder input's spacing.
+    Then, for the same model on larger inputs, the network inputs each would run (the
+    estimate, which is exact without resampling): window reuse saves more as an input spans
+    more windows."""
     import numpy as np
 
     from TorchEsegetaLib.io.images import read_volume
@@ -162,6 +168,9 @@ def nnunet_reuse_cases(
         folder = build_example(Path(keep.name), smoke)
     model_folder = next(folder.glob("nnUNetTrainer__*"))
     volume = read_volume(folder / "input" / "image.nii.gz")
+    if shape is not None:
+        image, _ = make_vessel_volume(shape, 7)
+        volume = Volume(image, Geometry(shape, volume.geometry.spacing))
     model = load_model({"kind": "nnunet", "path": str(model_folder), "folds": [0, 1]})
     case = prepare_case(volume, model, TargetSpec.parse("class:vessel"), device)
     pipeline = case.forward.network

@@ -19,6 +19,7 @@ missing features everywhere (LIME's, most of Shapley sampling's) run whole infer
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -134,6 +135,24 @@ class FeatureAblation(CoalitionMethod):
 
     def coalitions(self, count):
         return count + 1
+
+    def passes(self, shape, forward=None):
+        """On a model with window reuse, the windows each feature's removal touches, counted
+        in whole inferences: exact for grid blocks; supervoxels are counted by their seed
+        cells (a supervoxel may reach into a neighbouring cell: an estimate)."""
+        spatial = tuple(shape[1:])
+        reused = getattr(forward, "reused_windows", None)
+        if reused is None or self.config["features"] == "labels":
+            return super().passes(shape, forward)
+        size = self.config["feature_size"]
+        cells = [
+            tuple(slice(s, min(s + size, n)) for s, n in zip(corner, spatial))
+            for corner in itertools.product(*[range(0, n, size) for n in spatial])
+        ]
+        windows = reused(spatial, cells)
+        if windows is None:
+            return super().passes(shape, forward)
+        return Passes(forward=-(-windows // forward.windows_per_pass(spatial)))
 
     def feature_values(self, score, x, fill, mask, count, context, message):
         import torch

@@ -64,7 +64,42 @@ def cache_budget(window_bytes: int, windows: int, device: torch.device) -> tuple
     return host, min(windows, fitting)
 
 
-class WindowReuse:
+class ReuseRecord:
+    """What a window reuse counts, and the record ``run.json`` keeps of it: network inputs run
+    and skipped, copies that ran as full inferences, and the cache's size and place."""
+
+    windows_run = 0  # network inputs run for perturbed copies
+    windows_full = 0  # what a full inference per perturbed copy would have run
+    perturbations = 0
+    full_inferences = 0
+    window_bytes = 0
+    cache: dict[int, torch.Tensor]
+    cache_device: torch.device
+    gradient: torch.Tensor | None  # set where the score is linear: rescored per window
+
+    @property
+    def windows_per_inference(self) -> int:
+        raise NotImplementedError
+
+    def count(self, perturbations: int) -> None:
+        self.perturbations += perturbations
+        self.windows_full += perturbations * self.windows_per_inference
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "windows_per_inference": self.windows_per_inference,
+            "perturbations": self.perturbations,
+            "full_inferences": self.full_inferences,
+            "windows_run": self.windows_run,
+            "windows_skipped": self.windows_full - self.windows_run,
+            "cache_windows": len(self.cache),
+            "cache_bytes": len(self.cache) * self.window_bytes,
+            "cache_device": str(self.cache_device),
+            "rescoring": "per window" if self.gradient is not None else "re-blend",
+        }
+
+
+class WindowReuse(ReuseRecord):
     """Scores of perturbed copies of ``x`` (1, C, *S) for ``target``, by exact window reuse.
 
     Args:
@@ -108,10 +143,6 @@ class WindowReuse:
         #: whether each voxel of the network input depends on the same raw voxel only: then a
         #: box changes exactly the windows it overlaps (:meth:`box_scores`)
         self.voxelwise = maps_voxels(forward)
-        self.windows_run = 0  # network calls on windows for perturbed inputs
-        self.windows_full = 0  # what a full inference per perturbed input would have run
-        self.perturbations = 0
-        self.full_inferences = 0
         self._fill: tuple[torch.Tensor, torch.Tensor] | None = None
         self._first_pass(x.device, cache_bytes)
 
@@ -257,7 +288,7 @@ class WindowReuse:
             groups.setdefault(key, []).append(example)
         out = self.reference.expand(batch.shape[0]).clone()
         every = len(self.plan.indices)
-        self._count(batch.shape[0])
+        self.count(batch.shape[0])
         reused = {k: v for k, v in groups.items() if 0 < len(k) < every}
         whole = [e for k, v in groups.items() if len(k) == every for e in v]
         if whole:
@@ -286,7 +317,7 @@ class WindowReuse:
         for example, (low, high) in enumerate(planned):
             groups.setdefault(tuple(self._overlapping(low, high)), []).append(example)
         out = self.reference.expand(len(boxes)).clone()
-        self._count(len(boxes))
+        self.count(len(boxes))
         reused = {k: v for k, v in groups.items() if k}
 
         def window_input(example: int, w: int, out: torch.Tensor) -> None:
@@ -312,10 +343,6 @@ class WindowReuse:
         ``w`` to ``out`` (C, *window)."""
         source, example = (self.padded, 0) if source is None else (source, example)
         out.copy_(source[(example, slice(None)) + self.plan.slices[w]])
-
-    def _count(self, perturbations: int) -> None:
-        self.perturbations += perturbations
-        self.windows_full += perturbations * len(self.plan.indices)
 
     def _full_scores(self, prepared: torch.Tensor) -> torch.Tensor:
         """Scores of inputs that changed every window: a full inference, as without reuse."""
@@ -404,20 +431,9 @@ class WindowReuse:
         change = (shares - self.reference_shares[on_model]).flatten(1).sum(dim=1)
         return self.reference + change
 
-    # -- what it did ---------------------------------------------------------------------
-    def record(self) -> dict[str, Any]:
-        """What run.json keeps: windows run and skipped, and the cache's size and place."""
-        return {
-            "windows_per_inference": len(self.plan.indices),
-            "perturbations": self.perturbations,
-            "full_inferences": self.full_inferences,
-            "windows_run": self.windows_run,
-            "windows_skipped": self.windows_full - self.windows_run,
-            "cache_windows": len(self.cache),
-            "cache_bytes": len(self.cache) * self.window_bytes,
-            "cache_device": str(self.cache_device),
-            "rescoring": "per window" if self.gradient is not None else "re-blend",
-        }
+    @property
+    def windows_per_inference(self) -> int:
+        return len(self.plan.indices)
 
 
 @contextmanager

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..window_reuse import cache_budget, serial
+from ..window_reuse import ReuseRecord, cache_budget, serial
 from .resampling import Resampling, coordinate_matrix, resize_matrix
 from .windows import NnUNetPass, WindowRow
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .pipeline import Case, NnUNetPipeline
 
 
-class NnUNetReuse:
+class NnUNetReuse(ReuseRecord):
     """Scores of perturbed copies of ``x`` (1, C, I, J, K) for ``target`` through the frozen
     ``pipeline`` (the folds and mirroring it explains), by exact window reuse.
 
@@ -73,10 +73,6 @@ class NnUNetReuse:
         self.window_count = len(self.case.windows)
         #: network inputs of one window: explained folds x mirror combinations
         self.rows_per_window = len(self.passes.folds) * len(self.passes.flips)
-        self.windows_run = 0  # network inputs run for perturbed copies
-        self.windows_full = 0  # what a full inference per perturbed copy would have run
-        self.perturbations = 0
-        self.full_inferences = 0
         self._first_pass(cache_bytes)
 
     # -- the unperturbed pass ----------------------------------------------------------------
@@ -163,8 +159,7 @@ class NnUNetReuse:
         passes = NnUNetPass(self.pipeline, self.prepare(batch.detach()), self.target)
         changed = (passes.padded_data() != self.padded).any(dim=1)
         touched = [self._touched(changed[e]) for e in range(n)]
-        self.perturbations += n
-        self.windows_full += n * self.window_count * self.rows_per_window
+        self.count(n)
         out = self.reference.expand(n).clone()
         whole = [e for e in range(n) if len(touched[e]) == self.window_count]
         if whole:
@@ -213,21 +208,10 @@ class NnUNetReuse:
         (:func:`windows_of_box`); the run itself finds them by comparison."""
         return windows_of_box(self.pipeline, self.case, box)
 
-    # -- what it did ---------------------------------------------------------------------
-    def record(self) -> dict[str, Any]:
-        """What run.json keeps (as the MONAI reuse's record), in network inputs: one per
-        window, fold and mirror combination."""
-        return {
-            "windows_per_inference": self.window_count * self.rows_per_window,
-            "perturbations": self.perturbations,
-            "full_inferences": self.full_inferences,
-            "windows_run": self.windows_run,
-            "windows_skipped": self.windows_full - self.windows_run,
-            "cache_windows": len(self.cache),
-            "cache_bytes": len(self.cache) * self.window_bytes,
-            "cache_device": str(self.cache_device),
-            "rescoring": "per window" if self.gradient is not None else "re-blend",
-        }
+    @property
+    def windows_per_inference(self) -> int:
+        """Network inputs of a full inference: windows x folds x mirror combinations."""
+        return self.window_count * self.rows_per_window
 
 
 def windows_of_box(pipeline: NnUNetPipeline, case: Case, box: Sequence[slice]) -> tuple[int, ...]:
