@@ -105,7 +105,7 @@ class AdaptiveOcclusion(Method):
         Param(
             "refine_share",
             "float",
-            0.5,
+            0.95,
             "Share of a level's absolute score drop whose boxes (largest drops first) are "
             "refined at the next level.",
             minimum=0.01,
@@ -114,7 +114,7 @@ class AdaptiveOcclusion(Method):
         Param(
             "max_refined",
             "float",
-            0.25,
+            0.2,
             "Largest fraction of a level's boxes that is refined, whatever the share: bounds "
             "the passes before the run.",
             minimum=0.01,
