@@ -206,3 +206,10 @@ def test_the_estimate_counts_the_network_inputs_that_run(folder):
     assert estimated == record["windows_run"] + per_pass
     assert method.passes(case.x.shape[1:], case.forward).forward == -(-estimated // per_pass)
     assert estimated < per_pass * (len(boxes) + 1)
+
+
+def test_rise_says_it_runs_full_inferences(folder):
+    case, target = case_of(folder, "plans", "roi", "probabilities", explain_fold=0)
+    context = Context(max_batch=4)
+    create_method("rise", {"n_masks": 2}).attribute(case.forward, case.x, target, context)
+    assert any("every mask changes every window" in note for note in context.notes)

@@ -94,6 +94,7 @@ class PerturbedScores:
 
 
 def note_no_reuse(forward: Any, context: Context, name: str, why: str) -> None:
-    """Say that a method on a sliding-window model runs every window of every perturbed input."""
-    if getattr(forward, "sliding", False):
+    """Say that a method on a sliding-window model (MONAI's windows, nnU-Net's) runs every
+    window of every perturbed input."""
+    if getattr(forward, "sliding", False) or getattr(forward, "windowed", False):
         context.notes.append(f"{name}: {why}; every perturbed input runs a full inference")
