@@ -22,7 +22,7 @@ mirroring. So, per perturbed copy:
   each window's contribution is one number, the gradient's inner product with it, and no sum is
   kept.
 
-The cache of unperturbed contributions is bounded like MONAI's (:func:`..window_reuse.cache_budget`):
+The cache of unperturbed contributions is bounded like MONAI's (:func:`..reuse_common.cache_budget`):
 a window beyond it is recomputed when a copy touches it, which costs passes, never exactness.
 """
 
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..window_reuse import ReuseRecord, cache_budget, serial
+from ..reuse_common import ReuseRecord, cache_budget, serial
 from .resampling import Resampling, coordinate_matrix, resize_matrix
 from .windows import NnUNetPass, WindowRow
 
