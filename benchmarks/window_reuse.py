@@ -1,7 +1,7 @@
 """Exact window reuse against recomputing every window (issue 22, goals 1 to 3).
 
-    python benchmarks/bench.py --cases window-reuse      # MONAI sliding windows: about 30 min
-    python benchmarks/bench.py --cases nnunet-reuse      # nnU-Net example folder: about 15 min
+    python benchmarks/bench.py --cases window-reuse      # MONAI sliding windows: a few minutes
+    python benchmarks/bench.py --cases nnunet-reuse      # nnU-Net example folder: about 10 min
 
 MONAI: occlusion on a sliding-window model against captum's Occlusion through MONAI's inferer,
 feature ablation and Kernel SHAP against themselves recomputing every window. nnU-Net: occlusion
