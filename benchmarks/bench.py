@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adaptive_occlusion import adaptive_rows  # noqa: E402
-from measure import Table, max_rel_diff, peak_mb, reset_peak, sync, timed  # noqa: E402
+from measure import Table, WholeInference, max_rel_diff, peak_mb, reset_peak, sync, timed  # noqa: E402
 from window_reuse import nnunet_reuse_cases, window_reuse_cases  # noqa: E402
 
 from TorchEsegetaLib.engine.context import Context, measure_sample_bytes  # noqa: E402
@@ -563,14 +563,6 @@ def sliding_window_cases(config: Config, device: torch.device, repeat: int, tabl
     # DeepLIFT and LRP pair or share through the inferer window by window too, and Grad-CAM
     # runs one window batch at a time; the reference is the same method through the whole
     # sliding-window inference in one graph.
-    class WholeGraph(torch.nn.Module):
-        def __init__(self, forward):
-            super().__init__()
-            self.inner, self.network = forward, forward.network
-
-        def forward(self, inputs):
-            return self.inner(inputs)
-
     for name in ("deeplift", "lrp", "gradcam"):
         method = create_method(name, {})
         t_m, ours_m, mem_m = timed(
@@ -581,7 +573,7 @@ def sliding_window_cases(config: Config, device: torch.device, repeat: int, tabl
                 method.streams = False
                 one_graph = whole
             else:
-                one_graph = WholeGraph(whole)
+                one_graph = WholeInference(whole)
             t_r, ref_m, mem_r = timed(
                 lambda m=method, f=one_graph: m.attribute(f, x, target, Context(device=device)),
                 device,

@@ -18,24 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from measure import Table, max_rel_diff, peak_mb, reset_peak, sync
+from measure import Table, WholeInference, max_rel_diff, peak_mb, reset_peak, sync
 
 from TorchEsegetaLib.engine.context import Context
 from TorchEsegetaLib.methods import create_method
 from TorchEsegetaLib.models.card import ModelCard
 from TorchEsegetaLib.models.inference import SegmentationForward
 from TorchEsegetaLib.targets.bound import BoundTarget
-
-
-class FullRecomputation(torch.nn.Module):
-    """A sliding-window forward without window reuse: every perturbed input runs every window."""
-
-    def __init__(self, forward: SegmentationForward) -> None:
-        super().__init__()
-        self.inner, self.network = forward, forward.network
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.inner(inputs)
 
 
 class Float64Sum(BoundTarget):
@@ -126,7 +115,7 @@ def window_reuse_cases(device: torch.device, table: Table, smoke: bool = False) 
     ):
         method = create_method(name, params)
         t_ours, ours, context = run(method, forward, target)
-        t_full, full, _ = run(method, FullRecomputation(forward), reference_target)
+        t_full, full, _ = run(method, WholeInference(forward), reference_target)
         table.add(
             f"{name}, supervoxels 32, reuse",
             t_ours,
@@ -197,7 +186,7 @@ def nnunet_reuse_cases(
         return time.perf_counter() - began, result, context
 
     t_ours, ours, context = run(case.forward, case.bound)
-    t_full, full, full_context = run(FullRecomputation(case.forward), Float64Sum.of(case.bound))
+    t_full, full, full_context = run(WholeInference(case.forward), Float64Sum.of(case.bound))
     record = context.facts["window_reuse"]
     table.add(
         f"occlusion {box}/{box}, nnU-Net 2 folds x 8 mirrorings, reuse",
