@@ -49,21 +49,32 @@ class Resampling:
         spatial = list(range(2, x.ndim))
         if self.separate_axis is None:
             y = x
-            for axis, (n, m) in enumerate(zip(self.shape, self.new_shape)):
-                y = _along(y, axis + 2, ("resize", n, m, self.order))
+            for axis in range(len(self.shape)):
+                y = _along(y, axis + 2, self.operator(axis))
             return _clip(y, x, spatial)
         axis = self.separate_axis
         in_plane = [a for a in range(len(self.shape)) if a != axis]
         y = x
         for a in in_plane:
-            y = _along(y, a + 2, ("resize", self.shape[a], self.new_shape[a], self.order))
+            y = _along(y, a + 2, self.operator(a))
         # resize runs on each slice across the separate axis: each slice is clipped to its range
         y = _clip(y, x, [a + 2 for a in in_plane])
         if self.shape[axis] != self.new_shape[axis]:
-            y = _along(
-                y, axis + 2, ("coordinates", self.shape[axis], self.new_shape[axis], self.order_z)
-            )
+            y = _along(y, axis + 2, self.operator(axis))
         return y
+
+    def operator(self, axis: int) -> tuple[str, int, int, int]:
+        """The one-dimensional step along ``axis`` as (kind, n, m, order): scikit-image's
+        ``resize`` at the plans' order, or ``map_coordinates`` at ``order_z`` along the
+        separate axis."""
+        n, m = self.shape[axis], self.new_shape[axis]
+        if axis == self.separate_axis:
+            return ("coordinates", n, m, self.order_z)
+        return ("resize", n, m, self.order)
+
+    def matrix(self, axis: int) -> np.ndarray:
+        """The (m, n) matrix of the step along ``axis`` (before any clip)."""
+        return operator_matrix(self.operator(axis))
 
     @property
     def convex(self) -> bool:
@@ -72,16 +83,8 @@ class Resampling:
         acts, and the resampling is linear, its gradient the same whatever it is applied to."""
         if self.identity:
             return True
-        operators = [
-            ("resize", n, m, self.order)
-            for a, (n, m) in enumerate(zip(self.shape, self.new_shape))
-            if a != self.separate_axis
-        ]
-        if self.separate_axis is not None:
-            a = self.separate_axis
-            operators.append(("coordinates", self.shape[a], self.new_shape[a], self.order_z))
-        for kind, n, m, order in operators:
-            matrix = (resize_matrix if kind == "resize" else coordinate_matrix)(n, m, order)
+        for axis in range(len(self.shape)):
+            matrix = self.matrix(axis)
             if matrix.min() < 0 or not np.allclose(matrix.sum(axis=1), 1.0, atol=1e-6):
                 return False
         return True
@@ -168,13 +171,19 @@ def _along(x: torch.Tensor, dim: int, operator: tuple[str, int, int, int]) -> to
     return torch.movedim(weights @ torch.movedim(x, dim, -2), -2, dim)
 
 
+def operator_matrix(operator: tuple[str, int, int, int]) -> np.ndarray:
+    """The (m, n) matrix of a one-dimensional step (kind, n, m, order) of :class:`Resampling`."""
+    kind, n, m, order = operator
+    return (resize_matrix if kind == "resize" else coordinate_matrix)(n, m, order)
+
+
 @lru_cache(maxsize=64)
 def _weights(
     operator: tuple[str, int, int, int], dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor | None:
     """The operator's matrix as a tensor; None when it is the identity."""
-    kind, n, m, order = operator
-    matrix = (resize_matrix if kind == "resize" else coordinate_matrix)(n, m, order)
+    matrix = operator_matrix(operator)
+    n, m = operator[1], operator[2]
     if n == m and np.array_equal(matrix, np.eye(n)):
         return None
     return torch.tensor(matrix, dtype=dtype, device=device)

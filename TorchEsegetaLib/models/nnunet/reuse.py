@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from ..reuse_common import ReuseRecord, cache_budget, serial
-from .resampling import Resampling, coordinate_matrix, resize_matrix
+from .pipeline import mirror_flips
+from .resampling import Resampling
 from .windows import NnUNetPass, WindowRow
 
 if TYPE_CHECKING:
@@ -254,12 +255,7 @@ def reach(resampling: Resampling, axis: int, a: int, b: int) -> tuple[int, int]:
     its weights decaying geometrically: a cubic one reaches about 12 voxels beyond the box."""
     if resampling.identity:
         return a, b
-    n, m = resampling.shape[axis], resampling.new_shape[axis]
-    if axis == resampling.separate_axis:
-        matrix = coordinate_matrix(n, m, resampling.order_z)
-    else:
-        matrix = resize_matrix(n, m, resampling.order)
-    weights = np.abs(matrix)
+    weights = np.abs(resampling.matrix(axis))
     rows = np.flatnonzero(weights[:, a:b].max(axis=1) > 2.0**-24 * weights.max())
     if rows.size == 0:
         return 0, 0
@@ -271,8 +267,6 @@ def reused_network_inputs(
 ) -> int:
     """Network inputs a reusing run of these boxes computes, the unperturbed pass included."""
     folds, mirror = pipeline.explained()
-    from .pipeline import mirror_flips
-
     per_window = len(folds) * len(mirror_flips(mirror))
     windows = len(case.windows) + sum(len(windows_of_box(pipeline, case, box)) for box in boxes)
     return windows * per_window
