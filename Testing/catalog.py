@@ -13,7 +13,7 @@ FAST_PARAMS: dict[str, dict] = {
     "integrated_gradients": {"n_steps": 4},
     "smoothgrad": {"samples": 2},
     "occlusion": {"window": 8, "stride": 8},
-    "occlusion_adaptive": {"window": 4, "stride": 4, "levels": 2},
+    "occlusion_adaptive": {"window": 4, "stride": 4},
     "feature_ablation": {"feature_size": 8},
     "shapley_value_sampling": {"feature_size": 8, "n_samples": 1},
     "lime": {"feature_size": 8, "n_samples": 16},

@@ -38,6 +38,17 @@ def test_benchmark_smoke_configuration_compares_equal_maps(tmp_path):
     for row in compared:
         assert row["max_rel_diff"] < 1e-4, row
         assert row["ours_s"] > 0 and row["reference_s"] > 0
+    # Adaptive occlusion against exhaustive occlusion: both first passes, each network.
+    adaptive = json.loads(out.read_text())["adaptive_rows"]
+    assert len(adaptive) == 4  # the demo network and a random UNet
+    assert sorted((row["case"], row["first_pass"]) for row in adaptive) == sorted(
+        (case, first)
+        for case in {row["case"] for row in adaptive}
+        for first in ("coarse", "gradient")
+    )
+    for row in adaptive:
+        assert (row["backward_passes"] > 0) == (row["first_pass"] == "gradient"), row
+        assert row["pass_equivalents"] >= row["passes"] and -1 <= row["spearman"] <= 1
 
 
 def test_nnunet_window_reuse_rows_compare_equal_maps(tmp_path, capsys):

@@ -155,7 +155,7 @@ def test_contract_full_product(method_name):
 #: feature blocks of 4 voxels, aligned with the region, and enough random samples.
 GROUND_TRUTH_PARAMS = {
     "occlusion": {"window": 4, "stride": 4},
-    "occlusion_adaptive": {"window": 4, "stride": 4, "levels": 2},
+    "occlusion_adaptive": {"window": 4, "stride": 4},
     "feature_ablation": {"feature_size": 4},
     "shapley_value_sampling": {"feature_size": 4},
     "lime": {"feature_size": 4, "n_samples": 512},

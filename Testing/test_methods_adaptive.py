@@ -1,6 +1,8 @@
-"""Adaptive occlusion: one level is plain occlusion; each finer level occludes exactly inside the
-boxes that hold the top share of the level before; the passes it makes are the ones it records
-and never more than it declares; on an additive score the coarse boxes keep their total."""
+"""Adaptive occlusion with its coarse first pass: one level is plain occlusion; each finer level
+occludes exactly inside the boxes that hold the top share of the level before; the passes it makes
+are the ones it records and never more than it declares; on an additive score the coarse boxes
+keep their total. The gradient first pass (the default) has its own file:
+``test_methods_adaptive_gradient.py``."""
 
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ from helpers import LinearVoxelModel, centre_box_target, ours, tiny_input, tiny_
 
 from TorchEsegetaLib.engine.context import Context
 from TorchEsegetaLib.methods import create_method
-from TorchEsegetaLib.methods.adaptive_occlusion import refined_boxes
+from TorchEsegetaLib.methods.drill_down import refined_boxes
 from TorchEsegetaLib.models.card import ModelCard
 from TorchEsegetaLib.models.inference import SegmentationForward
 from TorchEsegetaLib.targets.bound import BoundTarget
+
+COARSE = {"first_pass": "coarse"}
 
 
 @pytest.mark.parametrize(
@@ -27,7 +31,7 @@ def test_one_level_is_plain_occlusion(window, stride, cover_edges, size):
     x = tiny_input(channels=2, size=size)
     params = {"window": window, "stride": stride, "cover_edges": cover_edges, "baseline": "mean"}
     plain = ours("occlusion", net, x, target, max_batch=3, **params)
-    adaptive = ours("occlusion_adaptive", net, x, target, max_batch=3, levels=1, **params)
+    adaptive = ours("occlusion_adaptive", net, x, target, max_batch=3, levels=1, **COARSE, **params)
     assert torch.equal(adaptive, plain)
 
 
@@ -43,7 +47,7 @@ def test_one_level_is_plain_occlusion_where_a_local_target_skips_boxes():
     params = {"window": 8, "stride": 8}
     context = Context(max_batch=4)
     plain = create_method("occlusion", params).attribute(forward, x, target, Context(max_batch=4))
-    adaptive = create_method("occlusion_adaptive", {**params, "levels": 1})
+    adaptive = create_method("occlusion_adaptive", {**params, **COARSE, "levels": 1})
     assert torch.equal(adaptive.attribute(forward, x, target, context), plain)
     level = context.facts["levels"][0]
     assert 0 < level["evaluated"] < level["boxes"]  # boxes outside the target's windows: no pass
@@ -77,7 +81,14 @@ def test_the_finer_level_occludes_exactly_inside_the_boxes_holding_the_share():
     context = Context(max_batch=1)  # one box per pass: maps comparable bit for bit
     adaptive = create_method(
         "occlusion_adaptive",
-        {"window": 4, "stride": 4, "levels": 2, "refine_share": share, "max_refined": 1.0},
+        {
+            "window": 4,
+            "stride": 4,
+            "levels": 2,
+            "refine_share": share,
+            "max_refined": 1.0,
+            **COARSE,
+        },
     ).attribute(net, x, target, context)
     coarse = ours("occlusion", net, x, target, max_batch=1, window=8, stride=8)
     fine = ours("occlusion", net, x, target, max_batch=1, window=4, stride=4)
@@ -108,7 +119,9 @@ def test_on_an_additive_score_each_coarse_box_keeps_the_total_of_its_fine_boxes(
     net, x = LinearVoxelModel(), tiny_input()
     target = BoundTarget(1, torch.ones((16,) * 3, dtype=torch.bool), "logits", "softmax", "mean")
     params = {"window": 2, "stride": 2}
-    adaptive = ours("occlusion_adaptive", net, x, target, levels=3, refine_share=0.3, **params)
+    adaptive = ours(
+        "occlusion_adaptive", net, x, target, levels=3, refine_share=0.3, **COARSE, **params
+    )
     fine = ours("occlusion", net, x, target, **params)
     # Voxels refined to the last level equal the fine map; the others a coarser level's mean.
     exact = torch.isclose(adaptive, fine, rtol=1e-4, atol=1e-7)
@@ -125,7 +138,7 @@ def test_the_passes_meet_the_declared_bound_when_the_cap_decides():
     net, x, target = tiny_unet(), tiny_input(), centre_box_target()
     method = create_method(
         "occlusion_adaptive",
-        {"window": 2, "stride": 2, "levels": 3, "refine_share": 1.0, "max_refined": 0.25},
+        {"window": 2, "stride": 2, "levels": 3, "refine_share": 1.0, "max_refined": 0.25, **COARSE},
     )
     context = Context(max_batch=4)
     method.attribute(net, x, target, context)
@@ -140,6 +153,7 @@ def test_a_cap_that_keeps_less_than_the_share_is_recorded_and_said():
     net, x = LinearVoxelModel(), tiny_input()
     target = BoundTarget(1, torch.ones((16,) * 3, dtype=torch.bool), "logits", "softmax", "mean")
     params = {"window": 4, "stride": 4, "levels": 2, "refine_share": 0.9, "max_refined": 0.25}
+    params.update(COARSE)
     context = Context()
     create_method("occlusion_adaptive", params).attribute(net, x, target, context)
     first, last = context.facts["levels"]
@@ -160,7 +174,7 @@ def test_a_score_no_box_changes_is_not_refined():
 
     target = centre_box_target()
     context = Context()
-    result = create_method("occlusion_adaptive", {"window": 2, "stride": 2}).attribute(
+    result = create_method("occlusion_adaptive", {"window": 2, "stride": 2, **COARSE}).attribute(
         Constant(), tiny_input(), target, context
     )
     assert not result.any()
@@ -173,7 +187,7 @@ def test_run_json_keeps_the_passes_and_levels_beside_the_bound(tmp_path):
 
     from TorchEsegetaLib.runs.runner import run_job
 
-    params = {"window": 2, "stride": 2, "refine_share": 0.5}
+    params = {"window": 2, "stride": 2, "refine_share": 0.5, **COARSE}
     job = tiny_unet_job(tmp_path, [{"name": "occlusion_adaptive", "params": params}])
     events = []
     run_job(job, progress=events.append)

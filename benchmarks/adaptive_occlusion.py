@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from measure import sync
 
 from TorchEsegetaLib.engine.context import Context, measure_sample_bytes
 from TorchEsegetaLib.methods import ScoreModel, create_method
@@ -169,6 +170,41 @@ def spearman(ours: torch.Tensor, reference: torch.Tensor, where: torch.Tensor) -
     return float(spearmanr(a, b).statistic)
 
 
+#: the first passes compared, the method's default first
+FIRST_PASSES = ("gradient", "coarse")
+
+
+def pass_costs(case: Case, repeat: int = 3) -> tuple[float, float]:
+    """Seconds of one forward pass and of one forward pass with its backward (to the input), on
+    the case's input, each the median of ``repeat`` after a warm-up: what one pass of each kind
+    costs in this run."""
+    import statistics
+
+    score = ScoreModel(case.forward, case.target)
+
+    def forward() -> None:
+        with torch.no_grad():
+            score(case.x)
+
+    def backward() -> None:
+        x = case.x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            torch.autograd.grad(score(x).sum(), x)
+
+    timed = []
+    for run in (forward, backward):
+        run()
+        times = []
+        for _ in range(repeat):
+            sync(case.x.device)
+            began = time.perf_counter()
+            run()
+            sync(case.x.device)
+            times.append(time.perf_counter() - began)
+        timed.append(statistics.median(times))
+    return timed[0], timed[1]
+
+
 def adaptive_rows(
     size: int,
     window: int,
@@ -177,35 +213,57 @@ def adaptive_rows(
     cache: Path | None,
     params: dict[str, Any] | None = None,
     networks: tuple[str, ...] = NETWORKS,
+    first_passes: tuple[str, ...] = FIRST_PASSES,
 ) -> list[dict[str, Any]]:
-    """One row per network: adaptive occlusion (its defaults, or ``params``) against exhaustive
-    occlusion, both at final window ``window`` and stride ``window``."""
+    """One row per network and first pass: adaptive occlusion (its defaults, or ``params``)
+    against exhaustive occlusion, both at final window ``window`` and stride ``window``. Passes
+    with a backward are counted in forward passes by the cost of each kind measured in this run
+    (``pass_costs``): the ratio is exhaustive occlusion's passes over that count."""
     plain = {"window": window, "stride": window, "baseline": "zero"}
     params = params or {}
     rows = []
     print(f"adaptive occlusion against exhaustive occlusion, {size}^3, window {window}", flush=True)
     for case in make_cases(size, unet_channels, device, networks):
         reference = exhaustive(case, plain, cache)
-        ours, seconds, facts = run_method(case, "occlusion_adaptive", {**plain, **params})
-        row = {
-            "case": f"{case.name}, {size}^3, window {window}",
-            "passes": facts["passes"],
-            "levels": facts["levels"],
-            "exhaustive_passes": reference["passes"],
-            "pass_ratio": reference["passes"] / facts["passes"],
-            "top1_overlap": top_overlap(ours, reference["map"]),
-            "spearman": spearman(ours, reference["map"], case.foreground),
-            "foreground_share": float(case.foreground.float().mean()),
-            "ours_s": seconds,
-            "exhaustive_s": reference["seconds"],
-            "exhaustive_cached": reference["cached"],
-            "params": {**plain, **params},
-        }
-        rows.append(row)
-        print(f"  {case.name}: {levels_text(row['levels'])}", flush=True)
+        forward_s, backward_s = pass_costs(case)
+        print(
+            f"  {case.name}: one forward pass {forward_s:.3f} s, with its backward "
+            f"{backward_s:.3f} s ({backward_s / forward_s:.2f} forward passes)",
+            flush=True,
+        )
+        for first in first_passes:
+            method_params = {**plain, "first_pass": first, **params}
+            ours, seconds, facts = run_method(case, "occlusion_adaptive", method_params)
+            backward = facts.get("backward_passes", 0)
+            equivalent = facts["passes"] + backward * backward_s / forward_s
+            row = {
+                "case": f"{case.name}, {size}^3, window {window}",
+                "first_pass": first,
+                "passes": facts["passes"],
+                "backward_passes": backward,
+                "backward_in_forwards": backward_s / forward_s,
+                "pass_equivalents": equivalent,
+                "levels": facts.get("levels"),
+                "estimate": facts.get("estimate"),
+                "exhaustive_passes": reference["passes"],
+                "pass_ratio": reference["passes"] / equivalent,
+                "top1_overlap": top_overlap(ours, reference["map"]),
+                "spearman": spearman(ours, reference["map"], case.foreground),
+                "foreground_share": float(case.foreground.float().mean()),
+                "ours_s": seconds,
+                "exhaustive_s": reference["seconds"],
+                "exhaustive_cached": reference["cached"],
+                "params": method_params,
+            }
+            rows.append(row)
+            print(f"  {case.name}, {first}: {steps_text(row)}", flush=True)
     print(Rows.header(), flush=True)
     for row in rows:
         print(Rows.format(row), flush=True)
+    print(
+        "passes: forward passes + passes with their backward (b); ratio: exhaustive passes over "
+        "them counted in forward passes at the costs measured above"
+    )
     if any(row["exhaustive_cached"] for row in rows):
         print("* exhaustive map and its time from the cache (computed by an earlier run)")
     return rows
@@ -216,6 +274,7 @@ class Rows:
     def header() -> str:
         columns = (
             "case",
+            "first pass",
             "passes",
             "exhaustive",
             "ratio",
@@ -224,18 +283,33 @@ class Rows:
             "ours s",
             "exh. s",
         )
-        widths = (40, 7, 10, 6, 7, 8, 8, 10)
+        widths = (40, 10, 12, 10, 6, 7, 8, 8, 10)
         cells = [f"{c:<{w}}" for c, w in zip(columns, widths)]
         return "| " + " | ".join(cells) + " |\n|" + "|".join("-" * (w + 2) for w in widths) + "|"
 
     @staticmethod
     def format(row: dict[str, Any]) -> str:
         cached = "*" if row["exhaustive_cached"] else " "
+        passes = f"{row['passes']}" + (
+            f"+{row['backward_passes']}b" if row["backward_passes"] else ""
+        )
         return (
-            f"| {row['case']:<40} | {row['passes']:>7} | {row['exhaustive_passes']:>10} | "
-            f"{row['pass_ratio']:>5.1f}x | {row['top1_overlap']:>7.3f} | {row['spearman']:>8.3f} | "
+            f"| {row['case']:<40} | {row['first_pass']:<10} | {passes:>12} | "
+            f"{row['exhaustive_passes']:>10} | {row['pass_ratio']:>5.1f}x | "
+            f"{row['top1_overlap']:>7.3f} | {row['spearman']:>8.3f} | "
             f"{row['ours_s']:>8.1f} | {row['exhaustive_s']:>9.1f}{cached} |"
         )
+
+
+def steps_text(row: dict[str, Any]) -> str:
+    """What the run did: its path estimate and exact boxes, or its levels."""
+    estimate = row["estimate"]
+    if estimate is not None:
+        return (
+            f"{estimate['estimated']} boxes estimated in {estimate['groups']} groups x "
+            f"{estimate['path_steps']} path points, {estimate['exact']} re-measured"
+        )
+    return levels_text(row["levels"])
 
 
 def levels_text(levels: list[dict[str, Any]]) -> str:

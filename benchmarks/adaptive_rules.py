@@ -1,6 +1,7 @@
 """Refinement rules of adaptive occlusion, compared on the full occlusion maps of the bench's cases.
 
     python benchmarks/adaptive_rules.py --cache DIR [--networks demo,unet]
+    python benchmarks/adaptive_rules.py --cache DIR --gradient   # the gradient first pass's settings
 
 Every box adaptive occlusion evaluates at a level is a box of plain occlusion at that level's
 window (128^3, stride = window, the grids nest), so a rule can be replayed on plain occlusion's
@@ -10,6 +11,10 @@ window-8 map is the one ``bench.py --config adaptive`` keeps). Printed per netwo
 passes, their ratio to exhaustive occlusion at window 8, the top-1% overlap and Spearman inside the
 foreground (as ``bench.py`` measures them); then how concentrated the final drops are, how
 additive (a box's drop against its eight children's), and plain occlusion at coarser windows.
+
+``--gradient`` instead runs the gradient first pass (the method's default) with the settings of
+``GRADIENT_RULES`` against the window-8 map: its passes, with their backward counted in forward
+passes at the costs measured in the same run, the top-1% overlap and Spearman.
 """
 
 from __future__ import annotations
@@ -24,9 +29,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from adaptive_occlusion import NETWORKS, exhaustive, make_cases, spearman, top_overlap  # noqa: E402
+from adaptive_occlusion import (  # noqa: E402
+    NETWORKS,
+    exhaustive,
+    make_cases,
+    pass_costs,
+    run_method,
+    spearman,
+    top_overlap,
+)
 
-from TorchEsegetaLib.methods.adaptive_occlusion import refined_boxes  # noqa: E402
+from TorchEsegetaLib.methods.drill_down import refined_boxes  # noqa: E402
 
 SIZE, FINAL = 128, 8
 #: (levels, refine_share, max_refined); the first is the method's default
@@ -37,6 +50,38 @@ RULES = [
     (3, 0.99, 0.15),
     (4, 0.9, 0.25),
 ]
+
+#: (separation, path_steps, exact_share) of the gradient first pass; the first is the default
+GRADIENT_RULES = [
+    (2, 3, 0.02),
+    (1, 3, 0.02),
+    (3, 3, 0.02),
+    (2, 2, 0.02),
+    (2, 4, 0.02),
+    (2, 3, 0.0),
+    (2, 3, 0.05),
+]
+
+
+def gradient_rules(case, reference: torch.Tensor) -> None:
+    """The gradient first pass with each setting of ``GRADIENT_RULES``, against ``reference``
+    (exhaustive occlusion at the final window)."""
+    forward_s, backward_s = pass_costs(case)
+    cost = backward_s / forward_s
+    print(f"{case.name}: a pass with its backward costs {cost:.2f} forward passes")
+    for separation, steps, share in GRADIENT_RULES:
+        params = {"window": FINAL, "stride": FINAL, "baseline": "zero", "first_pass": "gradient"}
+        params.update(separation=separation, path_steps=steps, exact_share=share)
+        ours, seconds, facts = run_method(case, "occlusion_adaptive", params)
+        equivalent = facts["passes"] + facts["backward_passes"] * cost
+        print(
+            f"  separation {separation}, path_steps {steps}, exact_share {share}: "
+            f"{facts['passes']} + {facts['backward_passes']} with backward "
+            f"({(reference.numel() // FINAL**3 + 1) / equivalent:.1f}x), top-1% "
+            f"{top_overlap(ours, reference):.3f}, Spearman "
+            f"{spearman(ours, reference, case.foreground):.3f}, {seconds:.0f} s",
+            flush=True,
+        )
 
 
 def up(values: torch.Tensor, factor: int) -> torch.Tensor:
@@ -73,8 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--networks", default=",".join(NETWORKS))
+    parser.add_argument(
+        "--gradient", action="store_true", help="compare the gradient first pass's settings"
+    )
     args = parser.parse_args(argv)
     for case in make_cases(SIZE, (2, 4, 8), torch.device("cpu"), tuple(args.networks.split(","))):
+        if args.gradient:
+            plain = {"window": FINAL, "stride": FINAL, "baseline": "zero"}
+            gradient_rules(case, exhaustive(case, plain, args.cache)["map"])
+            continue
         maps = {
             w: exhaustive(case, {"window": w, "stride": w, "baseline": "zero"}, args.cache)["map"]
             for w in (8, 16, 32, 64)

@@ -1,23 +1,24 @@
-"""Adaptive occlusion: occlusion from coarse boxes to fine ones, refined only where the coarse
-map holds most of the score drop (the adaptive drill-down of Krypton, Nakandala et al. 2019, in
-3D and over several levels).
+"""Adaptive occlusion: exact occlusion only where a cheap first pass finds most of the score drop.
 
-Level 0 occludes boxes of ``window * 2^(levels - 1)`` voxels everywhere; each next level halves
-window and stride and occludes only the boxes whose centre lies in a box the level before
-refined. The last level is plain occlusion at ``window`` and ``stride`` inside the refined
-region; elsewhere a voxel keeps the value of the finest level that reached it, scaled to the
-final box's volume (a coarse box's drop spread evenly over its final-size boxes), so the map
-reads as occlusion at ``window`` throughout. It is an approximation of that map: how closely it
-follows it is measured (``benchmarks/bench.py --config adaptive``), not implied.
+Two first passes. ``gradient`` (the default) estimates the drop of every box at the final window
+at once: each box's drop is the integral of the gradient along the straight path that moves the
+box from the input to the baseline (exact for a score linear in the box; integrated gradients
+restricted to one box). Boxes ``separation`` windows apart share their path points, so all of them
+cost ``groups x path_steps`` passes with their backward; then exact occlusion re-measures the
+``exact_share`` of the boxes with the largest estimated drops. ``coarse`` is the adaptive
+drill-down of Krypton (:mod:`.drill_down`). Either way it is an approximation of occlusion at the
+window: how closely it follows it is measured (``benchmarks/bench.py --config adaptive``), not
+implied.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from .base import Method, Param, Passes, ScoreModel, register
 from .baselines import make_baseline
+from .drill_down import DrillDown
+from .path_estimate import path_estimates, path_groups
 from .perturbation import (
     BOX_PARAMS,
     accumulate,
@@ -25,52 +26,30 @@ from .perturbation import (
     box_grid,
     score_drops,
     split_by_support,
-    window_starts,
 )
 from .perturbed import PerturbedScores
 
 
-def refined_boxes(drops: Any, share: float, most: int) -> list[int]:
-    """Indices of the boxes a level refines: the largest absolute drops first, the fewest that
-    hold ``share`` of the level's total absolute drop, and at most ``most`` of them. None when
-    no box changes the score."""
-    import torch
-
-    magnitude = drops.detach().abs().double().cpu()
-    total = float(magnitude.sum())
-    if total == 0 or most < 1:
-        return []
-    order = torch.argsort(magnitude, descending=True, stable=True)
-    held = torch.cumsum(magnitude[order], dim=0)
-    # The first position where the boxes so far hold the share (rounding can leave the last
-    # cumulative sum a hair below the total: then every box that changes the score).
-    needed = int(torch.searchsorted(held, share * total)) + 1
-    return order[: min(needed, most, int((magnitude > 0).sum()))].tolist()
-
-
-def box_centres_in(boxes: list, region: Any) -> list[bool]:
-    """For each box, whether its centre voxel lies in the bool volume ``region``."""
-    return [bool(region[tuple(b.start + (b.stop - b.start) // 2 for b in box)]) for box in boxes]
-
-
 @register
-class AdaptiveOcclusion(Method):
+class AdaptiveOcclusion(DrillDown, Method):
     name = "occlusion_adaptive"
     title = "Adaptive occlusion"
     summary = (
-        "Occlusion from coarse boxes to fine: each level halves the box and occludes only inside "
-        "the boxes of the level before that hold the top share of the score drop, down to the "
-        "window (an approximation of occlusion at that window, at a fraction of its passes)."
+        "Occlusion at the window, exact only where a cheap first pass finds the score drop: each "
+        "box's drop estimated along its occlusion path (or coarse boxes refined level by level), "
+        "the largest re-measured (an approximation of occlusion, at a fraction of its passes)."
     )
     family = "perturbation"
     signed = True
     quantity = "score drop when occluded"
     cost = (
-        "1 forward per coarse box + 1 per finer box inside the refined ones, batched "
-        "(run.json records the passes made)"
+        "gradient: (ceil((separation + 1) x window / stride))^3 x path_steps forward+backward, "
+        "then 1 forward per re-measured box; coarse: 1 forward per coarse box + 1 per finer box "
+        "inside the refined ones (run.json records the passes made)"
     )
     reference = (
         "Nakandala, Kumar & Papakonstantinou, SIGMOD 2019 (Krypton's adaptive drill-down); "
+        "Sundararajan et al. 2017, arXiv:1703.01365 (path integral); "
         "Zeiler & Fergus 2014, arXiv:1311.2901"
     )
     needs_baseline = True
@@ -94,11 +73,48 @@ class AdaptiveOcclusion(Method):
             maximum=1024,
         ),
         Param(
+            "first_pass",
+            "choice",
+            "gradient",
+            "What decides where exact occlusion runs: 'gradient' estimates every box's drop along "
+            "its occlusion path (path_steps, separation) and re-measures the largest (exact_share); "
+            "'coarse' occludes coarse boxes and refines level by level (levels, refine_share, "
+            "max_refined).",
+            choices=("gradient", "coarse"),
+        ),
+        Param(
+            "path_steps",
+            "int",
+            3,
+            "first_pass=gradient: points on each box's path from the input to the baseline "
+            "(midpoint rule); more are closer to the exact drop.",
+            minimum=1,
+            maximum=256,
+        ),
+        Param(
+            "separation",
+            "int",
+            2,
+            "first_pass=gradient: least gap, in windows, between boxes whose paths share a pass; "
+            "larger is closer to occluding each box alone, and costs more passes.",
+            minimum=0,
+            maximum=16,
+        ),
+        Param(
+            "exact_share",
+            "float",
+            0.02,
+            "first_pass=gradient: share of the boxes, largest estimated drops first, that exact "
+            "occlusion re-measures (1: plain occlusion).",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Param(
             "levels",
             "int",
             3,
-            "Levels from coarse to fine: the coarsest box is window x 2^(levels - 1); 1 is plain "
-            "occlusion.",
+            "first_pass=coarse: levels from coarse to fine; the coarsest box is "
+            "window x 2^(levels - 1); 1 is plain occlusion.",
             minimum=1,
             maximum=8,
         ),
@@ -106,8 +122,8 @@ class AdaptiveOcclusion(Method):
             "refine_share",
             "float",
             0.95,
-            "Share of a level's absolute score drop whose boxes (largest drops first) are "
-            "refined at the next level.",
+            "first_pass=coarse: share of a level's absolute score drop whose boxes (largest "
+            "drops first) are refined at the next level.",
             minimum=0.01,
             maximum=1.0,
         ),
@@ -115,56 +131,54 @@ class AdaptiveOcclusion(Method):
             "max_refined",
             "float",
             0.2,
-            "Largest fraction of a level's boxes that is refined, whatever the share: bounds "
-            "the passes before the run.",
+            "first_pass=coarse: largest fraction of a level's boxes that is refined, whatever "
+            "the share: bounds the passes before the run.",
             minimum=0.01,
             maximum=1.0,
         ),
         *BOX_PARAMS,
     )
 
-    def level_sizes(self) -> list[tuple[int, int]]:
-        """(window, stride) of each level, coarsest first."""
-        window, stride, levels = self.config["window"], self.config["stride"], self.config["levels"]
-        return [(window * 2**k, stride * 2**k) for k in reversed(range(levels))]
-
-    def level_grid(self, spatial: tuple[int, ...], level: int) -> list:
-        window, stride = self.level_sizes()[level]
-        return box_grid(spatial, window, stride, self.config["cover_edges"])
-
     def passes(self, shape, forward=None):
-        """At most: every box of the coarsest level, then at each level the boxes inside as many
-        boxes of the level before as ``max_refined`` allows, each holding the most centres a box
-        of that level can (never more than the level's whole grid); and the unoccluded input."""
-        spatial = tuple(shape[1:])
-        grid = self.level_grid(spatial, 0)
-        evaluated = len(split_by_support(grid, spatial, forward)[0])
-        total, grid_bound = evaluated, len(grid)
-        for level in range(1, self.config["levels"]):
-            parents = min(math.ceil(self.config["max_refined"] * grid_bound), evaluated)
-            grid = self.level_grid(spatial, level)
-            grid_bound = min(len(grid), parents * self.most_children(spatial, level))
-            evaluated = min(len(split_by_support(grid, spatial, forward)[0]), grid_bound)
-            total += evaluated
-        return Passes(forward=total + 1)
-
-    def most_children(self, spatial: tuple[int, ...], level: int) -> int:
-        """The most boxes of ``level`` whose centres one box of the level before holds: a box
-        is a product of intervals, so per axis the most centres one interval holds, multiplied."""
-        (parent_window, parent_stride), (window, stride) = self.level_sizes()[level - 1 : level + 1]
-        most = 1
-        for n in spatial:
-            centres = [s + min(window, n) // 2 for s in self.starts(n, window, stride)]
-            most *= max(
-                sum(start <= c < start + min(parent_window, n) for c in centres)
-                for start in self.starts(n, parent_window, parent_stride)
+        if self.config["first_pass"] == "gradient":
+            boxes, _, groups = self.estimated_boxes(tuple(shape[1:]), forward)
+            exact = self.exact_count(len(boxes))
+            return Passes(
+                forward=exact + 1 if exact else 0,
+                backward=len(set(groups)) * self.config["path_steps"],
             )
-        return most
+        return self.coarse_passes(shape, forward)
 
-    def starts(self, length: int, window: int, stride: int) -> list[int]:
-        return window_starts(length, window, stride, self.config["cover_edges"])
+    def estimated_boxes(self, spatial: tuple[int, ...], forward) -> tuple[list, list, list[int]]:
+        """The final boxes that change the score, those that cannot (:func:`split_by_support`)
+        and the path group of each of the first."""
+        window, stride, edges = (
+            self.config["window"],
+            self.config["stride"],
+            self.config["cover_edges"],
+        )
+        grid = box_grid(spatial, window, stride, edges)
+        group_of = {
+            tuple(s.start for s in box): group
+            for box, group in zip(
+                grid,
+                path_groups(spatial, window, stride, edges, self.config["separation"] * window),
+            )
+        }
+        boxes, skipped = split_by_support(grid, spatial, forward)
+        return boxes, skipped, [group_of[tuple(s.start for s in box)] for box in boxes]
+
+    def exact_count(self, boxes: int) -> int:
+        return min(boxes, math.ceil(self.config["exact_share"] * boxes))
 
     def cheaper(self):
+        if self.config["first_pass"] == "gradient":
+            return [
+                "fewer points on each path (occlusion_adaptive.path_steps=2) or fewer boxes "
+                "re-measured (occlusion_adaptive.exact_share=0.01)",
+                f"a larger final window (occlusion_adaptive.window={2 * self.config['window']} "
+                f"occlusion_adaptive.stride={2 * self.config['stride']})",
+            ]
         return [
             "a smaller share refined (occlusion_adaptive.refine_share=0.3) or a larger final "
             f"window (occlusion_adaptive.window={2 * self.config['window']} "
@@ -172,82 +186,97 @@ class AdaptiveOcclusion(Method):
         ]
 
     def attribute(self, forward, inputs, target, context):
+        if self.config["first_pass"] == "gradient":
+            return self.attribute_by_gradient(forward, inputs, target, context)
+        return self.attribute_coarse(forward, inputs, target, context)
+
+    def attribute_by_gradient(self, forward, inputs, target, context):
         import torch
 
         score = ScoreModel(forward, target)
-        records = [
-            {"window": w, "stride": s, "boxes": 0, "evaluated": 0, "refined": 0, "held": []}
-            for w, s in self.level_sizes()
-        ]
-        bound = max(1, self.passes(tuple(inputs.shape[1:]), forward).forward - 1)
+        spatial = tuple(inputs.shape[2:])
+        boxes, skipped, groups = self.estimated_boxes(spatial, forward)
+        if skipped:
+            context.notes.append(
+                f"{len(skipped)} of {len(skipped) + len(boxes)} boxes lie outside the target's "
+                "windows and were not evaluated (their drop is exactly 0)"
+            )
+        record = {
+            "window": self.config["window"],
+            "stride": self.config["stride"],
+            "boxes": len(boxes) + len(skipped),
+            "estimated": len(boxes),
+            "groups": len(set(groups)),
+            "path_steps": self.config["path_steps"],
+            "exact": 0,
+            "no_drop_estimated": 0,
+        }
         out = torch.empty_like(inputs)
         for example in range(inputs.shape[0]):
-            x = inputs[example : example + 1]
             share = (example / inputs.shape[0], (example + 1) / inputs.shape[0])
-            progress = context.part(*share)
-            out[example] = self.explain_one(score, x, records, bound, progress)[0]
-        for level, record in enumerate(records[:-1]):
-            held = record.pop("held")
-            record["share_refined"] = round(min(held), 4) if held else 0.0
-            if held and min(held) < self.config["refine_share"] - 1e-9:
-                context.notes.append(
-                    f"level {level + 1} (window {record['window']}): the drop is spread over "
-                    f"many boxes; max_refined let the refined ones hold only {min(held):.0%} "
-                    f"of it, not the {self.config['refine_share']:.0%} of refine_share, so "
-                    "finer boxes with large drops may be missed (raise max_refined, or use "
-                    "plain occlusion)"
-                )
-        records[-1].pop("held")
-        evaluated = sum(record["evaluated"] for record in records)
-        context.facts.update(passes=evaluated + inputs.shape[0], levels=records)
+            x = inputs[example : example + 1]
+            part = context.part(*share)
+            out[example] = self.explain_by_gradient(score, x, boxes, skipped, groups, record, part)[
+                0
+            ]
+        if record["no_drop_estimated"] and record["exact"] < len(boxes) * inputs.shape[0]:
+            context.notes.append(
+                "the gradient first pass estimated no drop for any box (the score's gradient is "
+                "zero along every path: a model that is not differentiable, or a saturated "
+                "score); use first_pass=coarse"
+            )
+        record.pop("no_drop_estimated")
+        context.facts.update(
+            first_pass="gradient",
+            passes=record["exact"] + (inputs.shape[0] if record["exact"] else 0),
+            backward_passes=record["groups"] * record["path_steps"] * inputs.shape[0],
+            estimate=record,
+        )
         return out
 
-    def explain_one(self, score, x, records: list[dict[str, Any]], bound: int, context):
-        """The map of one example (1, C, *S); adds its boxes to ``records``."""
+    def explain_by_gradient(self, score, x, boxes, skipped, groups, record, context):
+        """The map of one example (1, C, *S): every box's drop estimated along its path, the
+        largest re-measured by exact occlusion."""
         import torch
 
         spatial = tuple(x.shape[2:])
         fill = make_baseline(self.config["baseline"], x)
-        scores = PerturbedScores(score, x, context)
-        final_volume = math.prod(min(self.config["window"], n) for n in spatial)
-        averaged = torch.zeros(spatial, dtype=x.dtype, device=x.device)
-        region = None
-        done = 0
-        for level, record in enumerate(records):
-            last = level == len(records) - 1
-            grid = self.level_grid(spatial, level)
-            if region is not None:
-                grid = [b for b, inside in zip(grid, box_centres_in(grid, region)) if inside]
-            boxes, skipped = split_by_support(grid, spatial, score.forward)
-            part = context.part(done / bound, min(1.0, (done + len(boxes)) / bound))
-            message = (
-                f"{self.name} level {level + 1}/{len(records)} (window {record['window']}) box"
+        delta = x - fill
+        steps = self.config["path_steps"]
+        exact = self.exact_count(len(boxes))
+        items = len(set(groups)) * steps
+        # progress: a pass with its backward weighs about three forward passes
+        split = 3 * items / max(3 * items + exact, 1)
+        estimates = path_estimates(
+            score,
+            x,
+            delta,
+            boxes,
+            groups,
+            steps,
+            context.part(0.0, split),
+            f"{self.name} path estimate, point",
+        )
+        if not bool(estimates.any()):
+            record["no_drop_estimated"] += 1
+        values = estimates.to(x.dtype)
+        # boxes in the same windows run together (window reuse), else in the grid's order,
+        # the order plain occlusion runs and adds them in
+        ranked = range(len(boxes))
+        if exact:
+            chosen = torch.argsort(estimates.abs(), descending=True, stable=True)[:exact].tolist()
+            scores = PerturbedScores(score, x, context)
+            chosen.sort(key=lambda i: (scores.windows_of(boxes[i]), i))
+            message = f"{self.name} exact box"
+            drops = score_drops(
+                scores, fill, [boxes[i] for i in chosen], context.part(split, 1.0), message
             )
-            drops = score_drops(scores, fill, boxes, part, message).to(x.dtype)
-            done += len(boxes)
-            record["boxes"] += len(grid)
-            record["evaluated"] += len(boxes)
-            if not last:
-                # A coarse box's drop spread evenly over the final-size boxes it holds: the map
-                # keeps the scale of occlusion at the final window.
-                box_volume = math.prod(min(record["window"], n) for n in spatial)
-                drops = drops * (final_volume / box_volume)
-            total = torch.zeros(spatial, dtype=x.dtype, device=x.device)
-            count = torch.zeros(spatial, dtype=x.dtype, device=x.device)
-            accumulate(total, count, skipped, None)
-            accumulate(total, count, boxes, drops)
-            # Finer levels replace coarser ones where they reached.
-            averaged = torch.where(count > 0, box_average(total, count), averaged)
-            if last:
-                break
-            most = math.ceil(self.config["max_refined"] * len(grid))
-            chosen = refined_boxes(drops, self.config["refine_share"], most)
-            record["refined"] += len(chosen)
-            magnitude = drops.abs()
-            if magnitude.sum() > 0:
-                record["held"].append(float(magnitude[chosen].sum() / magnitude.sum()))
-            region = torch.zeros(spatial, dtype=torch.bool)
-            for index in chosen:
-                region[boxes[index]] = True
-        scores.finish(self.name)
-        return averaged.expand(x.shape[1:])[None]
+            values[chosen] = drops.to(x.dtype)
+            record["exact"] += exact
+            scores.finish(self.name)
+            ranked = sorted(ranked, key=lambda i: (scores.windows_of(boxes[i]), i))
+        total = torch.zeros(spatial, dtype=x.dtype, device=x.device)
+        count = torch.zeros(spatial, dtype=x.dtype, device=x.device)
+        accumulate(total, count, skipped, None)
+        accumulate(total, count, [boxes[i] for i in ranked], values[list(ranked)])
+        return box_average(total, count).expand(x.shape[1:])[None]

@@ -93,8 +93,8 @@ class Occlusion(Method):
             f"a larger occlusion window (occlusion.window={2 * window} "
             f"occlusion.stride={2 * stride}: about 8 times fewer passes)",
             f"adaptive occlusion (--method occlusion_adaptive --param occlusion_adaptive.window={window}"
-            f" --param occlusion_adaptive.stride={stride}: fine boxes only where coarse ones "
-            "change the score, a measured approximation)",
+            f" --param occlusion_adaptive.stride={stride}: every box's drop estimated from "
+            "gradients, the largest re-measured; a measured approximation)",
             "feature ablation over supervoxels (--method feature_ablation "
             "--param feature_ablation.features=supervoxels)",
         ]
