@@ -158,6 +158,32 @@ def test_occlusion_with_reuse_equals_the_full_pipeline(folder, geometry, output,
         assert any("ran as full inferences" in note for note in context.notes)
 
 
+def test_adaptive_occlusion_by_gradient_runs_through_the_pipeline(folder):
+    # The path estimate takes the pipeline's gradients (window by window, every fold and
+    # mirror); the boxes it re-measures run with reuse; all boxes re-measured is occlusion.
+    case, target = case_of(folder, "plans", "class", "probabilities", explain_fold=0)
+    params = {"window": 8, "stride": 8}
+    reference = create_method("occlusion", params).attribute(
+        FullRecomputation(case.forward), case.x, Float64Sum.of(target), Context(max_batch=4)
+    )
+    scale = float(reference.abs().max())
+    context = Context(max_batch=4)
+    every = create_method("occlusion_adaptive", {**params, "exact_share": 1.0})
+    assert (
+        float((every.attribute(case.forward, case.x, target, context) - reference).abs().max())
+        <= 1e-5 * scale
+    )
+    assert context.facts["window_reuse"]["windows_skipped"] > 0
+    context = Context(max_batch=4)
+    estimated = create_method("occlusion_adaptive", {**params, "exact_share": 0.0}).attribute(
+        case.forward, case.x, target, context
+    )
+    assert context.facts["passes"] == 0 and context.facts["backward_passes"] > 0
+    # the estimate follows occlusion's map: same sign where the drop is large
+    large = reference.abs() > 0.5 * scale
+    assert large.any() and bool((estimated[large].sign() == reference[large].sign()).all())
+
+
 def test_feature_ablation_with_reuse_equals_the_full_pipeline(folder):
     case, target = case_of(folder, "plans", "roi", "probabilities", explain_fold=0)
     method = create_method("feature_ablation", {"features": "grid", "feature_size": 8})
