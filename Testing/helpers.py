@@ -63,6 +63,23 @@ def centre_box_target(size: int = 16, class_index: int = 1, output: str = "logit
     return BoundTarget(class_index, region, output, "softmax", "mean")
 
 
+def local_window_case():
+    """A tiny UNet behind 16^3 sliding windows on a 40 x 40 x 24 input, restricted to a small
+    region's windows, and a target over that region: (forward, x, target). Boxes outside the
+    region's windows cannot change the score."""
+    from TorchEsegetaLib.models.card import ModelCard
+    from TorchEsegetaLib.models.inference import SegmentationForward
+
+    card = ModelCard(roi_size=(16, 16, 16), overlap=0.25, sw_batch_size=2, size_divisible=2)
+    card.intensity = {"kind": "none"}
+    forward = SegmentationForward(tiny_unet(), card)
+    x = tiny_input(size=40)[..., :24]
+    region = torch.zeros(x.shape[2:], dtype=torch.bool)
+    region[2:6, 3:7, 2:6] = True
+    forward.restrict_to(region.numpy())
+    return forward, x, BoundTarget(1, region, "logits", "softmax", "mean")
+
+
 class LinearVoxelModel(torch.nn.Module):
     """logits[:, c] = w[c] * x + b[c] voxel by voxel (a 1x1x1 convolution with known weights)."""
 

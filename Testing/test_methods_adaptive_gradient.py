@@ -11,14 +11,20 @@ import json
 
 import pytest
 import torch
-from helpers import LinearVoxelModel, centre_box_target, close, ours, tiny_input, tiny_unet
+from helpers import (
+    LinearVoxelModel,
+    centre_box_target,
+    close,
+    local_window_case,
+    ours,
+    tiny_input,
+    tiny_unet,
+)
 
 from TorchEsegetaLib.engine.context import Context
 from TorchEsegetaLib.methods import create_method
 from TorchEsegetaLib.methods.path_estimate import path_groups
 from TorchEsegetaLib.methods.perturbation import box_grid
-from TorchEsegetaLib.models.card import ModelCard
-from TorchEsegetaLib.models.inference import SegmentationForward
 from TorchEsegetaLib.targets.bound import BoundTarget
 
 
@@ -40,14 +46,7 @@ def test_every_box_re_measured_is_plain_occlusion(window, stride, cover_edges, s
 
 
 def test_every_box_re_measured_is_plain_occlusion_where_a_local_target_skips_boxes():
-    card = ModelCard(roi_size=(16, 16, 16), overlap=0.25, sw_batch_size=2, size_divisible=2)
-    card.intensity = {"kind": "none"}
-    forward = SegmentationForward(tiny_unet(), card)
-    x = tiny_input(size=40)[..., :24]
-    region = torch.zeros(x.shape[2:], dtype=torch.bool)
-    region[2:6, 3:7, 2:6] = True
-    forward.restrict_to(region.numpy())
-    target = BoundTarget(1, region, "logits", "softmax", "mean")
+    forward, x, target = local_window_case()
     params = {"window": 8, "stride": 8}
     plain = create_method("occlusion", params).attribute(forward, x, target, Context(max_batch=4))
     method = create_method("occlusion_adaptive", {**params, "exact_share": 1.0})
