@@ -28,15 +28,20 @@ COARSE = {"first_pass": "coarse"}
 
 
 @pytest.mark.parametrize(
+    "exact",
+    [{**COARSE, "levels": 1}, {"first_pass": "gradient", "exact_share": 1.0}],
+    ids=["one coarse level", "every box re-measured"],
+)
+@pytest.mark.parametrize(
     ("window", "stride", "cover_edges", "size"),
     [(4, 4, True, 16), (6, 4, True, 16), (6, 4, False, 16), (5, 3, True, 18)],
 )
-def test_one_level_is_plain_occlusion(window, stride, cover_edges, size):
+def test_the_exact_settings_are_plain_occlusion(exact, window, stride, cover_edges, size):
     net, target = tiny_unet(in_channels=2), centre_box_target(size)
     x = tiny_input(channels=2, size=size)
     params = {"window": window, "stride": stride, "cover_edges": cover_edges, "baseline": "mean"}
     plain = ours("occlusion", net, x, target, max_batch=3, **params)
-    adaptive = ours("occlusion_adaptive", net, x, target, max_batch=3, levels=1, **COARSE, **params)
+    adaptive = ours("occlusion_adaptive", net, x, target, max_batch=3, **exact, **params)
     assert torch.equal(adaptive, plain)
 
 

@@ -2,7 +2,8 @@
 occlusion path, boxes that share a pass lying apart, the largest estimates re-measured by exact
 occlusion. Re-measuring every box is plain occlusion; on a score linear in the input the estimate
 is the drop; on a voxel-wise nonlinear score it converges to the drop with more path points; the
-passes made are the passes declared and recorded."""
+passes made are the passes declared and recorded. (Re-measuring every box on whole-volume models
+is tested beside one coarse level, in ``test_methods_adaptive.py``.)"""
 
 from __future__ import annotations
 
@@ -30,19 +31,6 @@ from TorchEsegetaLib.targets.bound import BoundTarget
 
 def whole_volume_target(output: str = "logits") -> BoundTarget:
     return BoundTarget(1, torch.ones((16,) * 3, dtype=torch.bool), output, "softmax", "mean")
-
-
-@pytest.mark.parametrize(
-    ("window", "stride", "cover_edges", "size"),
-    [(4, 4, True, 16), (6, 4, True, 16), (6, 4, False, 16), (5, 3, True, 18)],
-)
-def test_every_box_re_measured_is_plain_occlusion(window, stride, cover_edges, size):
-    net, target = tiny_unet(in_channels=2), centre_box_target(size)
-    x = tiny_input(channels=2, size=size)
-    params = {"window": window, "stride": stride, "cover_edges": cover_edges, "baseline": "mean"}
-    plain = ours("occlusion", net, x, target, max_batch=3, **params)
-    adaptive = ours("occlusion_adaptive", net, x, target, max_batch=3, exact_share=1.0, **params)
-    assert torch.equal(adaptive, plain)
 
 
 def test_every_box_re_measured_is_plain_occlusion_where_a_local_target_skips_boxes():
