@@ -216,9 +216,8 @@ class AdaptiveOcclusion(DrillDown, Method):
             share = (example / inputs.shape[0], (example + 1) / inputs.shape[0])
             x = inputs[example : example + 1]
             part = context.part(*share)
-            out[example] = self.explain_by_gradient(score, x, boxes, skipped, groups, record, part)[
-                0
-            ]
+            explained = self.explain_by_gradient(score, x, boxes, skipped, groups, record, part)
+            out[example] = explained[0]
         if record["no_drop_estimated"] and record["exact"] < len(boxes) * inputs.shape[0]:
             context.notes.append(
                 "the gradient first pass estimated no drop for any box (the score's gradient is "
