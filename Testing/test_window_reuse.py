@@ -5,6 +5,10 @@ the windows that really run."""
 
 from __future__ import annotations
 
+import itertools
+import math
+
+import numpy as np
 import pytest
 import torch
 from helpers import Float64Sum, FullRecomputation, tiny_unet
@@ -311,3 +315,58 @@ def test_feature_ablation_estimate_counts_the_windows_that_run():
     assert passes.forward == -(-ran // per_pass)
     features = create_method("feature_ablation", {"features": "grid", "feature_size": 12})
     assert passes.forward < features.passes((1, *shape)).forward  # 1 + one per feature
+
+
+@pytest.mark.parametrize("name", ["lime", "kernel_shap", "shapley_value_sampling"])
+def test_the_sampled_coalitions_expected_windows_are_the_average_over_every_draw(name):
+    # Six features and five windows: the expectation over the method's draws, enumerated.
+    count = 6
+    incidence = np.random.default_rng(1).random((count, 5)) < 0.35
+    incidence[:, 0] = False  # a window no feature reaches: never recomputed
+    method = create_method(name, {"n_samples": 1})
+    expected = method.touched_windows(count, incidence.sum(axis=0), incidence)
+
+    def touched(present: tuple[int, ...]) -> int:  # windows reached by an absent feature
+        absent = [f for f in range(count) if f not in present]
+        return int(incidence[absent].any(axis=0).sum())
+
+    def mean_of_size(k: int) -> float:
+        subsets = list(itertools.combinations(range(count), k))
+        return sum(touched(c) for c in subsets) / len(subsets)
+
+    everything = incidence.shape[1]  # the baseline's pass changes every window
+    if name == "lime":  # every feature kept with probability 1/2
+        sizes = range(count + 1)
+        brute = sum(math.comb(count, k) * mean_of_size(k) for k in sizes) / 2**count
+    elif name == "kernel_shap":  # sizes k ~ 1 / (k (F - k))
+        weights = {k: 1 / (k * (count - k)) for k in range(1, count)}
+        brute = sum(w * mean_of_size(k) for k, w in weights.items()) / sum(weights.values())
+        brute += everything
+    else:  # one coalition of each size 1 .. F - 1 along an order
+        brute = sum(mean_of_size(k) for k in range(1, count)) + everything
+    assert expected == pytest.approx(brute, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["lime", "kernel_shap", "shapley_value_sampling"])
+def test_the_sampled_coalitions_estimate_counts_the_windows_that_run(name):
+    shape = SHAPES[0]
+    forward, x = forward_of(), volume(shape)
+    target, _ = target_of("class", shape, forward, x)
+    params = {
+        "features": "grid",
+        "feature_size": 12,
+        "n_samples": 256 if name != "shapley_value_sampling" else 8,
+    }
+    method = create_method(name, params)
+    per_pass = forward.windows_per_pass(shape)
+    passes = method.passes((1, *shape), forward)
+    context = Context(max_batch=16)
+    method.attribute(forward, x, target, context)
+    ran = context.facts["window_reuse"]["windows_run"] + per_pass
+    # the estimate is the expectation over the draws: one run's draws fall close to it
+    assert abs(passes.forward * per_pass - ran) <= 0.1 * ran + per_pass
+    without_reuse = method.passes((1, *shape)).forward
+    if name == "kernel_shap":  # half its coalitions miss one feature or a few: windows skipped
+        assert passes.forward < without_reuse
+    else:  # LIME's and most of Shapley sampling's coalitions miss features everywhere
+        assert passes.forward <= without_reuse

@@ -19,13 +19,21 @@ missing features everywhere (LIME's, most of Shapley sampling's) run whole infer
 
 from __future__ import annotations
 
-import itertools
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .base import Method, Param, Passes, ScoreModel, register
 from .baselines import make_baseline
-from .features import FEATURE_PARAMS, feature_count, feature_mask, features_refusal
+from .features import (
+    FEATURE_PARAMS,
+    feature_cells,
+    feature_count,
+    feature_mask,
+    features_refusal,
+)
 from .perturbation import BASELINE_PARAMS
 from .perturbed import PerturbedScores
 
@@ -66,6 +74,18 @@ def score_coalitions(
     return scores
 
 
+def all_present(reached: np.ndarray, present: np.ndarray, count: int) -> np.ndarray:
+    """(len(present), windows): the probability that every one of the ``reached`` features of
+    a window is among ``present`` features drawn uniformly from ``count``,
+    C(count - m, k - m) / C(count, k) for m reached and k present (0 where k < m)."""
+    from scipy.special import gammaln
+
+    m = reached[None, :].astype(float)
+    k = present[:, None].astype(float)
+    log = gammaln(count - m + 1) + gammaln(k + 1) - gammaln(np.maximum(k - m, 0) + 1)
+    return np.where(k >= m, np.exp(log - gammaln(count + 1)), 0.0)
+
+
 class CoalitionMethod(Method):
     """Shared frame: one feature mask and baseline per example, one value per feature."""
 
@@ -76,12 +96,30 @@ class CoalitionMethod(Method):
     shared_channels = True
 
     def passes(self, shape, forward=None):
-        return Passes(
-            forward=self.coalitions(feature_count(self.config, tuple(shape[1:]), self.name))
-        )
+        """One pass per coalition; on a model with window reuse, the windows the coalitions
+        will run instead, counted in whole inferences: each coalition recomputes the windows its
+        absent features reach (grid blocks exactly; supervoxels by their seed cells, which a
+        supervoxel may overrun), expected over the method's draws, plus the unperturbed pass."""
+        spatial = tuple(shape[1:])
+        incidence_of = getattr(forward, "window_incidence", None)
+        found = None
+        if incidence_of is not None and self.config["features"] != "labels":
+            found = incidence_of(spatial, feature_cells(spatial, self.config["feature_size"]))
+        if found is None:
+            return Passes(forward=self.coalitions(feature_count(self.config, spatial, self.name)))
+        incidence = found[0]
+        windows = incidence.shape[1]
+        touched = self.touched_windows(incidence.shape[0], incidence.sum(axis=0), incidence)
+        return Passes(forward=math.ceil((windows + touched) / windows - 1e-9))
 
     def coalitions(self, count: int) -> int:
         """Forward passes for ``count`` features."""
+        raise NotImplementedError
+
+    def touched_windows(self, count: int, reached: np.ndarray, incidence: np.ndarray) -> float:
+        """Windows the coalitions recompute with window reuse, summed (expected over the
+        draws): ``reached`` holds, per window, how many of the ``count`` features reach it;
+        ``incidence`` (features, windows) which."""
         raise NotImplementedError
 
     def cheaper(self):
@@ -136,23 +174,9 @@ class FeatureAblation(CoalitionMethod):
     def coalitions(self, count):
         return count + 1
 
-    def passes(self, shape, forward=None):
-        """On a model with window reuse, the windows each feature's removal touches, counted
-        in whole inferences: exact for grid blocks; supervoxels are counted by their seed
-        cells (a supervoxel may reach into a neighbouring cell: an estimate)."""
-        spatial = tuple(shape[1:])
-        reused = getattr(forward, "reused_windows", None)
-        if reused is None or self.config["features"] == "labels":
-            return super().passes(shape, forward)
-        size = self.config["feature_size"]
-        cells = [
-            tuple(slice(s, min(s + size, n)) for s, n in zip(corner, spatial))
-            for corner in itertools.product(*[range(0, n, size) for n in spatial])
-        ]
-        windows = reused(spatial, cells)
-        if windows is None:
-            return super().passes(shape, forward)
-        return Passes(forward=-(-windows // forward.windows_per_pass(spatial)))
+    def touched_windows(self, count, reached, incidence):
+        # one coalition per feature, without it: the windows that feature reaches
+        return float(incidence.sum())
 
     def feature_values(self, score, x, fill, mask, count, context, message):
         import torch
@@ -182,6 +206,13 @@ class ShapleyValueSampling(CoalitionMethod):
 
     def coalitions(self, count):
         return self.config["n_samples"] * (count - 1) + 2
+
+    def touched_windows(self, count, reached, incidence):
+        # along each order, coalitions of 1 .. count - 1 features (each a uniform subset of
+        # that size), then the baseline (every window) and the input (none)
+        present = np.arange(1, count)
+        missed = 1 - all_present(reached, present, count)
+        return self.config["n_samples"] * float(missed.sum()) + len(reached)
 
     def feature_values(self, score, x, fill, mask, count, context, message):
         import torch
@@ -235,6 +266,10 @@ class Lime(CoalitionMethod):
     def coalitions(self, count):
         return self.config["n_samples"]
 
+    def touched_windows(self, count, reached, incidence):
+        # each feature kept with probability 1/2: a window is left alone when all its are kept
+        return self.config["n_samples"] * float((1 - 0.5 ** reached.astype(float)).sum())
+
     def feature_values(self, score, x, fill, mask, count, context, message):
         import torch
 
@@ -264,6 +299,16 @@ class KernelShap(CoalitionMethod):
 
     def coalitions(self, count):
         return self.config["n_samples"] + 2
+
+    def touched_windows(self, count, reached, incidence):
+        # the baseline (every window) and the input (none), then coalitions of k features,
+        # k ~ 1 / (k (count - k)), each a uniform subset of that size (and its complement)
+        if count == 1:
+            return float(len(reached))
+        k = np.arange(1, count)
+        weight = 1 / (k * (count - k))
+        missed = (1 - all_present(reached, k, count)).sum(axis=1)
+        return self.config["n_samples"] * float(weight @ missed / weight.sum()) + len(reached)
 
     def feature_values(self, score, x, fill, mask, count, context, message):
         import torch

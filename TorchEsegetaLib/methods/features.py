@@ -131,6 +131,15 @@ def feature_count(config: dict[str, Any], spatial: tuple[int, ...], owner: str) 
     return math.prod(math.ceil(n / config["feature_size"]) for n in spatial)
 
 
+def feature_cells(spatial: tuple[int, ...], size: int) -> list[tuple[slice, ...]]:
+    """The blocks of :func:`grid_features` (and the seed cells of :func:`supervoxels`) as
+    boxes, in the features' order."""
+    return [
+        tuple(slice(s, min(s + size, n)) for s, n in zip(corner, spatial))
+        for corner in itertools.product(*[range(0, n, size) for n in spatial])
+    ]
+
+
 def grid_features(spatial: tuple[int, ...], size: int, device: Any = "cpu") -> torch.Tensor:
     """Regular blocks of ``size`` voxels (the last block along an axis may be smaller)."""
     import torch

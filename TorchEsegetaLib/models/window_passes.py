@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..engine.windows import PairedPass, divisible_crop, pad_to_multiple
-from .window_reuse import WindowReuse, windows_needed
+from .window_reuse import WindowReuse, window_incidence
 from .windowed import SlidingPass, Target, WholePass, WindowedPass, layer_windows
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..engine.windows import WindowPlan
     from .card import ModelCard
 
@@ -82,16 +84,28 @@ class WindowPasses:
             return None
         return WindowReuse(self, x[:1], target, cache_bytes)  # type: ignore[arg-type]
 
+    def window_incidence(
+        self, spatial_shape: Sequence[int], boxes: Sequence[Sequence[slice]]
+    ) -> tuple[np.ndarray, int] | None:
+        """(boxes, windows) bool: the windows a reusing run recomputes for each perturbation
+        box (:func:`.window_reuse.window_incidence`; nnU-Net's: after its preparation), and the
+        network inputs per window (nnU-Net: folds x mirror combinations; else 1). None without
+        windows."""
+        if not self.sliding:
+            own = getattr(self.network, "window_incidence", None) if self.windowed else None
+            return own(boxes) if own is not None else None
+        return window_incidence(self, spatial_shape, boxes), 1
+
     def reused_windows(
         self, spatial_shape: Sequence[int], boxes: Sequence[Sequence[slice]]
     ) -> int | None:
-        """Windows a reusing run of these perturbation boxes computes, the unperturbed pass
-        included (:func:`.window_reuse.windows_needed`), in network inputs; None without
-        sliding windows."""
-        if not self.sliding:
-            own = getattr(self.network, "reused_windows", None) if self.windowed else None
-            return own(boxes) if own is not None else None
-        return windows_needed(self, spatial_shape, boxes)
+        """Network inputs a reusing run of these perturbation boxes computes, the unperturbed
+        pass included; None without windows."""
+        found = self.window_incidence(spatial_shape, boxes)
+        if found is None:
+            return None
+        incidence, per_window = found
+        return (incidence.shape[1] + int(incidence.sum())) * per_window
 
     def blend_windows(self, maps: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
         """Maps computed per network input (B * windows in use, C, *s), example-major in the

@@ -403,9 +403,11 @@ def _starts(crop: Sequence[slice]) -> list[slice]:
     return [slice(0 if c.start is None else c.start, c.stop) for c in crop]
 
 
-def windows_needed(forward: Any, spatial: Sequence[int], boxes: Sequence[Sequence[slice]]) -> int:
-    """Windows a reusing run of these perturbation boxes (raw input grid) will compute, the
-    unperturbed pass included; a box that changes no window in use costs none."""
+def window_incidence(
+    forward: Any, spatial: Sequence[int], boxes: Sequence[Sequence[slice]]
+) -> np.ndarray:
+    """(boxes, windows in use) bool: the windows a reusing run recomputes for each perturbation
+    box of the raw input grid (those the box overlaps)."""
     plan = forward._plan_of(spatial)
     from ..engine.windows import divisible_crop
 
@@ -414,9 +416,8 @@ def windows_needed(forward: Any, spatial: Sequence[int], boxes: Sequence[Sequenc
     )
     starts = np.array([[s.start for s in plan.slices[i]] for i in plan.indices])
     stops = np.array([[s.stop for s in plan.slices[i]] for i in plan.indices])
-    total = len(plan.indices)
-    for box in boxes:
-        low = np.array([s.start for s in box]) + offset
-        high = np.array([s.stop for s in box]) + offset
-        total += int(np.all((starts < high) & (stops > low), axis=1).sum())
-    return total
+    if not boxes:
+        return np.zeros((0, len(plan.indices)), dtype=bool)
+    low = np.array([[s.start for s in box] for box in boxes]) + offset
+    high = np.array([[s.stop for s in box] for box in boxes]) + offset
+    return np.all((starts[None] < high[:, None]) & (stops[None] > low[:, None]), axis=2)

@@ -160,14 +160,16 @@ class NnUNetPipeline(torch.nn.Module):
 
         return NnUNetReuse(self, x, target, prepare, cache_bytes)
 
-    def reused_windows(self, boxes: Sequence[Sequence[slice]]) -> int | None:
-        """Network inputs a reusing run of these perturbation boxes computes, the unperturbed
-        pass included (:func:`.reuse.reused_network_inputs`); None before the case is frozen."""
+    def window_incidence(self, boxes: Sequence[Sequence[slice]]) -> tuple[Any, int] | None:
+        """(boxes, windows) bool: the windows each perturbation box reaches after nnU-Net's
+        preparation (:func:`.reuse.window_incidence`), and the network inputs per window (folds
+        x mirror combinations); None before the case is frozen."""
         if self.case is None:
             return None
-        from .reuse import reused_network_inputs
+        from .reuse import window_incidence
 
-        return reused_network_inputs(self, self.case, boxes)
+        folds, mirror = self.explained()
+        return window_incidence(self, self.case, boxes), len(folds) * len(mirror_flips(mirror))
 
     def windows_per_pass(self, spatial_shape: Any = None) -> int:
         """Network inputs per example in one explained pass: folds x windows x mirror combinations."""

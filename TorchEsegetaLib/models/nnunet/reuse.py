@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from ..reuse_common import ReuseRecord, cache_budget, serial
-from .pipeline import mirror_flips
 from .resampling import Resampling
 from .windows import NnUNetPass, WindowRow
 
@@ -262,11 +261,11 @@ def reach(resampling: Resampling, axis: int, a: int, b: int) -> tuple[int, int]:
     return int(rows[0]), int(rows[-1]) + 1
 
 
-def reused_network_inputs(
+def window_incidence(
     pipeline: NnUNetPipeline, case: Case, boxes: Sequence[Sequence[slice]]
-) -> int:
-    """Network inputs a reusing run of these boxes computes, the unperturbed pass included."""
-    folds, mirror = pipeline.explained()
-    per_window = len(folds) * len(mirror_flips(mirror))
-    windows = len(case.windows) + sum(len(windows_of_box(pipeline, case, box)) for box in boxes)
-    return windows * per_window
+) -> np.ndarray:
+    """(boxes, windows) bool: the windows (:func:`windows_of_box`) each box reaches."""
+    incidence = np.zeros((len(boxes), len(case.windows)), dtype=bool)
+    for row, box in enumerate(boxes):
+        incidence[row, list(windows_of_box(pipeline, case, box))] = True
+    return incidence
