@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..io.atomic import atomic_write
 from ..io.paths import regular_file_inside
-from ..metrics.recommendation import SANITY_METRIC, pending_checks, recommend
+from ..metrics.evidence import SANITY_METRIC
+from ..metrics.recommendation import pending_checks, recommend
 
 if TYPE_CHECKING:
     from ..metrics import Case, Subject
