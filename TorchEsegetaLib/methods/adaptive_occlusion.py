@@ -24,6 +24,7 @@ from .perturbation import (
     accumulate,
     box_average,
     box_grid,
+    note_skipped_boxes,
     score_drops,
     split_by_support,
 )
@@ -196,11 +197,7 @@ class AdaptiveOcclusion(DrillDown, Method):
         score = ScoreModel(forward, target)
         spatial = tuple(inputs.shape[2:])
         boxes, skipped, groups = self.estimated_boxes(spatial, forward)
-        if skipped:
-            context.notes.append(
-                f"{len(skipped)} of {len(skipped) + len(boxes)} boxes lie outside the target's "
-                "windows and were not evaluated (their drop is exactly 0)"
-            )
+        note_skipped_boxes(context, boxes, skipped)
         record = {
             "window": self.config["window"],
             "stride": self.config["stride"],
@@ -261,11 +258,12 @@ class AdaptiveOcclusion(DrillDown, Method):
         values = estimates.to(x.dtype)
         # boxes in the same windows run together (window reuse), else in the grid's order,
         # the order plain occlusion runs and adds them in
-        ranked = range(len(boxes))
+        ranked = list(range(len(boxes)))
         if exact:
-            chosen = torch.argsort(estimates.abs(), descending=True, stable=True)[:exact].tolist()
+            top = set(torch.argsort(estimates.abs(), descending=True, stable=True)[:exact].tolist())
             scores = PerturbedScores(score, x, context)
-            chosen.sort(key=lambda i: (scores.windows_of(boxes[i]), i))
+            ranked.sort(key=lambda i: (scores.windows_of(boxes[i]), i))
+            chosen = [i for i in ranked if i in top]
             message = f"{self.name} exact box"
             drops = score_drops(
                 scores, fill, [boxes[i] for i in chosen], context.part(split, 1.0), message
@@ -273,9 +271,8 @@ class AdaptiveOcclusion(DrillDown, Method):
             values[chosen] = drops.to(x.dtype)
             record["exact"] += exact
             scores.finish(self.name)
-            ranked = sorted(ranked, key=lambda i: (scores.windows_of(boxes[i]), i))
         total = torch.zeros(spatial, dtype=x.dtype, device=x.device)
         count = torch.zeros(spatial, dtype=x.dtype, device=x.device)
         accumulate(total, count, skipped, None)
-        accumulate(total, count, [boxes[i] for i in ranked], values[list(ranked)])
+        accumulate(total, count, [boxes[i] for i in ranked], values[ranked])
         return box_average(total, count).expand(x.shape[1:])[None]

@@ -105,10 +105,7 @@ class Occlusion(Method):
         score = ScoreModel(forward, target)
         spatial = inputs.shape[2:]
         boxes, skipped = self.boxes(tuple(spatial), forward)
-        if skipped:
-            context.notes.append(
-                f"{len(skipped)} of {len(skipped) + len(boxes)} boxes lie outside the target's windows and were not evaluated (their drop is exactly 0)"
-            )
+        note_skipped_boxes(context, boxes, skipped)
         out = torch.empty_like(inputs)
         for example in range(inputs.shape[0]):
             x = inputs[example : example + 1]
@@ -147,6 +144,15 @@ def split_by_support(boxes: list, spatial: tuple[int, ...], forward) -> tuple[li
     seen = torch.from_numpy(support)
     inside = [bool(seen[box].any()) for box in boxes]
     return [b for b, i in zip(boxes, inside) if i], [b for b, i in zip(boxes, inside) if not i]
+
+
+def note_skipped_boxes(context, boxes: list, skipped: list) -> None:
+    """Say how many boxes lie outside the target's windows (:func:`split_by_support`)."""
+    if skipped:
+        context.notes.append(
+            f"{len(skipped)} of {len(skipped) + len(boxes)} boxes lie outside the target's "
+            "windows and were not evaluated (their drop is exactly 0)"
+        )
 
 
 def score_drops(scores: PerturbedScores, fill, boxes: list, context, message: str):

@@ -168,15 +168,18 @@ class NnUNetPipeline(torch.nn.Module):
             return None
         from .reuse import window_incidence
 
+        return window_incidence(self, self.case, boxes), self.inputs_per_window()
+
+    def inputs_per_window(self) -> int:
+        """Network inputs of one window in an explained pass: folds x mirror combinations."""
         folds, mirror = self.explained()
-        return window_incidence(self, self.case, boxes), len(folds) * len(mirror_flips(mirror))
+        return len(folds) * len(mirror_flips(mirror))
 
     def windows_per_pass(self, spatial_shape: Any = None) -> int:
         """Network inputs per example in one explained pass: folds x windows x mirror combinations."""
         if self.case is None:
             raise RuntimeError("freeze_statistics() must be called before a windowed pass")
-        folds, mirror = self.explained()
-        return len(folds) * len(self.case.windows) * len(mirror_flips(mirror))
+        return len(self.case.windows) * self.inputs_per_window()
 
     def score_gradients(
         self, x: torch.Tensor, target: Any
